@@ -1,0 +1,275 @@
+"""Platform configuration: GPU types and prices, tenants and quotas, where state lives.
+
+Loaded from YAML into pydantic v2 models with ``extra="forbid"`` and a description on every
+field, so the JSON schema (``fastgpu config schema``) documents the file. Quota fields keep
+Kueue's meanings (see :class:`QuotaSpec`). An invalid file raises :class:`ConfigError` naming the
+field, the value and what is expected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fastgpu.errors import ConfigError
+from fastgpu.validation import (
+    GPU_TYPE_PATTERN,
+    MAX_DURATION_S,
+    MAX_GPUS_PER_LEASE,
+    NAME_PATTERN,
+    describe_validation_error,
+)
+
+DEFAULT_API_PORT = 8470
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GpuTypeSpec(_Spec):
+    """One GPU type ("flavor" in Kueue's words) offered by the cluster."""
+
+    price_per_hour: float = Field(
+        ge=0, le=10_000, description="Price of one GPU of this type for one hour, in currency units."
+    )
+    cpus_per_gpu: float = Field(
+        default=0.0,
+        ge=0,
+        le=256,
+        description="CPUs reserved next to each GPU of a lease (0: reserve GPUs only).",
+    )
+    memory_per_gpu_gb: float = Field(
+        default=0.0,
+        ge=0,
+        le=4096,
+        description="Host memory (GiB) reserved next to each GPU of a lease (0: none).",
+    )
+
+
+class QuotaSpec(_Spec):
+    """A tenant's quota for one GPU type, with Kueue's meanings."""
+
+    nominal: int = Field(
+        ge=0,
+        le=1_000_000,
+        description="GPUs guaranteed to the tenant whenever it has demand for them.",
+    )
+    borrowing_limit: int | None = Field(
+        default=None,
+        ge=0,
+        le=1_000_000,
+        description=(
+            "How many idle GPUs beyond nominal the tenant may borrow from others. "
+            "Unset: no limit; 0: never borrows."
+        ),
+    )
+    lending_limit: int | None = Field(
+        default=None,
+        ge=0,
+        le=1_000_000,
+        description=(
+            "How many of the tenant's idle nominal GPUs others may borrow. "
+            "Unset: all of them; 0: lends nothing."
+        ),
+    )
+
+
+class BudgetSpec(_Spec):
+    """A cap on what a tenant may spend per period; at least one limit must be set."""
+
+    period: Literal["day", "week", "month"] = Field(
+        default="month", description="Length of the budget period (calendar, UTC)."
+    )
+    gpu_hours: float | None = Field(
+        default=None, gt=0, le=1e9, description="GPU-hours the tenant may use per period."
+    )
+    money: float | None = Field(
+        default=None, gt=0, le=1e12, description="Money the tenant may spend per period."
+    )
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> BudgetSpec:
+        if self.gpu_hours is None and self.money is None:
+            raise ValueError("a budget with gpu_hours, money or both set")
+        return self
+
+
+class TenantSpec(_Spec):
+    """What a tenant (team, customer) is entitled to."""
+
+    quotas: dict[str, QuotaSpec] = Field(
+        default_factory=dict,
+        description="Quota per GPU type name; a GPU type not listed has nominal 0.",
+    )
+    weight: float = Field(
+        default=1.0, gt=0, le=1000, description="Share weight in fair sharing across tenants."
+    )
+    priority: int = Field(
+        default=0, ge=-1000, le=1000, description="Tenant priority; higher is more important."
+    )
+    budget: BudgetSpec | None = Field(default=None, description="Spending cap; unset: none.")
+    queueing: Literal["strict_fifo", "best_effort_fifo"] = Field(
+        default="best_effort_fifo",
+        description=(
+            "strict_fifo: a blocked head blocks the tenant's queue; best_effort_fifo: smaller "
+            "requests behind a blocked head may start."
+        ),
+    )
+
+    def quota(self, gpu_type: str) -> QuotaSpec:
+        return self.quotas.get(gpu_type, QuotaSpec(nominal=0))
+
+
+class ControllerSettings(_Spec):
+    """Timing and limits of the controller actor."""
+
+    tick_interval_s: float = Field(
+        default=0.25,
+        gt=0,
+        le=60,
+        description="How often the controller schedules, expires and reconciles (seconds).",
+    )
+    reconcile_interval_s: float = Field(
+        default=2.0, gt=0, le=600, description="How often the store is compared with Ray."
+    )
+    default_duration_s: float = Field(
+        default=3600, gt=0, le=MAX_DURATION_S, description="Lease duration when none is given."
+    )
+    max_gpus_per_lease: int = Field(
+        default=MAX_GPUS_PER_LEASE, ge=1, le=MAX_GPUS_PER_LEASE, description="Largest lease."
+    )
+
+
+class ApiSettings(_Spec):
+    """Where the HTTP control API listens."""
+
+    host: str = Field(
+        default="127.0.0.1",
+        description="Listen address; anything but loopback exposes the API beyond this machine.",
+    )
+    port: int = Field(default=DEFAULT_API_PORT, ge=1, le=65535, description="Listen port.")
+
+
+class PlatformConfig(_Spec):
+    """The whole platform configuration file."""
+
+    gpu_types: dict[str, GpuTypeSpec] = Field(
+        min_length=1, description="GPU types offered, by name (e.g. A100, H100)."
+    )
+    tenants: dict[str, TenantSpec] = Field(
+        default_factory=dict,
+        description="Tenants created on `fastgpu up` if missing (more can be created later).",
+    )
+    state_dir: str | None = Field(
+        default=None,
+        description="Where the store, tokens and logs live; unset: $FASTGPU_HOME or ~/.fastgpu.",
+    )
+    storage_root: str | None = Field(
+        default=None,
+        description="Root of tenants' checkpoints and artifacts; unset: <state_dir>/storage.",
+    )
+    store_url: str | None = Field(
+        default=None,
+        description=(
+            "SQLAlchemy URL of the durable store; unset: a SQLite file in state_dir. "
+            "Use postgresql+psycopg://... for production."
+        ),
+    )
+    controller: ControllerSettings = Field(
+        default_factory=ControllerSettings, description="Controller timing and limits."
+    )
+    api: ApiSettings = Field(default_factory=ApiSettings, description="HTTP control API.")
+
+    @model_validator(mode="after")
+    def _names(self) -> PlatformConfig:
+        import re
+
+        for name in self.gpu_types:
+            if not re.fullmatch(GPU_TYPE_PATTERN, name):
+                raise ValueError(f"GPU type names made of letters, digits, '.', '_', '-' (got {name!r})")
+        for tname, tenant in self.tenants.items():
+            if not re.fullmatch(NAME_PATTERN, tname):
+                raise ValueError(
+                    f"tenant names of lower-case letters, digits and '-' (got {tname!r})"
+                )
+            for gname in tenant.quotas:
+                if gname not in self.gpu_types:
+                    raise ValueError(
+                        f"tenant {tname!r} quota for GPU type {gname!r}, which is not in "
+                        f"gpu_types ({', '.join(sorted(self.gpu_types))})"
+                    )
+        return self
+
+    # -- derived paths -------------------------------------------------------------------
+    def resolved_state_dir(self) -> Path:
+        if self.state_dir:
+            return Path(self.state_dir).expanduser()
+        return default_state_dir()
+
+    def resolved_storage_root(self) -> Path:
+        if self.storage_root:
+            return Path(self.storage_root).expanduser()
+        return self.resolved_state_dir() / "storage"
+
+    def resolved_store_url(self) -> str:
+        if self.store_url:
+            return self.store_url
+        return f"sqlite:///{self.resolved_state_dir() / 'fastgpu.db'}"
+
+
+def default_state_dir() -> Path:
+    home = os.environ.get("FASTGPU_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".fastgpu"
+
+
+def parse_config(data: Any, source: str = "config") -> PlatformConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return PlatformConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source} is invalid:\n{describe_validation_error(exc)}") from None
+
+
+def load_config(path: str | Path) -> PlatformConfig:
+    """Read and validate a YAML configuration file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p} is not valid YAML: {exc}") from None
+    return parse_config(data, source=str(p))
+
+
+def default_config(gpu_type: str = "A100", price_per_hour: float = 2.0) -> PlatformConfig:
+    return PlatformConfig(gpu_types={gpu_type: GpuTypeSpec(price_per_hour=price_per_hour)})
+
+
+def config_json_schema() -> str:
+    return json.dumps(PlatformConfig.model_json_schema(), indent=2, sort_keys=True)
+
+
+__all__ = [
+    "MAX_GPUS_PER_LEASE",
+    "ApiSettings",
+    "BudgetSpec",
+    "ControllerSettings",
+    "GpuTypeSpec",
+    "PlatformConfig",
+    "QuotaSpec",
+    "TenantSpec",
+    "config_json_schema",
+    "default_config",
+    "load_config",
+    "parse_config",
+]

@@ -1,0 +1,702 @@
+"""The controller: the one place that decides and acts on leases.
+
+Responsibilities: authenticate every call and scope it to the caller's tenant; validate input;
+admit pending leases through the policy seam; reserve admitted leases as placement groups;
+notice readiness, expiry and release; meter; and reconcile the store with Ray after crashes.
+
+Invariants:
+* the store is the source of truth; Ray is made to match it (never the other way round);
+* a state change is committed before Ray is touched, so a crash at any point leaves either an
+  orphan group (removed by reconcile) or a lease whose group is missing (re-created by
+  reconcile), never a lease that is half-written or a group nobody accounts for;
+* lease requests are idempotent on (tenant, request id): a retry returns the same lease;
+* another tenant's objects answer NotFound.
+
+The clock, store, backend and policy are injected, so tests can step :meth:`Controller.tick`.
+All public methods take the caller's token first; :mod:`fastgpu.controller.actor` wraps this
+class in a detached Ray actor.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+from pydantic import ValidationError
+
+from fastgpu.auth import ADMIN, Principal, hash_token, new_token
+from fastgpu.config import PlatformConfig, TenantSpec
+from fastgpu.controller.backend import Backend, NodeInfo, group_name
+from fastgpu.domain.lease import HOLDING_STATES, Lease, LeaseRequest, LeaseState, PendingReason
+from fastgpu.errors import (
+    AuthenticationError,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+)
+from fastgpu.scheduler import LeaseView, NodeView, Policy, QuotaCapacityPolicy, Snapshot, TenantView
+from fastgpu.store import Store
+from fastgpu.timeutil import Clock, iso, parse_iso, wall_clock
+from fastgpu.validation import NAME_PATTERN, NAME_RULE, invalid_from, parse_duration
+
+log = logging.getLogger(__name__)
+
+_NODE_CACHE_S = 1.0
+MAX_LIVE_LEASES_PER_TENANT = 1000
+
+
+def _new_lease_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+class Controller:
+    def __init__(
+        self,
+        config: PlatformConfig,
+        store: Store,
+        backend: Backend,
+        clock: Clock = wall_clock,
+        policy: Policy | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.backend = backend
+        self.clock = clock
+        self.policy: Policy = policy or QuotaCapacityPolicy()
+        self._mu = threading.RLock()
+        self._changed = threading.Condition(self._mu)
+        self._nodes: list[NodeInfo] = []
+        self._nodes_at = -1e18
+        self._last_reconcile = -1e18
+
+    # ==== authentication and scoping ===========================================================
+    def authenticate(self, token: str | None) -> Principal:
+        if not token or not isinstance(token, str):
+            raise AuthenticationError("no token given; pass a bearer token (FASTGPU_TOKEN)")
+        found = self.store.lookup_token(hash_token(token))
+        if found is None:
+            raise AuthenticationError("the token is not valid; check FASTGPU_TOKEN")
+        name, is_admin = found
+        return Principal(name, is_admin)
+
+    def _admin(self, token: str | None) -> Principal:
+        p = self.authenticate(token)
+        if not p.is_admin:
+            raise PermissionDenied("this operation needs the admin token")
+        return p
+
+    def _visible_lease(self, principal: Principal, lease_id: str) -> Lease:
+        if not isinstance(lease_id, str) or not lease_id or len(lease_id) > 64:
+            raise NotFound(f"lease {lease_id!r} not found")
+        lease = self.store.get_lease(lease_id)
+        if lease is None or (not principal.is_admin and lease.tenant != principal.name):
+            raise NotFound(f"lease {lease_id!r} not found")
+        return lease
+
+    def _scope_tenant(self, principal: Principal, tenant: str | None) -> str | None:
+        """The tenant a read is about: a tenant only ever sees itself."""
+        if principal.is_admin:
+            if tenant is not None and self.store.get_tenant(tenant) is None:
+                raise NotFound(f"tenant {tenant!r} not found")
+            return tenant
+        if tenant is not None and tenant != principal.name:
+            raise NotFound(f"tenant {tenant!r} not found")
+        return principal.name
+
+    def bootstrap_admin(self, token: str) -> None:
+        """Register the admin token (``fastgpu up``); a no-op when it is already known."""
+        h = hash_token(token)
+        if self.store.lookup_token(h) is None:
+            self.store.add_token(h, ADMIN, True, self.clock())
+
+    def whoami(self, token: str | None) -> dict[str, Any]:
+        p = self.authenticate(token)
+        out: dict[str, Any] = {"principal": p.name, "is_admin": p.is_admin, "tenant": p.tenant}
+        if p.tenant:
+            out["storage_root"] = str(self.config.resolved_storage_root() / p.tenant)
+        return out
+
+    # ==== tenants ==============================================================================
+    def _check_tenant_spec(self, spec: Any) -> TenantSpec:
+        if isinstance(spec, TenantSpec):
+            parsed = spec
+        else:
+            try:
+                parsed = TenantSpec.model_validate(spec or {})
+            except ValidationError as exc:
+                raise invalid_from(exc) from None
+        for gpu_type in parsed.quotas:
+            if gpu_type not in self.config.gpu_types:
+                raise InvalidRequest(
+                    f"quotas.{gpu_type}: unknown GPU type; expected one of "
+                    f"{', '.join(sorted(self.config.gpu_types))}"
+                )
+        return parsed
+
+    @staticmethod
+    def _check_name(name: Any) -> str:
+        import re
+
+        if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+            raise InvalidRequest(f"name: got {name!r}; expected {NAME_RULE}")
+        if name == ADMIN:
+            raise InvalidRequest("name: 'admin' is reserved; choose another tenant name")
+        return name
+
+    def create_tenant(
+        self, token: str | None, name: str, spec: Any = None, request_id: str | None = None
+    ) -> dict[str, Any]:
+        """Create a tenant; the response carries its token, shown this once."""
+        p = self._admin(token)
+        name = self._check_name(name)
+        parsed = self._check_tenant_spec(spec)
+        with self._mu:
+            if request_id:
+                seen = self.store.recall_request(p.name, request_id)
+                if seen and seen == ("create_tenant", name):
+                    rec = self.store.get_tenant(name)
+                    if rec is not None:
+                        out = self._tenant_dict(rec.name, rec.spec)
+                        out["token"] = None
+                        out["note"] = "already created by this request id; rotate to get a token"
+                        return out
+            tenant_token = new_token()
+            self.store.create_tenant(name, parsed, hash_token(tenant_token), self.clock())
+            if request_id:
+                self.store.remember_request(p.name, request_id, "create_tenant", name, self.clock())
+            self._changed.notify_all()
+        out = self._tenant_dict(name, parsed)
+        out["token"] = tenant_token
+        return out
+
+    def _tenant_dict(self, name: str, spec: TenantSpec) -> dict[str, Any]:
+        d = spec.model_dump(mode="json")
+        d["name"] = name
+        return d
+
+    def list_tenants(self, token: str | None) -> list[dict[str, Any]]:
+        p = self.authenticate(token)
+        recs = self.store.list_tenants()
+        return [self._tenant_dict(r.name, r.spec) for r in recs if p.is_admin or r.name == p.name]
+
+    def get_tenant(self, token: str | None, name: str) -> dict[str, Any]:
+        p = self.authenticate(token)
+        rec = self.store.get_tenant(name) if isinstance(name, str) else None
+        if rec is None or (not p.is_admin and rec.name != p.name):
+            raise NotFound(f"tenant {name!r} not found")
+        return self._tenant_dict(rec.name, rec.spec)
+
+    def update_tenant(self, token: str | None, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Apply partial changes (quotas are replaced per GPU type, other fields as given)."""
+        self._admin(token)
+        if not isinstance(changes, dict):
+            raise InvalidRequest("changes: expected a mapping of tenant fields")
+        with self._mu:
+            rec = self.store.get_tenant(name) if isinstance(name, str) else None
+            if rec is None:
+                raise NotFound(f"tenant {name!r} not found")
+            merged = rec.spec.model_dump(mode="json")
+            for key, value in changes.items():
+                if key == "quotas" and isinstance(value, dict):
+                    quotas = dict(merged.get("quotas") or {})
+                    for gpu_type, q in value.items():
+                        if q is None:
+                            quotas.pop(gpu_type, None)
+                        elif isinstance(q, dict) and gpu_type in quotas:
+                            quotas[gpu_type] = {**quotas[gpu_type], **q}
+                        else:
+                            quotas[gpu_type] = q
+                    merged["quotas"] = quotas
+                else:
+                    merged[key] = value
+            spec = self._check_tenant_spec(merged)
+            rec = self.store.update_tenant(name, spec, self.clock())
+            self._schedule_locked()
+        return self._tenant_dict(rec.name, rec.spec)
+
+    def delete_tenant(self, token: str | None, name: str) -> dict[str, Any]:
+        self._admin(token)
+        with self._mu:
+            self.store.delete_tenant(name)
+        return {"name": name, "deleted": True}
+
+    def rotate_token(self, token: str | None, name: str) -> dict[str, Any]:
+        self._admin(token)
+        with self._mu:
+            if not isinstance(name, str) or self.store.get_tenant(name) is None:
+                raise NotFound(f"tenant {name!r} not found")
+            new = new_token()
+            self.store.replace_tokens(name, hash_token(new), self.clock())
+        return {"name": name, "token": new}
+
+    # ==== leases ===============================================================================
+    def _parse_request(self, payload: Any, owner: str) -> LeaseRequest:
+        if not isinstance(payload, dict):
+            raise InvalidRequest("lease request: expected a mapping of fields")
+        data = dict(payload)
+        if "duration" in data:
+            if "duration_s" in data:
+                raise InvalidRequest("give either duration or duration_s, not both")
+            data["duration_s"] = parse_duration(data.pop("duration"))
+        elif "duration_s" not in data or data["duration_s"] is None:
+            data.pop("duration_s", None)
+            data["duration_s"] = self.config.controller.default_duration_s
+        if data.get("gpu_type") is None:
+            # Unambiguous defaults only: the cluster's one type, or the tenant's one quota.
+            rec = self.store.get_tenant(owner)
+            mine = [g for g, q in (rec.spec.quotas.items() if rec else []) if q.nominal > 0]
+            if len(self.config.gpu_types) == 1:
+                data["gpu_type"] = next(iter(self.config.gpu_types))
+            elif len(mine) == 1:
+                data["gpu_type"] = mine[0]
+            else:
+                raise InvalidRequest(
+                    "gpu_type: missing; expected one of "
+                    f"{', '.join(sorted(self.config.gpu_types))}"
+                )
+        try:
+            req = LeaseRequest.model_validate(data)
+        except ValidationError as exc:
+            raise invalid_from(exc) from None
+        if req.gpu_type not in self.config.gpu_types:
+            raise InvalidRequest(
+                f"gpu_type: got {req.gpu_type!r}; expected one of "
+                f"{', '.join(sorted(self.config.gpu_types))}"
+            )
+        limit = self.config.controller.max_gpus_per_lease
+        if req.gpus > limit:
+            raise InvalidRequest(f"gpus: got {req.gpus}; expected at most {limit} per lease")
+        return req
+
+    def request_lease(
+        self,
+        token: str | None,
+        request: dict[str, Any],
+        tenant: str | None = None,
+        wait_s: float = 0.0,
+    ) -> dict[str, Any]:
+        """Ask for a lease; with ``wait_s`` > 0, return once it holds its GPUs or ends, or
+        when ``wait_s`` passes (it stays pending then)."""
+        p = self.authenticate(token)
+        if p.is_admin:
+            if tenant is None:
+                raise InvalidRequest("tenant: the admin must name the tenant the lease is for")
+            if self.store.get_tenant(tenant) is None:
+                raise NotFound(f"tenant {tenant!r} not found")
+            owner = tenant
+        else:
+            if tenant is not None and tenant != p.name:
+                raise NotFound(f"tenant {tenant!r} not found")
+            owner = p.name
+        req = self._parse_request(request, owner)
+        wait_s = _check_wait(wait_s)
+        with self._mu:
+            now = self.clock()
+            if req.request_id is None or self.store.find_lease_by_request(owner, req.request_id) is None:
+                live = len(self.store.list_leases(tenant=owner, states=_LIVE))
+                if live >= MAX_LIVE_LEASES_PER_TENANT:
+                    raise Conflict(
+                        f"tenant {owner} has {live} live leases, the most allowed; release some"
+                    )
+            lease = Lease(
+                id=_new_lease_id(),
+                tenant=owner,
+                state=LeaseState.PENDING,
+                gpus=req.gpus,
+                min_gpus=req.min_gpus or req.gpus,
+                gpu_type=req.gpu_type,
+                strategy=req.strategy,
+                duration_s=req.duration_s,
+                preemptible=req.preemptible,
+                price_per_hour=self.config.gpu_types[req.gpu_type].price_per_hour,
+                created_at=now,
+                request_id=req.request_id,
+            )
+            lease, created = self.store.insert_lease(lease)
+            if created:
+                self._schedule_locked()
+        if wait_s > 0:
+            self._wait_for(lease.id, wait_s)
+        got = self.store.get_lease(lease.id)
+        assert got is not None
+        return got.to_dict()
+
+    def get_lease(self, token: str | None, lease_id: str) -> dict[str, Any]:
+        p = self.authenticate(token)
+        return self._visible_lease(p, lease_id).to_dict()
+
+    def wait_lease(self, token: str | None, lease_id: str, wait_s: float) -> dict[str, Any]:
+        p = self.authenticate(token)
+        lease = self._visible_lease(p, lease_id)
+        self._wait_for(lease.id, _check_wait(wait_s))
+        got = self.store.get_lease(lease.id)
+        assert got is not None
+        return got.to_dict()
+
+    def list_leases(
+        self, token: str | None, tenant: str | None = None, include_ended: bool = True
+    ) -> list[dict[str, Any]]:
+        p = self.authenticate(token)
+        scope = self._scope_tenant(p, tenant)
+        states = None if include_ended else _LIVE
+        return [lease.to_dict() for lease in self.store.list_leases(tenant=scope, states=states)]
+
+    def release_lease(self, token: str | None, lease_id: str) -> dict[str, Any]:
+        """Release a lease (idempotent: releasing an ended lease returns it unchanged)."""
+        p = self.authenticate(token)
+        self._visible_lease(p, lease_id)
+        with self._mu:
+            lease = self.store.get_lease(lease_id)
+            assert lease is not None
+            if not lease.state.is_terminal:
+                if lease.state == LeaseState.PENDING:
+                    self._end(lease, LeaseState.CANCELLED, "released while pending")
+                else:
+                    self._end(lease, LeaseState.RELEASED, "released by tenant")
+                self._schedule_locked()
+        got = self.store.get_lease(lease_id)
+        assert got is not None
+        return got.to_dict()
+
+    def bind_lease(self, token: str | None, lease_id: str, workload: str) -> dict[str, Any]:
+        """Hand a reserved lease's GPUs over to a library workload (Train, Tune, Serve).
+
+        The placement group is removed so the workload can create its own on the same nodes;
+        the GPUs stay assigned to the lease in the ledger, so nothing else is admitted into them.
+        """
+        p = self.authenticate(token)
+        if not isinstance(workload, str) or not 1 <= len(workload) <= 256:
+            raise InvalidRequest("workload: expected a label of 1 to 256 characters")
+        self._visible_lease(p, lease_id)
+        with self._mu:
+            lease = self.store.get_lease(lease_id)
+            assert lease is not None
+            if lease.state == LeaseState.BOUND:
+                return lease.to_dict()
+            if lease.state != LeaseState.RESERVED:
+                raise Conflict(
+                    f"lease {lease_id} is {lease.state.value}; only a RESERVED lease can be bound"
+                )
+            lease.workload = workload
+            self.store.transition(lease, LeaseState.BOUND, self.clock(), f"bound to {workload}")
+            if lease.placement_group:
+                self.backend.remove_group(lease.placement_group)
+            self._changed.notify_all()
+            return lease.to_dict()
+
+    # ==== reads ================================================================================
+    def usage(
+        self, token: str | None, tenant: str | None = None, since: str | float | None = None
+    ) -> list[dict[str, Any]]:
+        p = self.authenticate(token)
+        scope = self._scope_tenant(p, tenant)
+        since_ts = parse_iso(since) if isinstance(since, str) else since
+        rows = self.store.usage(self.clock(), tenant=scope, since=since_ts)
+        return [r.to_dict() for r in rows]
+
+    def status(self, token: str | None) -> dict[str, Any]:
+        p = self.authenticate(token)
+        with self._mu:
+            nodes = self._cluster_nodes(force=True)
+            live = self.store.live_leases()
+            tenants = self.store.list_tenants()
+        types: dict[str, dict[str, Any]] = {}
+        for name, spec in self.config.gpu_types.items():
+            types[name] = {
+                "gpu_type": name,
+                "price_per_hour": spec.price_per_hour,
+                "total": 0,
+                "allocated": 0,
+                "pending": 0,
+                "nodes": 0,
+            }
+        for n in nodes:
+            if n.alive and n.gpu_type in types:
+                types[n.gpu_type]["total"] += n.total_gpus
+                types[n.gpu_type]["nodes"] += 1
+        per_tenant: dict[tuple[str, str], dict[str, Any]] = {}
+        for rec in tenants:
+            if not p.is_admin and rec.name != p.name:
+                continue
+            for gpu_type in self.config.gpu_types:
+                q = rec.spec.quota(gpu_type)
+                per_tenant[(rec.name, gpu_type)] = {
+                    "tenant": rec.name,
+                    "gpu_type": gpu_type,
+                    "nominal": q.nominal,
+                    "borrowing_limit": q.borrowing_limit,
+                    "lending_limit": q.lending_limit,
+                    "allocated": 0,
+                    "pending": 0,
+                    "leases": 0,
+                }
+        for lease in live:
+            t = types.get(lease.gpu_type)
+            if t is None:
+                continue
+            held = lease.state in HOLDING_STATES
+            t["allocated" if held else "pending"] += lease.gpus
+            row = per_tenant.get((lease.tenant, lease.gpu_type))
+            if row is not None:
+                row["allocated" if held else "pending"] += lease.gpus
+                row["leases"] += 1
+        for t in types.values():
+            t["free"] = max(0, t["total"] - t["allocated"])
+        return {
+            "time": iso(self.clock()),
+            "gpu_types": list(types.values()),
+            "tenants": [
+                r
+                for r in per_tenant.values()
+                if r["nominal"] or r["allocated"] or r["pending"] or not p.is_admin
+            ],
+        }
+
+    # ==== the loop =============================================================================
+    def tick(self) -> None:
+        """One pass: readiness, expiry, reconcile (when due), scheduling."""
+        with self._mu:
+            now = self.clock()
+            self._poll_ready(timeout_s=0.0)
+            self._expire(now)
+            if now - self._last_reconcile >= self.config.controller.reconcile_interval_s:
+                self.reconcile()
+            self._schedule_locked()
+            self._changed.notify_all()
+
+    def _poll_ready(self, timeout_s: float) -> None:
+        admitted = self.store.list_leases(states=[LeaseState.ADMITTED])
+        names = [lease.placement_group for lease in admitted if lease.placement_group]
+        if not names:
+            return
+        ready = self.backend.ready(names, timeout_s)
+        for lease in admitted:
+            if lease.placement_group in ready:
+                self._mark_reserved(lease)
+
+    def _mark_reserved(self, lease: Lease) -> None:
+        now = self.clock()
+        lease.reserved_at = now
+        lease.expires_at = now + lease.duration_s
+        lease.reason = None
+        lease.reason_detail = None
+        self.store.transition(lease, LeaseState.RESERVED, now, "placement group ready")
+
+    def _expire(self, now: float) -> None:
+        for lease in self.store.list_leases(states=HOLDING_STATES):
+            if lease.expires_at is not None and lease.expires_at <= now:
+                self._end(lease, LeaseState.EXPIRED, f"duration of {lease.duration_s:g} s is over")
+
+    def _end(self, lease: Lease, state: LeaseState, why: str) -> None:
+        """Move a lease to a terminal state; commit first, then free its group."""
+        now = self.clock()
+        lease.ended_at = now
+        if state not in (LeaseState.REJECTED, LeaseState.FAILED):
+            lease.reason = None
+            lease.reason_detail = None
+        self.store.transition(lease, state, now, why)
+        if lease.placement_group:
+            self.backend.remove_group(lease.placement_group)
+        self._changed.notify_all()
+
+    def _wait_for(self, lease_id: str, wait_s: float) -> None:
+        deadline = time.monotonic() + wait_s
+        while True:
+            lease = self.store.get_lease(lease_id)
+            assert lease is not None
+            if lease.state.is_terminal or lease.state in (LeaseState.RESERVED, LeaseState.BOUND):
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if lease.state == LeaseState.ADMITTED and lease.placement_group:
+                # Wait on Ray directly (outside the lock) rather than for the next tick.
+                ready = self.backend.ready([lease.placement_group], min(left, 0.5))
+                if ready:
+                    with self._mu:
+                        fresh = self.store.get_lease(lease_id)
+                        if fresh is not None and fresh.state == LeaseState.ADMITTED:
+                            self._mark_reserved(fresh)
+                            self._changed.notify_all()
+                continue
+            with self._changed:
+                self._changed.wait(timeout=min(left, 0.5))
+
+    # ==== scheduling ===========================================================================
+    def _cluster_nodes(self, force: bool = False) -> list[NodeInfo]:
+        now = time.monotonic()
+        if force or now - self._nodes_at > _NODE_CACHE_S:
+            self._nodes = self.backend.nodes()
+            self._nodes_at = now
+        return self._nodes
+
+    def snapshot(self) -> Snapshot:
+        with self._mu:
+            nodes = self._cluster_nodes()
+            live = self.store.live_leases()
+            held: dict[str, int] = {}
+            running: list[LeaseView] = []
+            pending: list[LeaseView] = []
+            tenants = {r.name: r.spec for r in self.store.list_tenants()}
+            for lease in live:
+                prio = tenants[lease.tenant].priority if lease.tenant in tenants else 0
+                if lease.state in HOLDING_STATES:
+                    placement: dict[str, int] = {}
+                    for n in lease.nodes:
+                        placement[n] = placement.get(n, 0) + 1
+                        held[n] = held.get(n, 0) + 1
+                    running.append(_view(lease, prio, placement))
+                elif lease.state == LeaseState.PENDING:
+                    pending.append(_view(lease, prio, {}))
+            node_views = tuple(
+                NodeView(
+                    node_id=n.node_id,
+                    gpu_type=n.gpu_type or "",
+                    total_gpus=n.total_gpus,
+                    free_gpus=max(0, n.total_gpus - held.get(n.node_id, 0)),
+                    alive=n.alive,
+                )
+                for n in nodes
+                if n.gpu_type and n.total_gpus > 0
+            )
+            tenant_views = {
+                name: TenantView(
+                    name=name,
+                    quotas=dict(spec.quotas),
+                    weight=spec.weight,
+                    priority=spec.priority,
+                    queueing=spec.queueing,
+                    budget=spec.budget,
+                )
+                for name, spec in tenants.items()
+            }
+            return Snapshot(
+                now=self.clock(),
+                gpu_types=dict(self.config.gpu_types),
+                nodes=node_views,
+                tenants=tenant_views,
+                running=tuple(running),
+                pending=tuple(pending),
+            )
+
+    def _schedule_locked(self) -> None:
+        snap = self.snapshot()
+        if not snap.pending:
+            return
+        decisions = self.policy.schedule(snap)
+        now = self.clock()
+        for rej in decisions.reject:
+            lease = self.store.get_lease(rej.lease_id)
+            if lease is None or lease.state != LeaseState.PENDING:
+                continue
+            lease.reason, lease.reason_detail = rej.reason, rej.detail
+            self._end(lease, LeaseState.REJECTED, rej.detail)
+        for q in decisions.queue:
+            lease = self.store.get_lease(q.lease_id)
+            if lease is None or lease.state != LeaseState.PENDING:
+                continue
+            if (lease.reason, lease.reason_detail) != (q.reason, q.detail):
+                lease.reason, lease.reason_detail = q.reason, q.detail
+                self.store.save_lease(lease, LeaseState.PENDING)
+        for adm in decisions.admit:
+            lease = self.store.get_lease(adm.lease_id)
+            if lease is None or lease.state != LeaseState.PENDING:
+                continue
+            nodes = [n for n, count in sorted(adm.placement.items()) for _ in range(count)]
+            lease.gpus = len(nodes)
+            lease.nodes = nodes
+            lease.placement_group = group_name(lease.id)
+            lease.admitted_at = now
+            lease.reason = PendingReason.RESERVING.value
+            lease.reason_detail = "placement group created; waiting for Ray to reserve it"
+            self.store.transition(lease, LeaseState.ADMITTED, now, "admitted")
+            self._create_group(lease)
+        if decisions.admit or decisions.reject:
+            self._changed.notify_all()
+
+    def _create_group(self, lease: Lease) -> None:
+        assert lease.placement_group is not None
+        spec = self.config.gpu_types[lease.gpu_type]
+        bundle: dict[str, float] = {"GPU": 1.0}
+        if spec.cpus_per_gpu:
+            bundle["CPU"] = spec.cpus_per_gpu
+        if spec.memory_per_gpu_gb:
+            bundle["memory"] = spec.memory_per_gpu_gb * 1024**3
+        group_id = self.backend.create_group(
+            lease.placement_group, bundle, list(lease.nodes), lease.strategy
+        )
+        if lease.placement_group_id != group_id:
+            lease.placement_group_id = group_id
+            self.store.save_lease(lease, lease.state)
+
+    # ==== reconcile ============================================================================
+    def reconcile(self) -> dict[str, int]:
+        """Make Ray match the store: drop orphan groups, re-create missing ones, fail leases
+        whose nodes died. Returns counts of what it did."""
+        with self._mu:
+            self._last_reconcile = self.clock()
+            groups = self.backend.groups()
+            alive = {n.node_id for n in self._cluster_nodes(force=True) if n.alive}
+            wanted: set[str] = set()
+            done = {"orphans_removed": 0, "groups_recreated": 0, "leases_failed": 0}
+            for lease in self.store.live_leases():
+                if lease.state not in HOLDING_STATES:
+                    continue
+                lost = sorted({n for n in lease.nodes if n not in alive})
+                group = groups.get(lease.placement_group or "")
+                if lost or (group is not None and group.state == "RESCHEDULING"):
+                    lease.reason = "node_lost"
+                    lease.reason_detail = f"node(s) {', '.join(lost) or '?'} died"
+                    self._end(lease, LeaseState.FAILED, lease.reason_detail)
+                    done["leases_failed"] += 1
+                    continue
+                if lease.state == LeaseState.BOUND:
+                    continue
+                assert lease.placement_group is not None
+                wanted.add(lease.placement_group)
+                if group is None:
+                    if lease.state == LeaseState.RESERVED:
+                        lease.reason = PendingReason.RESERVING.value
+                        lease.reason_detail = "placement group was missing; re-created"
+                        self.store.transition(
+                            lease, LeaseState.ADMITTED, self.clock(), "group missing; re-creating"
+                        )
+                    self._create_group(lease)
+                    done["groups_recreated"] += 1
+            for name in groups:
+                if name not in wanted:
+                    self.backend.remove_group(name)
+                    done["orphans_removed"] += 1
+            if any(done.values()):
+                log.warning("reconcile: %s", done)
+            return done
+
+
+_LIVE = [s for s in LeaseState if not s.is_terminal]
+
+
+def _view(lease: Lease, priority: int, placement: dict[str, int]) -> LeaseView:
+    return LeaseView(
+        id=lease.id,
+        tenant=lease.tenant,
+        gpu_type=lease.gpu_type,
+        gpus=lease.gpus,
+        min_gpus=lease.min_gpus,
+        strategy=lease.strategy,
+        preemptible=lease.preemptible,
+        priority=priority,
+        submitted_at=lease.created_at,
+        duration_s=lease.duration_s,
+        started_at=lease.reserved_at or lease.admitted_at,
+        placement=placement,
+    )
+
+
+def _check_wait(wait_s: Any) -> float:
+    if isinstance(wait_s, bool) or not isinstance(wait_s, int | float) or not 0 <= wait_s <= 3600:
+        raise InvalidRequest(f"wait: got {wait_s!r}; expected seconds between 0 and 3600")
+    return float(wait_s)

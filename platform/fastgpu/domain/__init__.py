@@ -1,0 +1,1 @@
+"""Domain values shared by the controller, store, scheduler and interfaces (no Ray imports)."""

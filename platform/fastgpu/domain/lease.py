@@ -1,0 +1,199 @@
+"""Leases: the unit of GPU reservation, its states and the one place they change.
+
+A lease is a tenant's claim on N GPUs of one type for a duration. Its life::
+
+    PENDING --admit--> ADMITTED --group ready--> RESERVED --workload attached--> BOUND
+       |                  |                         |                            |
+       +-> REJECTED       +-> RELEASED / EXPIRED / PREEMPTED / FAILED (from any holding state)
+       +-> CANCELLED      +-> PENDING (reservation lost before it was ready)
+                          RESERVED -> ADMITTED (its group vanished and is being re-created)
+
+* PENDING: waiting for admission; ``reason`` says why (see :class:`PendingReason`).
+* ADMITTED: the controller decided to grant it and created its placement group; not ready yet.
+* RESERVED: the placement group is ready: the GPUs are held and metered.
+* BOUND: a workload (training run, sweep, deployment) has taken the lease over.
+* Terminal: RELEASED (by the tenant), EXPIRED (duration over), PREEMPTED (reclaim/priority),
+  FAILED (its node died or the group could not be kept), REJECTED (can never fit),
+  CANCELLED (released while still pending).
+
+``TRANSITIONS`` is the whole table; :func:`check_transition` is the only gate.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fastgpu.errors import Conflict
+from fastgpu.validation import GPU_TYPE_PATTERN, MAX_DURATION_S, MAX_GPUS_PER_LEASE
+
+
+class LeaseState(str, enum.Enum):
+    PENDING = "PENDING"
+    ADMITTED = "ADMITTED"
+    RESERVED = "RESERVED"
+    BOUND = "BOUND"
+    RELEASED = "RELEASED"
+    EXPIRED = "EXPIRED"
+    PREEMPTED = "PREEMPTED"
+    FAILED = "FAILED"
+    REJECTED = "REJECTED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+    @property
+    def holds_gpus(self) -> bool:
+        """Whether GPUs are assigned to the lease in the controller's ledger."""
+        return self in HOLDING_STATES
+
+
+TERMINAL_STATES = frozenset(
+    {
+        LeaseState.RELEASED,
+        LeaseState.EXPIRED,
+        LeaseState.PREEMPTED,
+        LeaseState.FAILED,
+        LeaseState.REJECTED,
+        LeaseState.CANCELLED,
+    }
+)
+HOLDING_STATES = frozenset({LeaseState.ADMITTED, LeaseState.RESERVED, LeaseState.BOUND})
+_ENDINGS = {LeaseState.RELEASED, LeaseState.EXPIRED, LeaseState.PREEMPTED, LeaseState.FAILED}
+
+TRANSITIONS: dict[LeaseState, frozenset[LeaseState]] = {
+    LeaseState.PENDING: frozenset({LeaseState.ADMITTED, LeaseState.REJECTED, LeaseState.CANCELLED}),
+    LeaseState.ADMITTED: frozenset({LeaseState.RESERVED, LeaseState.PENDING, *_ENDINGS}),
+    # RESERVED -> ADMITTED: the group vanished (e.g. the controller died while Ray lost it) and
+    # is being re-created; metering pauses until it is ready again.
+    LeaseState.RESERVED: frozenset({LeaseState.BOUND, LeaseState.ADMITTED, *_ENDINGS}),
+    LeaseState.BOUND: frozenset({LeaseState.RESERVED, *_ENDINGS}),
+    **{s: frozenset() for s in TERMINAL_STATES},
+}
+
+
+def check_transition(lease_id: str, prev: LeaseState, new: LeaseState) -> None:
+    """Raise Conflict unless ``prev -> new`` is in :data:`TRANSITIONS`."""
+    if new not in TRANSITIONS[prev]:
+        raise Conflict(f"lease {lease_id} is {prev.value}; it cannot become {new.value}")
+
+
+class PendingReason(str, enum.Enum):
+    """Why a lease is not (yet) running; machine-readable, stable strings."""
+
+    OVER_QUOTA = "over_quota"
+    NO_CAPACITY = "no_capacity"
+    FRAGMENTATION = "fragmentation"
+    INFEASIBLE = "infeasible"
+    BUDGET = "budget_exhausted"
+    FAIR_SHARE = "fair_share_rank"
+    BACKFILL = "backfill_window"
+    PRIORITY = "lower_priority"
+    RESERVING = "reserving"
+
+
+Strategy = Literal["PACK", "STRICT_PACK", "SPREAD"]
+
+
+class LeaseRequest(BaseModel):
+    """What a tenant asks for. Validated at every boundary with the same rules."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gpus: int = Field(
+        ge=1,
+        le=MAX_GPUS_PER_LEASE,
+        description="GPUs wanted (for an elastic lease: the most it may grow to).",
+    )
+    min_gpus: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_GPUS_PER_LEASE,
+        description="Elastic lease: the fewest GPUs it may run with; unset: exactly `gpus`.",
+    )
+    gpu_type: str = Field(pattern=GPU_TYPE_PATTERN, description="GPU type name, e.g. A100.")
+    duration_s: float = Field(
+        gt=0, le=MAX_DURATION_S, description="How long the lease may hold its GPUs (seconds)."
+    )
+    preemptible: bool = Field(
+        default=False, description="Whether the scheduler may preempt it to reclaim GPUs."
+    )
+    strategy: Strategy = Field(
+        default="PACK",
+        description="Placement: PACK (few nodes), STRICT_PACK (one node), SPREAD (many nodes).",
+    )
+    request_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="Client idempotency key: the same key returns the same lease.",
+    )
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> LeaseRequest:
+        if self.min_gpus is not None and self.min_gpus > self.gpus:
+            raise ValueError(f"min_gpus <= gpus (got min_gpus={self.min_gpus}, gpus={self.gpus})")
+        return self
+
+
+@dataclass
+class Lease:
+    """A lease as stored; the controller is its only writer."""
+
+    id: str
+    tenant: str
+    state: LeaseState
+    gpus: int
+    min_gpus: int
+    gpu_type: str
+    strategy: str
+    duration_s: float
+    preemptible: bool
+    price_per_hour: float
+    created_at: float
+    request_id: str | None = None
+    reason: str | None = None
+    reason_detail: str | None = None
+    placement_group: str | None = None
+    placement_group_id: str | None = None
+    nodes: list[str] = field(default_factory=list)
+    admitted_at: float | None = None
+    reserved_at: float | None = None
+    ended_at: float | None = None
+    expires_at: float | None = None
+    workload: str | None = None
+    preempt_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        from fastgpu.timeutil import iso
+
+        return {
+            "id": self.id,
+            "tenant": self.tenant,
+            "state": self.state.value,
+            "gpus": self.gpus,
+            "min_gpus": self.min_gpus,
+            "gpu_type": self.gpu_type,
+            "strategy": self.strategy,
+            "duration_s": self.duration_s,
+            "preemptible": self.preemptible,
+            "placement_group": self.placement_group,
+            "placement_group_id": self.placement_group_id,
+            "nodes": list(self.nodes),
+            "reason": self.reason,
+            "reason_detail": self.reason_detail,
+            "request_id": self.request_id,
+            "created_at": iso(self.created_at),
+            "admitted_at": iso(self.admitted_at),
+            "reserved_at": iso(self.reserved_at),
+            "expires_at": iso(self.expires_at),
+            "ended_at": iso(self.ended_at),
+            "workload": self.workload,
+            "preempt_at": iso(self.preempt_at),
+        }

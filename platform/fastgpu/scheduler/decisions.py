@@ -1,0 +1,61 @@
+"""Decision values a policy returns; only the controller (or simulator) carries them out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Admit:
+    lease_id: str
+    #: Node id -> GPUs on it; the lease gets exactly these (gang: all or none).
+    placement: Mapping[str, int]
+
+    @property
+    def gpus(self) -> int:
+        return sum(self.placement.values())
+
+
+@dataclass(frozen=True)
+class Queue:
+    lease_id: str
+    reason: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Reject:
+    lease_id: str
+    reason: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Preempt:
+    lease_id: str
+    reason: str
+    detail: str = ""
+    #: Seconds the workload has between the announcement and losing the GPUs.
+    grace_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Resize:
+    lease_id: str
+    #: The new placement (node id -> GPUs) after growing or shrinking.
+    placement: Mapping[str, int]
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Decisions:
+    admit: tuple[Admit, ...] = ()
+    queue: tuple[Queue, ...] = ()
+    reject: tuple[Reject, ...] = ()
+    preempt: tuple[Preempt, ...] = ()
+    resize: tuple[Resize, ...] = ()
+    notes: tuple[str, ...] = field(default=())
+    #: Earliest time at which the policy's answer may change without any event (e.g. a running
+    #: lease passes its minimum runtime and becomes a preemption candidate); None: no such time.
+    wake_at: float | None = None

@@ -1,0 +1,9 @@
+"""Durable state: one small interface (:class:`Store`) over SQLAlchemy.
+
+SQLite file is the embedded default; PostgreSQL by URL for production; ``sqlite://`` (memory)
+for fast tests. Every state change is one transaction. See :mod:`fastgpu.store.sql`.
+"""
+
+from fastgpu.store.sql import SCHEMA_VERSION, Store, TenantRecord, UsageRow, open_store
+
+__all__ = ["SCHEMA_VERSION", "Store", "TenantRecord", "UsageRow", "open_store"]

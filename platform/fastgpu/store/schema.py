@@ -1,0 +1,126 @@
+"""Tables and versioned migrations of the store.
+
+``MIGRATIONS[i]`` upgrades a database at version ``i`` to ``i + 1``; each runs in its own
+transaction together with the version bump, so a crash leaves the database at a whole version.
+Add a migration; never edit a released one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Connection,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+schema_version = Table("schema_version", metadata, Column("version", Integer, nullable=False))
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("name", String(63), primary_key=True),
+    Column("spec", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    # "admin" for the operator, else the tenant's name.
+    Column("principal", String(63), nullable=False),
+    Column("is_admin", Boolean, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index("ix_tokens_principal", "principal"),
+)
+
+leases = Table(
+    "leases",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant", String(63), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("gpus", Integer, nullable=False),
+    Column("min_gpus", Integer, nullable=False),
+    Column("gpu_type", String(32), nullable=False),
+    Column("strategy", String(16), nullable=False),
+    Column("duration_s", Float, nullable=False),
+    Column("preemptible", Boolean, nullable=False),
+    Column("price_per_hour", Float, nullable=False),
+    Column("request_id", String(128)),
+    Column("reason", String(32)),
+    Column("reason_detail", Text),
+    Column("placement_group", String(64)),
+    Column("placement_group_id", String(64)),
+    Column("nodes", Text, nullable=False, default="[]"),
+    Column("created_at", Float, nullable=False),
+    Column("admitted_at", Float),
+    Column("reserved_at", Float),
+    Column("ended_at", Float),
+    Column("expires_at", Float),
+    Column("workload", String(256)),
+    Column("preempt_at", Float),
+    UniqueConstraint("tenant", "request_id", name="uq_leases_tenant_request"),
+    Index("ix_leases_state", "state"),
+    Index("ix_leases_tenant", "tenant"),
+)
+
+lease_events = Table(
+    "lease_events",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("lease_id", String(32), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("prev", String(16)),
+    Column("new", String(16), nullable=False),
+    Column("reason", Text),
+    Index("ix_lease_events_lease", "lease_id"),
+)
+
+# One row per stretch of time a lease held a fixed number of GPUs (elastic leases have several).
+usage = Table(
+    "usage",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("lease_id", String(32), nullable=False),
+    Column("tenant", String(63), nullable=False),
+    Column("gpu_type", String(32), nullable=False),
+    Column("gpus", Integer, nullable=False),
+    Column("price_per_hour", Float, nullable=False),
+    Column("start", Float, nullable=False),
+    Column("end", Float),
+    Index("ix_usage_tenant", "tenant"),
+    Index("ix_usage_lease", "lease_id"),
+)
+
+# Idempotency keys of mutating calls other than lease requests (which key on the lease row).
+requests = Table(
+    "requests",
+    metadata,
+    Column("principal", String(63), primary_key=True),
+    Column("request_id", String(128), primary_key=True),
+    Column("op", String(32), nullable=False),
+    Column("target", String(128), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+
+def _v1(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[tenants, tokens, leases, lease_events, usage, requests])
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
