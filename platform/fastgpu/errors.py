@@ -7,6 +7,8 @@
     +-- PermissionDenied         a valid token that may not do this (HTTP 403)
     +-- NotFound                 no such object visible to the caller (HTTP 404)
     +-- Conflict                 the object's state forbids the call (HTTP 409)
+    |   +-- LeaseRejected        the lease can never be granted (infeasible); ``reason`` says why
+    +-- WaitTimeout              a wait ran out before the lease held its GPUs (still pending)
     +-- Unavailable              the controller or cluster is not reachable (HTTP 503)
 
 Every exception pickles (they cross Ray actor boundaries) and its message says what was wrong
@@ -63,6 +65,15 @@ class Conflict(FastGPUError):
     http_status = 409
 
 
+class LeaseRejected(Conflict):
+    code = "lease_rejected"
+
+
+class WaitTimeout(FastGPUError):
+    code = "timeout"
+    http_status = 408
+
+
 class Unavailable(FastGPUError):
     code = "unavailable"
     http_status = 503
@@ -78,6 +89,8 @@ ERRORS_BY_CODE: dict[str, type[FastGPUError]] = {
         PermissionDenied,
         NotFound,
         Conflict,
+        LeaseRejected,
+        WaitTimeout,
         Unavailable,
     )
 }

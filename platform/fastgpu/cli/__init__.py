@@ -1,0 +1,1 @@
+"""The ``fastgpu`` command line: wiring in :mod:`.main`, output in :mod:`.render`."""

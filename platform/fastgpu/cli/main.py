@@ -1,0 +1,397 @@
+"""``fastgpu``: the command line. Wiring only; each command calls the SDK or the launcher and
+prints a typed result (table, or JSON with ``--output json``).
+
+Exit codes: 0 ok; 1 failed or denied (not found, conflict, unavailable, timeout); 2 bad usage
+or invalid input. The caller is whoever ``FASTGPU_TOKEN`` belongs to (the local admin token by
+default); ``FASTGPU_ADDRESS`` points at the API.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from enum import Enum
+from typing import Any
+
+import typer
+
+from fastgpu.cli import render
+from fastgpu.errors import FastGPUError, InvalidRequest, WaitTimeout
+
+app = typer.Typer(
+    name="fastgpu",
+    help="FastGPU: a multi-tenant, metered GPU platform on Ray.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+tenant_app = typer.Typer(help="Tenants and their quotas (admin).", no_args_is_help=True)
+lease_app = typer.Typer(help="GPU leases.", no_args_is_help=True)
+config_app = typer.Typer(help="The configuration file.", no_args_is_help=True)
+app.add_typer(tenant_app, name="tenant")
+app.add_typer(lease_app, name="lease")
+app.add_typer(config_app, name="config")
+
+
+class Output(str, Enum):
+    table = "table"
+    json = "json"
+
+
+OutputOpt = typer.Option(Output.table, "--output", "-o", help="table or json.")
+
+
+def _client() -> Any:
+    from fastgpu.sdk import Client
+
+    return Client()
+
+
+def _parse_pairs(text: str | None, flag: str) -> dict[str, int]:
+    """``A100=4,H100=2`` -> {"A100": 4, "H100": 2}."""
+    if not text:
+        return {}
+    out: dict[str, int] = {}
+    for part in text.split(","):
+        name, sep, value = part.strip().partition("=")
+        if not sep or not name or not value.strip().isdigit():
+            raise InvalidRequest(
+                f"{flag}: got {part.strip()!r}; expected TYPE=N with N a whole number >= 0, "
+                "e.g. A100=4,H100=2"
+            )
+        out[name.strip()] = int(value)
+    return out
+
+
+def _parse_gpus(text: str) -> tuple[int, int | None]:
+    """``4`` -> (4, None); ``2:4`` -> (4, 2)."""
+    lo, sep, hi = text.partition(":")
+    try:
+        if sep:
+            low, high = int(lo), int(hi)
+            return high, low
+        return int(text), None
+    except ValueError:
+        raise InvalidRequest(
+            f"--gpus: got {text!r}; expected a whole number (4) or a range MIN:MAX (2:4)"
+        ) from None
+
+
+def _quotas(quota: str | None, borrow: str | None, lend: str | None) -> dict[str, Any]:
+    nominal = _parse_pairs(quota, "--quota")
+    b = _parse_pairs(borrow, "--borrowing-limit")
+    lnd = _parse_pairs(lend, "--lending-limit")
+    for flag, extra in (("--borrowing-limit", b), ("--lending-limit", lnd)):
+        for name in extra:
+            if name not in nominal:
+                raise InvalidRequest(f"{flag}: {name} has no --quota {name}=N; give its quota too")
+    return {
+        name: {
+            "nominal": n,
+            **({"borrowing_limit": b[name]} if name in b else {}),
+            **({"lending_limit": lnd[name]} if name in lnd else {}),
+        }
+        for name, n in nominal.items()
+    }
+
+
+# -- cluster ------------------------------------------------------------------------------------
+@app.command()
+def up(
+    gpus: int = typer.Option(8, "--gpus", help="Logical GPUs in the local cluster."),
+    gpu_type: str = typer.Option("A100", "--gpu-type", help="GPU type of those GPUs."),
+    nodes: int = typer.Option(1, "--nodes", help="Ray nodes to split the GPUs over."),
+    config: str = typer.Option(None, "--config", help="Platform config YAML."),
+    output: Output = OutputOpt,
+) -> None:
+    """Start a local cluster, the controller and the API (idempotent)."""
+    from fastgpu.local import up as do_up
+
+    with render.err_console.status("starting the local FastGPU platform..."):
+        result = do_up(gpus=gpus, gpu_type=gpu_type, nodes=nodes, config_path=config)
+    if output == Output.json:
+        render.emit_json(result)
+        return
+    tokens = result.pop("new_tenant_tokens")
+    render.kv("FastGPU is up", result)
+    for name, token in tokens.items():
+        render.console.print(f"tenant [bold]{name}[/] token (shown once): {token}")
+
+
+@app.command()
+def down(output: Output = OutputOpt) -> None:
+    """Stop the local cluster (the store and tokens stay)."""
+    from fastgpu.local import down as do_down
+
+    result = do_down()
+    if output == Output.json:
+        render.emit_json(result)
+    else:
+        render.kv("FastGPU is down", result)
+
+
+@app.command()
+def status(output: Output = OutputOpt) -> None:
+    """Capacity and allocation per GPU type and tenant."""
+    data = _client().status()
+    if output == Output.json:
+        render.emit_json(data)
+        return
+    render.table(
+        "GPU types",
+        data["gpu_types"],
+        ("gpu_type", "total", "allocated", "free", "pending", "nodes", "price_per_hour"),
+    )
+    render.table(
+        "Tenants",
+        data["tenants"],
+        ("tenant", "gpu_type", "nominal", "borrowing_limit", "allocated", "pending", "leases"),
+    )
+
+
+@app.command()
+def whoami(output: Output = OutputOpt) -> None:
+    """Who the current token belongs to."""
+    data = _client().whoami()
+    if output == Output.json:
+        render.emit_json(data)
+    else:
+        render.kv("caller", data)
+
+
+# -- tenants ------------------------------------------------------------------------------------
+@tenant_app.command("create")
+def tenant_create(
+    name: str = typer.Argument(..., help="Tenant name."),
+    quota: str = typer.Option(None, "--quota", help="Nominal quota, TYPE=N[,TYPE=N]."),
+    borrowing_limit: str = typer.Option(None, "--borrowing-limit", help="TYPE=N[,TYPE=N]."),
+    lending_limit: str = typer.Option(None, "--lending-limit", help="TYPE=N[,TYPE=N]."),
+    weight: float = typer.Option(None, "--weight", help="Fair-share weight."),
+    priority: int = typer.Option(None, "--priority", help="Priority."),
+    output: Output = OutputOpt,
+) -> None:
+    """Create a tenant; prints its token once."""
+    quotas = _quotas(quota, borrowing_limit, lending_limit)
+    data = _client().create_tenant(name, quotas, weight=weight, priority=priority)
+    if output == Output.json:
+        render.emit_json(data)
+        return
+    render.table("tenant created", [render.tenant_row(data)], render.TENANT_COLUMNS)
+    render.console.print(f"token (shown once, keep it secret): {data['token']}")
+
+
+@tenant_app.command("list")
+def tenant_list(output: Output = OutputOpt) -> None:
+    """List tenants."""
+    rows = _client().list_tenants()
+    if output == Output.json:
+        render.emit_json(rows)
+    else:
+        render.table("tenants", [render.tenant_row(r) for r in rows], render.TENANT_COLUMNS)
+
+
+@tenant_app.command("show")
+def tenant_show(name: str, output: Output = OutputOpt) -> None:
+    """Show one tenant."""
+    data = _client().get_tenant(name)
+    if output == Output.json:
+        render.emit_json(data)
+    else:
+        render.kv(f"tenant {name}", data)
+
+
+@tenant_app.command("update")
+def tenant_update(
+    name: str,
+    quota: str = typer.Option(None, "--quota", help="Nominal quota, TYPE=N[,TYPE=N]."),
+    borrowing_limit: str = typer.Option(None, "--borrowing-limit", help="TYPE=N[,TYPE=N]."),
+    lending_limit: str = typer.Option(None, "--lending-limit", help="TYPE=N[,TYPE=N]."),
+    weight: float = typer.Option(None, "--weight", help="Fair-share weight."),
+    priority: int = typer.Option(None, "--priority", help="Priority."),
+    output: Output = OutputOpt,
+) -> None:
+    """Change a tenant's quotas, weight or priority."""
+    changes: dict[str, Any] = {}
+    if quota or borrowing_limit or lending_limit:
+        if not quota:
+            client = _client()
+            current = client.get_tenant(name)["quotas"]
+            quota = ",".join(f"{g}={q['nominal']}" for g, q in current.items())
+        changes["quotas"] = _quotas(quota, borrowing_limit, lending_limit)
+    if weight is not None:
+        changes["weight"] = weight
+    if priority is not None:
+        changes["priority"] = priority
+    if not changes:
+        raise InvalidRequest("nothing to change; give --quota, --weight or --priority")
+    data = _client().update_tenant(name, **changes)
+    if output == Output.json:
+        render.emit_json(data)
+    else:
+        render.kv(f"tenant {name}", data)
+
+
+@tenant_app.command("delete")
+def tenant_delete(name: str, output: Output = OutputOpt) -> None:
+    """Delete a tenant without live leases (its usage history stays)."""
+    data = _client().delete_tenant(name)
+    if output == Output.json:
+        render.emit_json(data)
+    else:
+        render.console.print(f"tenant {name} deleted")
+
+
+@tenant_app.command("rotate-token")
+def tenant_rotate(name: str, output: Output = OutputOpt) -> None:
+    """Replace a tenant's token; the old one stops working at once."""
+    data = _client().rotate_token(name)
+    if output == Output.json:
+        render.emit_json(data)
+    else:
+        render.console.print(f"new token for {name} (shown once): {data['token']}")
+
+
+# -- leases -------------------------------------------------------------------------------------
+@lease_app.command("request")
+def lease_request(
+    gpus: str = typer.Option(..., "--gpus", help="GPUs: N, or MIN:MAX for an elastic lease."),
+    gpu_type: str = typer.Option(None, "--gpu-type", help="GPU type."),
+    duration: str = typer.Option(None, "--duration", help="e.g. 30m, 2h (default: 1h)."),
+    preemptible: bool = typer.Option(False, "--preemptible", help="May be preempted."),
+    strategy: str = typer.Option("PACK", "--strategy", help="PACK, STRICT_PACK or SPREAD."),
+    tenant: str = typer.Option(None, "--tenant", help="The tenant (admin only)."),
+    wait: bool = typer.Option(False, "--wait", help="Wait until the GPUs are held."),
+    timeout: float = typer.Option(None, "--timeout", help="Seconds to wait with --wait."),
+    output: Output = OutputOpt,
+) -> None:
+    """Request a lease."""
+    n, low = _parse_gpus(gpus)
+    if timeout is not None and not wait:
+        raise InvalidRequest("--timeout needs --wait")
+    if timeout is not None and not 0 < timeout <= 86400:
+        raise InvalidRequest(f"--timeout: got {timeout}; expected seconds in (0, 86400]")
+    client = _client()
+    lease = client.request_lease(
+        n,
+        gpu_type,
+        duration,
+        min_gpus=low,
+        preemptible=preemptible,
+        strategy=strategy,
+        tenant=tenant,
+        wait=False,
+    )
+    if wait:
+        lease = _wait_with_progress(lease, timeout, quiet=output == Output.json)
+    elif lease.state == "REJECTED":
+        _print_lease(lease.data, output)
+        raise FastGPUError(f"lease rejected ({lease.reason}): {lease.reason_detail}")
+    _print_lease(lease.data, output)
+
+
+def _wait_with_progress(lease: Any, timeout: float | None, quiet: bool) -> Any:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    step = 2.0
+    with render.err_console.status("waiting...") as spinner:
+        while not lease.held:
+            if lease.state == "REJECTED" or lease.state not in ("PENDING", "ADMITTED"):
+                break
+            if not quiet:
+                spinner.update(f"lease {lease.id} {lease.state}: {lease.reason} {lease.reason_detail or ''}")
+            left = step if deadline is None else min(step, deadline - time.monotonic())
+            if left <= 0:
+                _print_lease(lease.data, Output.json if quiet else Output.table)
+                raise WaitTimeout(
+                    f"lease {lease.id} still {lease.state} ({lease.reason}); it stays queued "
+                    f"until released: fastgpu lease release {lease.id}"
+                )
+            lease.data = lease._client.get_lease(lease.id, wait=left).data
+    if not lease.held:
+        _print_lease(lease.data, Output.json if quiet else Output.table)
+        raise FastGPUError(f"lease {lease.id} is {lease.state} ({lease.reason}): {lease.reason_detail}")
+    return lease
+
+
+def _print_lease(data: dict[str, Any], output: Output) -> None:
+    if output == Output.json:
+        render.emit_json(data)
+    else:
+        render.kv(f"lease {data['id']}", data)
+
+
+@lease_app.command("list")
+def lease_list(
+    tenant: str = typer.Option(None, "--tenant", help="Only this tenant (admin)."),
+    live: bool = typer.Option(False, "--live", help="Only leases that have not ended."),
+    output: Output = OutputOpt,
+) -> None:
+    """List leases."""
+    rows = [lease.data for lease in _client().list_leases(tenant=tenant, live=live)]
+    if output == Output.json:
+        render.emit_json(rows)
+    else:
+        render.table("leases", rows, render.LEASE_COLUMNS)
+
+
+@lease_app.command("show")
+def lease_show(lease_id: str, output: Output = OutputOpt) -> None:
+    """Show one lease."""
+    _print_lease(_client().get_lease(lease_id).data, output)
+
+
+@lease_app.command("release")
+def lease_release(lease_id: str, output: Output = OutputOpt) -> None:
+    """Release a lease (its GPUs go back at once)."""
+    _print_lease(_client().release_lease(lease_id).data, output)
+
+
+# -- usage and config ---------------------------------------------------------------------------
+@app.command()
+def usage(
+    tenant: str = typer.Option(None, "--tenant", help="Only this tenant."),
+    since: str = typer.Option(None, "--since", help="ISO 8601 start, e.g. 2026-01-01T00:00Z."),
+    output: Output = OutputOpt,
+) -> None:
+    """GPU-seconds and cost per tenant and GPU type."""
+    if since is not None:
+        from fastgpu.timeutil import parse_iso
+
+        parse_iso(since, "--since")
+    rows = _client().usage(tenant=tenant, since=since)
+    if output == Output.json:
+        render.emit_json(rows)
+    else:
+        render.table("usage", rows, render.USAGE_COLUMNS)
+
+
+@config_app.command("schema")
+def config_schema() -> None:
+    """Print the JSON schema of the platform config file."""
+    from fastgpu.config import config_json_schema
+
+    print(config_json_schema())
+
+
+@config_app.command("validate")
+def config_validate(path: str) -> None:
+    """Check a config file; prints what is wrong, field by field."""
+    from fastgpu.config import load_config
+
+    cfg = load_config(path)
+    render.console.print(
+        f"{path} is valid: {len(cfg.gpu_types)} GPU type(s), {len(cfg.tenants)} tenant(s)"
+    )
+
+
+def run() -> None:
+    """Entry point: usage errors exit 2 (click's standalone mode); FastGPU errors print one
+    clear message and exit 2 for invalid input, 1 for everything else."""
+    try:
+        app()
+    except FastGPUError as exc:
+        render.err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        sys.exit(2 if isinstance(exc, InvalidRequest) else 1)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,399 @@
+"""The Python SDK: :class:`Client` (the whole control API) and :class:`Allocator` (the seed's
+lease interface). It speaks HTTP to the control API, so it works from a laptop, a Ray job or a
+notebook alike; running work *inside* a lease needs a Ray connection (``ray.init``).
+
+Caller identity: ``token`` or ``$FASTGPU_TOKEN``, else the local admin token that ``fastgpu up``
+wrote. Address: ``address`` or ``$FASTGPU_ADDRESS``, else the local API's address. Lease
+requests carry a request id, and retries after connection errors reuse it, so a retry never
+books twice.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from fastgpu.config import DEFAULT_API_PORT, default_state_dir
+from fastgpu.errors import (
+    AuthenticationError,
+    FastGPUError,
+    LeaseRejected,
+    Unavailable,
+    WaitTimeout,
+    error_from_dict,
+)
+
+ADMIN_TOKEN_FILE = "admin_token"
+ADDRESS_FILE = "api_address"
+_POLL_S = 20.0  # one long-poll; kept under common proxy timeouts
+_HELD = ("RESERVED", "BOUND")
+_ENDED = ("RELEASED", "EXPIRED", "PREEMPTED", "FAILED", "REJECTED", "CANCELLED")
+
+
+def local_admin_token(state_dir: Path | None = None) -> str | None:
+    path = (state_dir or default_state_dir()) / ADMIN_TOKEN_FILE
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def local_address(state_dir: Path | None = None) -> str:
+    path = (state_dir or default_state_dir()) / ADDRESS_FILE
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return f"http://127.0.0.1:{DEFAULT_API_PORT}"
+
+
+class Client:
+    """A handle on the FastGPU control API for one caller (admin or tenant)."""
+
+    def __init__(
+        self,
+        token: str | None = None,
+        address: str | None = None,
+        timeout: float = 30.0,
+        retries: int = 5,
+    ) -> None:
+        self.token = token or os.environ.get("FASTGPU_TOKEN") or local_admin_token()
+        if not self.token:
+            raise AuthenticationError(
+                "no token: pass token=, set FASTGPU_TOKEN, or run `fastgpu up` on this machine"
+            )
+        self.address = (address or os.environ.get("FASTGPU_ADDRESS") or local_address()).rstrip("/")
+        self._retries = retries
+        self._http = httpx.Client(
+            base_url=self.address,
+            timeout=timeout,
+            headers={"Authorization": f"Bearer {self.token}"},
+            trust_env=False,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transport --------------------------------------------------------------------------
+    def _call(
+        self,
+        method: str,
+        path: str,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        params = {k: v for k, v in (params or {}).items() if v is not None}
+        delay = 0.2
+        for attempt in range(self._retries + 1):
+            try:
+                resp = self._http.request(
+                    method,
+                    f"/api/v1{path}",
+                    json=json,
+                    params=params,
+                    timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+                )
+            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                if attempt == self._retries:
+                    raise Unavailable(
+                        f"cannot reach the FastGPU API at {self.address}: {exc}; is `fastgpu up` "
+                        "running, and is FASTGPU_ADDRESS right?"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 3.0)
+                continue
+            if resp.status_code == 503 and attempt < self._retries:
+                time.sleep(delay)
+                delay = min(delay * 2, 3.0)
+                continue
+            if resp.is_success:
+                return resp.json()
+            try:
+                payload = resp.json().get("error", {})
+            except ValueError:
+                payload = {"message": resp.text or resp.reason_phrase}
+            if not isinstance(payload, dict):
+                payload = {"message": str(payload)}
+            payload.setdefault("message", f"HTTP {resp.status_code}")
+            raise error_from_dict(payload)
+        raise Unavailable("unreachable")  # pragma: no cover - the loop returns or raises
+
+    # -- identity and cluster ---------------------------------------------------------------
+    def whoami(self) -> dict[str, Any]:
+        return dict(self._call("GET", "/whoami"))
+
+    def status(self) -> dict[str, Any]:
+        return dict(self._call("GET", "/status"))
+
+    # -- tenants (admin) -------------------------------------------------------------------
+    def create_tenant(
+        self,
+        name: str,
+        quotas: dict[str, Any] | None = None,
+        *,
+        weight: float | None = None,
+        priority: int | None = None,
+        budget: dict[str, Any] | None = None,
+        queueing: str | None = None,
+        request_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Create a tenant; ``quotas`` maps GPU type to a nominal count or a quota mapping.
+        The result holds the tenant's token, shown this once."""
+        body: dict[str, Any] = {"name": name, "quotas": _quotas(quotas or {})}
+        for key, value in (
+            ("weight", weight),
+            ("priority", priority),
+            ("budget", budget),
+            ("queueing", queueing),
+            ("request_id", request_id),
+        ):
+            if value is not None:
+                body[key] = value
+        return dict(self._call("POST", "/tenants", json=body))
+
+    def list_tenants(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/tenants"))
+
+    def get_tenant(self, name: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/tenants/{_seg(name)}"))
+
+    def update_tenant(self, name: str, **changes: Any) -> dict[str, Any]:
+        if "quotas" in changes and changes["quotas"] is not None:
+            changes["quotas"] = _quotas(changes["quotas"])
+        return dict(self._call("PATCH", f"/tenants/{_seg(name)}", json=changes))
+
+    def delete_tenant(self, name: str) -> dict[str, Any]:
+        return dict(self._call("DELETE", f"/tenants/{_seg(name)}"))
+
+    def rotate_token(self, name: str) -> dict[str, Any]:
+        return dict(self._call("POST", f"/tenants/{_seg(name)}/rotate-token"))
+
+    # -- leases ----------------------------------------------------------------------------
+    def request_lease(
+        self,
+        gpus: int,
+        gpu_type: str | None = None,
+        duration: str | float | None = None,
+        *,
+        min_gpus: int | None = None,
+        preemptible: bool = False,
+        strategy: str = "PACK",
+        wait: bool = False,
+        timeout: float | None = None,
+        tenant: str | None = None,
+        request_id: str | None = None,
+    ) -> Lease:
+        """Ask for ``gpus`` GPUs. With ``wait``, return once they are held (raising
+        :class:`LeaseRejected` if it can never fit, :class:`WaitTimeout` after ``timeout``)."""
+        body: dict[str, Any] = {
+            "gpus": gpus,
+            "gpu_type": gpu_type,
+            "duration": duration,
+            "min_gpus": min_gpus,
+            "preemptible": preemptible,
+            "strategy": strategy,
+            "tenant": tenant,
+            "request_id": request_id or f"sdk-{uuid.uuid4().hex}",
+        }
+        body = {k: v for k, v in body.items() if v is not None}
+        first_wait = min(timeout if timeout is not None else _POLL_S, _POLL_S) if wait else 0.0
+        body["wait"] = first_wait
+        data = self._call("POST", "/leases", json=body, timeout=first_wait + 30)
+        lease = Lease(self, data)
+        if wait:
+            lease.wait(None if timeout is None else max(0.0, timeout - first_wait))
+        elif lease.state == "REJECTED":
+            raise LeaseRejected(f"lease {lease.id} rejected ({lease.reason}): {lease.reason_detail}")
+        return lease
+
+    def get_lease(self, lease_id: str, wait: float = 0.0) -> Lease:
+        data = self._call(
+            "GET", f"/leases/{_seg(lease_id)}", params={"wait": wait or None}, timeout=wait + 30
+        )
+        return Lease(self, data)
+
+    def list_leases(self, tenant: str | None = None, live: bool = False) -> list[Lease]:
+        rows = self._call("GET", "/leases", params={"tenant": tenant, "live": live or None})
+        return [Lease(self, r) for r in rows]
+
+    def release_lease(self, lease_id: str) -> Lease:
+        return Lease(self, self._call("POST", f"/leases/{_seg(lease_id)}/release"))
+
+    def bind_lease(self, lease_id: str, workload: str) -> Lease:
+        data = self._call("POST", f"/leases/{_seg(lease_id)}/bind", json={"workload": workload})
+        return Lease(self, data)
+
+    # -- usage -----------------------------------------------------------------------------
+    def usage(self, tenant: str | None = None, since: str | None = None) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/usage", params={"tenant": tenant, "since": since}))
+
+
+class Lease:
+    """A client-side view of a lease; :meth:`refresh` re-reads it."""
+
+    def __init__(self, client: Client, data: dict[str, Any]) -> None:
+        self._client = client
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"Lease(id={self.id!r}, state={self.state!r}, gpus={self.gpus}, gpu_type={self.gpu_type!r})"
+
+    id = property(lambda self: str(self.data["id"]))
+    state = property(lambda self: str(self.data["state"]))
+    tenant = property(lambda self: str(self.data["tenant"]))
+    gpus = property(lambda self: int(self.data["gpus"]))
+    gpu_type = property(lambda self: str(self.data["gpu_type"]))
+    nodes = property(lambda self: list(self.data.get("nodes") or []))
+    reason = property(lambda self: self.data.get("reason"))
+    reason_detail = property(lambda self: self.data.get("reason_detail"))
+    expires_at = property(lambda self: self.data.get("expires_at"))
+    placement_group_name = property(lambda self: self.data.get("placement_group"))
+
+    @property
+    def held(self) -> bool:
+        return self.state in _HELD
+
+    def refresh(self) -> Lease:
+        self.data = self._client.get_lease(self.id).data
+        return self
+
+    def wait(self, timeout: float | None = None) -> Lease:
+        """Block until the GPUs are held; raise if the lease ends or ``timeout`` passes."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self.held:
+                return self
+            if self.state == "REJECTED":
+                raise LeaseRejected(
+                    f"lease {self.id} rejected ({self.reason}): {self.reason_detail}"
+                )
+            if self.state not in ("PENDING", "ADMITTED"):
+                raise FastGPUError(f"lease {self.id} ended as {self.state} while waiting")
+            left = _POLL_S if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise WaitTimeout(
+                    f"lease {self.id} still {self.state} after waiting ({self.reason}: "
+                    f"{self.reason_detail}); it stays queued until released"
+                )
+            self.data = self._client.get_lease(self.id, wait=min(left, _POLL_S)).data
+
+    def release(self) -> Lease:
+        self.data = self._client.release_lease(self.id).data
+        return self
+
+    def bind(self, workload: str) -> Lease:
+        self.data = self._client.bind_lease(self.id, workload).data
+        return self
+
+    # -- running work inside the lease (needs ray.init) -------------------------------------
+    @property
+    def placement_group(self) -> Any:
+        """The Ray placement group reserving this lease's GPUs."""
+        from ray.util import get_placement_group
+
+        if not self.placement_group_name or self.state not in ("ADMITTED", "RESERVED"):
+            raise FastGPUError(f"lease {self.id} is {self.state}; it holds no placement group")
+        return get_placement_group(self.placement_group_name)
+
+    def scheduling_strategy(self, bundle_index: int = 0) -> Any:
+        """Strategy that runs a task or actor on GPU ``bundle_index`` of this lease; request
+        ``num_gpus=1`` (or less) with it."""
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        if not 0 <= bundle_index < self.gpus:
+            raise FastGPUError(
+                f"bundle_index: got {bundle_index}; expected 0..{self.gpus - 1} for this lease"
+            )
+        return PlacementGroupSchedulingStrategy(
+            placement_group=self.placement_group,
+            placement_group_bundle_index=bundle_index,
+            placement_group_capture_child_tasks=True,
+        )
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.state not in _ENDED:
+            self.release()
+
+
+class Allocator:
+    """The seed's interface: ``with Allocator(token) as a: lease = a.request_resource(2, ...)``.
+
+    Leaving the block releases every lease it granted that is still held.
+    """
+
+    def __init__(self, token: str | None = None, address: str | None = None) -> None:
+        self.client = Client(token=token, address=address)
+        self._leases: list[Lease] = []
+
+    def request_resource(
+        self,
+        gpu_count: int,
+        perf: str | None = None,
+        time: str | float | None = None,
+        *,
+        gpu_type: str | None = None,
+        preemptible: bool = False,
+        strategy: str = "PACK",
+        timeout: float | None = None,
+    ) -> Lease:
+        """Reserve ``gpu_count`` GPUs of type ``gpu_type`` (``perf`` is the seed's name for it)
+        for ``time`` (``"30m"``), waiting until they are held."""
+        if perf is not None and gpu_type is not None and perf != gpu_type:
+            raise FastGPUError("give the GPU type once: perf or gpu_type")
+        lease = self.client.request_lease(
+            gpu_count,
+            gpu_type or perf,
+            time,
+            preemptible=preemptible,
+            strategy=strategy,
+            wait=True,
+            timeout=timeout,
+        )
+        self._leases.append(lease)
+        return lease
+
+    def release_all(self) -> None:
+        for lease in self._leases:
+            try:
+                if lease.refresh().state not in _ENDED:
+                    lease.release()
+            except FastGPUError:
+                continue
+        self._leases.clear()
+
+    def __enter__(self) -> Allocator:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release_all()
+        self.client.close()
+
+
+def _seg(value: str) -> str:
+    from urllib.parse import quote
+
+    return quote(str(value), safe="")
+
+
+def _quotas(quotas: dict[str, Any]) -> dict[str, Any]:
+    return {k: ({"nominal": v} if isinstance(v, int) else v) for k, v in quotas.items()}

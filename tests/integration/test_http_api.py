@@ -1,0 +1,288 @@
+"""HTTP control API on Ray Serve (real HTTP on 127.0.0.1), the SDK over it, and the CLI.
+
+Includes the isolation matrix: every operation with another tenant's token, with no token
+and with a wrong token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import ray
+from ray import serve
+
+import fastgpu as fgpu
+from fastgpu.api.serve import deploy_api
+from fastgpu.errors import InvalidRequest, LeaseRejected, NotFound, PermissionDenied
+from fastgpu.sdk import Client
+from tests.integration.platform_fixtures import (
+    Platform,
+    make_config,
+    platform_on_running_ray,
+    start_local_ray,
+)
+
+pytestmark = pytest.mark.ray
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Api:
+    def __init__(self, platform: Platform, url: str) -> None:
+        self.platform = platform
+        self.url = url
+        self.admin = Client(token=platform.admin, address=url)
+
+    def http(self, token: str | None) -> httpx.Client:
+        headers = {}
+        if token == "Basic":  # a malformed credential
+            headers = {"Authorization": "Basic dXNlcjpwYXNz"}
+        elif token is not None:
+            headers = {"Authorization": f"Bearer {token}"}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60, trust_env=False)
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    start_local_ray(num_gpus=8)
+    state = tmp_path_factory.mktemp("state")
+    try:
+        for platform in platform_on_running_ray(state):
+            port = _free_port()
+            cfg = make_config(state).model_copy(
+                update={"api": platform.config.api.model_copy(update={"port": port})}
+            )
+            url = deploy_api(cfg)
+            yield Api(platform, url)
+            serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+def test_listens_on_loopback_only(api: Api) -> None:
+    assert api.url.startswith("http://127.0.0.1:")
+
+
+def test_sdk_lease_round_trip_and_seed_allocator(api: Api) -> None:
+    created = api.admin.create_tenant("seed", {"A100": 4})
+    assert created["name"] == "seed"
+    token = created["token"]
+    with fgpu.Allocator(token, address=api.url) as allocator:
+        lease = allocator.request_resource(2, gpu_type="A100", time="30m")
+        assert lease.state == "RESERVED"
+
+        @ray.remote(num_gpus=1, num_cpus=0)
+        def where() -> tuple[str, str]:
+            return ray.get_runtime_context().get_node_id(), os.environ["CUDA_VISIBLE_DEVICES"]
+
+        got = ray.get([where.options(scheduling_strategy=lease.scheduling_strategy(i)).remote() for i in range(2)])
+        assert {node for node, _ in got} <= set(lease.nodes)
+        assert len({dev for _, dev in got}) == 2  # two distinct GPUs of the lease
+        kept = allocator.request_resource(1, perf="A100", time="30m")
+    # Leaving the block released both.
+    client = Client(token=token, address=api.url)
+    assert client.get_lease(lease.id).state == "RELEASED"
+    assert client.get_lease(kept.id).state == "RELEASED"
+
+
+def test_sdk_raises_clear_errors(api: Api) -> None:
+    token = api.admin.create_tenant("errs", {"A100": 2})["token"]
+    client = Client(token=token, address=api.url)
+    with pytest.raises(LeaseRejected, match="infeasible"):
+        client.request_lease(64, "A100", "1m")
+    with pytest.raises(InvalidRequest, match="duration"):
+        client.request_lease(1, "A100", "ten minutes")
+    with pytest.raises(InvalidRequest, match="gpus"):
+        client.request_lease(0, "A100", "1m")
+    with pytest.raises(InvalidRequest, match="V100"):
+        client.request_lease(1, "V100", "1m")
+    with pytest.raises(PermissionDenied):
+        client.create_tenant("sneaky", {"A100": 8})
+    assert [lease.state for lease in client.list_leases()] == ["REJECTED"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"gpus": 0}, "gpus"),
+        ({"gpus": -3}, "gpus"),
+        ({"gpus": "many"}, "gpus"),
+        ({"gpus": 1, "gpu_type": "V100"}, "gpu_type"),
+        ({"gpus": 1, "duration": "forever"}, "duration"),
+        ({"gpus": 1, "colour": "red"}, "colour"),
+        ({"gpus": 10**12}, "gpus"),
+        ({"gpus": 1, "request_id": "x" * 500}, "request_id"),
+        ({"gpus": 1, "strategy": "RANDOM"}, "strategy"),
+    ],
+)
+def test_http_bad_input_is_4xx_and_stores_nothing(api: Api, body: dict[str, Any], field: str) -> None:
+    name = "bad-input"
+    try:
+        token = api.admin.create_tenant(name, {"A100": 2})["token"]
+    except Exception:
+        token = api.admin.rotate_token(name)["token"]
+    with api.http(token) as http:
+        before = http.get("/api/v1/leases").json()
+        resp = http.post("/api/v1/leases", json=body)
+        assert resp.status_code == 422, resp.text
+        error = resp.json()["error"]
+        assert error["code"] == "invalid_request"
+        assert field in error["message"]
+        assert http.get("/api/v1/leases").json() == before
+
+
+def test_http_malformed_and_oversized_bodies(api: Api) -> None:
+    with api.http(api.platform.admin) as http:
+        resp = http.post("/api/v1/tenants", content=b"{not json", headers={"content-type": "application/json"})
+        assert resp.status_code == 422
+        resp = http.post("/api/v1/tenants", content=b"x" * 100_000, headers={"content-type": "application/json"})
+        assert resp.status_code == 413
+        resp = http.post("/api/v1/tenants", json={"name": "Bad Name!", "quotas": {}})
+        assert resp.status_code == 422
+        assert "name" in resp.json()["error"]["message"]
+        resp = http.post("/api/v1/tenants", json={"name": "ok-name", "quotas": {"A100": {"nominal": -1}}})
+        assert resp.status_code == 422
+        resp = http.post("/api/v1/tenants", json={"name": "ok-name", "quotas": {"TPU": {"nominal": 1}}})
+        assert resp.status_code == 422
+        assert "TPU" in resp.json()["error"]["message"]
+        assert http.get("/api/v1/tenants/ok-name").status_code == 404
+        assert http.get("/api/v1/usage", params={"since": "yesterday"}).status_code == 422
+
+
+def test_isolation_matrix(api: Api) -> None:
+    victim = api.admin.create_tenant("victim", {"A100": 2})["token"]
+    other = api.admin.create_tenant("intruder", {"A100": 2})["token"]
+    lease = Client(token=victim, address=api.url).request_lease(1, "A100", "10m", wait=True)
+    lid = lease.id
+    # (method, path, body, query, what the intruder gets)
+    ops: list[tuple[str, str, dict[str, Any] | None, dict[str, Any] | None, int]] = [
+        ("GET", "/api/v1/whoami", None, None, 200),
+        ("GET", "/api/v1/status", None, None, 200),
+        ("GET", "/api/v1/tenants", None, None, 200),
+        ("GET", "/api/v1/healthz", None, None, 200),
+        ("POST", "/api/v1/tenants", {"name": "evil", "quotas": {}}, None, 403),
+        ("PATCH", "/api/v1/tenants/victim", {"weight": 9}, None, 403),
+        ("DELETE", "/api/v1/tenants/victim", None, None, 403),
+        ("POST", "/api/v1/tenants/victim/rotate-token", None, None, 403),
+        ("GET", "/api/v1/tenants/victim", None, None, 404),
+        ("GET", "/api/v1/leases", None, {"tenant": "victim"}, 404),
+        ("POST", "/api/v1/leases", {"gpus": 1, "tenant": "victim"}, None, 404),
+        ("GET", f"/api/v1/leases/{lid}", None, None, 404),
+        ("GET", f"/api/v1/leases/{lid}", None, {"wait": 1}, 404),
+        ("POST", f"/api/v1/leases/{lid}/release", None, None, 404),
+        ("POST", f"/api/v1/leases/{lid}/bind", {"workload": "steal"}, None, 404),
+        ("GET", "/api/v1/usage", None, {"tenant": "victim"}, 404),
+    ]
+    for method, path, body, params, expected in ops:
+        for token in (None, "fgpu_wrong-token", "Basic"):
+            with api.http(token) as http:
+                resp = http.request(method, path, json=body, params=params)
+            assert resp.status_code == 401, (method, path, token, resp.text)
+            assert resp.json()["error"]["code"] == "unauthenticated"
+        with api.http(other) as http:
+            resp = http.request(method, path, json=body, params=params)
+        assert resp.status_code == expected, (method, path, resp.text)
+        if expected == 200:
+            assert "victim" not in resp.text, (method, path)
+    # The victim's lease and tenant are untouched.
+    victim_client = Client(token=victim, address=api.url)
+    assert victim_client.get_lease(lid).state == "RESERVED"
+    assert victim_client.get_tenant("victim")["weight"] == 1.0
+    assert [u["tenant"] for u in Client(token=other, address=api.url).usage()] in ([], ["intruder"])
+    victim_client.release_lease(lid)
+
+
+def _cli(api: Api, token: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FASTGPU_TOKEN": token, "FASTGPU_ADDRESS": api.url}
+    return subprocess.run(
+        [sys.executable, "-m", "fastgpu.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+def test_cli_contract(api: Api) -> None:
+    admin = api.platform.admin
+    out = _cli(api, admin, "tenant", "create", "cli-team", "--quota", "A100=2", "--borrowing-limit", "A100=1", "--output", "json")
+    assert out.returncode == 0, out.stderr
+    created = json.loads(out.stdout)
+    assert created["name"] == "cli-team"
+    token = created["token"]
+    assert created["quotas"]["A100"] == {"nominal": 2, "borrowing_limit": 1, "lending_limit": None}
+
+    out = _cli(api, token, "lease", "request", "--gpus", "2", "--duration", "10m", "--wait", "--timeout", "60", "--output", "json")
+    assert out.returncode == 0, out.stderr
+    lease = json.loads(out.stdout)
+    for key in ("id", "tenant", "state", "gpus", "gpu_type", "placement_group", "expires_at", "reason"):
+        assert key in lease
+    assert lease["state"] == "RESERVED"
+
+    out = _cli(api, token, "lease", "request", "--gpus", "1", "--wait", "--timeout", "1", "--output", "json")
+    assert out.returncode == 1
+    assert json.loads(out.stdout)["reason"] == "over_quota"
+
+    out = _cli(api, token, "lease", "list", "--output", "json")
+    assert out.returncode == 0
+    assert {row["tenant"] for row in json.loads(out.stdout)} == {"cli-team"}
+
+    out = _cli(api, token, "lease", "release", lease["id"], "--output", "json")
+    assert json.loads(out.stdout)["state"] == "RELEASED"
+    out = _cli(api, token, "usage", "--output", "json")
+    (row,) = json.loads(out.stdout)
+    assert set(row) >= {"tenant", "gpu_type", "gpu_seconds", "cost"}
+    assert row["gpu_seconds"] > 0
+
+    out = _cli(api, admin, "status", "--output", "json")
+    assert out.returncode == 0
+    assert any(r["tenant"] == "cli-team" for r in json.loads(out.stdout)["tenants"])
+
+    # Bad usage and invalid input exit 2 and store nothing; denials exit 1.
+    for args in (
+        ("lease", "request", "--gpus", "0", "--output", "json"),
+        ("lease", "request", "--gpus", "-1"),
+        ("lease", "request", "--gpus", "1", "--gpu-type", "V100"),
+        ("lease", "request", "--gpus", "1", "--duration", "5 minutes"),
+        ("lease", "request", "--gpus", "two"),
+        ("lease", "request", "--gpus", "1", "--bogus"),
+        ("usage", "--since", "last week"),
+    ):
+        out = _cli(api, token, *args)
+        assert out.returncode == 2, (args, out.stdout, out.stderr)
+        assert "error" in (out.stderr + out.stdout).lower()
+    out = _cli(api, token, "tenant", "create", "x", "--quota", "A100=1")
+    assert out.returncode == 1
+    out = _cli(api, token, "lease", "show", "does-not-exist")
+    assert out.returncode == 1
+    out = _cli(api, "fgpu_bad", "lease", "list")
+    assert out.returncode == 1
+    leases = json.loads(_cli(api, token, "lease", "list", "--output", "json").stdout)
+    # The released one and the one that queued over quota, admitted once quota freed up;
+    # nothing from the bad input.
+    assert sorted(x["state"] for x in leases) == ["RELEASED", "RESERVED"]
+    _cli(api, token, "lease", "release", next(x["id"] for x in leases if x["state"] == "RESERVED"))
+
+
+def test_not_found_is_the_same_for_missing_and_foreign(api: Api) -> None:
+    a = Client(token=api.admin.create_tenant("same-a", {"A100": 1})["token"], address=api.url)
+    b = Client(token=api.admin.create_tenant("same-b", {"A100": 1})["token"], address=api.url)
+    lease = a.request_lease(1, "A100", "1m")
+    with pytest.raises(NotFound) as foreign:
+        b.get_lease(lease.id)
+    with pytest.raises(NotFound) as missing:
+        b.get_lease("0" * 16)
+    assert str(foreign.value).replace(lease.id, "X") == str(missing.value).replace("0" * 16, "X")
+    a.release_lease(lease.id)
