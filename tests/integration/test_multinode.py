@@ -1,0 +1,75 @@
+"""Placement across nodes and node loss, on a multi-node cluster (ray.cluster_utils.Cluster)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from fastgpu.controller.backend import GPU_TYPE_LABEL
+from tests.integration.platform_fixtures import Platform, platform_on_running_ray, wait_until
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def cluster_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, Platform, list[Any]]]:
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
+    workers = [
+        cluster.add_node(num_cpus=1, num_gpus=4, labels={GPU_TYPE_LABEL: "A100"}) for _ in range(2)
+    ]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, namespace="fastgpu-tests", log_to_driver=False)
+    try:
+        for platform in platform_on_running_ray(tmp_path_factory.mktemp("state")):
+            yield cluster, platform, workers
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_gang_placement_fragmentation_and_node_loss(cluster_platform: tuple[Cluster, Platform, list[Any]]) -> None:
+    cluster, platform, workers = cluster_platform
+    call = platform.client.call
+    token = platform.tenant("multi", A100=8)
+
+    never = call("request_lease", token, {"gpus": 5, "strategy": "STRICT_PACK", "duration": "5m"})
+    assert never["state"] == "REJECTED"
+    assert never["reason"] == "infeasible"
+    assert "largest node has 4" in never["reason_detail"]
+
+    spread = call("request_lease", token, {"gpus": 2, "strategy": "SPREAD", "duration": "5m"}, wait_s=30)
+    assert spread["state"] == "RESERVED"
+    assert len(set(spread["nodes"])) == 2  # one GPU on each node
+
+    # 3 + 3 GPUs are free: STRICT_PACK of 4 is blocked by fragmentation, not capacity.
+    frag = call("request_lease", token, {"gpus": 4, "strategy": "STRICT_PACK", "duration": "5m"})
+    assert frag["state"] == "PENDING"
+    assert frag["reason"] == "fragmentation"
+    call("release_lease", token, frag["id"])
+
+    packed = call("request_lease", token, {"gpus": 4, "duration": "5m"}, wait_s=30)
+    assert packed["state"] == "RESERVED"
+    assert len(set(packed["nodes"])) == 2  # 3 + 1: no node had 4 free, PACK may span
+
+    # Lose a node: every lease with a GPU there fails with node_lost, its GPUs leave capacity.
+    victim_node = next(w for w in workers if w.node_id in packed["nodes"])
+    cluster.remove_node(victim_node)
+    failed = wait_until(
+        lambda: (got := call("get_lease", token, packed["id"]))["state"] == "FAILED" and got,
+        timeout=40,
+    )
+    assert failed["reason"] == "node_lost"
+    got = call("get_lease", token, spread["id"])
+    assert got["state"] == "FAILED"
+    status = call("status", platform.admin)
+    (a100,) = [t for t in status["gpu_types"] if t["gpu_type"] == "A100"]
+    assert a100["total"] == 4
+    assert a100["allocated"] == 0
+    # The surviving node still serves new leases.
+    again = call("request_lease", token, {"gpus": 4, "strategy": "STRICT_PACK", "duration": "5m"}, wait_s=30)
+    assert again["state"] == "RESERVED"
+    call("release_lease", token, again["id"])

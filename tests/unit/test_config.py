@@ -1,0 +1,80 @@
+"""Config loading: valid files parse; invalid ones name the field, the value and what is expected."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fastgpu.config import config_json_schema, load_config
+from fastgpu.errors import ConfigError
+
+GOOD = """
+gpu_types:
+  A100: {price_per_hour: 3.5, cpus_per_gpu: 4}
+  H100: {price_per_hour: 7}
+tenants:
+  vision:
+    quotas: {A100: {nominal: 4, borrowing_limit: 2}, H100: {nominal: 1, lending_limit: 0}}
+    weight: 2
+    budget: {period: month, money: 5000}
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "fastgpu.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_good_config(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, GOOD))
+    assert cfg.gpu_types["A100"].price_per_hour == 3.5
+    q = cfg.tenants["vision"].quota("A100")
+    assert (q.nominal, q.borrowing_limit, q.lending_limit) == (4, 2, None)
+    assert cfg.tenants["vision"].quota("B200").nominal == 0
+    assert cfg.api.host == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("gpu_types: {A100: {price_per_hour: -1}}", "gpu_types.A100.price_per_hour: got -1; expected greater than or equal to 0"),
+        ("gpu_types: {A100: {price_per_hour: 1, colour: red}}", "gpu_types.A100.colour: unknown field"),
+        ("gpu_types: {A100: {price_per_hour: 1}}\ntenants: {t: {quotas: {A100: {nominal: -2}}}}", "tenants.t.quotas.A100.nominal: got -2"),
+        ("gpu_types: {A100: {price_per_hour: 1}}\ntenants: {t: {quotas: {H100: {nominal: 2}}}}", "'H100', which is not in gpu_types (A100)"),
+        ("gpu_types: {A100: {price_per_hour: 1}}\ntenants: {Bad_Name: {}}", "tenant names"),
+        ("gpu_types: {}", "gpu_types: got {}"),
+        ("tenants: {}", "gpu_types: missing"),
+        ("gpu_types: {A100: {price_per_hour: 1}}\ntenants: {t: {budget: {period: month}}}", "gpu_hours, money or both"),
+        ("gpu_types: {A100: {price_per_hour: lots}}", "gpu_types.A100.price_per_hour: got 'lots'"),
+        ("- just\n- a list", "expected a mapping"),
+        ("gpu_types: {A100: {price_per_hour: 1}\n", "not valid YAML"),
+    ],
+)
+def test_bad_config_names_field_value_and_expectation(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, text))
+    assert expected in str(err.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_schema_documents_every_field() -> None:
+    schema = json.loads(config_json_schema())
+    defs = schema["$defs"]
+    for name, model in [("PlatformConfig", schema), *defs.items()]:
+        for field, spec in model.get("properties", {}).items():
+            assert spec.get("description"), f"{name}.{field} has no description"
+        assert model.get("additionalProperties") is False, name
+
+
+def test_published_schema_is_current() -> None:
+    published = Path(__file__).resolve().parents[2] / "docs" / "config.schema.json"
+    assert json.loads(published.read_text()) == json.loads(config_json_schema()), (
+        "docs/config.schema.json is stale: run `fastgpu config schema > docs/config.schema.json`"
+    )

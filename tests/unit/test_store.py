@@ -1,0 +1,77 @@
+"""The store: migrations, compare-and-set transitions, idempotent inserts, metering records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from fastgpu.config import TenantSpec
+from fastgpu.domain.lease import Lease, LeaseState
+from fastgpu.errors import Conflict, FastGPUError
+from fastgpu.store import SCHEMA_VERSION, open_store
+
+
+def _lease(lid: str, request_id: str | None = None) -> Lease:
+    return Lease(
+        id=lid, tenant="t", state=LeaseState.PENDING, gpus=2, min_gpus=2, gpu_type="A100",
+        strategy="PACK", duration_s=60, preemptible=False, price_per_hour=1.0, created_at=0.0,
+        request_id=request_id,
+    )
+
+
+def test_migrates_once_and_reopens(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    store = open_store(url)
+    assert store.schema_version() == SCHEMA_VERSION
+    store.create_tenant("t", TenantSpec(), "h" * 64, 0.0)
+    store.close()
+    again = open_store(url)
+    assert again.schema_version() == SCHEMA_VERSION
+    assert again.get_tenant("t") is not None
+
+
+def test_refuses_a_newer_schema(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    store = open_store(url)
+    with store._engine.begin() as conn:
+        conn.execute(text("update schema_version set version = 999"))
+    with pytest.raises(FastGPUError, match="newer than this FastGPU"):
+        open_store(url)
+
+
+def test_request_id_makes_insert_idempotent() -> None:
+    store = open_store("sqlite://")
+    first, created = store.insert_lease(_lease("a", "req"))
+    again, created_again = store.insert_lease(_lease("b", "req"))
+    assert created and not created_again
+    assert again.id == "a"
+    assert len(store.list_leases()) == 1
+
+
+def test_transition_is_compare_and_set_and_meters() -> None:
+    store = open_store("sqlite://")
+    lease, _ = store.insert_lease(_lease("a"))
+    stale = store.get_lease("a")
+    assert stale is not None
+    store.transition(lease, LeaseState.ADMITTED, 10.0)
+    store.transition(lease, LeaseState.RESERVED, 20.0)
+    # A writer holding an old copy cannot overwrite the newer state.
+    with pytest.raises(Conflict, match="concurrently"):
+        store.transition(stale, LeaseState.ADMITTED, 21.0)
+    store.transition(lease, LeaseState.RELEASED, 80.0)
+    (row,) = store.usage(now=1000.0)
+    assert row.gpu_seconds == pytest.approx(2 * 60)
+    events = [e["new"] for e in store.lease_events("a")]
+    assert events == ["PENDING", "ADMITTED", "RESERVED", "RELEASED"]
+
+
+def test_failed_transaction_changes_nothing() -> None:
+    store = open_store("sqlite://")
+    lease, _ = store.insert_lease(_lease("a"))
+    with pytest.raises(Conflict):
+        store.transition(lease, LeaseState.RESERVED, 1.0)  # illegal from PENDING
+    got = store.get_lease("a")
+    assert got is not None and got.state == LeaseState.PENDING
+    assert store.usage(now=10.0) == []
