@@ -211,7 +211,6 @@ def _wait_http(url: str, token: str, timeout: float = 60) -> None:
 def down(state_dir: Path | None = None) -> dict[str, Any]:
     """Stop the API, the controller and the local Ray cluster; the store stays."""
     sd = state_dir or default_config().resolved_state_dir()
-    apply_ray_env(sd)
     stopped = _stop_processes(str(ray_temp_dir(sd)))
     (sd / RAY_ADDRESS_FILE).unlink(missing_ok=True)
     (sd / ADDRESS_FILE).unlink(missing_ok=True)
