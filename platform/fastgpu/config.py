@@ -36,7 +36,9 @@ class GpuTypeSpec(_Spec):
     """One GPU type ("flavor" in Kueue's words) offered by the cluster."""
 
     price_per_hour: float = Field(
-        ge=0, le=10_000, description="Price of one GPU of this type for one hour, in currency units."
+        ge=0,
+        le=10_000,
+        description="Price of one GPU of this type for one hour, in currency units.",
     )
     cpus_per_gpu: float = Field(
         default=0.0,
@@ -192,7 +194,9 @@ class PlatformConfig(_Spec):
 
         for name in self.gpu_types:
             if not re.fullmatch(GPU_TYPE_PATTERN, name):
-                raise ValueError(f"GPU type names made of letters, digits, '.', '_', '-' (got {name!r})")
+                raise ValueError(
+                    f"GPU type names made of letters, digits, '.', '_', '-' (got {name!r})"
+                )
         for tname, tenant in self.tenants.items():
             if not re.fullmatch(NAME_PATTERN, tname):
                 raise ValueError(
@@ -230,7 +234,9 @@ def default_state_dir() -> Path:
 
 def parse_config(data: Any, source: str = "config") -> PlatformConfig:
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+        raise ConfigError(
+            f"{source}: expected a mapping at the top level, got {type(data).__name__}"
+        )
     try:
         return PlatformConfig.model_validate(data)
     except ValidationError as exc:

@@ -29,7 +29,12 @@ def _leases_table(rows: list[dict[str, object]]) -> None:
     for col in ("id", "tenant", "state", "gpus", "reason", "reason_detail"):
         t.add_column(col)
     for r in rows:
-        t.add_row(*["" if r.get(c) is None else str(r.get(c)) for c in ("id", "tenant", "state", "gpus", "reason", "reason_detail")])
+        t.add_row(
+            *[
+                "" if r.get(c) is None else str(r.get(c))
+                for c in ("id", "tenant", "state", "gpus", "reason", "reason_detail")
+            ]
+        )
     console.print(t)
 
 
@@ -71,17 +76,24 @@ def main() -> None:
         v = Client(token=vision["token"])
         n = Client(token=nlp["token"])
 
-        _step("3. vision takes 2 GPUs with the seed's Allocator and runs Ray tasks inside the lease")
+        _step(
+            "3. vision takes 2 GPUs with the seed's Allocator and runs Ray tasks inside the lease"
+        )
         with Allocator(vision["token"]) as allocator:
             lease = allocator.request_resource(2, perf="A100", time="30m")
-            console.print(f"lease {lease.id}: {lease.state}, placement group {lease.placement_group_name}")
+            console.print(
+                f"lease {lease.id}: {lease.state}, placement group {lease.placement_group_name}"
+            )
 
             @ray.remote(num_gpus=1, num_cpus=0)
             def gpu_task(i: int) -> str:
                 return f"task {i} on GPU {os.environ.get('CUDA_VISIBLE_DEVICES')}"
 
             outs = ray.get(
-                [gpu_task.options(scheduling_strategy=lease.scheduling_strategy(i)).remote(i) for i in range(2)]
+                [
+                    gpu_task.options(scheduling_strategy=lease.scheduling_strategy(i)).remote(i)
+                    for i in range(2)
+                ]
             )
             for line in outs:
                 console.print("  " + line)
@@ -121,7 +133,9 @@ def main() -> None:
         for col in ("tenant", "gpu_type", "gpu_seconds", "cost"):
             t.add_column(col)
         for row in admin.usage():
-            t.add_row(row["tenant"], row["gpu_type"], f"{row['gpu_seconds']:.1f}", f"{row['cost']:.4f}")
+            t.add_row(
+                row["tenant"], row["gpu_type"], f"{row['gpu_seconds']:.1f}", f"{row['cost']:.4f}"
+            )
         console.print(t)
     finally:
         ray.shutdown()

@@ -46,7 +46,9 @@ def apply_ray_env(state_dir: Path) -> None:
     os.environ.pop("RAY_AUTH_TOKEN", None)
 
 
-def effective_config(config_path: str | None, gpu_type: str, state_dir: Path | None) -> PlatformConfig:
+def effective_config(
+    config_path: str | None, gpu_type: str, state_dir: Path | None
+) -> PlatformConfig:
     if config_path:
         config = load_config(config_path)
     else:

@@ -215,7 +215,9 @@ class Client:
         if wait:
             lease.wait(None if timeout is None else max(0.0, timeout - first_wait))
         elif lease.state == "REJECTED":
-            raise LeaseRejected(f"lease {lease.id} rejected ({lease.reason}): {lease.reason_detail}")
+            raise LeaseRejected(
+                f"lease {lease.id} rejected ({lease.reason}): {lease.reason_detail}"
+            )
         return lease
 
     def get_lease(self, lease_id: str, wait: float = 0.0) -> Lease:
@@ -248,7 +250,7 @@ class Lease:
         self.data = data
 
     def __repr__(self) -> str:
-        return f"Lease(id={self.id!r}, state={self.state!r}, gpus={self.gpus}, gpu_type={self.gpu_type!r})"
+        return f"Lease(id={self.id!r}, state={self.state!r}, gpus={self.gpus})"
 
     id = property(lambda self: str(self.data["id"]))
     state = property(lambda self: str(self.data["state"]))

@@ -49,13 +49,15 @@ def parse_duration(value: str | int | float, field: str = "duration") -> float:
     if not seconds > 0:
         raise InvalidRequest(f"{field}: got {value!r}; expected a duration greater than 0")
     if seconds > MAX_DURATION_S:
-        raise InvalidRequest(f"{field}: got {value!r}; expected at most 30 days ({MAX_DURATION_S} s)")
+        raise InvalidRequest(
+            f"{field}: got {value!r}; expected at most 30 days ({MAX_DURATION_S} s)"
+        )
     return seconds
 
 
 def format_duration(seconds: float) -> str:
     """``5400`` -> ``"1h30m"``; the inverse of :func:`parse_duration` for whole seconds."""
-    remaining = int(round(seconds))
+    remaining = round(seconds)
     out = []
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if remaining >= size:

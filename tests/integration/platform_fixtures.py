@@ -32,7 +32,10 @@ class Platform:
 
 def make_config(state_dir: Path, **extra: Any) -> PlatformConfig:
     return PlatformConfig(
-        gpu_types={"A100": GpuTypeSpec(price_per_hour=3.6), "H100": GpuTypeSpec(price_per_hour=7.2)},
+        gpu_types={
+            "A100": GpuTypeSpec(price_per_hour=3.6),
+            "H100": GpuTypeSpec(price_per_hour=7.2),
+        },
         state_dir=str(state_dir),
         **extra,
     )

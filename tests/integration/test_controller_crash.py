@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 import ray
 from ray.util.placement_group import placement_group_table
-
-from fastgpu.controller.backend import GROUP_PREFIX
 from tests.integration.platform_fixtures import (
     Platform,
     platform_on_running_ray,
     start_local_ray,
     wait_until,
 )
+
+from fastgpu.controller.backend import GROUP_PREFIX
 
 pytestmark = pytest.mark.ray
 
@@ -83,7 +83,9 @@ def test_kill_controller_mid_burst(platform: Platform) -> None:
 
     # Retrying every request returns the same lease: nothing was booked twice.
     for i, lease in results.items():
-        again = client.call("request_lease", token, {"gpus": 1, "duration": "10m", "request_id": f"burst-{i}"})
+        again = client.call(
+            "request_lease", token, {"gpus": 1, "duration": "10m", "request_id": f"burst-{i}"}
+        )
         assert again["id"] == lease["id"]
     leases = client.call("list_leases", token, None, False)
     burst = [x for x in leases if (x["request_id"] or "").startswith("burst-")]
@@ -92,7 +94,11 @@ def test_kill_controller_mid_burst(platform: Platform) -> None:
 
     # 12 one-GPU requests on 8 GPUs with quota 8: 8 hold GPUs, 4 wait over quota.
     def settled() -> list[dict[str, Any]] | None:
-        rows = [x for x in client.call("list_leases", token, None, False) if x["request_id"] and x["request_id"].startswith("burst-")]
+        rows = [
+            x
+            for x in client.call("list_leases", token, None, False)
+            if x["request_id"] and x["request_id"].startswith("burst-")
+        ]
         states = sorted(x["state"] for x in rows)
         return rows if states.count("RESERVED") == 8 and states.count("PENDING") == 4 else None
 

@@ -18,17 +18,17 @@ import httpx
 import pytest
 import ray
 from ray import serve
-
-import fastgpu as fgpu
-from fastgpu.api.serve import deploy_api
-from fastgpu.errors import InvalidRequest, LeaseRejected, NotFound, PermissionDenied
-from fastgpu.sdk import Client
 from tests.integration.platform_fixtures import (
     Platform,
     make_config,
     platform_on_running_ray,
     start_local_ray,
 )
+
+import fastgpu as fgpu
+from fastgpu.api.serve import deploy_api
+from fastgpu.errors import InvalidRequest, LeaseRejected, NotFound, PermissionDenied
+from fastgpu.sdk import Client
 
 pytestmark = pytest.mark.ray
 
@@ -87,7 +87,12 @@ def test_sdk_lease_round_trip_and_seed_allocator(api: Api) -> None:
         def where() -> tuple[str, str]:
             return ray.get_runtime_context().get_node_id(), os.environ["CUDA_VISIBLE_DEVICES"]
 
-        got = ray.get([where.options(scheduling_strategy=lease.scheduling_strategy(i)).remote() for i in range(2)])
+        got = ray.get(
+            [
+                where.options(scheduling_strategy=lease.scheduling_strategy(i)).remote()
+                for i in range(2)
+            ]
+        )
         assert {node for node, _ in got} <= set(lease.nodes)
         assert len({dev for _, dev in got}) == 2  # two distinct GPUs of the lease
         kept = allocator.request_resource(1, perf="A100", time="30m")
@@ -127,7 +132,9 @@ def test_sdk_raises_clear_errors(api: Api) -> None:
         ({"gpus": 1, "strategy": "RANDOM"}, "strategy"),
     ],
 )
-def test_http_bad_input_is_4xx_and_stores_nothing(api: Api, body: dict[str, Any], field: str) -> None:
+def test_http_bad_input_is_4xx_and_stores_nothing(
+    api: Api, body: dict[str, Any], field: str
+) -> None:
     name = "bad-input"
     try:
         token = api.admin.create_tenant(name, {"A100": 2})["token"]
@@ -145,16 +152,24 @@ def test_http_bad_input_is_4xx_and_stores_nothing(api: Api, body: dict[str, Any]
 
 def test_http_malformed_and_oversized_bodies(api: Api) -> None:
     with api.http(api.platform.admin) as http:
-        resp = http.post("/api/v1/tenants", content=b"{not json", headers={"content-type": "application/json"})
+        resp = http.post(
+            "/api/v1/tenants", content=b"{not json", headers={"content-type": "application/json"}
+        )
         assert resp.status_code == 422
-        resp = http.post("/api/v1/tenants", content=b"x" * 100_000, headers={"content-type": "application/json"})
+        resp = http.post(
+            "/api/v1/tenants", content=b"x" * 100_000, headers={"content-type": "application/json"}
+        )
         assert resp.status_code == 413
         resp = http.post("/api/v1/tenants", json={"name": "Bad Name!", "quotas": {}})
         assert resp.status_code == 422
         assert "name" in resp.json()["error"]["message"]
-        resp = http.post("/api/v1/tenants", json={"name": "ok-name", "quotas": {"A100": {"nominal": -1}}})
+        resp = http.post(
+            "/api/v1/tenants", json={"name": "ok-name", "quotas": {"A100": {"nominal": -1}}}
+        )
         assert resp.status_code == 422
-        resp = http.post("/api/v1/tenants", json={"name": "ok-name", "quotas": {"TPU": {"nominal": 1}}})
+        resp = http.post(
+            "/api/v1/tenants", json={"name": "ok-name", "quotas": {"TPU": {"nominal": 1}}}
+        )
         assert resp.status_code == 422
         assert "TPU" in resp.json()["error"]["message"]
         assert http.get("/api/v1/tenants/ok-name").status_code == 404
@@ -217,21 +232,68 @@ def _cli(api: Api, token: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_cli_contract(api: Api) -> None:
     admin = api.platform.admin
-    out = _cli(api, admin, "tenant", "create", "cli-team", "--quota", "A100=2", "--borrowing-limit", "A100=1", "--output", "json")
+    out = _cli(
+        api,
+        admin,
+        "tenant",
+        "create",
+        "cli-team",
+        "--quota",
+        "A100=2",
+        "--borrowing-limit",
+        "A100=1",
+        "--output",
+        "json",
+    )
     assert out.returncode == 0, out.stderr
     created = json.loads(out.stdout)
     assert created["name"] == "cli-team"
     token = created["token"]
     assert created["quotas"]["A100"] == {"nominal": 2, "borrowing_limit": 1, "lending_limit": None}
 
-    out = _cli(api, token, "lease", "request", "--gpus", "2", "--duration", "10m", "--wait", "--timeout", "60", "--output", "json")
+    out = _cli(
+        api,
+        token,
+        "lease",
+        "request",
+        "--gpus",
+        "2",
+        "--duration",
+        "10m",
+        "--wait",
+        "--timeout",
+        "60",
+        "--output",
+        "json",
+    )
     assert out.returncode == 0, out.stderr
     lease = json.loads(out.stdout)
-    for key in ("id", "tenant", "state", "gpus", "gpu_type", "placement_group", "expires_at", "reason"):
+    for key in (
+        "id",
+        "tenant",
+        "state",
+        "gpus",
+        "gpu_type",
+        "placement_group",
+        "expires_at",
+        "reason",
+    ):
         assert key in lease
     assert lease["state"] == "RESERVED"
 
-    out = _cli(api, token, "lease", "request", "--gpus", "1", "--wait", "--timeout", "1", "--output", "json")
+    out = _cli(
+        api,
+        token,
+        "lease",
+        "request",
+        "--gpus",
+        "1",
+        "--wait",
+        "--timeout",
+        "1",
+        "--output",
+        "json",
+    )
     assert out.returncode == 1
     assert json.loads(out.stdout)["reason"] == "over_quota"
 

@@ -8,15 +8,17 @@ from typing import Any
 import pytest
 import ray
 from ray.cluster_utils import Cluster
+from tests.integration.platform_fixtures import Platform, platform_on_running_ray, wait_until
 
 from fastgpu.controller.backend import GPU_TYPE_LABEL
-from tests.integration.platform_fixtures import Platform, platform_on_running_ray, wait_until
 
 pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
-def cluster_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, Platform, list[Any]]]:
+def cluster_platform(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Cluster, Platform, list[Any]]]:
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
     workers = [
         cluster.add_node(num_cpus=1, num_gpus=4, labels={GPU_TYPE_LABEL: "A100"}) for _ in range(2)
@@ -31,7 +33,9 @@ def cluster_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
         cluster.shutdown()
 
 
-def test_gang_placement_fragmentation_and_node_loss(cluster_platform: tuple[Cluster, Platform, list[Any]]) -> None:
+def test_gang_placement_fragmentation_and_node_loss(
+    cluster_platform: tuple[Cluster, Platform, list[Any]],
+) -> None:
     cluster, platform, workers = cluster_platform
     call = platform.client.call
     token = platform.tenant("multi", A100=8)
@@ -41,7 +45,9 @@ def test_gang_placement_fragmentation_and_node_loss(cluster_platform: tuple[Clus
     assert never["reason"] == "infeasible"
     assert "largest node has 4" in never["reason_detail"]
 
-    spread = call("request_lease", token, {"gpus": 2, "strategy": "SPREAD", "duration": "5m"}, wait_s=30)
+    spread = call(
+        "request_lease", token, {"gpus": 2, "strategy": "SPREAD", "duration": "5m"}, wait_s=30
+    )
     assert spread["state"] == "RESERVED"
     assert len(set(spread["nodes"])) == 2  # one GPU on each node
 
@@ -70,6 +76,8 @@ def test_gang_placement_fragmentation_and_node_loss(cluster_platform: tuple[Clus
     assert a100["total"] == 4
     assert a100["allocated"] == 0
     # The surviving node still serves new leases.
-    again = call("request_lease", token, {"gpus": 4, "strategy": "STRICT_PACK", "duration": "5m"}, wait_s=30)
+    again = call(
+        "request_lease", token, {"gpus": 4, "strategy": "STRICT_PACK", "duration": "5m"}, wait_s=30
+    )
     assert again["state"] == "RESERVED"
     call("release_lease", token, again["id"])

@@ -35,7 +35,14 @@ class FakeBackend:
     def nodes(self) -> list[NodeInfo]:
         return list(self.node_list)
 
-    def create_group(self, name: str, bundle: dict[str, float], node_ids: list[str], strategy: str) -> str:
+    def create_group(
+        self,
+        name: str,
+        bundle: dict[str, float],
+        node_ids: list[str],
+        strategy: str,
+        may_exist: bool = True,
+    ) -> str:
         if self.fail_next_create:
             self.fail_next_create = False
             raise RuntimeError("simulated crash between commit and create")
@@ -44,7 +51,7 @@ class FakeBackend:
             self.created.append(name)
         return self.group_table[name].group_id
 
-    def remove_group(self, name: str) -> None:
+    def remove_group(self, name: str, group_id: str | None = None) -> None:
         if self.group_table.pop(name, None) is not None:
             self.removed.append(name)
 
@@ -58,6 +65,8 @@ class FakeBackend:
         for name in names:
             g = self.group_table.get(name)
             if g is not None:
-                self.group_table[name] = GroupInfo(g.name, g.group_id, "CREATED", "", g.bundle_nodes)
+                self.group_table[name] = GroupInfo(
+                    g.name, g.group_id, "CREATED", "", g.bundle_nodes
+                )
                 out.add(name)
         return out

@@ -1,4 +1,5 @@
-"""Config loading: valid files parse; invalid ones name the field, the value and what is expected."""
+"""Config loading: valid files parse; invalid ones name the field, the value and what is
+expected."""
 
 from __future__ import annotations
 
@@ -40,20 +41,37 @@ def test_good_config(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("gpu_types: {A100: {price_per_hour: -1}}", "gpu_types.A100.price_per_hour: got -1; expected greater than or equal to 0"),
-        ("gpu_types: {A100: {price_per_hour: 1, colour: red}}", "gpu_types.A100.colour: unknown field"),
-        ("gpu_types: {A100: {price_per_hour: 1}}\ntenants: {t: {quotas: {A100: {nominal: -2}}}}", "tenants.t.quotas.A100.nominal: got -2"),
-        ("gpu_types: {A100: {price_per_hour: 1}}\ntenants: {t: {quotas: {H100: {nominal: 2}}}}", "'H100', which is not in gpu_types (A100)"),
+        (
+            "gpu_types: {A100: {price_per_hour: -1}}",
+            "gpu_types.A100.price_per_hour: got -1; expected greater than or equal to 0",
+        ),
+        (
+            "gpu_types: {A100: {price_per_hour: 1, colour: red}}",
+            "gpu_types.A100.colour: unknown field",
+        ),
+        (
+            "gpu_types: {A100: {price_per_hour: 1}}\ntenants: {t: {quotas: {A100: {nominal: -2}}}}",
+            "tenants.t.quotas.A100.nominal: got -2",
+        ),
+        (
+            "gpu_types: {A100: {price_per_hour: 1}}\ntenants: {t: {quotas: {H100: {nominal: 2}}}}",
+            "'H100', which is not in gpu_types (A100)",
+        ),
         ("gpu_types: {A100: {price_per_hour: 1}}\ntenants: {Bad_Name: {}}", "tenant names"),
         ("gpu_types: {}", "gpu_types: got {}"),
         ("tenants: {}", "gpu_types: missing"),
-        ("gpu_types: {A100: {price_per_hour: 1}}\ntenants: {t: {budget: {period: month}}}", "gpu_hours, money or both"),
+        (
+            "gpu_types: {A100: {price_per_hour: 1}}\ntenants: {t: {budget: {period: month}}}",
+            "gpu_hours, money or both",
+        ),
         ("gpu_types: {A100: {price_per_hour: lots}}", "gpu_types.A100.price_per_hour: got 'lots'"),
         ("- just\n- a list", "expected a mapping"),
         ("gpu_types: {A100: {price_per_hour: 1}\n", "not valid YAML"),
     ],
 )
-def test_bad_config_names_field_value_and_expectation(tmp_path: Path, text: str, expected: str) -> None:
+def test_bad_config_names_field_value_and_expectation(
+    tmp_path: Path, text: str, expected: str
+) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(_write(tmp_path, text))
     assert expected in str(err.value)

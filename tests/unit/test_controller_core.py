@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tests.unit.fakes import FakeBackend, FakeClock
 
 from fastgpu.auth import new_token
 from fastgpu.config import GpuTypeSpec, PlatformConfig
@@ -12,13 +13,16 @@ from fastgpu.controller.backend import NodeInfo
 from fastgpu.controller.core import Controller
 from fastgpu.errors import AuthenticationError, Conflict, InvalidRequest, NotFound, PermissionDenied
 from fastgpu.store import open_store
-from tests.unit.fakes import FakeBackend, FakeClock
 
 
 @pytest.fixture
 def world(tmp_path: Path) -> tuple[Controller, FakeBackend, FakeClock, str]:
-    config = PlatformConfig(gpu_types={"A100": GpuTypeSpec(price_per_hour=3.6)}, state_dir=str(tmp_path))
-    backend = FakeBackend(node_list=[NodeInfo("n1", "A100", 4, True), NodeInfo("n2", "A100", 4, True)])
+    config = PlatformConfig(
+        gpu_types={"A100": GpuTypeSpec(price_per_hour=3.6)}, state_dir=str(tmp_path)
+    )
+    backend = FakeBackend(
+        node_list=[NodeInfo("n1", "A100", 4, True), NodeInfo("n2", "A100", 4, True)]
+    )
     clock = FakeClock()
     ctl = Controller(config, open_store(config.resolved_store_url()), backend, clock=clock)
     admin = new_token()
@@ -65,7 +69,9 @@ def test_usage_since_clips_records(world: tuple[Controller, FakeBackend, FakeClo
     assert ctl.usage(tok, since=midpoint)[0]["gpu_seconds"] == pytest.approx(50)
 
 
-def test_crash_between_commit_and_group_creation_is_repaired(world: tuple[Controller, FakeBackend, FakeClock, str]) -> None:
+def test_crash_between_commit_and_group_creation_is_repaired(
+    world: tuple[Controller, FakeBackend, FakeClock, str],
+) -> None:
     ctl, backend, _, admin = world
     tok = _tenant(ctl, admin, "acme", 4)
     backend.fail_next_create = True
@@ -111,7 +117,9 @@ def test_admin_and_tenant_scoping(world: tuple[Controller, FakeBackend, FakeCloc
     assert ctl.request_lease(admin, {"gpus": 1}, tenant="beta")["tenant"] == "beta"
 
 
-def test_tenant_lifecycle_and_bad_input(world: tuple[Controller, FakeBackend, FakeClock, str]) -> None:
+def test_tenant_lifecycle_and_bad_input(
+    world: tuple[Controller, FakeBackend, FakeClock, str],
+) -> None:
     ctl, _, _, admin = world
     for name, spec, match in (
         ("Upper", {}, "name"),
@@ -127,7 +135,9 @@ def test_tenant_lifecycle_and_bad_input(world: tuple[Controller, FakeBackend, Fa
     tok = _tenant(ctl, admin, "team", 2)
     with pytest.raises(Conflict):
         ctl.create_tenant(admin, "team", {})
-    upd = ctl.update_tenant(admin, "team", {"quotas": {"A100": {"borrowing_limit": 2}}, "weight": 3})
+    upd = ctl.update_tenant(
+        admin, "team", {"quotas": {"A100": {"borrowing_limit": 2}}, "weight": 3}
+    )
     assert upd["quotas"]["A100"] == {"nominal": 2, "borrowing_limit": 2, "lending_limit": None}
     with pytest.raises(InvalidRequest):
         ctl.update_tenant(admin, "team", {"weight": -1})
@@ -149,15 +159,20 @@ def test_tenant_lifecycle_and_bad_input(world: tuple[Controller, FakeBackend, Fa
     assert ctl.usage(admin)[0]["tenant"] == "team"
 
 
-def test_create_tenant_is_idempotent_with_request_id(world: tuple[Controller, FakeBackend, FakeClock, str]) -> None:
+def test_create_tenant_is_idempotent_with_request_id(
+    world: tuple[Controller, FakeBackend, FakeClock, str],
+) -> None:
     ctl, _, _, admin = world
     first = ctl.create_tenant(admin, "idem", {}, request_id="t-1")
     second = ctl.create_tenant(admin, "idem", {}, request_id="t-1")
-    assert first["token"] and second["token"] is None
+    assert first["token"]
+    assert second["token"] is None
     assert len(ctl.list_tenants(admin)) == 1
 
 
-def test_bind_hands_over_gpus_but_keeps_them_in_the_ledger(world: tuple[Controller, FakeBackend, FakeClock, str]) -> None:
+def test_bind_hands_over_gpus_but_keeps_them_in_the_ledger(
+    world: tuple[Controller, FakeBackend, FakeClock, str],
+) -> None:
     ctl, backend, _, admin = world
     tok = _tenant(ctl, admin, "trainer", 16)
     lease = ctl.request_lease(tok, {"gpus": 4, "strategy": "STRICT_PACK"})

@@ -11,9 +11,21 @@ from fastgpu import errors
 def test_all_is_exactly_the_sdk() -> None:
     assert sorted(fastgpu.__all__) == sorted(
         [
-            "Allocator", "AuthenticationError", "Client", "Conflict", "FastGPUError",
-            "InvalidRequest", "Lease", "LeaseRejected", "NotFound", "PermissionDenied",
-            "PlatformConfig", "Unavailable", "WaitTimeout", "__version__", "load_config",
+            "Allocator",
+            "AuthenticationError",
+            "Client",
+            "Conflict",
+            "FastGPUError",
+            "InvalidRequest",
+            "Lease",
+            "LeaseRejected",
+            "NotFound",
+            "PermissionDenied",
+            "PlatformConfig",
+            "Unavailable",
+            "WaitTimeout",
+            "__version__",
+            "load_config",
         ]
     )
     for name in fastgpu.__all__:

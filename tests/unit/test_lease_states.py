@@ -30,5 +30,10 @@ def test_illegal_transitions_raise(prev: LeaseState, new: LeaseState) -> None:
 
 def test_every_holding_state_can_end() -> None:
     for state in (LeaseState.ADMITTED, LeaseState.RESERVED, LeaseState.BOUND):
-        for end in (LeaseState.RELEASED, LeaseState.EXPIRED, LeaseState.PREEMPTED, LeaseState.FAILED):
+        for end in (
+            LeaseState.RELEASED,
+            LeaseState.EXPIRED,
+            LeaseState.PREEMPTED,
+            LeaseState.FAILED,
+        ):
             check_transition("x", state, end)

@@ -15,8 +15,17 @@ from fastgpu.store import SCHEMA_VERSION, open_store
 
 def _lease(lid: str, request_id: str | None = None) -> Lease:
     return Lease(
-        id=lid, tenant="t", state=LeaseState.PENDING, gpus=2, min_gpus=2, gpu_type="A100",
-        strategy="PACK", duration_s=60, preemptible=False, price_per_hour=1.0, created_at=0.0,
+        id=lid,
+        tenant="t",
+        state=LeaseState.PENDING,
+        gpus=2,
+        min_gpus=2,
+        gpu_type="A100",
+        strategy="PACK",
+        duration_s=60,
+        preemptible=False,
+        price_per_hour=1.0,
+        created_at=0.0,
         request_id=request_id,
     )
 
@@ -43,9 +52,10 @@ def test_refuses_a_newer_schema(tmp_path: Path) -> None:
 
 def test_request_id_makes_insert_idempotent() -> None:
     store = open_store("sqlite://")
-    first, created = store.insert_lease(_lease("a", "req"))
+    _first, created = store.insert_lease(_lease("a", "req"))
     again, created_again = store.insert_lease(_lease("b", "req"))
-    assert created and not created_again
+    assert created
+    assert not created_again
     assert again.id == "a"
     assert len(store.list_leases()) == 1
 
@@ -73,5 +83,6 @@ def test_failed_transaction_changes_nothing() -> None:
     with pytest.raises(Conflict):
         store.transition(lease, LeaseState.RESERVED, 1.0)  # illegal from PENDING
     got = store.get_lease("a")
-    assert got is not None and got.state == LeaseState.PENDING
+    assert got is not None
+    assert got.state == LeaseState.PENDING
     assert store.usage(now=10.0) == []

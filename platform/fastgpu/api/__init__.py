@@ -1,1 +1,2 @@
-"""HTTP control API (``/api/v1``): FastAPI app in :mod:`.app`, served by Ray Serve (:mod:`.serve`)."""
+"""HTTP control API (``/api/v1``): the FastAPI app (:mod:`.app`) served by Ray Serve
+(:mod:`.serve`)."""

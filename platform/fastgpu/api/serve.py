@@ -25,7 +25,8 @@ class ApiServer:
 def deploy_api(config: PlatformConfig) -> str:
     """Start Serve's proxy on the configured host/port and deploy the API; return its URL."""
     serve.start(http_options={"host": config.api.host, "port": config.api.port})
-    serve.run(ApiServer.bind(), name=APP_NAME, route_prefix="/", blocking=False)
+    deployment: Any = ApiServer
+    serve.run(deployment.bind(), name=APP_NAME, route_prefix="/", blocking=False)
     return f"http://{config.api.host}:{config.api.port}"
 
 
@@ -34,5 +35,3 @@ def undeploy_api() -> None:
         serve.delete(APP_NAME)
     except Exception:  # Serve not running: nothing to remove
         pass
-
-

@@ -297,7 +297,9 @@ def _wait_with_progress(lease: Any, timeout: float | None, quiet: bool) -> Any:
             if lease.state == "REJECTED" or lease.state not in ("PENDING", "ADMITTED"):
                 break
             if not quiet:
-                spinner.update(f"lease {lease.id} {lease.state}: {lease.reason} {lease.reason_detail or ''}")
+                spinner.update(
+                    f"lease {lease.id} {lease.state}: {lease.reason} {lease.reason_detail or ''}"
+                )
             left = step if deadline is None else min(step, deadline - time.monotonic())
             if left <= 0:
                 _print_lease(lease.data, Output.json if quiet else Output.table)
@@ -308,7 +310,9 @@ def _wait_with_progress(lease: Any, timeout: float | None, quiet: bool) -> Any:
             lease.data = lease._client.get_lease(lease.id, wait=left).data
     if not lease.held:
         _print_lease(lease.data, Output.json if quiet else Output.table)
-        raise FastGPUError(f"lease {lease.id} is {lease.state} ({lease.reason}): {lease.reason_detail}")
+        raise FastGPUError(
+            f"lease {lease.id} is {lease.state} ({lease.reason}): {lease.reason_detail}"
+        )
     return lease
 
 

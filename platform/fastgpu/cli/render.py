@@ -31,7 +31,14 @@ def kv(title: str, data: dict[str, Any]) -> None:
     t.add_column("field", style="bold")
     t.add_column("value")
     for key, value in data.items():
-        t.add_row(key, "" if value is None else json.dumps(value) if isinstance(value, dict | list) else str(value))
+        t.add_row(
+            key,
+            ""
+            if value is None
+            else json.dumps(value)
+            if isinstance(value, dict | list)
+            else str(value),
+        )
     console.print(t)
 
 

@@ -102,8 +102,8 @@ def head_node_id() -> str:
 
 def start_controller(config: PlatformConfig, admin_token: str | None = None) -> Any:
     """Start the controller actor (or find the running one) and register the admin token."""
-    cls = ray.remote(ControllerActor)
-    handle = cls.options(  # type: ignore[attr-defined]
+    cls: Any = ray.remote(ControllerActor)
+    handle: Any = cls.options(
         name=CONTROLLER_NAME,
         namespace=NAMESPACE,
         lifetime="detached",
@@ -150,14 +150,21 @@ class ControllerClient:
             try:
                 self._handle = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
             except ValueError:
-                raise Unavailable("the FastGPU controller is not running; run `fastgpu up`") from None
+                raise Unavailable(
+                    "the FastGPU controller is not running; run `fastgpu up`"
+                ) from None
         return self._handle
 
     @staticmethod
     def _prepare(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
-        if method == "request_lease" and len(args) >= 2 and isinstance(args[1], dict):
-            if not args[1].get("request_id"):
-                args = (args[0], {**args[1], "request_id": "auto-" + uuid.uuid4().hex}, *args[2:])
+        needs_id = (
+            method == "request_lease"
+            and len(args) >= 2
+            and isinstance(args[1], dict)
+            and not args[1].get("request_id")
+        )
+        if needs_id:
+            args = (args[0], {**args[1], "request_id": "auto-" + uuid.uuid4().hex}, *args[2:])
         return args
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:

@@ -42,9 +42,14 @@ class GroupInfo:
 class Backend(Protocol):
     def nodes(self) -> list[NodeInfo]: ...
     def create_group(
-        self, name: str, bundle: dict[str, float], node_ids: list[str], strategy: str
+        self,
+        name: str,
+        bundle: dict[str, float],
+        node_ids: list[str],
+        strategy: str,
+        may_exist: bool = True,
     ) -> str: ...
-    def remove_group(self, name: str) -> None: ...
+    def remove_group(self, name: str, group_id: str | None = None) -> None: ...
     def groups(self) -> dict[str, GroupInfo]: ...
     def ready(self, names: list[str], timeout_s: float = 0.0) -> set[str]: ...
 
@@ -71,14 +76,24 @@ class RayBackend:
         return out
 
     def create_group(
-        self, name: str, bundle: dict[str, float], node_ids: list[str], strategy: str
+        self,
+        name: str,
+        bundle: dict[str, float],
+        node_ids: list[str],
+        strategy: str,
+        may_exist: bool = True,
     ) -> str:
-        """Create the named group unless it exists already (idempotent); return its id."""
+        """Create the named group unless it exists already (idempotent); return its id.
+
+        ``may_exist=False`` skips the look-up (two GCS round trips) for a lease admitted just
+        now, whose group cannot exist yet; reconcile passes True.
+        """
         from ray.util.placement_group import placement_group
 
-        existing = self._lookup(name)
-        if existing is not None:
-            return str(existing.id.hex())
+        if may_exist:
+            existing = self._lookup(name)
+            if existing is not None:
+                return str(existing.id.hex())
         pg = placement_group(
             [dict(bundle) for _ in node_ids],
             strategy=strategy,
@@ -103,11 +118,17 @@ class RayBackend:
             return None
         return pg
 
-    def remove_group(self, name: str) -> None:
-        from ray.util.placement_group import remove_placement_group
+    def remove_group(self, name: str, group_id: str | None = None) -> None:
+        """Remove the group (no-op if gone). With its id known, skip the look-up by name."""
+        from ray._raylet import PlacementGroupID
+        from ray.util.placement_group import PlacementGroup, remove_placement_group
 
         self._ready_refs.pop(name, None)
-        pg = self._lookup(name)
+        pg = (
+            PlacementGroup(PlacementGroupID(bytes.fromhex(group_id)))
+            if group_id
+            else self._lookup(name)
+        )
         if pg is not None:
             remove_placement_group(pg)
 

@@ -72,16 +72,33 @@ class Controller:
         self._nodes: list[NodeInfo] = []
         self._nodes_at = -1e18
         self._last_reconcile = -1e18
+        # Read-through caches of rows only this controller writes (cleared on every write).
+        self._principals: dict[str, Principal] = {}
+        self._tenant_cache: dict[str, TenantSpec] | None = None
+
+    def _invalidate(self) -> None:
+        self._principals.clear()
+        self._tenant_cache = None
+
+    def _tenants(self) -> dict[str, TenantSpec]:
+        if self._tenant_cache is None:
+            self._tenant_cache = {r.name: r.spec for r in self.store.list_tenants()}
+        return self._tenant_cache
 
     # ==== authentication and scoping ===========================================================
     def authenticate(self, token: str | None) -> Principal:
         if not token or not isinstance(token, str):
             raise AuthenticationError("no token given; pass a bearer token (FASTGPU_TOKEN)")
-        found = self.store.lookup_token(hash_token(token))
+        digest = hash_token(token)
+        cached = self._principals.get(digest)
+        if cached is not None:
+            return cached
+        found = self.store.lookup_token(digest)
         if found is None:
             raise AuthenticationError("the token is not valid; check FASTGPU_TOKEN")
-        name, is_admin = found
-        return Principal(name, is_admin)
+        principal = Principal(*found)
+        self._principals[digest] = principal
+        return principal
 
     def _admin(self, token: str | None) -> Principal:
         p = self.authenticate(token)
@@ -112,6 +129,7 @@ class Controller:
         h = hash_token(token)
         if self.store.lookup_token(h) is None:
             self.store.add_token(h, ADMIN, True, self.clock())
+            self._invalidate()
 
     def whoami(self, token: str | None) -> dict[str, Any]:
         p = self.authenticate(token)
@@ -166,6 +184,7 @@ class Controller:
                         return out
             tenant_token = new_token()
             self.store.create_tenant(name, parsed, hash_token(tenant_token), self.clock())
+            self._invalidate()
             if request_id:
                 self.store.remember_request(p.name, request_id, "create_tenant", name, self.clock())
             self._changed.notify_all()
@@ -190,7 +209,9 @@ class Controller:
             raise NotFound(f"tenant {name!r} not found")
         return self._tenant_dict(rec.name, rec.spec)
 
-    def update_tenant(self, token: str | None, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+    def update_tenant(
+        self, token: str | None, name: str, changes: dict[str, Any]
+    ) -> dict[str, Any]:
         """Apply partial changes (quotas are replaced per GPU type, other fields as given)."""
         self._admin(token)
         if not isinstance(changes, dict):
@@ -215,6 +236,7 @@ class Controller:
                     merged[key] = value
             spec = self._check_tenant_spec(merged)
             rec = self.store.update_tenant(name, spec, self.clock())
+            self._invalidate()
             self._schedule_locked()
         return self._tenant_dict(rec.name, rec.spec)
 
@@ -222,6 +244,7 @@ class Controller:
         self._admin(token)
         with self._mu:
             self.store.delete_tenant(name)
+            self._invalidate()
         return {"name": name, "deleted": True}
 
     def rotate_token(self, token: str | None, name: str) -> dict[str, Any]:
@@ -231,6 +254,7 @@ class Controller:
                 raise NotFound(f"tenant {name!r} not found")
             new = new_token()
             self.store.replace_tokens(name, hash_token(new), self.clock())
+            self._invalidate()
         return {"name": name, "token": new}
 
     # ==== leases ===============================================================================
@@ -247,16 +271,15 @@ class Controller:
             data["duration_s"] = self.config.controller.default_duration_s
         if data.get("gpu_type") is None:
             # Unambiguous defaults only: the cluster's one type, or the tenant's one quota.
-            rec = self.store.get_tenant(owner)
-            mine = [g for g, q in (rec.spec.quotas.items() if rec else []) if q.nominal > 0]
+            spec = self._tenants().get(owner)
+            mine = [g for g, q in (spec.quotas.items() if spec else []) if q.nominal > 0]
             if len(self.config.gpu_types) == 1:
                 data["gpu_type"] = next(iter(self.config.gpu_types))
             elif len(mine) == 1:
                 data["gpu_type"] = mine[0]
             else:
                 raise InvalidRequest(
-                    "gpu_type: missing; expected one of "
-                    f"{', '.join(sorted(self.config.gpu_types))}"
+                    f"gpu_type: missing; expected one of {', '.join(sorted(self.config.gpu_types))}"
                 )
         try:
             req = LeaseRequest.model_validate(data)
@@ -285,7 +308,7 @@ class Controller:
         if p.is_admin:
             if tenant is None:
                 raise InvalidRequest("tenant: the admin must name the tenant the lease is for")
-            if self.store.get_tenant(tenant) is None:
+            if tenant not in self._tenants():
                 raise NotFound(f"tenant {tenant!r} not found")
             owner = tenant
         else:
@@ -296,12 +319,14 @@ class Controller:
         wait_s = _check_wait(wait_s)
         with self._mu:
             now = self.clock()
-            if req.request_id is None or self.store.find_lease_by_request(owner, req.request_id) is None:
-                live = len(self.store.list_leases(tenant=owner, states=_LIVE))
-                if live >= MAX_LIVE_LEASES_PER_TENANT:
-                    raise Conflict(
-                        f"tenant {owner} has {live} live leases, the most allowed; release some"
-                    )
+            live = self.store.count_leases(owner, _LIVE)
+            if live >= MAX_LIVE_LEASES_PER_TENANT and (
+                req.request_id is None
+                or self.store.find_lease_by_request(owner, req.request_id) is None
+            ):
+                raise Conflict(
+                    f"tenant {owner} has {live} live leases, the most allowed; release some"
+                )
             lease = Lease(
                 id=_new_lease_id(),
                 tenant=owner,
@@ -384,7 +409,7 @@ class Controller:
             lease.workload = workload
             self.store.transition(lease, LeaseState.BOUND, self.clock(), f"bound to {workload}")
             if lease.placement_group:
-                self.backend.remove_group(lease.placement_group)
+                self.backend.remove_group(lease.placement_group, lease.placement_group_id)
             self._changed.notify_all()
             return lease.to_dict()
 
@@ -498,9 +523,10 @@ class Controller:
         if state not in (LeaseState.REJECTED, LeaseState.FAILED):
             lease.reason = None
             lease.reason_detail = None
+        held_group = lease.state in (LeaseState.ADMITTED, LeaseState.RESERVED)
         self.store.transition(lease, state, now, why)
-        if lease.placement_group:
-            self.backend.remove_group(lease.placement_group)
+        if lease.placement_group and held_group:
+            self.backend.remove_group(lease.placement_group, lease.placement_group_id)
         self._changed.notify_all()
 
     def _wait_for(self, lease_id: str, wait_s: float) -> None:
@@ -541,7 +567,7 @@ class Controller:
             held: dict[str, int] = {}
             running: list[LeaseView] = []
             pending: list[LeaseView] = []
-            tenants = {r.name: r.spec for r in self.store.list_tenants()}
+            tenants = self._tenants()
             for lease in live:
                 prio = tenants[lease.tenant].priority if lease.tenant in tenants else 0
                 if lease.state in HOLDING_STATES:
@@ -614,11 +640,11 @@ class Controller:
             lease.reason = PendingReason.RESERVING.value
             lease.reason_detail = "placement group created; waiting for Ray to reserve it"
             self.store.transition(lease, LeaseState.ADMITTED, now, "admitted")
-            self._create_group(lease)
+            self._create_group(lease, may_exist=False)
         if decisions.admit or decisions.reject:
             self._changed.notify_all()
 
-    def _create_group(self, lease: Lease) -> None:
+    def _create_group(self, lease: Lease, may_exist: bool = True) -> None:
         assert lease.placement_group is not None
         spec = self.config.gpu_types[lease.gpu_type]
         bundle: dict[str, float] = {"GPU": 1.0}
@@ -627,7 +653,7 @@ class Controller:
         if spec.memory_per_gpu_gb:
             bundle["memory"] = spec.memory_per_gpu_gb * 1024**3
         group_id = self.backend.create_group(
-            lease.placement_group, bundle, list(lease.nodes), lease.strategy
+            lease.placement_group, bundle, list(lease.nodes), lease.strategy, may_exist
         )
         if lease.placement_group_id != group_id:
             lease.placement_group_id = group_id

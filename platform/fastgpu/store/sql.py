@@ -132,7 +132,10 @@ class Store:
 
     def has_admin_token(self) -> bool:
         with self._tx() as conn:
-            return conn.execute(select(t.tokens.c.token_hash).where(t.tokens.c.is_admin)).first() is not None
+            return (
+                conn.execute(select(t.tokens.c.token_hash).where(t.tokens.c.is_admin)).first()
+                is not None
+            )
 
     def replace_tokens(self, principal: str, token_hash: str, now: float) -> None:
         """Rotate: drop every token of a tenant and store the new one, atomically."""
@@ -145,7 +148,9 @@ class Store:
             )
 
     # -- tenants -----------------------------------------------------------------------------
-    def create_tenant(self, name: str, spec: TenantSpec, token_hash: str, now: float) -> TenantRecord:
+    def create_tenant(
+        self, name: str, spec: TenantSpec, token_hash: str, now: float
+    ) -> TenantRecord:
         with self._tx() as conn:
             if conn.execute(select(t.tenants.c.name).where(t.tenants.c.name == name)).first():
                 raise Conflict(f"tenant {name!r} already exists; choose another name")
@@ -208,7 +213,9 @@ class Store:
             conn.execute(t.tokens.delete().where(t.tokens.c.principal == name))
 
     # -- idempotency of other mutations ----------------------------------------------------------
-    def remember_request(self, principal: str, request_id: str, op: str, target: str, now: float) -> None:
+    def remember_request(
+        self, principal: str, request_id: str, op: str, target: str, now: float
+    ) -> None:
         with self._tx() as conn:
             conn.execute(
                 insert(t.requests).values(
@@ -247,7 +254,10 @@ class Store:
                 raise Conflict(f"lease id {lease.id} already exists") from None
             conn.execute(
                 insert(t.lease_events).values(
-                    lease_id=lease.id, at=lease.created_at, prev=None, new=lease.state.value,
+                    lease_id=lease.id,
+                    at=lease.created_at,
+                    prev=None,
+                    new=lease.state.value,
                     reason=lease.reason,
                 )
             )
@@ -284,6 +294,17 @@ class Store:
         with self._tx() as conn:
             return [_lease_from_row(r) for r in conn.execute(q).all()]
 
+    def count_leases(self, tenant: str, states: Iterable[LeaseState]) -> int:
+        with self._tx() as conn:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(t.leases)
+                    .where(t.leases.c.tenant == tenant)
+                    .where(t.leases.c.state.in_([s.value for s in states]))
+                ).scalar_one()
+            )
+
     def live_leases(self) -> list[Lease]:
         return self.list_leases(states=[s for s in LeaseState if not s.is_terminal])
 
@@ -294,7 +315,9 @@ class Store:
         with self._tx() as conn:
             self._cas(conn, lease, expected_state)
 
-    def transition(self, lease: Lease, new: LeaseState, now: float, reason: str | None = None) -> Lease:
+    def transition(
+        self, lease: Lease, new: LeaseState, now: float, reason: str | None = None
+    ) -> Lease:
         """Move ``lease`` to ``new`` (checked against the table), with its other field changes.
 
         Opens a usage record when the lease starts holding reserved GPUs (RESERVED) and closes
@@ -370,7 +393,10 @@ class Store:
 
     # -- usage -------------------------------------------------------------------------------
     def usage(
-        self, now: float, tenant: str | None = None, since: float | None = None,
+        self,
+        now: float,
+        tenant: str | None = None,
+        since: float | None = None,
         until: float | None = None,
     ) -> list[UsageRow]:
         """GPU-seconds and cost per (tenant, GPU type), records clipped to [since, until]."""
