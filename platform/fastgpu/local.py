@@ -90,6 +90,19 @@ def _ray_running(address_file: Path) -> str | None:
     return address if probe.returncode == 0 and "ok" in probe.stdout else None
 
 
+def _free_port(preferred: int) -> int:
+    """``preferred`` if nothing listens there on loopback, else a free port."""
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+
 def _ray_start(args: list[str]) -> None:
     cmd = [str(Path(sys.executable).with_name("ray")), "start", *args]
     done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=300)
@@ -125,11 +138,12 @@ def up(
     started = address is None
     if started:
         per_node = gpus // nodes
-        address = f"127.0.0.1:{GCS_PORT}"
+        port = _free_port(GCS_PORT)
+        address = f"127.0.0.1:{port}"
         label = f"{GPU_TYPE_LABEL}={gpu_type}"
         head = [
             "--head",
-            f"--port={GCS_PORT}",
+            f"--port={port}",
             "--node-ip-address=127.0.0.1",
             "--dashboard-host=127.0.0.1",
             f"--num-gpus={per_node}",
