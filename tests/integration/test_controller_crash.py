@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 import ray
 from ray.util.placement_group import placement_group_table
+
+from fastgpu.controller.backend import GROUP_PREFIX
 from tests.integration.platform_fixtures import (
     Platform,
     platform_on_running_ray,
     start_local_ray,
     wait_until,
 )
-
-from fastgpu.controller.backend import GROUP_PREFIX
 
 pytestmark = pytest.mark.ray
 

@@ -18,17 +18,17 @@ import httpx
 import pytest
 import ray
 from ray import serve
+
+import fastgpu as fgpu
+from fastgpu.api.serve import deploy_api
+from fastgpu.errors import InvalidRequest, LeaseRejected, NotFound, PermissionDenied
+from fastgpu.sdk import Client
 from tests.integration.platform_fixtures import (
     Platform,
     make_config,
     platform_on_running_ray,
     start_local_ray,
 )
-
-import fastgpu as fgpu
-from fastgpu.api.serve import deploy_api
-from fastgpu.errors import InvalidRequest, LeaseRejected, NotFound, PermissionDenied
-from fastgpu.sdk import Client
 
 pytestmark = pytest.mark.ray
 

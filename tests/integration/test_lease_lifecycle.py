@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import ray
 from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
+
+from fastgpu.errors import InvalidRequest, NotFound
 from tests.integration.platform_fixtures import (
     Platform,
     platform_on_running_ray,
     start_local_ray,
     wait_until,
 )
-
-from fastgpu.errors import InvalidRequest, NotFound
 
 pytestmark = pytest.mark.ray
 

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import ray
 from ray.cluster_utils import Cluster
-from tests.integration.platform_fixtures import Platform, platform_on_running_ray, wait_until
 
 from fastgpu.controller.backend import GPU_TYPE_LABEL
+from tests.integration.platform_fixtures import Platform, platform_on_running_ray, wait_until
 
 pytestmark = pytest.mark.ray
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.unit.fakes import FakeBackend, FakeClock
 
 from fastgpu.auth import new_token
 from fastgpu.config import GpuTypeSpec, PlatformConfig
@@ -13,6 +12,7 @@ from fastgpu.controller.backend import NodeInfo
 from fastgpu.controller.core import Controller
 from fastgpu.errors import AuthenticationError, Conflict, InvalidRequest, NotFound, PermissionDenied
 from fastgpu.store import open_store
+from tests.unit.fakes import FakeBackend, FakeClock
 
 
 @pytest.fixture
