@@ -162,3 +162,23 @@ def test_store_is_a_real_sqlite_file(platform: Platform) -> None:
     assert n > 0
     assert platform.admin not in hashes
     assert all(len(h) == 64 for h in hashes)
+
+
+def test_a_ray_driver_cannot_escalate_through_the_actor(platform: Platform) -> None:
+    from fastgpu.auth import hash_token, new_token
+    from fastgpu.errors import AuthenticationError
+
+    handle = platform.handle
+    mine = new_token()
+    # Only the allow-listed, token-checked methods are reachable through `call`...
+    for method, args in (
+        ("register_admin_hash", (hash_token(mine),)),
+        ("bootstrap_admin", (mine,)),
+        ("reconcile", ()),
+    ):
+        with pytest.raises(InvalidRequest, match="unknown controller method"):
+            platform.client.call(method, *args)
+    # ...no actor method registers tokens, and an unknown token is refused everywhere.
+    assert not hasattr(handle, "bootstrap_admin")
+    with pytest.raises(AuthenticationError):
+        platform.client.call("create_tenant", mine, "mallory", {})

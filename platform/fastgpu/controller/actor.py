@@ -51,7 +51,7 @@ PUBLIC_METHODS = frozenset(
 
 
 class ControllerActor:
-    def __init__(self, config_json: str) -> None:
+    def __init__(self, config_json: str, admin_token_hash: str | None = None) -> None:
         from fastgpu.controller.backend import RayBackend
         from fastgpu.controller.core import Controller
         from fastgpu.store import open_store
@@ -59,6 +59,8 @@ class ControllerActor:
         logging.basicConfig(level=logging.INFO)
         config = PlatformConfig.model_validate_json(config_json)
         self.core = Controller(config, open_store(config.resolved_store_url()), RayBackend())
+        if admin_token_hash:
+            self.core.register_admin_hash(admin_token_hash)
         self.core.reconcile()
         self._stop = threading.Event()
         self._loop = threading.Thread(target=self._run, name="fastgpu-loop", daemon=True)
@@ -77,9 +79,6 @@ class ControllerActor:
         if method not in PUBLIC_METHODS:
             raise InvalidRequest(f"unknown controller method {method!r}")
         return getattr(self.core, method)(*args, **kwargs)
-
-    def bootstrap_admin(self, token: str) -> None:
-        self.core.bootstrap_admin(token)
 
     def reconcile(self) -> dict[str, int]:
         return self.core.reconcile()
@@ -101,7 +100,13 @@ def head_node_id() -> str:
 
 
 def start_controller(config: PlatformConfig, admin_token: str | None = None) -> Any:
-    """Start the controller actor (or find the running one) and register the admin token."""
+    """Start the controller actor (or find the running one) and register the admin token.
+
+    The admin token goes in as a constructor argument (hashed), never through a method: any
+    Ray driver can call an actor's methods, so none of them may grant admin rights.
+    """
+    from fastgpu.auth import hash_token
+
     cls: Any = ray.remote(ControllerActor)
     handle: Any = cls.options(
         name=CONTROLLER_NAME,
@@ -113,10 +118,8 @@ def start_controller(config: PlatformConfig, admin_token: str | None = None) -> 
         max_concurrency=64,
         num_cpus=0,
         scheduling_strategy=NodeAffinitySchedulingStrategy(head_node_id(), soft=False),
-    ).remote(config.model_dump_json())
+    ).remote(config.model_dump_json(), hash_token(admin_token) if admin_token else None)
     ray.get(handle.ping.remote(), timeout=120)
-    if admin_token:
-        ray.get(handle.bootstrap_admin.remote(admin_token))
     return handle
 
 

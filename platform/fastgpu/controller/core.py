@@ -126,7 +126,9 @@ class Controller:
 
     def bootstrap_admin(self, token: str) -> None:
         """Register the admin token (``fastgpu up``); a no-op when it is already known."""
-        h = hash_token(token)
+        self.register_admin_hash(hash_token(token))
+
+    def register_admin_hash(self, h: str) -> None:
         if self.store.lookup_token(h) is None:
             self.store.add_token(h, ADMIN, True, self.clock())
             self._invalidate()
