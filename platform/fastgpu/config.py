@@ -148,6 +148,47 @@ class ControllerSettings(_Spec):
     )
 
 
+class SchedulerSettings(_Spec):
+    """Which policy admits leases, and its knobs (see docs/design/scheduler.md)."""
+
+    policy: Literal["fair_share", "quota"] = Field(
+        default="fair_share",
+        description=(
+            "fair_share: weighted fair sharing with borrowing, preemption, backfill, budgets and "
+            "elastic leases; quota: nominal quota and capacity only, first come first served."
+        ),
+    )
+    usage_half_life_s: float = Field(
+        default=7 * 24 * 3600,
+        gt=0,
+        le=365 * 24 * 3600,
+        description="Half-life of the decayed usage that ranks tenants in fair sharing (s).",
+    )
+    min_runtime_s: float = Field(
+        default=300, ge=0, le=7 * 24 * 3600, description="No preemption before this runtime (s)."
+    )
+    grace_s: float = Field(
+        default=30,
+        ge=0,
+        le=3600,
+        description="Seconds between announcing a preemption and taking the GPUs back.",
+    )
+    backfill: bool = Field(default=True, description="Let small requests start around a big one.")
+    borrowing: bool = Field(default=True, description="Let tenants borrow idle GPUs.")
+    preemption: bool = Field(default=True, description="Preempt for reclaim and priority.")
+    elastic: bool = Field(default=True, description="Grow and shrink elastic leases.")
+    reject_over_budget: bool = Field(
+        default=False,
+        description="A tenant over budget: reject new requests (true) or queue them (false).",
+    )
+    usage_refresh_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="How often decayed usage and budget spend are recomputed from the store (s).",
+    )
+
+
 class ApiSettings(_Spec):
     """Where the HTTP control API listens."""
 
@@ -187,6 +228,9 @@ class PlatformConfig(_Spec):
         default_factory=ControllerSettings, description="Controller timing and limits."
     )
     api: ApiSettings = Field(default_factory=ApiSettings, description="HTTP control API.")
+    scheduler: SchedulerSettings = Field(
+        default_factory=SchedulerSettings, description="Admission policy and its settings."
+    )
 
     @model_validator(mode="after")
     def _names(self) -> PlatformConfig:
@@ -273,6 +317,7 @@ __all__ = [
     "GpuTypeSpec",
     "PlatformConfig",
     "QuotaSpec",
+    "SchedulerSettings",
     "TenantSpec",
     "config_json_schema",
     "default_config",

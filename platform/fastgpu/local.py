@@ -171,6 +171,10 @@ def up(
 
     if not ray.is_initialized():
         ray.init(address=address, namespace="fastgpu", log_to_driver=False)
+    from ray._private.worker import get_dashboard_url
+
+    dashboard = get_dashboard_url()
+    dashboard_url = f"http://{dashboard}" if dashboard else None
 
     from fastgpu.api.serve import deploy_api
     from fastgpu.controller.actor import ControllerClient, start_controller
@@ -178,7 +182,7 @@ def up(
     admin_path = state_dir / ADMIN_TOKEN_FILE
     admin = admin_path.read_text().strip() if admin_path.exists() else new_token()
     write_secret(admin_path, admin)
-    start_controller(config, admin)
+    start_controller(config, admin, dashboard_url)
     url = deploy_api(config)
     (state_dir / ADDRESS_FILE).write_text(url)
 

@@ -189,6 +189,7 @@ class Client:
         *,
         min_gpus: int | None = None,
         preemptible: bool = False,
+        priority: int = 0,
         strategy: str = "PACK",
         wait: bool = False,
         timeout: float | None = None,
@@ -203,6 +204,7 @@ class Client:
             "duration": duration,
             "min_gpus": min_gpus,
             "preemptible": preemptible,
+            "priority": priority,
             "strategy": strategy,
             "tenant": tenant,
             "request_id": request_id or f"sdk-{uuid.uuid4().hex}",
@@ -236,6 +238,39 @@ class Client:
     def bind_lease(self, lease_id: str, workload: str) -> Lease:
         data = self._call("POST", f"/leases/{_seg(lease_id)}/bind", json={"workload": workload})
         return Lease(self, data)
+
+    # -- jobs ------------------------------------------------------------------------------
+    def submit_job(
+        self,
+        entrypoint: str,
+        *,
+        gpus: int | None = None,
+        min_gpus: int | None = None,
+        gpu_type: str | None = None,
+        duration: str | float | None = None,
+        working_dir: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Submit a Ray job as this tenant; with ``gpus`` it asks for that lease when it runs."""
+        body: dict[str, Any] = {"entrypoint": entrypoint, "env": env or {}}
+        if working_dir is not None:
+            body["working_dir"] = str(Path(working_dir).resolve())
+        if gpus is not None:
+            lease = {"gpus": gpus, "min_gpus": min_gpus, "gpu_type": gpu_type, "duration": duration}
+            body["lease"] = {k: v for k, v in lease.items() if v is not None}
+        return dict(self._call("POST", "/jobs", json=body))
+
+    def list_jobs(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/jobs"))
+
+    def job_status(self, job_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/jobs/{_seg(job_id)}"))
+
+    def job_logs(self, job_id: str) -> str:
+        return str(self._call("GET", f"/jobs/{_seg(job_id)}/logs")["logs"])
+
+    def stop_job(self, job_id: str) -> dict[str, Any]:
+        return dict(self._call("POST", f"/jobs/{_seg(job_id)}/stop"))
 
     # -- usage -----------------------------------------------------------------------------
     def usage(self, tenant: str | None = None, since: str | None = None) -> list[dict[str, Any]]:
@@ -295,6 +330,21 @@ class Lease:
         self.data = self._client.release_lease(self.id).data
         return self
 
+    def report_checkpoint(self) -> Lease:
+        """Tell the scheduler a checkpoint was just saved (preemption loses least work)."""
+        self.data = self._client._call("POST", f"/leases/{_seg(self.id)}/checkpoint")
+        return self
+
+    @property
+    def preempt_at(self) -> str | None:
+        """When the GPUs will be taken (ISO time), once a preemption was announced."""
+        value = self.data.get("preempt_at")
+        return str(value) if value else None
+
+    @property
+    def held_gpus(self) -> int:
+        return int(self.data.get("held_gpus") or 0)
+
     def bind(self, workload: str) -> Lease:
         self.data = self._client.bind_lease(self.id, workload).data
         return self
@@ -302,12 +352,18 @@ class Lease:
     # -- running work inside the lease (needs ray.init) -------------------------------------
     @property
     def placement_group(self) -> Any:
-        """The Ray placement group reserving this lease's GPUs."""
-        from ray.util import get_placement_group
+        """The Ray placement group reserving this lease's GPUs.
 
-        if not self.placement_group_name or self.state not in ("ADMITTED", "RESERVED"):
+        Found by id: group names are scoped to the Ray namespace of the job that made them (the
+        controller's), while ids work from any driver or job.
+        """
+        from ray._raylet import PlacementGroupID
+        from ray.util.placement_group import PlacementGroup
+
+        group_id = self.data.get("placement_group_id")
+        if not group_id or self.state not in ("ADMITTED", "RESERVED"):
             raise FastGPUError(f"lease {self.id} is {self.state}; it holds no placement group")
-        return get_placement_group(self.placement_group_name)
+        return PlacementGroup(PlacementGroupID(bytes.fromhex(group_id)))
 
     def scheduling_strategy(self, bundle_index: int = 0) -> Any:
         """Strategy that runs a task or actor on GPU ``bundle_index`` of this lease; request

@@ -23,9 +23,13 @@ class Platform:
     client: ControllerClient
     handle: Any
 
-    def tenant(self, name: str, **quotas: int) -> str:
+    def tenant(self, name: str, borrowing_limit: int | None = None, **quotas: int) -> str:
         """Create a tenant with nominal quotas; return its token."""
-        spec = TenantSpec(quotas={k: QuotaSpec(nominal=v) for k, v in quotas.items()})
+        spec = TenantSpec(
+            quotas={
+                k: QuotaSpec(nominal=v, borrowing_limit=borrowing_limit) for k, v in quotas.items()
+            }
+        )
         out = self.client.call("create_tenant", self.admin, name, spec.model_dump(mode="json"))
         return str(out["token"])
 
@@ -52,8 +56,8 @@ def start_local_ray(num_gpus: int = 8, gpu_type: str = "A100") -> None:
     )
 
 
-def platform_on_running_ray(state_dir: Path) -> Iterator[Platform]:
-    config = make_config(state_dir)
+def platform_on_running_ray(state_dir: Path, **config_extra: Any) -> Iterator[Platform]:
+    config = make_config(state_dir, **config_extra)
     admin = new_token()
     handle = start_controller(config, admin)
     try:

@@ -281,6 +281,12 @@ def test_cli_contract(api: Api) -> None:
         assert key in lease
     assert lease["state"] == "RESERVED"
 
+    # One more GPU is borrowed from idle capacity (borrowing limit 1)...
+    wait_args = ("lease", "request", "--gpus", "1", "--wait", "--output", "json")
+    out = _cli(api, token, *wait_args)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["state"] == "RESERVED"
+    # ...and the next would exceed nominal + borrowing limit: it waits with the reason.
     out = _cli(
         api,
         token,
@@ -332,10 +338,11 @@ def test_cli_contract(api: Api) -> None:
     out = _cli(api, "fgpu_bad", "lease", "list")
     assert out.returncode == 1
     leases = json.loads(_cli(api, token, "lease", "list", "--output", "json").stdout)
-    # The released one and the one that queued over quota, admitted once quota freed up;
-    # nothing from the bad input.
-    assert sorted(x["state"] for x in leases) == ["RELEASED", "RESERVED"]
-    _cli(api, token, "lease", "release", next(x["id"] for x in leases if x["state"] == "RESERVED"))
+    # The released one, the borrowed one, and the one that queued over quota, admitted once
+    # quota freed up; nothing from the bad input.
+    assert sorted(x["state"] for x in leases) == ["RELEASED", "RESERVED", "RESERVED"]
+    for x in leases:
+        _cli(api, token, "lease", "release", x["id"])
 
 
 def test_not_found_is_the_same_for_missing_and_foreign(api: Api) -> None:

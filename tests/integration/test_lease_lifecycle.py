@@ -101,7 +101,7 @@ def test_lease_expires_and_gpus_come_back(platform: Platform) -> None:
 
 
 def test_quota_capacity_and_infeasible_reasons(platform: Platform) -> None:
-    small = platform.tenant("small", A100=2)
+    small = platform.tenant("small", borrowing_limit=0, A100=2)
     big = platform.tenant("big", A100=8)
     first = platform.client.call("request_lease", small, {"gpus": 2, "duration": "5m"}, wait_s=30)
     assert first["state"] == "RESERVED"

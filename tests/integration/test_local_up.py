@@ -1,4 +1,5 @@
-"""`fastgpu up` / `down` as a user runs them: real `ray start` processes, two nodes, the CLI."""
+"""`fastgpu up` / `down` as a user runs them (real `ray start` processes, two nodes, the CLI),
+and jobs submitted through the platform on a tenant's behalf."""
 
 from __future__ import annotations
 
@@ -8,11 +9,17 @@ import socket
 import stat
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+SCRIPTS = Path(__file__).parent / "job_scripts"
 
 
 def _free_port() -> int:
@@ -31,69 +38,131 @@ def _fastgpu(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str
     )
 
 
-def test_up_is_idempotent_and_down_stops_only_this_cluster(short_tmp: Path) -> None:
-    home = short_tmp / "h"
-    fake_user_home = short_tmp / "user"
-    fake_user_home.mkdir()
-    cfg = short_tmp / "fastgpu.yaml"
+@dataclass
+class Up:
+    env: dict[str, str]
+    home: Path
+    user_home: Path
+    first: dict[str, Any]
+    cfg: Path
+
+    def as_tenant(self, token: str) -> dict[str, str]:
+        return {**self.env, "FASTGPU_TOKEN": token}
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="u"))
+    home = root / "h"
+    user_home = root / "user"
+    user_home.mkdir()
+    cfg = root / "fastgpu.yaml"
     cfg.write_text(
         "gpu_types: {A100: {price_per_hour: 2.5}}\n"
-        "tenants: {ops: {quotas: {A100: {nominal: 2}}}}\n"
+        "tenants: {ops: {quotas: {A100: {nominal: 2}}}, "
+        "research: {quotas: {A100: {nominal: 2, borrowing_limit: 0}}}}\n"
         f"api: {{port: {_free_port()}}}\n"
     )
-    env = {
-        **os.environ,
-        "FASTGPU_HOME": str(home),
-        "HOME": str(fake_user_home),
-        "RAY_TMPDIR": str(short_tmp),
-    }
+    env = {**os.environ, "FASTGPU_HOME": str(home), "HOME": str(user_home), "RAY_TMPDIR": str(root)}
     env.pop("RAY_AUTH_TOKEN", None)
     env.pop("FASTGPU_TOKEN", None)
+    out = _fastgpu(env, "up", "--gpus", "4", "--nodes", "2", "--config", str(cfg), "-o", "json")
+    assert out.returncode == 0, out.stderr
     try:
-        out = _fastgpu(env, "up", "--gpus", "4", "--nodes", "2", "--config", str(cfg), "-o", "json")
-        assert out.returncode == 0, out.stderr
-        first = json.loads(out.stdout)
-        assert first["started_ray"] is True
-        assert first["api"].startswith("http://127.0.0.1:")
-        ops_token = first["new_tenant_tokens"]["ops"]
-        for secret in ("admin_token", "ray_auth_token"):
-            mode = stat.S_IMODE((home / secret).stat().st_mode)
-            assert mode == 0o600, (secret, oct(mode))
-
-        again = json.loads(
-            _fastgpu(
-                env, "up", "--gpus", "4", "--nodes", "2", "--config", str(cfg), "-o", "json"
-            ).stdout
-        )
-        assert again["started_ray"] is False
-        assert again["new_tenant_tokens"] == {}  # config tenants are created once
-
-        status = json.loads(_fastgpu(env, "status", "-o", "json").stdout)  # local admin token
-        (a100,) = status["gpu_types"]
-        assert (a100["total"], a100["nodes"]) == (4, 2)
-
-        tenant_env = {**env, "FASTGPU_TOKEN": ops_token}
-        lease = json.loads(
-            _fastgpu(
-                tenant_env,
-                "lease",
-                "request",
-                "--gpus",
-                "2",
-                "--strategy",
-                "SPREAD",
-                "--wait",
-                "-o",
-                "json",
-            ).stdout
-        )
-        assert lease["state"] == "RESERVED"
-        assert len(set(lease["nodes"])) == 2
+        yield Up(env, home, user_home, json.loads(out.stdout), cfg)
     finally:
         down = _fastgpu(env, "down", "-o", "json")
-    assert down.returncode == 0, down.stderr
-    assert json.loads(down.stdout)["stopped_processes"] > 0
-    # Nothing written to the user's home (no ~/.ray): Ray's token lives in the state dir.
-    assert list(fake_user_home.iterdir()) == []
-    # The store survives `down`.
-    assert (home / "fastgpu.db").exists()
+        assert down.returncode == 0, down.stderr
+        assert json.loads(down.stdout)["stopped_processes"] > 0
+        # Nothing written to the user's home (no ~/.ray): Ray's token lives in the state dir.
+        assert list(user_home.iterdir()) == []
+        assert (home / "fastgpu.db").exists()  # the store survives `down`
+
+
+def test_up_is_idempotent_and_serves_leases(up: Up) -> None:
+    assert up.first["started_ray"] is True
+    assert up.first["api"].startswith("http://127.0.0.1:")
+    for secret in ("admin_token", "ray_auth_token"):
+        mode = stat.S_IMODE((up.home / secret).stat().st_mode)
+        assert mode == 0o600, (secret, oct(mode))
+    args = ("up", "--gpus", "4", "--nodes", "2", "--config", str(up.cfg), "-o", "json")
+    again = json.loads(_fastgpu(up.env, *args).stdout)
+    assert again["started_ray"] is False
+    assert again["new_tenant_tokens"] == {}  # config tenants are created once
+
+    status = json.loads(_fastgpu(up.env, "status", "-o", "json").stdout)  # local admin token
+    (a100,) = status["gpu_types"]
+    assert (a100["total"], a100["nodes"]) == (4, 2)
+
+    ops = up.as_tenant(up.first["new_tenant_tokens"]["ops"])
+    args = ("lease", "request", "--gpus", "2", "--strategy", "SPREAD", "--wait", "-o", "json")
+    lease = json.loads(_fastgpu(ops, *args).stdout)
+    assert lease["state"] == "RESERVED"
+    assert len(set(lease["nodes"])) == 2
+    _fastgpu(ops, "lease", "release", lease["id"])
+
+
+def _wait_job(env: dict[str, str], job_id: str, want: set[str]) -> dict[str, Any]:
+    deadline = time.monotonic() + 120
+    while True:
+        data = json.loads(_fastgpu(env, "job", "status", job_id, "-o", "json").stdout)
+        if data["status"] in want:
+            return dict(data)
+        assert time.monotonic() < deadline, data
+        time.sleep(1)
+
+
+def test_jobs_run_on_the_tenants_lease_and_stay_private(up: Up) -> None:
+    ops = up.as_tenant(up.first["new_tenant_tokens"]["ops"])
+    research = up.as_tenant(up.first["new_tenant_tokens"]["research"])
+    submit = (
+        "job", "submit", "--gpus", "2", "--duration", "5m", "--working-dir", str(SCRIPTS),
+        "-o", "json", "--", sys.executable, "lease_job.py",
+    )  # fmt: skip
+    out = _fastgpu(ops, *submit)
+    assert out.returncode == 0, out.stderr
+    job = json.loads(out.stdout)
+    assert job["tenant"] == "ops"
+    done = _wait_job(ops, job["id"], {"SUCCEEDED", "FAILED"})
+    logs = _fastgpu(ops, "job", "logs", job["id"]).stdout
+    assert done["status"] == "SUCCEEDED", logs
+    assert f"job {job['id']} tenant ops lease RESERVED gpus" in logs
+    assert done["lease"]["state"] == "RELEASED"  # the job's own lease, found by its request id
+    assert done["lease"]["tenant"] == "ops"
+
+    # Another tenant cannot see, read or stop it.
+    assert json.loads(_fastgpu(research, "job", "list", "-o", "json").stdout) == []
+    for args in (("job", "status", job["id"]), ("job", "logs", job["id"]), ("job", "stop", job["id"])):
+        other = _fastgpu(research, *args)
+        assert other.returncode == 1
+        assert "not found" in other.stderr
+
+    # A job over quota waits, and its status shows why; stopping it works.
+    hog = json.loads(_fastgpu(research, "lease", "request", "--gpus", "2", "--wait", "-o", "json").stdout)
+    submit_r = (
+        "job", "submit", "--gpus", "2", "--working-dir", str(SCRIPTS), "-o", "json",
+        "--", sys.executable, "lease_job.py",
+    )  # fmt: skip
+    waiting = json.loads(_fastgpu(research, *submit_r).stdout)
+    deadline = time.monotonic() + 60
+    while True:
+        st = json.loads(_fastgpu(research, "job", "status", waiting["id"], "-o", "json").stdout)
+        if st["lease"] and st["lease"]["state"] == "PENDING":
+            break
+        assert time.monotonic() < deadline, st
+        time.sleep(1)
+    assert st["lease"]["reason"] == "over_quota"
+    stopped = _fastgpu(research, "job", "stop", waiting["id"], "-o", "json")
+    assert stopped.returncode == 0, stopped.stderr
+    _wait_job(research, waiting["id"], {"STOPPED", "FAILED"})
+    _fastgpu(research, "lease", "release", hog["id"])
+    _fastgpu(research, "lease", "release", st["lease"]["id"])
+
+    # Bad job input is refused before anything runs.
+    bad = _fastgpu(ops, "job", "submit", "--gpus", "0", "--", "python", "x.py")
+    assert bad.returncode == 2
+    bad = _fastgpu(ops, "job", "submit", "--working-dir", str(up.home), "--", "python", "x.py")
+    assert bad.returncode == 2
+    assert "state folder" in bad.stderr

@@ -43,7 +43,7 @@ def test_gang_placement_fragmentation_and_node_loss(
     never = call("request_lease", token, {"gpus": 5, "strategy": "STRICT_PACK", "duration": "5m"})
     assert never["state"] == "REJECTED"
     assert never["reason"] == "infeasible"
-    assert "largest node has 4" in never["reason_detail"]
+    assert "4 per node" in never["reason_detail"]
 
     spread = call(
         "request_lease", token, {"gpus": 2, "strategy": "SPREAD", "duration": "5m"}, wait_s=30

@@ -86,3 +86,43 @@ def test_failed_transaction_changes_nothing() -> None:
     assert got is not None
     assert got.state == LeaseState.PENDING
     assert store.usage(now=10.0) == []
+
+
+def test_upgrade_from_v1_keeps_data(tmp_path: Path) -> None:
+    """A database written by version 1 gains version 2's columns with its rows intact."""
+    from sqlalchemy import create_engine, insert
+
+    from fastgpu.store import schema
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        schema.schema_version.create(conn)
+        conn.execute(insert(schema.schema_version).values(version=1))
+        schema.MIGRATIONS[0](conn)
+        conn.execute(
+            text(
+                "insert into leases (id, tenant, state, gpus, min_gpus, gpu_type, strategy, "
+                "duration_s, preemptible, price_per_hour, nodes, created_at) values "
+                "('old', 't', 'RELEASED', 2, 2, 'A100', 'PACK', 60, 0, 1.0, '[]', 0)"
+            )
+        )
+    engine.dispose()
+    store = open_store(url)
+    assert store.schema_version() == SCHEMA_VERSION == 2
+    old = store.get_lease("old")
+    assert old is not None
+    assert old.state == LeaseState.RELEASED
+    assert old.priority == 0
+    assert old.last_checkpoint_at is None
+
+
+def test_decayed_usage_halves_after_a_half_life() -> None:
+    store = open_store("sqlite://")
+    lease, _ = store.insert_lease(_lease("a"))
+    store.transition(lease, LeaseState.ADMITTED, 0.0)
+    store.transition(lease, LeaseState.RESERVED, 0.0)
+    store.transition(lease, LeaseState.RELEASED, 10.0)
+    fresh = store.decayed_usage("t", now=10.0, half_life_s=3600.0)
+    assert fresh == pytest.approx(20.0, rel=1e-3)  # 2 GPUs x 10 s, barely decayed
+    assert store.decayed_usage("t", now=3610.0, half_life_s=3600.0) == pytest.approx(fresh / 2)

@@ -68,6 +68,9 @@ class LeaseCreate(_Body):
         default=None, description="How long, e.g. '30m', '2h' or seconds; unset: the default."
     )
     preemptible: bool = Field(default=False, description="Whether it may be preempted.")
+    priority: int = Field(
+        default=0, ge=-1000, le=1000, description="Priority among the tenant's own leases."
+    )
     strategy: Literal["PACK", "STRICT_PACK", "SPREAD"] = Field(
         default="PACK", description="Placement strategy."
     )
@@ -80,6 +83,22 @@ class LeaseCreate(_Body):
     wait: float = Field(
         default=0.0, ge=0, le=3600, description="Seconds to wait for the GPUs before answering."
     )
+
+
+class JobLease(_Body):
+    gpus: int = Field(ge=1, le=MAX_GPUS_PER_LEASE, description="GPUs (elastic: the most).")
+    min_gpus: int | None = Field(default=None, ge=1, le=MAX_GPUS_PER_LEASE, description="Fewest.")
+    gpu_type: str | None = Field(default=None, pattern=GPU_TYPE_PATTERN, description="GPU type.")
+    duration: str | float | None = Field(default=None, description="e.g. '2h'.")
+
+
+class JobCreate(_Body):
+    entrypoint: str = Field(min_length=1, max_length=4096, description="Command the job runs.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
+    working_dir: str | None = Field(
+        default=None, max_length=4096, description="Folder on the head node to ship with the job."
+    )
+    lease: JobLease | None = Field(default=None, description="The lease the job should request.")
 
 
 class BindBody(_Body):
@@ -212,6 +231,34 @@ def create_app(call: Call) -> FastAPI:
     @app.post(v1 + "/leases/{lease_id}/bind")
     async def bind_lease(lease_id: str, body: BindBody, token: str = Depends(token_of)) -> Any:
         return await call("bind_lease", token, lease_id, body.workload)
+
+    @app.post(v1 + "/leases/{lease_id}/checkpoint")
+    async def report_checkpoint(lease_id: str, token: str = Depends(token_of)) -> Any:
+        return await call("report_checkpoint", token, lease_id)
+
+    @app.post(f"{v1}/jobs", status_code=201)
+    async def submit_job(body: JobCreate, token: str = Depends(token_of)) -> Any:
+        spec = body.model_dump(exclude={"lease"})
+        lease = body.lease.model_dump(exclude_none=True) if body.lease else None
+        return await call("submit_job", token, spec, lease)
+
+    @app.get(f"{v1}/jobs")
+    async def list_jobs(
+        token: str = Depends(token_of), tenant: str | None = Query(default=None, max_length=63)
+    ) -> Any:
+        return await call("list_jobs", token, tenant)
+
+    @app.get(v1 + "/jobs/{job_id}")
+    async def job_status(job_id: str, token: str = Depends(token_of)) -> Any:
+        return await call("job_status", token, job_id)
+
+    @app.get(v1 + "/jobs/{job_id}/logs")
+    async def job_logs(job_id: str, token: str = Depends(token_of)) -> Any:
+        return await call("job_logs", token, job_id)
+
+    @app.post(v1 + "/jobs/{job_id}/stop")
+    async def stop_job(job_id: str, token: str = Depends(token_of)) -> Any:
+        return await call("stop_job", token, job_id)
 
     @app.get(f"{v1}/usage")
     async def usage(

@@ -28,9 +28,11 @@ app = typer.Typer(
 tenant_app = typer.Typer(help="Tenants and their quotas (admin).", no_args_is_help=True)
 lease_app = typer.Typer(help="GPU leases.", no_args_is_help=True)
 config_app = typer.Typer(help="The configuration file.", no_args_is_help=True)
+job_app = typer.Typer(help="Ray jobs run on your leases.", no_args_is_help=True)
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(lease_app, name="lease")
 app.add_typer(config_app, name="config")
+app.add_typer(job_app, name="job")
 
 
 class Output(str, Enum):
@@ -258,6 +260,7 @@ def lease_request(
     gpu_type: str = typer.Option(None, "--gpu-type", help="GPU type."),
     duration: str = typer.Option(None, "--duration", help="e.g. 30m, 2h (default: 1h)."),
     preemptible: bool = typer.Option(False, "--preemptible", help="May be preempted."),
+    priority: int = typer.Option(0, "--priority", help="Priority among your own leases."),
     strategy: str = typer.Option("PACK", "--strategy", help="PACK, STRICT_PACK or SPREAD."),
     tenant: str = typer.Option(None, "--tenant", help="The tenant (admin only)."),
     wait: bool = typer.Option(False, "--wait", help="Wait until the GPUs are held."),
@@ -277,6 +280,7 @@ def lease_request(
         duration,
         min_gpus=low,
         preemptible=preemptible,
+        priority=priority,
         strategy=strategy,
         tenant=tenant,
         wait=False,
@@ -347,6 +351,105 @@ def lease_show(lease_id: str, output: Output = OutputOpt) -> None:
 def lease_release(lease_id: str, output: Output = OutputOpt) -> None:
     """Release a lease (its GPUs go back at once)."""
     _print_lease(_client().release_lease(lease_id).data, output)
+
+
+# -- jobs ---------------------------------------------------------------------------------------
+JOB_COLUMNS = ("id", "status", "entrypoint", "message")
+
+
+@job_app.command(
+    "submit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+def job_submit(
+    ctx: typer.Context,
+    gpus: str = typer.Option(None, "--gpus", help="Lease for the job: N or MIN:MAX."),
+    gpu_type: str = typer.Option(None, "--gpu-type", help="GPU type."),
+    duration: str = typer.Option(None, "--duration", help="Lease duration, e.g. 2h."),
+    working_dir: str = typer.Option(
+        ".", "--working-dir", help="Folder shipped with the job (default: here)."
+    ),
+    env: list[str] = typer.Option(None, "--env", help="KEY=VALUE for the job (repeatable)."),
+    output: Output = OutputOpt,
+) -> None:
+    """Submit a Ray job as your tenant: fastgpu job submit --gpus 2:4 -- python train.py ..."""
+    args = list(ctx.args)
+    if args and args[0] == "--":
+        args = args[1:]
+    if not args:
+        raise InvalidRequest("give the command after --, e.g. -- python jobs/train_classifier.py")
+    import shlex
+
+    extra: dict[str, str] = {}
+    for item in env or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidRequest(f"--env: got {item!r}; expected KEY=VALUE")
+        extra[key] = value
+    lease: dict[str, Any] = {}
+    if gpus is not None:
+        n, low = _parse_gpus(gpus)
+        lease = {"gpus": n, "min_gpus": low, "gpu_type": gpu_type, "duration": duration}
+    data = _client().submit_job(shlex.join(args), working_dir=working_dir, env=extra, **lease)
+    if output == Output.json:
+        render.emit_json(data)
+    else:
+        render.kv(f"job {data['id']}", data)
+
+
+@job_app.command("list")
+def job_list(output: Output = OutputOpt) -> None:
+    """Your jobs."""
+    rows = _client().list_jobs()
+    if output == Output.json:
+        render.emit_json(rows)
+    else:
+        render.table("jobs", rows, JOB_COLUMNS)
+
+
+@job_app.command("status")
+def job_status(job_id: str, output: Output = OutputOpt) -> None:
+    """A job's state and its lease (with the reason while it waits)."""
+    data = _client().job_status(job_id)
+    if output == Output.json:
+        render.emit_json(data)
+        return
+    lease = data.pop("lease") or {}
+    render.kv(f"job {job_id}", data)
+    if lease:
+        render.kv(
+            "lease",
+            {k: lease.get(k) for k in ("id", "state", "held_gpus", "reason", "reason_detail")},
+        )
+
+
+@job_app.command("logs")
+def job_logs(
+    job_id: str,
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until it ends."),
+) -> None:
+    """A job's output."""
+    client = _client()
+    shown = 0
+    while True:
+        text = client.job_logs(job_id)
+        sys.stdout.write(text[shown:])
+        sys.stdout.flush()
+        shown = len(text)
+        if not follow or client.job_status(job_id)["status"] in ("SUCCEEDED", "FAILED", "STOPPED"):
+            if follow:
+                sys.stdout.write(client.job_logs(job_id)[shown:])
+            return
+        time.sleep(1.0)
+
+
+@job_app.command("stop")
+def job_stop(job_id: str, output: Output = OutputOpt) -> None:
+    """Stop a job."""
+    data = _client().stop_job(job_id)
+    if output == Output.json:
+        render.emit_json(data)
+    else:
+        render.kv(f"job {job_id}", data)
 
 
 # -- usage and config ---------------------------------------------------------------------------

@@ -44,6 +44,12 @@ PUBLIC_METHODS = frozenset(
         "list_leases",
         "release_lease",
         "bind_lease",
+        "report_checkpoint",
+        "submit_job",
+        "list_jobs",
+        "job_status",
+        "job_logs",
+        "stop_job",
         "usage",
         "status",
     }
@@ -51,14 +57,24 @@ PUBLIC_METHODS = frozenset(
 
 
 class ControllerActor:
-    def __init__(self, config_json: str, admin_token_hash: str | None = None) -> None:
+    def __init__(
+        self,
+        config_json: str,
+        admin_token_hash: str | None = None,
+        dashboard_url: str | None = None,
+    ) -> None:
         from fastgpu.controller.backend import RayBackend
         from fastgpu.controller.core import Controller
         from fastgpu.store import open_store
 
         logging.basicConfig(level=logging.INFO)
         config = PlatformConfig.model_validate_json(config_json)
-        self.core = Controller(config, open_store(config.resolved_store_url()), RayBackend())
+        self.core = Controller(
+            config,
+            open_store(config.resolved_store_url()),
+            RayBackend(),
+            dashboard_url=dashboard_url,
+        )
         if admin_token_hash:
             self.core.register_admin_hash(admin_token_hash)
         self.core.reconcile()
@@ -99,7 +115,9 @@ def head_node_id() -> str:
     return str(ray.get_runtime_context().get_node_id())
 
 
-def start_controller(config: PlatformConfig, admin_token: str | None = None) -> Any:
+def start_controller(
+    config: PlatformConfig, admin_token: str | None = None, dashboard_url: str | None = None
+) -> Any:
     """Start the controller actor (or find the running one) and register the admin token.
 
     The admin token goes in as a constructor argument (hashed), never through a method: any
@@ -118,7 +136,9 @@ def start_controller(config: PlatformConfig, admin_token: str | None = None) -> 
         max_concurrency=64,
         num_cpus=0,
         scheduling_strategy=NodeAffinitySchedulingStrategy(head_node_id(), soft=False),
-    ).remote(config.model_dump_json(), hash_token(admin_token) if admin_token else None)
+    ).remote(
+        config.model_dump_json(), hash_token(admin_token) if admin_token else None, dashboard_url
+    )
     ray.get(handle.ping.remote(), timeout=120)
     return handle
 

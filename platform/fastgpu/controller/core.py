@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -38,7 +39,16 @@ from fastgpu.errors import (
     NotFound,
     PermissionDenied,
 )
-from fastgpu.scheduler import LeaseView, NodeView, Policy, QuotaCapacityPolicy, Snapshot, TenantView
+from fastgpu.scheduler import (
+    FairSharePolicy,
+    FairShareSettings,
+    LeaseView,
+    NodeView,
+    Policy,
+    QuotaCapacityPolicy,
+    Snapshot,
+    TenantView,
+)
 from fastgpu.store import Store
 from fastgpu.timeutil import Clock, iso, parse_iso, wall_clock
 from fastgpu.validation import NAME_PATTERN, NAME_RULE, invalid_from, parse_duration
@@ -53,6 +63,28 @@ def _new_lease_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
+def make_policy(config: PlatformConfig) -> Policy:
+    """The policy the config names, with its settings."""
+    s = config.scheduler
+    if s.policy == "quota":
+        return QuotaCapacityPolicy()
+    return FairSharePolicy(
+        FairShareSettings(
+            usage_half_life_s=s.usage_half_life_s,
+            min_runtime_s=s.min_runtime_s,
+            grace_s=s.grace_s,
+            backfill=s.backfill,
+            borrowing=s.borrowing,
+            preemption=s.preemption,
+            elastic=s.elastic,
+            # The controller ends leases at expires_at itself (state EXPIRED).
+            enforce_time_limits=False,
+            reject_over_budget=s.reject_over_budget,
+            explain=True,
+        )
+    )
+
+
 class Controller:
     def __init__(
         self,
@@ -61,12 +93,16 @@ class Controller:
         backend: Backend,
         clock: Clock = wall_clock,
         policy: Policy | None = None,
+        dashboard_url: str | None = None,
     ) -> None:
+        from fastgpu.controller.jobs import JobGateway
+
         self.config = config
+        self.jobs = JobGateway(dashboard_url, [config.resolved_state_dir()])
         self.store = store
         self.backend = backend
         self.clock = clock
-        self.policy: Policy = policy or QuotaCapacityPolicy()
+        self.policy: Policy = policy or make_policy(config)
         self._mu = threading.RLock()
         self._changed = threading.Condition(self._mu)
         self._nodes: list[NodeInfo] = []
@@ -75,6 +111,9 @@ class Controller:
         # Read-through caches of rows only this controller writes (cleared on every write).
         self._principals: dict[str, Principal] = {}
         self._tenant_cache: dict[str, TenantSpec] | None = None
+        # tenant -> (decayed GPU-seconds, period GPU-hours, period money), refreshed now and then.
+        self._usage_stats: dict[str, tuple[float, float, float]] = {}
+        self._usage_stats_at = -1e18
 
     def _invalidate(self) -> None:
         self._principals.clear()
@@ -339,6 +378,7 @@ class Controller:
                 strategy=req.strategy,
                 duration_s=req.duration_s,
                 preemptible=req.preemptible,
+                priority=req.priority,
                 price_per_hour=self.config.gpu_types[req.gpu_type].price_per_hour,
                 created_at=now,
                 request_id=req.request_id,
@@ -415,6 +455,71 @@ class Controller:
             self._changed.notify_all()
             return lease.to_dict()
 
+    def report_checkpoint(self, token: str | None, lease_id: str) -> dict[str, Any]:
+        """The workload saved a checkpoint now: preemption prefers leases that lose least."""
+        p = self.authenticate(token)
+        self._visible_lease(p, lease_id)
+        with self._mu:
+            lease = self.store.get_lease(lease_id)
+            assert lease is not None
+            if lease.state not in HOLDING_STATES:
+                raise Conflict(f"lease {lease_id} is {lease.state.value}; it holds no GPUs")
+            lease.last_checkpoint_at = self.clock()
+            self.store.save_lease(lease, lease.state)
+            return lease.to_dict()
+
+    # ==== jobs =================================================================================
+    def submit_job(
+        self, token: str | None, spec: dict[str, Any], lease: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Submit a Ray job for the calling tenant. ``lease`` (gpus, min_gpus, gpu_type,
+        duration) is checked now and handed to the job, which requests it with the job's
+        request id; the job's status then shows that lease's state and reason."""
+        p = self.authenticate(token)
+        if p.is_admin or token is None:
+            raise PermissionDenied("jobs are submitted with a tenant's token, not the admin's")
+        checked = self.jobs.check_spec(spec)
+        env = {
+            "FASTGPU_TOKEN": token,
+            "FASTGPU_ADDRESS": f"http://{self.config.api.host}:{self.config.api.port}",
+        }
+        if lease:
+            req = self._parse_request({**lease, "request_id": "job-check"}, p.name)
+            env["FASTGPU_GPUS"] = (
+                f"{req.min_gpus}:{req.gpus}"
+                if req.min_gpus and req.min_gpus != req.gpus
+                else str(req.gpus)
+            )
+            env["FASTGPU_GPU_TYPE"] = req.gpu_type
+            env["FASTGPU_DURATION"] = str(int(req.duration_s))
+        submission_id = self.jobs.submit(p.name, checked, env)
+        return self.job_status(token, submission_id)
+
+    def list_jobs(self, token: str | None, tenant: str | None = None) -> list[dict[str, Any]]:
+        p = self.authenticate(token)
+        return self.jobs.list(self._scope_tenant(p, tenant))
+
+    def job_status(self, token: str | None, job_id: str) -> dict[str, Any]:
+        """Ray's view of the job plus the lease it asked for (state and pending reason)."""
+        from fastgpu.controller.jobs import lease_request_id
+
+        p = self.authenticate(token)
+        row = self.jobs.get(p.tenant, job_id)
+        lease = self.store.find_lease_by_request(row["tenant"], lease_request_id(job_id))
+        row["lease"] = lease.to_dict() if lease else None
+        return row
+
+    def job_logs(self, token: str | None, job_id: str) -> dict[str, Any]:
+        p = self.authenticate(token)
+        self.jobs.get(p.tenant, job_id)
+        return {"id": job_id, "logs": self.jobs.logs(job_id)}
+
+    def stop_job(self, token: str | None, job_id: str) -> dict[str, Any]:
+        p = self.authenticate(token)
+        self.jobs.get(p.tenant, job_id)
+        self.jobs.stop(job_id)
+        return self.job_status(token, job_id)
+
     # ==== reads ================================================================================
     def usage(
         self, token: str | None, tenant: str | None = None, since: str | float | None = None
@@ -466,10 +571,11 @@ class Controller:
             if t is None:
                 continue
             held = lease.state in HOLDING_STATES
-            t["allocated" if held else "pending"] += lease.gpus
+            count = lease.held_gpus if held else lease.min_gpus
+            t["allocated" if held else "pending"] += count
             row = per_tenant.get((lease.tenant, lease.gpu_type))
             if row is not None:
-                row["allocated" if held else "pending"] += lease.gpus
+                row["allocated" if held else "pending"] += count
                 row["leases"] += 1
         for t in types.values():
             t["free"] = max(0, t["total"] - t["allocated"])
@@ -490,6 +596,7 @@ class Controller:
             now = self.clock()
             self._poll_ready(timeout_s=0.0)
             self._expire(now)
+            self._finish_preemptions(now)
             if now - self._last_reconcile >= self.config.controller.reconcile_interval_s:
                 self.reconcile()
             self._schedule_locked()
@@ -518,11 +625,16 @@ class Controller:
             if lease.expires_at is not None and lease.expires_at <= now:
                 self._end(lease, LeaseState.EXPIRED, f"duration of {lease.duration_s:g} s is over")
 
+    def _finish_preemptions(self, now: float) -> None:
+        for lease in self.store.list_leases(states=HOLDING_STATES):
+            if lease.preempt_at is not None and lease.preempt_at <= now:
+                self._end(lease, LeaseState.PREEMPTED, lease.reason_detail or "preempted")
+
     def _end(self, lease: Lease, state: LeaseState, why: str) -> None:
         """Move a lease to a terminal state; commit first, then free its group."""
         now = self.clock()
         lease.ended_at = now
-        if state not in (LeaseState.REJECTED, LeaseState.FAILED):
+        if state not in (LeaseState.REJECTED, LeaseState.FAILED, LeaseState.PREEMPTED):
             lease.reason = None
             lease.reason_detail = None
         held_group = lease.state in (LeaseState.ADMITTED, LeaseState.RESERVED)
@@ -571,15 +683,21 @@ class Controller:
             pending: list[LeaseView] = []
             tenants = self._tenants()
             for lease in live:
-                prio = tenants[lease.tenant].priority if lease.tenant in tenants else 0
                 if lease.state in HOLDING_STATES:
                     placement: dict[str, int] = {}
                     for n in lease.nodes:
                         placement[n] = placement.get(n, 0) + 1
                         held[n] = held.get(n, 0) + 1
-                    running.append(_view(lease, prio, placement))
+                    view = _view(lease, placement)
+                    if lease.state != LeaseState.BOUND:
+                        # Only a bound (elastic workload) lease can change size.
+                        view = replace(view, gpus=lease.held_gpus, min_gpus=lease.held_gpus)
+                    if lease.preempt_at is not None:
+                        # Already announced: not a victim again, and its GPUs are leaving.
+                        view = replace(view, preemptible=False)
+                    running.append(view)
                 elif lease.state == LeaseState.PENDING:
-                    pending.append(_view(lease, prio, {}))
+                    pending.append(_view(lease, {}))
             node_views = tuple(
                 NodeView(
                     node_id=n.node_id,
@@ -591,6 +709,7 @@ class Controller:
                 for n in nodes
                 if n.gpu_type and n.total_gpus > 0
             )
+            stats = self._tenant_usage_stats()
             tenant_views = {
                 name: TenantView(
                     name=name,
@@ -599,6 +718,9 @@ class Controller:
                     priority=spec.priority,
                     queueing=spec.queueing,
                     budget=spec.budget,
+                    decayed_usage_gpu_s=stats.get(name, (0.0, 0.0, 0.0))[0],
+                    period_gpu_hours=stats.get(name, (0.0, 0.0, 0.0))[1],
+                    period_money=stats.get(name, (0.0, 0.0, 0.0))[2],
                 )
                 for name, spec in tenants.items()
             }
@@ -611,10 +733,30 @@ class Controller:
                 pending=tuple(pending),
             )
 
+    def _tenant_usage_stats(self) -> dict[str, tuple[float, float, float]]:
+        """Decayed usage (fair share) and this budget period's spend, per tenant; recomputed
+        from the usage records every ``scheduler.usage_refresh_s``."""
+        now = self.clock()
+        if now - self._usage_stats_at < self.config.scheduler.usage_refresh_s:
+            return self._usage_stats
+        half_life = self.config.scheduler.usage_half_life_s
+        out: dict[str, tuple[float, float, float]] = {}
+        for name, spec in self._tenants().items():
+            decayed = self.store.decayed_usage(name, now, half_life)
+            gpu_h, money = 0.0, 0.0
+            if spec.budget is not None:
+                start = period_start(now, spec.budget.period)
+                for row in self.store.usage(now, tenant=name, since=start):
+                    gpu_h += row.gpu_seconds / 3600
+                    money += row.cost
+            out[name] = (decayed, gpu_h, money)
+        self._usage_stats, self._usage_stats_at = out, now
+        return out
+
     def _schedule_locked(self) -> None:
         snap = self.snapshot()
-        if not snap.pending:
-            return
+        if not snap.pending and not any(v.held_gpus < v.gpus for v in snap.running):
+            return  # nothing waits and nothing can grow: no decision to make
         decisions = self.policy.schedule(snap)
         now = self.clock()
         for rej in decisions.reject:
@@ -635,7 +777,6 @@ class Controller:
             if lease is None or lease.state != LeaseState.PENDING:
                 continue
             nodes = [n for n, count in sorted(adm.placement.items()) for _ in range(count)]
-            lease.gpus = len(nodes)
             lease.nodes = nodes
             lease.placement_group = group_name(lease.id)
             lease.admitted_at = now
@@ -643,8 +784,46 @@ class Controller:
             lease.reason_detail = "placement group created; waiting for Ray to reserve it"
             self.store.transition(lease, LeaseState.ADMITTED, now, "admitted")
             self._create_group(lease, may_exist=False)
-        if decisions.admit or decisions.reject:
+        for pre in decisions.preempt:
+            self._announce_preemption(pre.lease_id, pre.reason, pre.detail, pre.grace_s, now)
+        for rsz in decisions.resize:
+            self._resize(rsz.lease_id, rsz.placement, rsz.reason, now)
+        if decisions.admit or decisions.reject or decisions.preempt or decisions.resize:
             self._changed.notify_all()
+
+    def _announce_preemption(
+        self, lease_id: str, why: str, detail: str, grace_s: float, now: float
+    ) -> None:
+        """Tell the workload (``preempt_at`` on the lease) and take the GPUs at that time."""
+        lease = self.store.get_lease(lease_id)
+        if lease is None or lease.state not in HOLDING_STATES or lease.preempt_at is not None:
+            return
+        lease.preempt_at = now + grace_s
+        lease.reason = "preempting"
+        lease.reason_detail = f"{why}: {detail}" if detail else why
+        self.store.save_lease(lease, lease.state)
+        log.info("lease %s preempted (%s); GPUs taken in %.0f s", lease.id, why, grace_s)
+        if grace_s <= 0:
+            self._end(lease, LeaseState.PREEMPTED, lease.reason_detail)
+
+    def _resize(self, lease_id: str, placement: Any, why: str, now: float) -> None:
+        """Grow or shrink a BOUND lease: its workload owns the GPUs and follows the lease.
+
+        Reserved (not bound) leases are presented to the policy as fixed-size, so they never
+        get here: a placement group cannot change size under running tasks.
+        """
+        lease = self.store.get_lease(lease_id)
+        if lease is None or lease.state != LeaseState.BOUND:
+            return
+        nodes = [n for n, count in sorted(placement.items()) for _ in range(count)]
+        if not lease.min_gpus <= len(nodes) <= lease.gpus:
+            log.error("policy resized lease %s to %d GPUs, outside its range", lease.id, len(nodes))
+            return
+        before = lease.held_gpus
+        lease.nodes = nodes
+        lease.reason_detail = f"{why}: {before} -> {len(nodes)} GPUs"
+        self.store.resize_usage(lease, now)
+        log.info("lease %s resized %d -> %d GPUs (%s)", lease.id, before, len(nodes), why)
 
     def _create_group(self, lease: Lease, may_exist: bool = True) -> None:
         assert lease.placement_group is not None
@@ -707,7 +886,21 @@ class Controller:
 _LIVE = [s for s in LeaseState if not s.is_terminal]
 
 
-def _view(lease: Lease, priority: int, placement: dict[str, int]) -> LeaseView:
+def period_start(now: float, period: str) -> float:
+    """Start (UTC) of the calendar day, ISO week or month holding ``now``."""
+    from datetime import datetime, timedelta, timezone
+
+    dt = datetime.fromtimestamp(now, tz=timezone.utc).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    )
+    if period == "week":
+        dt -= timedelta(days=dt.weekday())
+    elif period == "month":
+        dt = dt.replace(day=1)
+    return dt.timestamp()
+
+
+def _view(lease: Lease, placement: dict[str, int]) -> LeaseView:
     return LeaseView(
         id=lease.id,
         tenant=lease.tenant,
@@ -716,11 +909,12 @@ def _view(lease: Lease, priority: int, placement: dict[str, int]) -> LeaseView:
         min_gpus=lease.min_gpus,
         strategy=lease.strategy,
         preemptible=lease.preemptible,
-        priority=priority,
+        priority=lease.priority,
         submitted_at=lease.created_at,
         duration_s=lease.duration_s,
         started_at=lease.reserved_at or lease.admitted_at,
         placement=placement,
+        last_checkpoint_at=lease.last_checkpoint_at,
     )
 
 

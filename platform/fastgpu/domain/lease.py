@@ -123,6 +123,12 @@ class LeaseRequest(BaseModel):
     preemptible: bool = Field(
         default=False, description="Whether the scheduler may preempt it to reclaim GPUs."
     )
+    priority: int = Field(
+        default=0,
+        ge=-1000,
+        le=1000,
+        description="Priority among the tenant's own leases; higher may preempt lower.",
+    )
     strategy: Strategy = Field(
         default="PACK",
         description="Placement: PACK (few nodes), STRICT_PACK (one node), SPREAD (many nodes).",
@@ -169,6 +175,13 @@ class Lease:
     expires_at: float | None = None
     workload: str | None = None
     preempt_at: float | None = None
+    priority: int = 0
+    last_checkpoint_at: float | None = None
+
+    @property
+    def held_gpus(self) -> int:
+        """GPUs assigned now (an elastic lease may hold fewer than ``gpus``, its maximum)."""
+        return len(self.nodes)
 
     def to_dict(self) -> dict[str, Any]:
         from fastgpu.timeutil import iso
@@ -179,6 +192,7 @@ class Lease:
             "state": self.state.value,
             "gpus": self.gpus,
             "min_gpus": self.min_gpus,
+            "held_gpus": self.held_gpus,
             "gpu_type": self.gpu_type,
             "strategy": self.strategy,
             "duration_s": self.duration_s,
@@ -196,4 +210,6 @@ class Lease:
             "ended_at": iso(self.ended_at),
             "workload": self.workload,
             "preempt_at": iso(self.preempt_at),
+            "priority": self.priority,
+            "last_checkpoint_at": iso(self.last_checkpoint_at),
         }

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData()
@@ -73,6 +74,9 @@ leases = Table(
     Column("expires_at", Float),
     Column("workload", String(256)),
     Column("preempt_at", Float),
+    # v2
+    Column("priority", Integer, nullable=False, default=0),
+    Column("last_checkpoint_at", Float),
     UniqueConstraint("tenant", "request_id", name="uq_leases_tenant_request"),
     Index("ix_leases_state", "state"),
     Index("ix_leases_tenant", "tenant"),
@@ -118,9 +122,30 @@ requests = Table(
 )
 
 
+_V2_COLUMNS = ("priority", "last_checkpoint_at")
+
+
 def _v1(conn: Connection) -> None:
-    metadata.create_all(conn, tables=[tenants, tokens, leases, lease_events, usage, requests])
+    # Version 1's leases table: today's, without the columns later versions add.
+    v1 = MetaData()
+    Table(
+        "leases",
+        v1,
+        *(c._copy() for c in leases.columns if c.name not in _V2_COLUMNS),
+        UniqueConstraint("tenant", "request_id", name="uq_leases_tenant_request"),
+        Index("ix_leases_state", "state"),
+        Index("ix_leases_tenant", "tenant"),
+    )
+    v1.create_all(conn)
+    metadata.create_all(conn, tables=[tenants, tokens, lease_events, usage, requests])
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
+def _v2(conn: Connection) -> None:
+    """Per-lease priority (preemption within a tenant) and the workload's last checkpoint
+    (preemption loses least work)."""
+    conn.execute(text("ALTER TABLE leases ADD COLUMN priority INTEGER NOT NULL DEFAULT 0"))
+    conn.execute(text("ALTER TABLE leases ADD COLUMN last_checkpoint_at FLOAT"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -367,7 +367,7 @@ class Store:
                 lease_id=lease.id,
                 tenant=lease.tenant,
                 gpu_type=lease.gpu_type,
-                gpus=lease.gpus,
+                gpus=lease.held_gpus or lease.gpus,
                 price_per_hour=lease.price_per_hour,
                 start=now,
                 end=None,
@@ -422,6 +422,25 @@ class Store:
             UsageRow(tenant=k[0], gpu_type=k[1], gpu_seconds=v[0], cost=v[1])
             for k, v in sorted(totals.items())
         ]
+
+    def decayed_usage(self, tenant: str, now: float, half_life_s: float) -> float:
+        """GPU-seconds of the tenant's usage records, each second weighted by
+        ``2 ** -(age / half_life)``: the exact integral, so it needs no periodic state."""
+        import math
+
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(t.usage.c.gpus, t.usage.c.start, t.usage.c.end).where(
+                    t.usage.c.tenant == tenant
+                )
+            ).all()
+        k = math.log(2.0) / half_life_s
+        total = 0.0
+        for gpus, start, end in rows:
+            stop = now if end is None else min(end, now)
+            if stop > start:
+                total += gpus * (math.exp(-k * (now - stop)) - math.exp(-k * (now - start))) / k
+        return total
 
     def held_gpus(self) -> dict[str, int]:
         """GPUs assigned per node by live leases (the controller's ledger)."""

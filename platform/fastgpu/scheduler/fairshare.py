@@ -1,0 +1,840 @@
+"""Fair-share scheduling policy: quotas with borrowing and lending, preemption, gang placement,
+backfill, budgets and elastic leases. Pure: a :class:`Snapshot` in, :class:`Decisions` out.
+
+Responsibility: decide, for one scheduling cycle, which pending leases start (and where), which
+wait (and why), which running leases are preempted or resized. The design note
+``docs/design/scheduler.md`` states the rule; the numbered steps of :meth:`_Cycle.run` follow it.
+
+Vocabulary: *tenant queue* (a tenant's pending leases, lease priority then submit order);
+*head* (the next lease of a tenant queue to try); *borrowing* (holding more than nominal);
+*score* (fair-share rank, lower goes first: ``(held GPUs + decayed usage as GPUs) / weight``);
+*make room* (shrink elastic leases, reclaim borrowed GPUs, preempt lower priority).
+
+Invariants of every answer (property-tested):
+
+* no node is ever asked for more GPUs than it has free (admissions and growth together);
+* no tenant is taken above ``nominal + borrowing_limit`` (``nominal`` with borrowing off);
+* borrowed never exceeds lendable supply (see :mod:`fastgpu.scheduler.quota`);
+* a running lease is preempted only if preemptible and past ``min_runtime_s`` (time limits
+  aside), shrunk never below ``min_gpus``, and never gets two decisions in one cycle;
+* every pending lease gets exactly one of admit, queue (with a reason) or reject (when
+  ``explain`` is on; with it off, queue decisions are left out to save time in the simulator).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from fastgpu.domain.lease import PendingReason
+from fastgpu.scheduler.backfill import Reservation, reserve
+from fastgpu.scheduler.decisions import Admit, Decisions, Preempt, Queue, Reject, Resize
+from fastgpu.scheduler.pool import FreePool
+from fastgpu.scheduler.preemption import (
+    INCOMING,
+    MAX_CANDIDATES,
+    PREEMPT,
+    SHRINK,
+    Candidate,
+    lost_work_gpu_s,
+    select,
+    shrink_frees,
+)
+from fastgpu.scheduler.quota import QuotaLedger
+from fastgpu.scheduler.snapshot import LeaseView, Snapshot, TenantView
+
+LN2 = math.log(2.0)
+
+
+class PreemptReason:
+    """``Preempt.reason`` values (stable strings)."""
+
+    RECLAIM = "reclaim"  # a tenant below nominal takes back GPUs a borrower holds
+    PRIORITY = "priority"  # a higher-priority lease of the same tenant needs the GPUs
+    TIME_LIMIT = "time_limit"  # the lease reached started_at + duration_s
+
+
+class ResizeReason:
+    """``Resize.reason`` values (stable strings)."""
+
+    GROW = "grow"  # idle capacity: an elastic lease grows toward its maximum
+    SHRINK = "shrink"  # a blocked request needs the GPUs: shrink toward min_gpus
+
+
+@dataclass(frozen=True)
+class FairShareSettings:
+    """Parameters of :class:`FairSharePolicy`; every combination is valid."""
+
+    #: Half-life of the decayed usage that ranks tenants (seconds). Slurm's default is 7 days;
+    #: shorter forgets history faster. Used by :func:`fair_share_score`; the caller decays.
+    usage_half_life_s: float = 7 * 24 * 3600.0
+    #: A running lease may not be preempted before it has run this long (seconds), so that a
+    #: restart can make progress; time limits ignore it.
+    min_runtime_s: float = 300.0
+    #: Seconds between announcing a preemption (``Preempt.grace_s``) and taking the GPUs, for a
+    #: last checkpoint.
+    grace_s: float = 30.0
+    #: Let smaller requests start while a blocked head waits, if they do not delay its
+    #: earliest start (estimated from requested durations).
+    backfill: bool = True
+    #: Let tenants use idle GPUs beyond nominal (up to borrowing_limit, within others'
+    #: lending_limit). Off: hard quotas, i.e. static partitioning.
+    borrowing: bool = True
+    #: Preempt leases to reclaim nominal or for a higher-priority lease of the same tenant.
+    preemption: bool = True
+    #: Admit elastic leases at less than their maximum, grow them on idle capacity and shrink
+    #: them before preempting anyone. Off: elastic leases are admitted at their maximum only.
+    elastic: bool = True
+    #: Preempt running leases that outlived ``started_at + duration_s`` (reason time_limit,
+    #: no grace). Off when the caller ends leases itself (the simulator).
+    enforce_time_limits: bool = True
+    #: A tenant whose period budget is spent: reject new requests (True) or queue them (False).
+    reject_over_budget: bool = False
+    #: Emit a ``Queue`` decision with a reason for every waiting request. The simulator turns
+    #: it off to save time; the live controller needs it.
+    explain: bool = True
+    #: At most this many make-room attempts (what-if preemption searches) per cycle, a bound
+    #: on cycle time under long queues; the rest wait for the next cycle.
+    max_preemption_attempts: int = 16
+
+    def __post_init__(self) -> None:
+        if not self.usage_half_life_s > 0:
+            raise ValueError(f"Got {self.usage_half_life_s} for usage_half_life_s; expected > 0")
+        for name in ("min_runtime_s", "grace_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"Got {getattr(self, name)} for {name}; expected >= 0")
+        if self.max_preemption_attempts < 0:
+            raise ValueError(
+                f"Got {self.max_preemption_attempts} for max_preemption_attempts; expected >= 0"
+            )
+
+
+def decay_usage(prev_gpu_s: float, held_gpus: float, dt_s: float, half_life_s: float) -> float:
+    """Decayed usage after ``dt_s`` seconds holding ``held_gpus``: the exact integral of
+    exponentially decayed GPU-seconds, so the result does not depend on how often it is called
+    (two steps of dt equal one step of 2 dt)."""
+    if dt_s <= 0:
+        return prev_gpu_s
+    keep = 2.0 ** (-dt_s / half_life_s)
+    return prev_gpu_s * keep + held_gpus * (half_life_s / LN2) * (1.0 - keep)
+
+
+def fair_share_score(
+    held_gpus: float, decayed_usage_gpu_s: float, weight: float, half_life_s: float
+) -> float:
+    """Lower ranks first. Decayed usage converts to GPUs: holding g GPUs forever decays to
+    ``g * half_life / ln 2`` GPU-seconds, so ``decayed * ln2 / half_life`` is that g."""
+    return (held_gpus + decayed_usage_gpu_s * LN2 / half_life_s) / max(weight, 1e-9)
+
+
+def _budget_spent(tenant: TenantView) -> str | None:
+    b = tenant.budget
+    if b is None:
+        return None
+    if b.gpu_hours is not None and tenant.period_gpu_hours >= b.gpu_hours:
+        return (
+            f"tenant {tenant.name} used {tenant.period_gpu_hours:.1f} of {b.gpu_hours:g} "
+            f"GPU-hours this {b.period}"
+        )
+    if b.money is not None and tenant.period_money >= b.money:
+        return (
+            f"tenant {tenant.name} spent {tenant.period_money:.2f} of {b.money:g} this {b.period}"
+        )
+    return None
+
+
+class FairSharePolicy:
+    """Weighted fair sharing with Kueue quotas, preemption, backfill, budgets and elastic leases.
+
+    >>> FairSharePolicy().schedule(snapshot)  # doctest: +SKIP
+    """
+
+    def __init__(self, settings: FairShareSettings | None = None) -> None:
+        self.settings = settings or FairShareSettings()
+
+    def schedule(self, snapshot: Snapshot) -> Decisions:
+        return _Cycle(snapshot, self.settings).run()
+
+
+@dataclass
+class _Blocked:
+    reason: str
+    detail: str
+
+
+_NO_CAPACITY = _Blocked(PendingReason.NO_CAPACITY.value, "")
+
+
+@dataclass
+class _RunningFlags:
+    incoming: list[LeaseView] = field(default_factory=list)
+    min_priority: dict[str, int] = field(default_factory=dict)
+    elastic_over_min: int = 0
+
+
+@dataclass
+class _TypeState:
+    """Per GPU type state of one cycle."""
+
+    pool: FreePool
+    start_pool: FreePool
+    totals: FreePool
+    ledger: QuotaLedger
+    incoming: list[LeaseView] = field(default_factory=list)
+    running: list[LeaseView] = field(default_factory=list)
+    ends: list[tuple[float, str, Mapping[str, int]]] = field(default_factory=list)
+    reservation: Reservation | None = None
+    reservation_borrows: bool = False
+    reservation_tenant: str = ""
+    capacity_blocked: bool = False
+    #: Tenant -> highest lease priority admitted this cycle (to tell lower_priority apart).
+    admitted_priority: dict[str, int] = field(default_factory=dict)
+    victims_sorted: list[LeaseView] | None = None
+    victim_cost: dict[str, float] = field(default_factory=dict)
+    #: Tenant -> lowest priority among its preemptible running leases (priority preemption).
+    min_preemptible_priority: dict[str, int] = field(default_factory=dict)
+    #: Tenants holding preemptible leases (reclaim candidates when they borrow).
+    preemptible_owners: set[str] = field(default_factory=set)
+    elastic_over_min: int = 0
+
+
+class _Cycle:
+    """One scheduling cycle; mutable scratch state, discarded after :meth:`run`."""
+
+    def __init__(self, snap: Snapshot, settings: FairShareSettings) -> None:
+        self.snap = snap
+        self.s = settings
+        self.now = snap.now
+        self.admits: list[Admit] = []
+        self.queued: list[Queue] = []
+        self.rejects: list[Reject] = []
+        self.preempts: list[Preempt] = []
+        self.resizes: list[Resize] = []
+        self.types: dict[str, _TypeState] = {}
+        self.held: dict[str, int] = {}
+        self.touched: set[str] = set()
+        self.claimed: set[str] = set()
+        self.attempts = 0
+        #: Earliest time a candidate skipped for its minimum runtime becomes eligible.
+        self.young_until: float | None = None
+        #: Within one cycle the free map only shrinks and a tenant's quota room only falls, so
+        #: a failure for k GPUs means failure for >= k: (tenant, type) -> smallest k refused
+        #: by quota; (type, strategy) -> smallest k that found no placement nor room.
+        self.quota_fail: dict[tuple[str, str], tuple[int, _Blocked]] = {}
+        self.place_fail: dict[tuple[str, str], tuple[int, _Blocked]] = {}
+        self.scores: dict[str, float] = {}
+        self.max_pending_priority = 0
+        self.views: dict[str, TenantView] = {}
+
+    # -- helpers -------------------------------------------------------------------------
+    def tenant(self, name: str) -> TenantView:
+        tv = self.views.get(name)
+        if tv is None:
+            tv = self.snap.tenants.get(name) or TenantView(name=name)
+            self.views[name] = tv
+        return tv
+
+    def score(self, name: str) -> float:
+        sc = self.scores.get(name)
+        if sc is None:
+            tv = self.tenant(name)
+            sc = self.scores[name] = fair_share_score(
+                self.held.get(name, 0),
+                tv.decayed_usage_gpu_s,
+                tv.weight,
+                self.s.usage_half_life_s,
+            )
+        return sc
+
+    def queue(self, lease: LeaseView, reason: str, detail: str) -> None:
+        if self.s.explain:
+            self.queued.append(Queue(lease.id, reason, detail))
+
+    def type_state(self, gpu_type: str) -> _TypeState:
+        ts = self.types.get(gpu_type)
+        if ts is None:  # a type no node offers: empty pools, nothing fits
+            empty = FreePool({})
+            ts = self.types[gpu_type] = _TypeState(
+                empty, empty.copy(), empty.copy(), QuotaLedger(0, {}, {}, borrowing=False)
+            )
+        return ts
+
+    # -- the pipeline --------------------------------------------------------------------
+    def run(self) -> Decisions:
+        self._index()  # 1
+        if self.s.enforce_time_limits:
+            self._time_limits()  # 2
+        queues = self._gatekeep()  # 3
+        self._admit_in_fair_share_order(queues)  # 4-7
+        if self.s.elastic:
+            self._grow()  # 8
+        return Decisions(  # 9
+            admit=tuple(self.admits),
+            queue=tuple(self.queued),
+            reject=tuple(self.rejects),
+            preempt=tuple(self.preempts),
+            resize=tuple(self.resizes),
+            wake_at=self._wake_at(),
+        )
+
+    def _index(self) -> None:
+        """1. Free maps, quota ledgers and running leases per GPU type."""
+        free: dict[str, dict[str, int]] = {}
+        totals: dict[str, dict[str, int]] = {}
+        for node in self.snap.nodes:
+            if not node.alive:
+                continue
+            free.setdefault(node.gpu_type, {})[node.node_id] = node.free_gpus
+            totals.setdefault(node.gpu_type, {})[node.node_id] = node.total_gpus
+        # One pass over running leases (the hot loop of a cycle: keep it lean).
+        used: dict[str, dict[str, int]] = {}
+        by_type: dict[str, list[LeaseView]] = {}
+        flags: dict[str, _RunningFlags] = {}
+        held = self.held
+        for lease in self.snap.running:
+            g = sum(lease.placement.values())
+            tenant = lease.tenant
+            gpu_type = lease.gpu_type
+            held[tenant] = held.get(tenant, 0) + g
+            u = used.get(gpu_type)
+            if u is None:
+                u = used[gpu_type] = {}
+                by_type[gpu_type] = []
+                flags[gpu_type] = _RunningFlags()
+            u[tenant] = u.get(tenant, 0) + g
+            by_type[gpu_type].append(lease)
+            if lease.preempt_at is not None:
+                flags[gpu_type].incoming.append(lease)
+                continue
+            if lease.preemptible:
+                f = flags[gpu_type]
+                low = f.min_priority.get(tenant)
+                if low is None or lease.priority < low:
+                    f.min_priority[tenant] = lease.priority
+            if g > lease.min_gpus:
+                flags[gpu_type].elastic_over_min += 1
+        tenant_items = list(self.snap.tenants.items())
+        for gpu_type in set(free) | set(used):
+            tfree = free.get(gpu_type, {})
+            ttot = totals.get(gpu_type, {})
+            top = max(ttot.values(), default=0)
+            quotas = {
+                name: tv.quotas[gpu_type] for name, tv in tenant_items if gpu_type in tv.quotas
+            }
+            pool = FreePool(tfree, top)
+            fl = flags.get(gpu_type) or _RunningFlags()
+            self.types[gpu_type] = _TypeState(
+                pool=pool,
+                start_pool=pool.copy(),
+                totals=FreePool(ttot, top),
+                ledger=QuotaLedger(
+                    sum(ttot.values()),
+                    quotas,
+                    used.get(gpu_type, {}),
+                    borrowing=self.s.borrowing,
+                ),
+                running=by_type.get(gpu_type, []),
+                incoming=fl.incoming,
+                min_preemptible_priority=fl.min_priority,
+                preemptible_owners=set(fl.min_priority),
+                elastic_over_min=fl.elastic_over_min,
+            )
+
+    def _time_limits(self) -> None:
+        """2. Running leases past their duration lose their GPUs now."""
+        for lease in self.snap.running:
+            if lease.preempt_at is not None or lease.started_at is None:
+                continue
+            if self.now >= lease.started_at + lease.duration_s:
+                self.preempts.append(
+                    Preempt(
+                        lease.id,
+                        PreemptReason.TIME_LIMIT,
+                        f"ran {self.now - lease.started_at:.0f} s of {lease.duration_s:.0f} s",
+                        0.0,
+                    )
+                )
+                self.touched.add(lease.id)
+
+    def _gatekeep(self) -> dict[str, list[LeaseView]]:
+        """3. Reject what can never run, hold back spent budgets; build tenant queues."""
+        queues: dict[str, list[LeaseView]] = {}
+        # Per (tenant, type, min GPUs, strategy): None (may queue) or the reject/budget verdict.
+        verdicts: dict[tuple[str, str, int, str], tuple[str, str, bool] | None] = {}
+        for lease in self.snap.pending:
+            key = (lease.tenant, lease.gpu_type, lease.min_gpus, lease.strategy)
+            if key in verdicts:
+                verdict = verdicts[key]
+            else:
+                verdict = verdicts[key] = self._verdict(lease)
+            if verdict is None:
+                q = queues.get(lease.tenant)
+                if q is None:
+                    q = queues[lease.tenant] = []
+                q.append(lease)
+            elif verdict[2]:
+                self.rejects.append(Reject(lease.id, verdict[0], verdict[1]))
+            else:
+                self.queue(lease, verdict[0], verdict[1])
+        for q in queues.values():
+            q.sort(key=lambda lv: (-lv.priority, lv.submitted_at, lv.id))
+        self.max_pending_priority = max(
+            (p.priority for q in queues.values() for p in q[:1]), default=0
+        )
+        return queues
+
+    def _verdict(self, lease: LeaseView) -> tuple[str, str, bool] | None:
+        """(reason, detail, reject?) for a request that may not queue normally, else None."""
+        ts = self.type_state(lease.gpu_type)
+        if ts.totals.place(lease.min_gpus, lease.strategy) is None:
+            return (
+                PendingReason.INFEASIBLE.value,
+                f"{lease.min_gpus} {lease.gpu_type} GPUs ({lease.strategy}) never fit: "
+                f"{ts.totals.total} GPUs in the cluster, at most {ts.totals.max_free} per node",
+                True,
+            )
+        ceiling = ts.ledger.ceiling(lease.tenant)
+        if lease.min_gpus > ceiling:
+            return (
+                PendingReason.INFEASIBLE.value,
+                f"{lease.min_gpus} {lease.gpu_type} GPUs exceed tenant {lease.tenant}'s "
+                f"limit of {ceiling} (nominal + borrowing limit)",
+                True,
+            )
+        spent = _budget_spent(self.tenant(lease.tenant))
+        if spent is not None:
+            return (PendingReason.BUDGET.value, spent, self.s.reject_over_budget)
+        return None
+
+    def _key(self, name: str, head: LeaseView) -> tuple[int, int, float, str]:
+        ledger = self.type_state(head.gpu_type).ledger
+        borrows = 0 if ledger.within_nominal(name, head.min_gpus) else 1
+        return (borrows, -self.tenant(name).priority, self.score(name), name)
+
+    def _admit_in_fair_share_order(self, queues: dict[str, list[LeaseView]]) -> None:
+        """4. Tenants in fair-share order, each offering its head; 5-7 per head.
+
+        A tenant stays at the front while its next key still ranks first, and heads already
+        known to be blocked (see ``quota_fail`` / ``place_fail``) are passed over without a
+        heap operation: long hopeless queues cost a few dictionary lookups per request."""
+        cursor = dict.fromkeys(queues, 0)
+        heap = [(self._key(name, q[0]), name) for name, q in queues.items()]
+        heapq.heapify(heap)
+        while heap:
+            if not self.s.explain and heap[0][0][0] and self._nothing_more_fits():
+                break  # only borrowers left, no free GPU, nothing to shrink or reclaim
+            _, name = heapq.heappop(heap)
+            q = queues[name]
+            i = cursor[name]
+            while i < len(q):
+                lease = q[i]
+                i += 1
+                blocked = self._known_blocked(lease)
+                if blocked is None:
+                    blocked = self._try(lease)
+                if blocked is not None:
+                    self.queue(lease, blocked.reason, blocked.detail)
+                    if self.tenant(name).queueing == "strict_fifo":
+                        for rest in q[i:]:
+                            reason = (
+                                PendingReason.PRIORITY.value
+                                if rest.priority < lease.priority
+                                else blocked.reason
+                            )
+                            self.queue(rest, reason, f"behind {lease.id} (strict_fifo)")
+                        i = len(q)
+                        break
+                    if i < len(q) and self._known_blocked(q[i]) is not None:
+                        continue  # a known failure: no heap traffic
+                if i < len(q):
+                    key = self._key(name, q[i])
+                    if heap and heap[0][0] < key:
+                        heapq.heappush(heap, (key, name))
+                        break
+            cursor[name] = i
+
+    def _nothing_more_fits(self) -> bool:
+        """No GPU free in any type and no way to make room for a borrowing request (borrowers
+        never reclaim; priority preemption needs a lower-priority lease of the same tenant)."""
+        for ts in self.types.values():
+            if ts.pool.total > 0 or len(ts.incoming) > len(self.claimed):
+                return False
+            if self.s.elastic and ts.elastic_over_min:
+                return False
+            if (
+                self.s.preemption
+                and ts.min_preemptible_priority
+                and self.max_pending_priority > min(ts.min_preemptible_priority.values())
+            ):
+                return False
+        return True
+
+    def _known_blocked(self, lease: LeaseView) -> _Blocked | None:
+        lo = lease.min_gpus
+        hit = self.quota_fail.get((lease.tenant, lease.gpu_type))
+        if hit is not None and lo >= hit[0]:
+            if self.s.explain:
+                return self._quota_reason(lease, self.type_state(lease.gpu_type), lo)
+            return hit[1]
+        hit = self.place_fail.get((lease.gpu_type, lease.strategy))
+        if hit is not None and lo >= hit[0]:
+            ts = self.type_state(lease.gpu_type)
+            if not self._may_make_room(lease, ts, lo):
+                if self.s.explain:
+                    return self._capacity_reason(lease, ts, lo)
+                return hit[1]
+        return None
+
+    def _try(self, lease: LeaseView) -> _Blocked | None:
+        """5. Admit ``lease`` if quota and placement allow; else 6 (make room), 7 (backfill)."""
+        ts = self.type_state(lease.gpu_type)
+        name = lease.tenant
+        want = lease.gpus if self.s.elastic else max(lease.gpus, lease.min_gpus)
+        lo = lease.min_gpus if self.s.elastic else want
+        k = ts.ledger.room(name, want)
+        if k < lo:
+            return self._blocked_by_quota(lease, ts, lo)
+        pool = ts.pool
+        k = min(k, pool.total)
+        if lease.strategy == "STRICT_PACK":
+            k = min(k, pool.max_free)
+        placement = pool.place(k, lease.strategy) if k >= lo else None
+        if placement is None and k > lo:
+            placement = pool.place(lo, lease.strategy)
+        if placement is None:
+            return self._blocked_by_capacity(lease, ts, lo)
+        res = ts.reservation
+        if res is not None and res.lease_id != lease.id:
+            # A guaranteed request outranks a borrowing head: it goes, the head waits longer.
+            got = sum(placement.values())
+            force = (
+                ts.reservation_borrows
+                and ts.reservation_tenant != name
+                and ts.ledger.within_nominal(name, got)
+            )
+            if not res.allows(self.now, lease.duration_s, placement, force=force):
+                ts.capacity_blocked = True
+                return _Blocked(
+                    PendingReason.BACKFILL.value,
+                    f"would delay {res.lease_id}, expected to start at "
+                    f"{res.shadow_time:.0f} (in {res.shadow_time - self.now:.0f} s)",
+                )
+        k = sum(placement.values())
+        pool.take(placement)
+        ts.ledger.add(name, k)
+        self.held[name] = self.held.get(name, 0) + k
+        self.scores.pop(name, None)
+        ts.ends.append((self.now + lease.duration_s, lease.id, placement))
+        top = ts.admitted_priority.get(name, lease.priority)
+        ts.admitted_priority[name] = max(top, lease.priority)
+        self.admits.append(Admit(lease.id, placement))
+        return None
+
+    def _blocked_by_quota(self, lease: LeaseView, ts: _TypeState, k: int) -> _Blocked:
+        ledger = ts.ledger
+        name = lease.tenant
+        used = ledger.used.get(name, 0)
+        nominal = ledger.nominal(name)
+        if ledger.within_nominal(name, k):
+            # Within nominal, yet others hold our lendable GPUs (or the unlendable part of
+            # someone else's): take them back.
+            made = self._make_room(lease, ts, k)
+            if made:
+                return _Blocked(PendingReason.NO_CAPACITY.value, made)
+            return _Blocked(
+                PendingReason.NO_CAPACITY.value,
+                f"tenant {name} holds {used} of its {nominal} nominal {lease.gpu_type} GPUs; "
+                "the rest are borrowed by leases that cannot be preempted yet",
+            )
+        made = self._make_room(lease, ts, k) if self._has_lower_priority(lease, ts) else None
+        if made:
+            return _Blocked(PendingReason.OVER_QUOTA.value, made)
+        blocked = self._quota_reason(lease, ts, k)
+        key = (name, lease.gpu_type)
+        if key not in self.quota_fail or self.quota_fail[key][0] > k:
+            self.quota_fail[key] = (k, blocked)
+        return blocked
+
+    def _quota_reason(self, lease: LeaseView, ts: _TypeState, k: int) -> _Blocked:
+        ledger = ts.ledger
+        name = lease.tenant
+        used = ledger.used.get(name, 0)
+        nominal = ledger.nominal(name)
+        if ledger.within_nominal(name, k):
+            return _Blocked(
+                PendingReason.NO_CAPACITY.value,
+                f"tenant {name} holds {used} of its {nominal} nominal {lease.gpu_type} GPUs; "
+                "the rest are borrowed by leases that cannot be preempted yet",
+            )
+        if ledger.fitted_at_start(name, k):
+            return _Blocked(
+                PendingReason.FAIR_SHARE.value,
+                f"tenants ranked higher by fair share took the lendable {lease.gpu_type} GPUs",
+            )
+        ceiling = ledger.ceiling(name)
+        if used + k > ceiling:
+            detail = (
+                f"tenant {name} holds {used} {lease.gpu_type} GPUs; {k} more would exceed its "
+                f"limit of {ceiling} (nominal {nominal} + borrowing limit)"
+            )
+        else:
+            detail = (
+                f"tenant {name} holds {used} of its {nominal} nominal {lease.gpu_type} GPUs; "
+                f"borrowing {k} more exceeds what others lend "
+                f"({ledger.supply - ledger.borrowed} lendable now)"
+            )
+        return _Blocked(PendingReason.OVER_QUOTA.value, detail)
+
+    def _has_lower_priority(self, lease: LeaseView, ts: _TypeState) -> bool:
+        low = ts.min_preemptible_priority.get(lease.tenant)
+        return self.s.preemption and low is not None and low < lease.priority
+
+    def _may_make_room(self, lease: LeaseView, ts: _TypeState, k: int) -> bool:
+        """O(1) pre-check, so that long queues of hopeless requests stay cheap."""
+        if self.attempts >= self.s.max_preemption_attempts:
+            return False
+        if len(ts.incoming) > len(self.claimed):
+            return True
+        if self.s.elastic and ts.elastic_over_min:
+            return True
+        if not self.s.preemption:
+            return False
+        if self._has_lower_priority(lease, ts):
+            return True
+        ledger = ts.ledger
+        return ledger.within_nominal(lease.tenant, k) and any(
+            ledger.used.get(o, 0) > ledger.nominal(o)
+            for o in ts.preemptible_owners
+            if o != lease.tenant
+        )
+
+    def _blocked_by_capacity(self, lease: LeaseView, ts: _TypeState, k: int) -> _Blocked:
+        made = self._make_room(lease, ts, k)
+        if made:
+            return _Blocked(PendingReason.NO_CAPACITY.value, made)
+        ts.capacity_blocked = True
+        if self.s.backfill and ts.reservation is None:
+            ts.reservation = reserve(lease.id, k, lease.strategy, ts.pool, self._ends(ts))
+            ts.reservation_borrows = not ts.ledger.within_nominal(lease.tenant, k)
+            ts.reservation_tenant = lease.tenant
+        blocked = self._capacity_reason(lease, ts, k)
+        key = (lease.gpu_type, lease.strategy)
+        if key not in self.place_fail or self.place_fail[key][0] > k:
+            self.place_fail[key] = (k, blocked)
+        return blocked
+
+    def _ends(self, ts: _TypeState) -> list[tuple[float, str, Mapping[str, int]]]:
+        """Expected (end, id, placement) of every lease holding GPUs of this type."""
+        out = list(ts.ends)  # admitted in this cycle
+        for lease in ts.running:
+            if lease.id in self.touched and lease.preempt_at is None:
+                continue  # being preempted or resized now: its end is not known here
+            if lease.preempt_at is not None:
+                end = lease.preempt_at
+            else:
+                start = lease.started_at if lease.started_at is not None else self.now
+                end = start + lease.duration_s
+            out.append((max(self.now, end), lease.id, lease.placement))
+        return out
+
+    def _capacity_reason(self, lease: LeaseView, ts: _TypeState, k: int) -> _Blocked:
+        if not self.s.explain:
+            return _NO_CAPACITY
+        pool = ts.pool
+        if ts.start_pool.place(k, lease.strategy) is not None:
+            top = ts.admitted_priority.get(lease.tenant)
+            if top is not None and top > lease.priority:
+                return _Blocked(
+                    PendingReason.PRIORITY.value,
+                    f"higher-priority leases of tenant {lease.tenant} took the free GPUs",
+                )
+            return _Blocked(
+                PendingReason.FAIR_SHARE.value,
+                f"tenants ranked higher by fair share took the free {lease.gpu_type} GPUs",
+            )
+        if pool.total >= k:
+            return _Blocked(
+                PendingReason.FRAGMENTATION.value,
+                f"{pool.total} {lease.gpu_type} GPUs are free but not on nodes {lease.strategy} "
+                f"can use for {k} (largest free block {pool.max_free})",
+            )
+        return _Blocked(
+            PendingReason.NO_CAPACITY.value,
+            f"{k} {lease.gpu_type} GPUs wanted, {pool.total} free",
+        )
+
+    # -- 6. make room ----------------------------------------------------------------------
+    def _make_room(self, lease: LeaseView, ts: _TypeState, k: int) -> str | None:
+        """Shrink, reclaim or preempt (what-if, then commit); a detail string if done."""
+        if not self._may_make_room(lease, ts, k):
+            return None
+        self.attempts += 1
+        cands = self._candidates(lease, ts)
+        if not cands:
+            return None
+        ledger = ts.ledger
+        chosen = select(
+            cands,
+            ts.pool,
+            k,
+            lease.strategy,
+            lambda released: ledger.fits(lease.tenant, k, released),
+        )
+        if chosen is None:
+            return None
+        parts: list[str] = []
+        for cand in chosen:
+            victim = cand.lease
+            if cand.kind == INCOMING:
+                self.claimed.add(victim.id)
+                parts.append(f"{victim.id} (already leaving)")
+                continue
+            self.touched.add(victim.id)
+            if cand.kind == SHRINK:
+                new = dict(victim.placement)
+                for node, n in cand.frees.items():
+                    new[node] -= n
+                    if not new[node]:
+                        del new[node]
+                self.resizes.append(Resize(victim.id, new, ResizeReason.SHRINK))
+                parts.append(f"shrinking {victim.id} by {cand.gpus}")
+            else:
+                reason = (
+                    PreemptReason.PRIORITY
+                    if victim.tenant == lease.tenant
+                    else PreemptReason.RECLAIM
+                )
+                self.preempts.append(
+                    Preempt(
+                        victim.id,
+                        reason,
+                        f"{reason} for {lease.id} of tenant {lease.tenant}",
+                        self.s.grace_s,
+                    )
+                )
+                parts.append(f"preempting {victim.id}")
+        ts.capacity_blocked = True
+        return "making room: " + ", ".join(parts) + f" (grace {self.s.grace_s:g} s)"
+
+    def _candidates(self, lease: LeaseView, ts: _TypeState) -> list[Candidate]:
+        """Incoming first, then shrinks, then victims by lost work and size."""
+        out: list[Candidate] = [
+            Candidate(v, INCOMING, v.placement, (0.0,))
+            for v in ts.incoming
+            if v.id not in self.claimed
+        ]
+        ledger = ts.ledger
+        name = lease.tenant
+        within = ledger.within_nominal(name, lease.min_gpus)
+        if self.s.elastic and ts.elastic_over_min:
+            shrinks: list[Candidate] = []
+            for r in ts.running:
+                if r.id in self.touched or r.preempt_at is not None:
+                    continue
+                extra = r.held_gpus - r.min_gpus
+                if extra <= 0:
+                    continue
+                if r.tenant != name:
+                    # Take only what the owner holds beyond nominal: never break a guarantee.
+                    extra = min(extra, ledger.used.get(r.tenant, 0) - ledger.nominal(r.tenant))
+                if extra > 0:
+                    shrinks.append(
+                        Candidate(r, SHRINK, shrink_frees(r, extra), (-float(extra), 0.0))
+                    )
+            shrinks.sort(key=lambda c: (c.cost, c.lease.id))
+            out.extend(shrinks)
+        if self.s.preemption:
+            if ts.victims_sorted is None:
+                costed = [
+                    (lost_work_gpu_s(r, self.now), r.held_gpus, r.id, r)
+                    for r in ts.running
+                    if r.preemptible and r.preempt_at is None
+                ]
+                costed.sort(key=lambda c: c[:3])
+                ts.victims_sorted = [c[3] for c in costed]
+                ts.victim_cost = {c[2]: c[0] for c in costed}
+            for r in ts.victims_sorted:
+                if len(out) >= MAX_CANDIDATES:
+                    break  # select() looks no further anyway
+                if r.id in self.touched:
+                    continue
+                if r.started_at is not None and self.now - r.started_at < self.s.min_runtime_s:
+                    # Too young now; say when it will not be, so the caller wakes us then.
+                    ready = r.started_at + self.s.min_runtime_s
+                    if self.young_until is None or ready < self.young_until:
+                        self.young_until = ready
+                    continue
+                if r.tenant == name:
+                    if r.priority >= lease.priority:
+                        continue
+                elif not (within and ledger.used.get(r.tenant, 0) > ledger.nominal(r.tenant)):
+                    continue
+                out.append(Candidate(r, PREEMPT, r.placement, (ts.victim_cost[r.id],)))
+        return out
+
+    # -- 8. grow -----------------------------------------------------------------------------
+    def _grow(self) -> None:
+        """Elastic leases take idle GPUs, lowest fair-share score first."""
+        for gpu_type in sorted(self.types):
+            ts = self.types[gpu_type]
+            if ts.capacity_blocked or ts.pool.total <= 0:
+                continue
+            growable = [
+                r
+                for r in ts.running
+                if r.held_gpus < r.gpus and r.id not in self.touched and r.preempt_at is None
+            ]
+            growable.sort(key=lambda r: (self.score(r.tenant), r.submitted_at, r.id))
+            for r in growable:
+                pool = ts.pool
+                if pool.total <= 0:
+                    break
+                room = ts.ledger.room(r.tenant, min(r.gpus - r.held_gpus, pool.total))
+                if room <= 0:
+                    continue
+                extra = self._grow_placement(r, pool, room)
+                if not extra:
+                    continue
+                pool.take(extra)
+                got = sum(extra.values())
+                ts.ledger.add(r.tenant, got)
+                self.held[r.tenant] = self.held.get(r.tenant, 0) + got
+                self.scores.pop(r.tenant, None)
+                new = dict(r.placement)
+                for node, n in extra.items():
+                    new[node] = new.get(node, 0) + n
+                self.resizes.append(Resize(r.id, new, ResizeReason.GROW))
+                self.touched.add(r.id)
+
+    @staticmethod
+    def _grow_placement(r: LeaseView, pool: FreePool, room: int) -> dict[str, int]:
+        out: dict[str, int] = {}
+        left = room
+        # Own nodes first: growing in place keeps the gang local.
+        for node in sorted(r.placement, key=lambda n: (-pool.free.get(n, 0), n)):
+            take = min(left, pool.free.get(node, 0))
+            if take:
+                out[node] = take
+                left -= take
+        if left and r.strategy != "STRICT_PACK":
+            trial = pool.copy()
+            trial.take(out)
+            more = trial.place(min(left, trial.total), "PACK" if r.strategy == "PACK" else "SPREAD")
+            for node, n in (more or {}).items():
+                out[node] = out.get(node, 0) + n
+        return out
+
+    def _wake_at(self) -> float | None:
+        times: list[float] = []
+        if self.young_until is not None:
+            times.append(self.young_until)
+        if self.s.enforce_time_limits:
+            times.extend(
+                r.started_at + r.duration_s
+                for r in self.snap.running
+                if r.started_at is not None and r.id not in self.touched
+            )
+        future = [t for t in times if t > self.now]
+        return min(future) if future else None

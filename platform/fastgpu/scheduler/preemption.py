@@ -1,0 +1,122 @@
+"""Making room for a blocked request: shrink elastic leases, reclaim, priority preemption.
+
+Responsibility: given a blocked request and an ordered list of *candidates* (GPUs that could be
+made free), pick the cheapest sufficient subset, as a what-if on a copy of the free map
+(simulate, then the caller commits or discards). Nothing here decides *who may* be a victim;
+:mod:`fastgpu.scheduler.fairshare` builds the candidate list by the rules of the design note.
+
+Vocabulary:
+
+* *incoming*: a lease already announced for preemption (``LeaseView.preempt_at``); its GPUs
+  come free at no further cost, so they are always used first.
+* *shrink*: an elastic lease above ``min_gpus`` gives back part of its GPUs (it keeps running).
+* *preempt*: a preemptible lease past its minimum runtime loses its GPUs after a grace period.
+
+Invariants: victims are only added until the request fits (placement and quota), then every
+victim not needed for the fit is dropped again, most expensive first, so the answer is minimal
+with respect to single removals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from fastgpu.scheduler.pool import FreePool
+from fastgpu.scheduler.snapshot import LeaseView
+
+INCOMING = "incoming"
+SHRINK = "shrink"
+PREEMPT = "preempt"
+
+
+def lost_work_gpu_s(lease: LeaseView, now: float) -> float:
+    """GPU-seconds of work a lease loses if stopped now: since its last checkpoint, else start."""
+    started = lease.started_at if lease.started_at is not None else now
+    since = started
+    if lease.last_checkpoint_at is not None:
+        since = max(started, lease.last_checkpoint_at)
+    return lease.held_gpus * max(0.0, now - since)
+
+
+#: At most this many candidates are considered per request (cheapest first): a bound on the
+#: what-if search when thousands of leases run; a request that needs more waits a cycle.
+MAX_CANDIDATES = 128
+
+
+@dataclass(frozen=True, eq=False)
+class Candidate:
+    lease: LeaseView
+    kind: str
+    #: Node id -> GPUs this candidate frees.
+    frees: Mapping[str, int]
+    #: Sort key within its kind: cheapest first.
+    cost: tuple[float, ...]
+
+    @property
+    def gpus(self) -> int:
+        return sum(self.frees.values())
+
+
+def shrink_frees(lease: LeaseView, amount: int) -> dict[str, int]:
+    """Which GPUs an elastic lease gives back to shrink by ``amount``: from its smallest parts
+    first, so it stays packed on as few nodes as possible."""
+    out: dict[str, int] = {}
+    left = amount
+    for node, n in sorted(lease.placement.items(), key=lambda kv: (kv[1], kv[0])):
+        take = min(n, left)
+        if take:
+            out[node] = take
+            left -= take
+        if not left:
+            break
+    return out
+
+
+def select(
+    candidates: list[Candidate],
+    pool: FreePool,
+    gpus: int,
+    strategy: str,
+    quota_ok: Callable[[Mapping[str, int]], bool],
+) -> list[Candidate] | None:
+    """The cheapest prefix of ``candidates`` (then pruned) after which ``gpus`` GPUs can be
+    placed with ``strategy`` and ``quota_ok(released GPUs per tenant)`` holds; None if none."""
+    candidates = candidates[:MAX_CANDIDATES]
+    what_if = pool.copy()
+    chosen: list[Candidate] = []
+    released: dict[str, int] = {}
+
+    def fits() -> bool:
+        return what_if.place(gpus, strategy) is not None and quota_ok(released)
+
+    # Cheap refusal first: if even every candidate together does not make it fit, stop.
+    everything = pool.copy()
+    all_released: dict[str, int] = {}
+    for cand in candidates:
+        everything.give(cand.frees)
+        all_released[cand.lease.tenant] = all_released.get(cand.lease.tenant, 0) + cand.gpus
+    if everything.place(gpus, strategy) is None or not quota_ok(all_released):
+        return None
+
+    ok = False
+    for cand in candidates:
+        what_if.give(cand.frees)
+        chosen.append(cand)
+        released[cand.lease.tenant] = released.get(cand.lease.tenant, 0) + cand.gpus
+        if fits():
+            ok = True
+            break
+    if not ok:
+        return None
+    for cand in reversed(list(chosen)):
+        if cand.kind == INCOMING:
+            continue  # free already: dropping it saves nothing
+        what_if.take(cand.frees)
+        released[cand.lease.tenant] -= cand.gpus
+        if fits():
+            chosen.remove(cand)
+        else:
+            what_if.give(cand.frees)
+            released[cand.lease.tenant] += cand.gpus
+    return chosen

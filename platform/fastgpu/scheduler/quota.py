@@ -1,0 +1,141 @@
+"""Quota ledger of one cycle: Kueue's nominal / borrowing_limit / lending_limit, per GPU type.
+
+Responsibility: answer "may tenant t hold k more GPUs of this type" in O(1), and keep the
+answer consistent while the cycle admits, shrinks and preempts (simulate, then commit).
+
+Vocabulary (per GPU type):
+
+* ``used[t]``: GPUs tenant t holds (running leases, including ones announced for preemption).
+* borrowed ``B = sum_t max(0, used[t] - nominal[t])``.
+* lendable supply ``S = unowned + sum_t min(lending_limit[t], max(0, nominal[t] - used[t]))``
+  where ``unowned = max(0, capacity - sum_t nominal[t])`` and an unset lending limit means
+  "all of its idle nominal".
+
+Invariants kept by every admission that :meth:`QuotaLedger.fits` allows:
+
+* ``used[t] <= nominal[t] + borrowing_limit[t]`` (unset limit: unbounded; with borrowing
+  disabled, ``used[t] <= nominal[t]``: static partitioning);
+* ``B <= S``: others never consume more of a tenant's idle nominal than its lending limit. This is
+  the same as "the non-lendable part of every tenant's idle nominal stays physically free", so
+  a tenant can always get its non-lendable part back without preempting anyone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from fastgpu.config import QuotaSpec
+
+_UNBOUNDED = 1 << 60
+
+
+@dataclass
+class _Limits:
+    nominal: int
+    borrow: int  # GPUs it may use beyond nominal (_UNBOUNDED when unset)
+    lend: int  # of its idle nominal, how much others may use (nominal when unset)
+
+
+class QuotaLedger:
+    """Used GPUs, B and S of one GPU type; mutable, private to one cycle."""
+
+    def __init__(
+        self,
+        capacity: int,
+        quotas: Mapping[str, QuotaSpec],
+        used: Mapping[str, int],
+        *,
+        borrowing: bool = True,
+    ) -> None:
+        self.borrowing = borrowing
+        self._limits: dict[str, _Limits] = {}
+        for tenant, q in quotas.items():
+            self._limits[tenant] = _Limits(
+                nominal=q.nominal,
+                borrow=_UNBOUNDED if q.borrowing_limit is None else q.borrowing_limit,
+                lend=q.nominal if q.lending_limit is None else min(q.lending_limit, q.nominal),
+            )
+        self.used: dict[str, int] = dict(used)
+        self.unowned = max(0, capacity - sum(lim.nominal for lim in self._limits.values()))
+        self.borrowed = 0
+        self.supply = self.unowned
+        for tenant in set(self._limits) | set(self.used):
+            u = self.used.get(tenant, 0)
+            self.borrowed += self._borrowed_term(tenant, u)
+            self.supply += self._lent_term(tenant, u)
+        self._start = (dict(self.used), self.borrowed, self.supply)
+
+    def limits(self, tenant: str) -> _Limits:
+        lim = self._limits.get(tenant)
+        if lim is None:
+            # A tenant without a quota for this type: nominal 0, may borrow without limit.
+            lim = self._limits[tenant] = _Limits(nominal=0, borrow=_UNBOUNDED, lend=0)
+        return lim
+
+    def nominal(self, tenant: str) -> int:
+        return self.limits(tenant).nominal
+
+    def ceiling(self, tenant: str) -> int:
+        """Most GPUs the tenant may ever hold: nominal + borrowing limit (or nominal)."""
+        lim = self.limits(tenant)
+        if not self.borrowing:
+            return lim.nominal
+        return min(_UNBOUNDED, lim.nominal + lim.borrow)
+
+    def _borrowed_term(self, tenant: str, used: int) -> int:
+        return max(0, used - self.limits(tenant).nominal)
+
+    def _lent_term(self, tenant: str, used: int) -> int:
+        lim = self.limits(tenant)
+        return min(lim.lend, max(0, lim.nominal - used))
+
+    def within_nominal(self, tenant: str, extra: int) -> bool:
+        return self.used.get(tenant, 0) + extra <= self.limits(tenant).nominal
+
+    def fits(self, tenant: str, extra: int, release: Mapping[str, int] | None = None) -> bool:
+        """Whether ``tenant`` may hold ``extra`` more GPUs once ``release`` (tenant -> GPUs)
+        has been given back; nothing changes."""
+        changes = dict(release or {})
+        deltas = {t: -n for t, n in changes.items()}
+        deltas[tenant] = deltas.get(tenant, 0) + extra
+        new_used = self.used.get(tenant, 0) + deltas[tenant]
+        if new_used > self.ceiling(tenant):
+            return False
+        borrowed, supply = self.borrowed, self.supply
+        for t, d in deltas.items():
+            old = self.used.get(t, 0)
+            borrowed += self._borrowed_term(t, old + d) - self._borrowed_term(t, old)
+            supply += self._lent_term(t, old + d) - self._lent_term(t, old)
+        return borrowed <= supply
+
+    def fitted_at_start(self, tenant: str, extra: int) -> bool:
+        """Whether :meth:`fits` held before this cycle admitted anything (tells "others took
+        the room first" apart from "never had the room")."""
+        used, borrowed, supply = self._start
+        old = used.get(tenant, 0)
+        if old + extra > self.ceiling(tenant):
+            return False
+        borrowed += self._borrowed_term(tenant, old + extra) - self._borrowed_term(tenant, old)
+        supply += self._lent_term(tenant, old + extra) - self._lent_term(tenant, old)
+        return borrowed <= supply
+
+    def room(self, tenant: str, upto: int) -> int:
+        """The largest ``d <= upto`` with ``fits(tenant, d)`` (0 if none).
+
+        ``fits`` is monotone in ``d`` (B - S never falls as a tenant takes more), so bisect."""
+        lo, hi = 0, upto
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.fits(tenant, mid):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def add(self, tenant: str, delta: int) -> None:
+        old = self.used.get(tenant, 0)
+        new = old + delta
+        self.borrowed += self._borrowed_term(tenant, new) - self._borrowed_term(tenant, old)
+        self.supply += self._lent_term(tenant, new) - self._lent_term(tenant, old)
+        self.used[tenant] = new
