@@ -1,0 +1,239 @@
+"""Benchmark fastgpu.train against raw Ray Train on one local cluster, printed as tables.
+
+1. Start-up overhead: seconds from submit (before ``fit()``) to the first optimizer step, for a
+   raw ``TorchTrainer`` and for ``fastgpu.train.run`` doing the same work (digits MLP, 2 workers,
+   gloo on logical GPUs), alternated ``--repeats`` times; the ratio is fastgpu / raw.
+2. Recovery: one worker ``os._exit``s at step ``--kill-step``; seconds from the kill to the next
+   step of the restarted group, and steps lost (kill step minus the checkpoint resumed from).
+3. bf16 vs fp32 throughput of the example MLP and of a transformer block, only when
+   ``torch.cuda.is_available()`` (prints the GPU model); otherwise it says it was skipped.
+
+Usage: ``python bench/bench_train.py [--repeats 2] [--kill-step 17] [--checkpoint-every 5]``.
+Ray runs with token auth and its files under a temporary directory that is removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _step_logger(log: Path, kill_rank: int | None = None, kill_step: int | None = None):
+    def hook(step: int, loop: Any) -> None:
+        now = time.time()
+        marker = log.with_suffix(".killed")
+        if loop.rank == kill_rank and step == kill_step and not marker.exists():
+            marker.write_text(json.dumps({"t": now, "step": step}))
+            os._exit(1)
+        if loop.rank == 0:
+            with log.open("a") as f:
+                f.write(json.dumps({"t": now, "step": step, "from": loop.last_checkpoint_step}))
+                f.write("\n")
+
+    return hook
+
+
+def raw_train_fn(config: dict[str, Any]) -> None:
+    """The same work as the built-in classifier, written against Ray Train directly."""
+    import ray.train
+    import ray.train.torch
+    import torch
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+    from fastgpu.train.classifier import DigitsMLP, load_digits_split
+
+    ctx = ray.train.get_context()
+    data = load_digits_split()
+    model = ray.train.torch.prepare_model(DigitsMLP(), move_to_device=False)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    dataset = TensorDataset(data.x_train, data.y_train)
+    sampler: DistributedSampler[Any] = DistributedSampler(
+        dataset, num_replicas=ctx.get_world_size(), rank=ctx.get_world_rank()
+    )
+    loader = DataLoader(dataset, batch_size=64, sampler=sampler)
+    log = Path(config["log"])
+    step = 0
+    for epoch in range(config["epochs"]):
+        sampler.set_epoch(epoch)
+        for x, y in loader:
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            step += 1
+            if ctx.get_world_rank() == 0:
+                with log.open("a") as f:
+                    f.write(json.dumps({"t": time.time(), "step": step}) + "\n")
+            if step % 10 == 0:
+                ray.train.report({"loss": float(loss), "step": step})
+
+
+def _first_step_s(log: Path, submitted: float) -> float:
+    first = json.loads(log.read_text().splitlines()[0])
+    return float(first["t"]) - submitted
+
+
+def bench_startup(root: Path, repeats: int) -> list[tuple[str, float]]:
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    import fastgpu.train as ft
+
+    rows = []
+    for i in range(repeats):
+        log = root / f"raw-{i}.jsonl"
+        submitted = time.time()
+        TorchTrainer(
+            raw_train_fn,
+            train_loop_config={"epochs": 1, "log": str(log)},
+            torch_config=TorchConfig(backend="gloo"),
+            scaling_config=ScalingConfig(num_workers=2, use_gpu=True),
+            run_config=RunConfig(name=f"raw-{i}", storage_path=str(root / "raw")),
+        ).fit()
+        rows.append(("raw TorchTrainer", _first_step_s(log, submitted)))
+
+        log = root / f"fastgpu-{i}.jsonl"
+        submitted = time.time()
+        ft.run(
+            "digits-classifier",
+            tenant="bench",
+            run_name=f"startup-{i}",
+            storage_root=str(root / "storage"),
+            workers=2,
+            checkpoint_every=10,
+            config={"epochs": 1, "on_step": _step_logger(log)},
+        )
+        rows.append(("fastgpu.train.run", _first_step_s(log, submitted)))
+    return rows
+
+
+def bench_recovery(root: Path, kill_step: int, checkpoint_every: int) -> dict[str, float]:
+    import fastgpu.train as ft
+
+    log = root / "recovery.jsonl"
+    ft.run(
+        "digits-classifier",
+        tenant="bench",
+        run_name="recovery",
+        storage_root=str(root / "storage"),
+        workers=2,
+        checkpoint_every=checkpoint_every,
+        report_every=1,
+        max_failures=1,
+        config={"epochs": 2, "on_step": _step_logger(log, kill_rank=1, kill_step=kill_step)},
+    )
+    kill = json.loads(log.with_suffix(".killed").read_text())
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    after = [r for r in records if r["t"] > kill["t"]]
+    resumed_from = after[0]["from"] or 0
+    return {
+        "kill_step": kill["step"],
+        "resumed_from_step": resumed_from,
+        "steps_lost": kill["step"] - resumed_from,
+        "recovery_s": after[0]["t"] - kill["t"],
+    }
+
+
+def bench_gpu_precision(steps: int = 200) -> list[tuple[str, str, float]] | None:
+    import torch
+
+    from fastgpu.train.classifier import DigitsMLP
+    from fastgpu.train.precision import mixed_precision
+
+    if not torch.cuda.is_available():
+        return None
+    device = torch.device("cuda", 0)
+    models = {
+        "digits MLP (batch 4096)": (
+            lambda: DigitsMLP(hidden=[1024, 1024]),
+            lambda: torch.randn(4096, 64, device=device),
+        ),
+        "transformer block (d=1024, 8x512 tokens)": (
+            lambda: torch.nn.TransformerEncoderLayer(1024, 16, 4096, batch_first=True),
+            lambda: torch.randn(8, 512, 1024, device=device),
+        ),
+    }
+    rows = []
+    for name, (make, batch) in models.items():
+        for precision in ("fp32", "bf16"):
+            policy = mixed_precision(precision, device)
+            model = make().to(device)
+            opt = torch.optim.AdamW(model.parameters())
+            x = batch()
+            for i in range(steps + 10):
+                if i == 10:
+                    torch.cuda.synchronize()
+                    start = time.perf_counter()
+                with policy.autocast():
+                    loss = model(x).float().pow(2).mean()
+                loss.backward()
+                opt.step()
+                opt.zero_grad()
+            torch.cuda.synchronize()
+            rows.append((name, precision, steps / (time.perf_counter() - start)))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="fastgpu.train benchmarks")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--kill-step", type=int, default=17)
+    parser.add_argument("--checkpoint-every", type=int, default=5)
+    args = parser.parse_args()
+
+    short = Path(tempfile.mkdtemp(prefix="fgb", dir="/tmp"))
+    os.environ.update(
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=secrets.token_hex(16),
+        RAY_TMPDIR=str(short),
+        TMPDIR=str(short),
+    )
+    tempfile.tempdir = None
+    import ray
+
+    try:
+        ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+        startup = bench_startup(short, args.repeats)
+        recovery = bench_recovery(short, args.kill_step, args.checkpoint_every)
+    finally:
+        ray.shutdown()
+        shutil.rmtree(short, ignore_errors=True)
+
+    raw = [s for name, s in startup if name.startswith("raw")]
+    ours = [s for name, s in startup if name.startswith("fastgpu")]
+    print("\nStart-up: submit -> first optimizer step (2 workers, logical GPUs, gloo)")
+    print(f"{'path':<22}{'median s':>10}{'runs':>30}")
+    for label, values in (("raw TorchTrainer", raw), ("fastgpu.train.run", ours)):
+        runs = ", ".join(f"{v:.2f}" for v in values)
+        print(f"{label:<22}{statistics.median(values):>10.2f}{runs:>30}")
+    print(f"{'ratio fastgpu/raw':<22}{statistics.median(ours) / statistics.median(raw):>10.2f}")
+
+    print("\nRecovery: worker os._exit -> next step of the restarted group")
+    for key, value in recovery.items():
+        print(f"{key:<22}{value:>10.2f}" if isinstance(value, float) else f"{key:<22}{value:>10}")
+
+    print("\nbf16 vs fp32 throughput (GPU)")
+    gpu = bench_gpu_precision()
+    if gpu is None:
+        print("skipped: torch.cuda.is_available() is False on this machine")
+    else:
+        import torch
+
+        print(f"GPU: {torch.cuda.get_device_name(0)}")
+        print(f"{'model':<44}{'fp32 it/s':>12}{'bf16 it/s':>12}{'ratio':>8}")
+        for name in dict.fromkeys(n for n, _, _ in gpu):
+            fp32 = next(r for n, p, r in gpu if n == name and p == "fp32")
+            bf16 = next(r for n, p, r in gpu if n == name and p == "bf16")
+            print(f"{name:<44}{fp32:>12.1f}{bf16:>12.1f}{bf16 / fp32:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()
