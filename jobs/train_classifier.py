@@ -6,9 +6,11 @@ checkpoint holds weights, model config, label names and input normalization for 
 
 Two ways to get workers:
 
-- With a platform lease (``FASTGPU_TOKEN`` set and no ``--no-lease``): :func:`acquire_lease` asks
-  the platform for ``--gpus MIN:MAX`` GPUs of ``--gpu-type`` for ``--duration``, binds the lease to
-  this run and trains on the lease's nodes only; the tenant and storage root come from the token.
+- With a platform lease (``FASTGPU_TOKEN`` set and no ``--no-lease``):
+  ``fastgpu.train.acquire_lease`` asks the platform for ``--gpus MIN:MAX`` GPUs of
+  ``--gpu-type`` for ``--duration``, binds the lease to this run and trains on the lease's
+  nodes only; the tenant and storage root come from the token. Under ``fastgpu job submit``
+  the flags default to the lease given there.
 - Without one (``FASTGPU_TOKEN`` unset, or ``--no-lease``): trains on whatever the Ray cluster
   offers, as tenant ``--tenant`` under ``--storage-root``. ``--cpu-only --num-workers 0`` runs in
   this process without a cluster.
@@ -23,36 +25,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
-
-
-@dataclass
-class LeaseBinding:
-    """What training needs from a bound lease; produced by :func:`acquire_lease`."""
-
-    tenant: str
-    storage_root: str
-    node_ids: list[str]
-    gpus: int
-    expires_at: float | None = None
-    """Unix time the lease ends; training checkpoints and stops before it."""
-    release: Callable[[], Any] = field(default=lambda: None)
-
-
-def _unix_time(value: Any) -> float | None:
-    """A lease's ``expires_at`` (unix seconds or ISO 8601) as unix seconds."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    from datetime import datetime, timezone
-
-    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.timestamp()
 
 
 def parse_gpus(text: str) -> int | tuple[int, int]:
@@ -73,51 +46,22 @@ def parse_gpus(text: str) -> int | tuple[int, int]:
         ) from None
 
 
-def acquire_lease(
-    gpus: int | tuple[int, int],
-    gpu_type: str | None,
-    duration: str,
-    run_name: str,
-    default_storage_root: str,
-) -> LeaseBinding:
-    """Request and bind a lease through the FastGPU SDK; the job's only contact with the platform.
-
-    The lease is bound (``workload="train:<run>"``) before training starts, so the controller
-    hands its GPUs over to the run. The tenant comes from the token; the storage root from the
-    platform when it reports one (``whoami()["storage_root"]``), else ``--storage-root``.
-    """
-    from fastgpu import Client
-
-    low, high = gpus if isinstance(gpus, tuple) else (gpus, gpus)
-    client = Client()  # reads FASTGPU_TOKEN / FASTGPU_ADDRESS
-    me = client.whoami()
-    lease = client.request_lease(
-        gpus=high,
-        min_gpus=low if low != high else None,
-        gpu_type=gpu_type,
-        duration=duration,
-        wait=True,
-    )
-    try:
-        lease = client.bind_lease(lease.id, workload=f"train:{run_name}")
-    except BaseException:
-        lease.release()
-        raise
-    return LeaseBinding(
-        tenant=str(me["tenant"]),
-        storage_root=str(me.get("storage_root") or default_storage_root),
-        node_ids=list(lease.nodes),
-        gpus=int(lease.gpus),
-        expires_at=_unix_time(lease.expires_at),
-        release=lease.release,
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--gpus", type=parse_gpus, default=1, help="N or MIN:MAX (elastic)")
-    p.add_argument("--gpu-type", default=None, help="GPU type of the lease, e.g. A100")
-    p.add_argument("--duration", default="1h", help="lease duration, e.g. 30m, 2h")
+    # Defaults come from the lease `fastgpu job submit --gpus ...` describes, if any.
+    env = os.environ
+    p.add_argument(
+        "--gpus",
+        type=parse_gpus,
+        default=parse_gpus(env["FASTGPU_GPUS"]) if env.get("FASTGPU_GPUS") else 1,
+        help="N or MIN:MAX (elastic)",
+    )
+    p.add_argument(
+        "--gpu-type", default=env.get("FASTGPU_GPU_TYPE"), help="GPU type of the lease, e.g. A100"
+    )
+    p.add_argument(
+        "--duration", default=env.get("FASTGPU_DURATION", "1h"), help="lease duration, e.g. 2h"
+    )
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64, help="per worker")
@@ -160,14 +104,20 @@ def main(argv: list[str] | None = None) -> int:
         "tenant": args.tenant,
         "storage_root": os.path.abspath(args.storage_root),
     }
-    lease: LeaseBinding | None = None
+    lease: ft.LeaseBinding | None = None
     if use_lease:
-        lease = acquire_lease(
-            args.gpus, args.gpu_type, args.duration, run_name, spec["storage_root"]
+        # The platform's job id names the lease request, so `fastgpu job status` finds it.
+        lease = ft.acquire_lease(
+            args.gpus,
+            args.gpu_type,
+            args.duration,
+            run_name,
+            request_id=os.environ.get("FASTGPU_LEASE_REQUEST_ID"),
         )
         spec.update(
             tenant=lease.tenant,
             storage_root=lease.storage_root,
+            workers=lease.workers,
             node_ids=lease.node_ids,
             max_gpus=lease.gpus,
             stop_at=lease.expires_at,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -34,17 +33,9 @@ def cluster() -> Iterator[dict[str, Any]]:
     import ray
     from ray.cluster_utils import Cluster
 
-    short = tempfile.mkdtemp(prefix="fg", dir="/tmp")  # Ray's socket paths are length-limited
-    saved = {
-        k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_TMPDIR", "TMPDIR")
-    }
-    os.environ.update(
-        RAY_AUTH_MODE="token",
-        RAY_AUTH_TOKEN=secrets.token_hex(16),
-        RAY_TMPDIR=short,
-        TMPDIR=short,
-    )
-    tempfile.tempdir = None  # re-read TMPDIR
+    # Token auth, RAY_TMPDIR and TMPDIR come from tests/conftest.py for the whole session: Ray
+    # caches the auth token per process, so a module must not switch to a new one.
+    short = tempfile.mkdtemp(prefix="fg")
     c = Cluster(
         initialize_head=True,
         head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False},
@@ -58,12 +49,6 @@ def cluster() -> Iterator[dict[str, Any]]:
     finally:
         ray.shutdown()
         c.shutdown()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        tempfile.tempdir = None
         shutil.rmtree(short, ignore_errors=True)
 
 

@@ -176,7 +176,9 @@ class Controller:
         p = self.authenticate(token)
         out: dict[str, Any] = {"principal": p.name, "is_admin": p.is_admin, "tenant": p.tenant}
         if p.tenant:
-            out["storage_root"] = str(self.config.resolved_storage_root() / p.tenant)
+            root = self.config.resolved_storage_root()
+            out["storage_root"] = str(root)
+            out["runs_dir"] = str(root / p.tenant / "runs")
         return out
 
     # ==== tenants ==============================================================================

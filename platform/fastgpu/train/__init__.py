@@ -2,7 +2,9 @@
 
 Public surface (everything else in the subpackage is an implementation detail):
 
-- :func:`run` / :class:`TrainSpec` / :class:`TrainOutcome`: the Python driver entry point.
+- :func:`run_on_lease`: the Python driver entry point on a platform lease (request, bind,
+  train pinned to the lease's nodes, release); :func:`acquire_lease` does the first half.
+- :func:`run` / :class:`TrainSpec` / :class:`TrainOutcome`: train on given nodes/workers.
 - :func:`build_trainer`: the same ``TorchTrainer`` without starting it.
 - :func:`placement_for_lease` / :class:`Placement`: how a lease's nodes and GPUs become worker
   placement (``label_selector`` on ``ray.io/node-id``, capped worker range).
@@ -12,6 +14,7 @@ Public surface (everything else in the subpackage is an implementation detail):
 """
 
 from fastgpu.train.checkpoints import CheckpointInfo, CheckpointStore, run_dir
+from fastgpu.train.lease import LeaseBinding, acquire_lease, run_on_lease
 from fastgpu.train.loop import Resumed, TrainLoop
 from fastgpu.train.precision import MixedPrecision, Precision, mixed_precision
 from fastgpu.train.trainer import (
@@ -26,6 +29,7 @@ from fastgpu.train.trainer import (
 __all__ = [
     "CheckpointInfo",
     "CheckpointStore",
+    "LeaseBinding",
     "MixedPrecision",
     "Placement",
     "Precision",
@@ -33,9 +37,11 @@ __all__ = [
     "TrainLoop",
     "TrainOutcome",
     "TrainSpec",
+    "acquire_lease",
     "build_trainer",
     "mixed_precision",
     "placement_for_lease",
     "run",
     "run_dir",
+    "run_on_lease",
 ]
