@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant", default="local", help="without a lease: tenant name for paths")
     p.add_argument("--no-lease", action="store_true", help="ignore FASTGPU_TOKEN")
     p.add_argument("--cpu-only", action="store_true", help="workers request no GPUs")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each worker reserves")
     p.add_argument("--num-workers", type=int, default=None, help="with --cpu-only; 0: in-process")
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or local)")
     return p
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint_every": args.checkpoint_every,
         "keep": args.keep,
         "max_failures": args.max_failures,
+        "cpus_per_worker": args.cpus_per_worker,
         "tenant": args.tenant,
         "storage_root": os.path.abspath(args.storage_root),
     }

@@ -203,6 +203,7 @@ def up(
         "gpu_type": gpu_type,
         "nodes": nodes,
         "admin_token_file": str(admin_path),
+        "dashboard": dashboard_url,
         "new_tenant_tokens": new_tokens,
     }
 

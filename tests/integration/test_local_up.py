@@ -20,6 +20,7 @@ import pytest
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 SCRIPTS = Path(__file__).parent / "job_scripts"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:
@@ -117,9 +118,11 @@ def _wait_job(env: dict[str, str], job_id: str, want: set[str]) -> dict[str, Any
 def test_jobs_run_on_the_tenants_lease_and_stay_private(up: Up) -> None:
     ops = up.as_tenant(up.first["new_tenant_tokens"]["ops"])
     research = up.as_tenant(up.first["new_tenant_tokens"]["research"])
+    # `fastgpu job submit`: the lease given here reaches the job as its defaults.
     submit = (
-        "job", "submit", "--gpus", "2", "--duration", "5m", "--working-dir", str(SCRIPTS),
-        "-o", "json", "--", sys.executable, "lease_job.py",
+        "job", "submit", "--gpus", "1:2", "--duration", "5m", "--working-dir", str(REPO / "jobs"),
+        "-o", "json", "--", sys.executable, "train_classifier.py", "--epochs", "1",
+        "--run-name", "via-cli", "--cpus-per-worker", "0.25",
     )  # fmt: skip
     out = _fastgpu(ops, *submit)
     assert out.returncode == 0, out.stderr
@@ -127,20 +130,29 @@ def test_jobs_run_on_the_tenants_lease_and_stay_private(up: Up) -> None:
     assert job["tenant"] == "ops"
     done = _wait_job(ops, job["id"], {"SUCCEEDED", "FAILED"})
     logs = _fastgpu(ops, "job", "logs", job["id"]).stdout
-    assert done["status"] == "SUCCEEDED", logs
-    assert f"job {job['id']} tenant ops lease RESERVED gpus" in logs
-    assert done["lease"]["state"] == "RELEASED"  # the job's own lease, found by its request id
+    assert done["status"] == "SUCCEEDED", logs[-3000:]
+    assert "/ops/runs/via-cli" in logs
+    # The job's own lease, found by its request id: bound to the run, released at the end.
+    assert done["lease"]["state"] == "RELEASED"
     assert done["lease"]["tenant"] == "ops"
+    assert done["lease"]["workload"] == "train:via-cli"
+    assert done["lease"]["min_gpus"] == 1
 
     # Another tenant cannot see, read or stop it.
     assert json.loads(_fastgpu(research, "job", "list", "-o", "json").stdout) == []
-    for args in (("job", "status", job["id"]), ("job", "logs", job["id"]), ("job", "stop", job["id"])):
+    for args in (
+        ("job", "status", job["id"]),
+        ("job", "logs", job["id"]),
+        ("job", "stop", job["id"]),
+    ):
         other = _fastgpu(research, *args)
         assert other.returncode == 1
         assert "not found" in other.stderr
 
     # A job over quota waits, and its status shows why; stopping it works.
-    hog = json.loads(_fastgpu(research, "lease", "request", "--gpus", "2", "--wait", "-o", "json").stdout)
+    hog = json.loads(
+        _fastgpu(research, "lease", "request", "--gpus", "2", "--wait", "-o", "json").stdout
+    )
     submit_r = (
         "job", "submit", "--gpus", "2", "--working-dir", str(SCRIPTS), "-o", "json",
         "--", sys.executable, "lease_job.py",
@@ -166,3 +178,39 @@ def test_jobs_run_on_the_tenants_lease_and_stay_private(up: Up) -> None:
     bad = _fastgpu(ops, "job", "submit", "--working-dir", str(up.home), "--", "python", "x.py")
     assert bad.returncode == 2
     assert "state folder" in bad.stderr
+
+
+def test_ray_job_submit_trains_the_example_on_a_lease(up: Up) -> None:
+    """The `ray job submit` path: the tenant's FastGPU token in the job's env decides whose
+    lease it is; the job trains the digits classifier (bf16) pinned to the lease."""
+    token = up.first["new_tenant_tokens"]["ops"]
+    env = {
+        **up.env,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(up.home / "ray_auth_token"),
+    }
+    runtime_env = {"env_vars": {"FASTGPU_TOKEN": token, "FASTGPU_ADDRESS": up.first["api"]}}
+    cmd = [
+        str(Path(sys.executable).with_name("ray")), "job", "submit",
+        "--address", up.first["dashboard"],
+        "--working-dir", str(REPO / "jobs"),
+        "--runtime-env-json", json.dumps(runtime_env),
+        "--", sys.executable, "train_classifier.py", "--gpus", "1:2", "--epochs", "2",
+        "--precision", "bf16", "--run-name", "rjs", "--checkpoint-every", "10",
+        "--cpus-per-worker", "0.25",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(
+        next(line for line in reversed(done.stdout.splitlines()) if line.startswith("{"))
+    )
+    assert "/ops/runs/rjs" in result["run_dir"]
+    assert result["checkpoint"]
+    assert result["metrics"]["test_accuracy"] > 0.5
+    ops = up.as_tenant(token)
+    leases = json.loads(_fastgpu(ops, "lease", "list", "-o", "json").stdout)
+    trained = [x for x in leases if x["workload"] == "train:rjs"]
+    assert len(trained) == 1
+    assert trained[0]["state"] == "RELEASED"
+    usage = json.loads(_fastgpu(ops, "usage", "-o", "json").stdout)
+    assert usage[0]["gpu_seconds"] > 0
