@@ -109,7 +109,9 @@ def test_controller_on_postgres(postgres_url: str) -> None:
     ctl = Controller(config, open_store(postgres_url), backend, clock=clock)
     admin = new_token()
     ctl.bootstrap_admin(admin)
-    tok = ctl.create_tenant(admin, "pgteam", {"quotas": {"A100": {"nominal": 4, "borrowing_limit": 0}}})["token"]
+    tok = ctl.create_tenant(
+        admin, "pgteam", {"quotas": {"A100": {"nominal": 4, "borrowing_limit": 0}}}
+    )["token"]
     lease = ctl.request_lease(tok, {"gpus": 4, "duration": "1m", "request_id": "x"})
     ctl.tick()
     assert ctl.get_lease(tok, lease["id"])["state"] == "RESERVED"

@@ -75,7 +75,7 @@ def test_run_on_lease_binds_pins_meters_and_releases(
         ray.train.report({"rank": rank})
 
     out = tmp_path / "placement"
-    outcome = run_on_lease(
+    done = run_on_lease(
         record_placement,
         gpus=(1, 2),
         gpu_type="A100",
@@ -96,7 +96,87 @@ def test_run_on_lease_binds_pins_meters_and_releases(
     assert {r["node"] for r in records} == lease_nodes  # every worker on the lease's node
     assert sorted(g for r in records for g in r["gpus"]) in (["0", "1"], ["2", "3"])
     # Checkpoints and the run live in the tenant's storage; usage was metered while bound.
-    assert "trainer" in str(outcome.run_dir)
+    assert "trainer" in str(done.outcome.run_dir)
+    assert done.segments == [(2, [*lease_nodes] * 2)]
     (usage,) = client.usage()
     assert usage["gpu_seconds"] > 0
     held.release()
+
+
+def test_run_follows_the_lease_when_it_grows(setup: tuple[Platform, str], tmp_path: Path) -> None:
+    """Elastic start below max, then growth: the scheduler grows the bound lease when another
+    tenant frees GPUs; the run checkpoints, and continues from that checkpoint on 4 workers
+    across both nodes."""
+    import threading
+    import time
+
+    from fastgpu.train import run_on_lease
+
+    platform, url = setup
+    holder = Client(token=platform.tenant("holder2", A100=2), address=url)
+    held = holder.request_lease(2, "A100", "10m", strategy="STRICT_PACK", wait=True)
+    token = platform.tenant("grower", borrowing_limit=2, A100=2)
+    client = Client(token=token, address=url)
+    log = tmp_path / "segments.jsonl"
+
+    def train(config: dict[str, Any]) -> None:
+        import time as _time
+
+        import ray.train
+        import torch
+
+        from fastgpu.train import TrainLoop
+
+        loop = TrainLoop.from_config(config)
+        model = loop.prepare_model(torch.nn.Linear(4, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        resumed = loop.restore(model=model, optimizer=opt)
+        ctx = ray.train.get_context()
+        if ctx.get_world_rank() == 0:
+            with open(config["log"], "a") as f:
+                f.write(json.dumps({"world": ctx.get_world_size(), "start": resumed.step}) + "\n")
+        for step in range(resumed.step + 1, 61):
+            with loop.autocast():
+                loss = model(torch.randn(8, 4)).pow(2).mean()
+            loop.backward_and_step(loss, opt)
+            _time.sleep(0.05)
+            if loop.end_step(
+                step,
+                {"loss": float(loss)},
+                state=lambda: {"model": loop.unwrap(model).state_dict()},
+                final=step == 60,
+            ):
+                return
+
+    def free_when_bound() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if any(x.state == "BOUND" for x in client.list_leases(live=True)):
+                held.release()
+                return
+            time.sleep(0.2)
+
+    helper = threading.Thread(target=free_when_bound, daemon=True)
+    helper.start()
+    done = run_on_lease(
+        train,
+        gpus=(1, 4),
+        gpu_type="A100",
+        duration="10m",
+        run_name="grow-test",
+        client=client,
+        config={"log": str(log)},
+        cpus_per_worker=0.25,
+        report_every=5,
+        checkpoint_every=10,
+    )
+    helper.join()
+    assert [count for count, _ in done.segments] == [2, 4]
+    assert len(set(done.segments[0][1])) == 1  # first on the one free node
+    assert len(set(done.segments[1][1])) == 2  # then across both
+    starts = [json.loads(line) for line in log.read_text().splitlines()]
+    assert starts[0] == {"world": 2, "start": 0}
+    assert starts[-1]["world"] == 4
+    assert starts[-1]["start"] > 0  # continued from the checkpoint taken when asked to stop
+    assert done.outcome.metrics["step"] == 60
+    assert done.lease.state == "RELEASED"

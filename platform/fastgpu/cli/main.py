@@ -35,6 +35,15 @@ app.add_typer(config_app, name="config")
 app.add_typer(job_app, name="job")
 
 
+def _mount_sim() -> None:
+    from fastgpu.cli_sim import sim_app
+
+    app.add_typer(sim_app, name="sim")
+
+
+_mount_sim()
+
+
 class Output(str, Enum):
     table = "table"
     json = "json"

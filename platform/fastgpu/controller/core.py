@@ -695,8 +695,8 @@ class Controller:
                         # Only a bound (elastic workload) lease can change size.
                         view = replace(view, gpus=lease.held_gpus, min_gpus=lease.held_gpus)
                     if lease.preempt_at is not None:
-                        # Already announced: not a victim again, and its GPUs are leaving.
-                        view = replace(view, preemptible=False)
+                        # Already announced: its GPUs are leaving; not a victim twice.
+                        view = replace(view, preempt_at=lease.preempt_at)
                     running.append(view)
                 elif lease.state == LeaseState.PENDING:
                     pending.append(_view(lease, {}))

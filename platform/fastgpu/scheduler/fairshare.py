@@ -569,6 +569,12 @@ class _Cycle:
                 "the rest are borrowed by leases that cannot be preempted yet",
             )
         if ledger.fitted_at_start(name, k):
+            top = ts.admitted_priority.get(name)
+            if top is not None and top > lease.priority:
+                return _Blocked(
+                    PendingReason.PRIORITY.value,
+                    f"higher-priority leases of tenant {name} took its quota room",
+                )
             return _Blocked(
                 PendingReason.FAIR_SHARE.value,
                 f"tenants ranked higher by fair share took the lendable {lease.gpu_type} GPUs",
@@ -684,7 +690,19 @@ class _Cycle:
         )
         if chosen is None:
             return None
+        # Hold for the requester, in this cycle, the GPUs free now that its fit counts on, and
+        # its quota room: else a later, lower-ranked request takes them and the room made by
+        # the victims falls short when they leave.
+        trial = ts.pool.copy()
+        for cand in chosen:
+            trial.give(cand.frees)
+        spot = trial.place(k, lease.strategy) or {}
+        ts.pool.take({n: min(g, ts.pool.free.get(n, 0)) for n, g in spot.items()})
+        ledger.add(lease.tenant, k)
         parts: list[str] = []
+        # A lease chosen both to shrink and to go: going frees all of it, so it only goes.
+        going = {c.lease.id for c in chosen if c.kind == PREEMPT}
+        chosen = [c for c in chosen if not (c.kind == SHRINK and c.lease.id in going)]
         for cand in chosen:
             victim = cand.lease
             if cand.kind == INCOMING:

@@ -14,7 +14,7 @@ Public surface (everything else in the subpackage is an implementation detail):
 """
 
 from fastgpu.train.checkpoints import CheckpointInfo, CheckpointStore, run_dir
-from fastgpu.train.lease import LeaseBinding, acquire_lease, run_on_lease
+from fastgpu.train.lease import LeaseBinding, LeaseRun, acquire_lease, run_on_lease
 from fastgpu.train.loop import Resumed, TrainLoop
 from fastgpu.train.precision import MixedPrecision, Precision, mixed_precision
 from fastgpu.train.trainer import (
@@ -30,6 +30,7 @@ __all__ = [
     "CheckpointInfo",
     "CheckpointStore",
     "LeaseBinding",
+    "LeaseRun",
     "MixedPrecision",
     "Placement",
     "Precision",

@@ -12,12 +12,17 @@ the run ends (or fails) closes the record.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+from fastgpu.errors import FastGPUError
 from fastgpu.sdk import Client, Lease
 from fastgpu.timeutil import parse_iso
+from fastgpu.train.checkpoints import run_dir
+from fastgpu.train.loop import STOP_FILE
 from fastgpu.train.trainer import TrainOutcome, run
 
 
@@ -34,7 +39,8 @@ class LeaseBinding:
     expires_at: float | None
 
     def release(self) -> None:
-        self.lease.release()
+        if self.lease.refresh().held or self.lease.state in ("PENDING", "ADMITTED"):
+            self.lease.release()
 
     @property
     def workers(self) -> int | tuple[int, int]:
@@ -81,6 +87,66 @@ def acquire_lease(
     )
 
 
+@dataclass
+class LeaseRun:
+    """What :func:`run_on_lease` did: the final outcome, the lease, and one entry per segment
+    (the run restarts from its checkpoint whenever the lease changes size or nodes)."""
+
+    outcome: TrainOutcome
+    lease: Lease
+    segments: list[tuple[int, list[str]]] = field(default_factory=list)
+    stopped_by: str | None = None
+
+
+class _LeaseWatcher(threading.Thread):
+    """Follows the lease while a segment trains: when the scheduler resizes it, moves it or
+    announces its preemption, drops the STOP file so every worker checkpoints and returns;
+    tells the platform about each new checkpoint (preemption then loses least work)."""
+
+    def __init__(self, client: Client, binding: LeaseBinding, folder: Path, poll_s: float) -> None:
+        super().__init__(name="fastgpu-lease-watcher", daemon=True)
+        self._client = Client(token=client.token, address=client.address)
+        self._binding = binding
+        self._folder = folder
+        self._poll_s = poll_s
+        self._done = threading.Event()
+        self.reason: str | None = None
+        self._last_step = -1
+
+    def run(self) -> None:
+        from fastgpu.train.checkpoints import CheckpointStore
+
+        while not self._done.wait(self._poll_s):
+            try:
+                lease = self._client.get_lease(self._binding.lease.id)
+                latest = CheckpointStore(self._folder, keep=1_000_000).latest()
+                if latest is not None and latest.step > self._last_step and lease.held:
+                    self._last_step = latest.step
+                    lease.report_checkpoint()
+            except FastGPUError:
+                continue  # the platform is briefly unreachable: look again next time
+            why = _change(self._binding, lease)
+            if why:
+                self.reason = why
+                self._folder.mkdir(parents=True, exist_ok=True)
+                (self._folder / STOP_FILE).write_text(why)
+                return
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(timeout=10)
+
+
+def _change(binding: LeaseBinding, lease: Lease) -> str | None:
+    if not lease.held:
+        return f"lease {lease.state.lower()}"
+    if lease.preempt_at:
+        return f"preemption announced for {lease.preempt_at}"
+    if lease.held_gpus != binding.gpus or sorted(lease.nodes) != sorted(binding.node_ids):
+        return f"lease resized {binding.gpus} -> {lease.held_gpus} GPUs"
+    return None
+
+
 def run_on_lease(
     train_fn: Callable[[dict[str, Any]], Any] | str,
     *,
@@ -91,29 +157,56 @@ def run_on_lease(
     config: Mapping[str, Any] | None = None,
     client: Client | None = None,
     request_id: str | None = None,
+    poll_s: float = 1.0,
     **spec: Any,
-) -> TrainOutcome:
-    """Train ``train_fn`` on a new lease of ``gpus`` GPUs, then release the lease.
+) -> LeaseRun:
+    """Train ``train_fn`` on a new lease of ``gpus`` GPUs (N or (MIN, MAX)), then release it.
 
     ``spec`` takes the other :class:`~fastgpu.train.TrainSpec` fields (precision,
     checkpoint_every, keep, ...); tenant, storage root, workers, nodes and the stop time come
-    from the lease. The run checkpoints and stops before the lease expires.
+    from the lease. The run follows the lease: when the scheduler grows or shrinks it, the run
+    checkpoints, and continues from that checkpoint with the new worker count on the new nodes;
+    when the lease's preemption is announced or it is about to expire, the run checkpoints and
+    stops cleanly (resubmitting the same ``run_name`` continues it).
     """
+    client = client or Client()
     binding = acquire_lease(
         gpus, gpu_type, duration, run_name, client=client, request_id=request_id
     )
+    segments: list[tuple[int, list[str]]] = []
     try:
-        return run(
-            train_fn,
-            config=config,
-            run_name=run_name,
-            tenant=binding.tenant,
-            storage_root=binding.storage_root,
-            workers=binding.workers,
-            node_ids=binding.node_ids,
-            max_gpus=binding.gpus,
-            stop_at=binding.expires_at,
-            **spec,
-        )
+        while True:
+            folder = run_dir(binding.storage_root, binding.tenant, run_name)
+            (folder / STOP_FILE).unlink(missing_ok=True)
+            watcher = _LeaseWatcher(client, binding, folder, poll_s)
+            watcher.start()
+            segments.append((binding.gpus, list(binding.node_ids)))
+            try:
+                outcome = run(
+                    train_fn,
+                    config=config,
+                    run_name=run_name,
+                    tenant=binding.tenant,
+                    storage_root=binding.storage_root,
+                    workers=binding.workers,
+                    node_ids=binding.node_ids,
+                    max_gpus=binding.gpus,
+                    stop_at=binding.expires_at,
+                    **spec,
+                )
+            finally:
+                watcher.stop()
+            stopped = (folder / STOP_FILE).exists()
+            (folder / STOP_FILE).unlink(missing_ok=True)
+            lease = binding.lease.refresh()
+            if not stopped or not lease.held or lease.preempt_at:
+                return LeaseRun(outcome, lease, segments, watcher.reason if stopped else None)
+            binding = replace(
+                binding,
+                lease=lease,
+                node_ids=list(lease.nodes),
+                gpus=lease.held_gpus,
+                min_gpus=min(binding.min_gpus, lease.held_gpus),
+            )
     finally:
         binding.release()

@@ -60,6 +60,8 @@ from fastgpu.train.checkpoints import (
 from fastgpu.train.precision import MixedPrecision, mixed_precision
 
 CONFIG_KEY = "_fastgpu"
+STOP_FILE = "STOP"
+"""Created in the run folder by the driver to make every worker checkpoint and return."""
 """Key under which :func:`fastgpu.train.run` passes loop settings inside ``train_loop_config``."""
 
 
@@ -259,9 +261,11 @@ class TrainLoop:
         return stop
 
     def _deadline_passed(self) -> bool:
-        if self.settings.stop_at is None:
-            return False
-        passed = time.time() >= self.settings.stop_at - self.settings.stop_margin_s
+        """Whether to checkpoint and stop now: the deadline is near, or the driver asked
+        (a ``STOP`` file in the run folder: the lease was resized or its preemption announced)."""
+        passed = (Path(self.settings.run_dir) / STOP_FILE).exists()
+        if self.settings.stop_at is not None:
+            passed = passed or time.time() >= self.settings.stop_at - self.settings.stop_margin_s
         if self.settings.local or self.world_size == 1:
             return passed
         import ray.train.collective

@@ -27,7 +27,11 @@ def where() -> str:
 
 
 devices = ray.get(
-    [where.options(scheduling_strategy=lease.scheduling_strategy(i)).remote() for i in range(lease.gpus)]
+    [
+        where.options(scheduling_strategy=lease.scheduling_strategy(i)).remote()
+        for i in range(lease.gpus)
+    ]
 )
-print(f"job {os.environ['FASTGPU_JOB_ID']} tenant {lease.tenant} lease {lease.state} gpus {sorted(devices)}")
+job_id = os.environ["FASTGPU_JOB_ID"]
+print(f"job {job_id} tenant {lease.tenant} lease {lease.state} gpus {sorted(devices)}")
 lease.release()
