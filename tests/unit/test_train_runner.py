@@ -15,9 +15,9 @@ from fastgpu.train import classifier
 def test_public_surface() -> None:
     assert sorted(ft.__all__) == sorted(
         ["CheckpointInfo", "CheckpointStore", "LeaseBinding", "LeaseRun", "MixedPrecision",
-         "Placement", "Precision", "Resumed", "TrainLoop", "TrainOutcome", "TrainSpec", "acquire_lease",
-         "build_trainer", "mixed_precision", "placement_for_lease", "run", "run_dir",
-         "run_on_lease"]
+         "Placement", "Precision", "Resumed", "TrainLoop", "TrainOutcome", "TrainSpec",
+         "acquire_lease", "build_trainer", "mixed_precision", "placement_for_lease", "run",
+         "run_dir", "run_on_lease"]
     )  # fmt: skip
 
 
