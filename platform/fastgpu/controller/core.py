@@ -851,12 +851,29 @@ class Controller:
             groups = self.backend.groups()
             alive = {n.node_id for n in self._cluster_nodes(force=True) if n.alive}
             wanted: set[str] = set()
-            done = {"orphans_removed": 0, "groups_recreated": 0, "leases_failed": 0}
+            done = {
+                "orphans_removed": 0,
+                "groups_recreated": 0,
+                "leases_failed": 0,
+                "leases_shrunk": 0,
+            }
             for lease in self.store.live_leases():
                 if lease.state not in HOLDING_STATES:
                     continue
                 lost = sorted({n for n in lease.nodes if n not in alive})
                 group = groups.get(lease.placement_group or "")
+                survivors = [n for n in lease.nodes if n in alive]
+                if lost and lease.state == LeaseState.BOUND and len(survivors) >= lease.min_gpus:
+                    # An elastic workload survives on the rest: shrink instead of failing.
+                    before = lease.held_gpus
+                    lease.nodes = survivors
+                    lease.reason_detail = (
+                        f"node_lost: shrunk {before} -> {len(survivors)} GPUs "
+                        f"(lost {', '.join(lost)})"
+                    )
+                    self.store.resize_usage(lease, self.clock())
+                    done["leases_shrunk"] += 1
+                    continue
                 if lost or (group is not None and group.state == "RESCHEDULING"):
                     lease.reason = "node_lost"
                     lease.reason_detail = f"node(s) {', '.join(lost) or '?'} died"
