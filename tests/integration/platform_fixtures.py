@@ -75,3 +75,14 @@ def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) ->
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(interval)
+
+
+def local_platform(
+    tmp_path_factory: Any, num_gpus: int = 8, **config_extra: Any
+) -> Iterator[Platform]:
+    """A one-node local cluster with ``num_gpus`` logical A100s and the controller on it."""
+    start_local_ray(num_gpus=num_gpus)
+    try:
+        yield from platform_on_running_ray(tmp_path_factory.mktemp("state"), **config_extra)
+    finally:
+        ray.shutdown()

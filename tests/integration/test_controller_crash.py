@@ -21,8 +21,7 @@ from ray.util.placement_group import placement_group_table
 from fastgpu.controller.backend import GROUP_PREFIX
 from tests.integration.platform_fixtures import (
     Platform,
-    platform_on_running_ray,
-    start_local_ray,
+    local_platform,
     wait_until,
 )
 
@@ -31,11 +30,7 @@ pytestmark = pytest.mark.ray
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    start_local_ray(num_gpus=8)
-    try:
-        yield from platform_on_running_ray(tmp_path_factory.mktemp("state"))
-    finally:
-        ray.shutdown()
+    yield from local_platform(tmp_path_factory)
 
 
 def _platform_groups() -> dict[str, str]:

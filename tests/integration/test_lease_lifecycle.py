@@ -8,14 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import ray
 from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 
 from fastgpu.errors import InvalidRequest, NotFound
 from tests.integration.platform_fixtures import (
     Platform,
-    platform_on_running_ray,
-    start_local_ray,
+    local_platform,
     wait_until,
 )
 
@@ -24,11 +22,7 @@ pytestmark = pytest.mark.ray
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    start_local_ray(num_gpus=8)
-    try:
-        yield from platform_on_running_ray(tmp_path_factory.mktemp("state"))
-    finally:
-        ray.shutdown()
+    yield from local_platform(tmp_path_factory)
 
 
 def _group_state(name: str) -> str | None:

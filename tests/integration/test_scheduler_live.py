@@ -9,13 +9,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import ray
 
 from fastgpu.config import SchedulerSettings
 from tests.integration.platform_fixtures import (
     Platform,
-    platform_on_running_ray,
-    start_local_ray,
+    local_platform,
     wait_until,
 )
 
@@ -26,12 +24,8 @@ GRACE_S = 2.0
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    start_local_ray(num_gpus=8)
     settings = SchedulerSettings(grace_s=GRACE_S, min_runtime_s=0, usage_refresh_s=0.5)
-    try:
-        yield from platform_on_running_ray(tmp_path_factory.mktemp("state"), scheduler=settings)
-    finally:
-        ray.shutdown()
+    yield from local_platform(tmp_path_factory, scheduler=settings)
 
 
 def _get(platform: Platform, token: str, lease_id: str) -> dict[str, Any]:

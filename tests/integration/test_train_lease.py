@@ -104,6 +104,41 @@ def test_run_on_lease_binds_pins_meters_and_releases(
     held.release()
 
 
+def _stepping_train(total: int, sleep_s: float) -> Any:
+    """A train function of ``total`` slow steps on TrainLoop that logs, on rank 0, the world size
+    and the step it resumed from at every (re)start. Returned as a closure: Ray pickles it by
+    value, so workers need not import this test module."""
+
+    def train(config: dict[str, Any]) -> None:
+        import time
+
+        import ray.train
+        import torch
+
+        from fastgpu.train import TrainLoop
+
+        loop = TrainLoop.from_config(config)
+        model = loop.prepare_model(torch.nn.Linear(4, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        resumed = loop.restore(model=model, optimizer=opt)
+        ctx = ray.train.get_context()
+        if ctx.get_world_rank() == 0:
+            with open(config["log"], "a") as f:
+                f.write(json.dumps({"world": ctx.get_world_size(), "start": resumed.step}) + "\n")
+        for step in range(resumed.step + 1, total + 1):
+            with loop.autocast():
+                loss = model(torch.randn(8, 4)).pow(2).mean()
+            loop.backward_and_step(loss, opt)
+            time.sleep(sleep_s)
+            state = {"model": loop.unwrap(model).state_dict()}
+            if loop.end_step(
+                step, {"loss": float(loss)}, state=lambda s=state: s, final=step == total
+            ):
+                return
+
+    return train
+
+
 def test_run_follows_the_lease_when_it_grows(setup: tuple[Platform, str], tmp_path: Path) -> None:
     """Elastic start below max, then growth: the scheduler grows the bound lease when another
     tenant frees GPUs; the run checkpoints, and continues from that checkpoint on 4 workers
@@ -120,34 +155,7 @@ def test_run_follows_the_lease_when_it_grows(setup: tuple[Platform, str], tmp_pa
     client = Client(token=token, address=url)
     log = tmp_path / "segments.jsonl"
 
-    def train(config: dict[str, Any]) -> None:
-        import time as _time
-
-        import ray.train
-        import torch
-
-        from fastgpu.train import TrainLoop
-
-        loop = TrainLoop.from_config(config)
-        model = loop.prepare_model(torch.nn.Linear(4, 1))
-        opt = torch.optim.SGD(model.parameters(), lr=0.01)
-        resumed = loop.restore(model=model, optimizer=opt)
-        ctx = ray.train.get_context()
-        if ctx.get_world_rank() == 0:
-            with open(config["log"], "a") as f:
-                f.write(json.dumps({"world": ctx.get_world_size(), "start": resumed.step}) + "\n")
-        for step in range(resumed.step + 1, 61):
-            with loop.autocast():
-                loss = model(torch.randn(8, 4)).pow(2).mean()
-            loop.backward_and_step(loss, opt)
-            _time.sleep(0.05)
-            if loop.end_step(
-                step,
-                {"loss": float(loss)},
-                state=lambda: {"model": loop.unwrap(model).state_dict()},
-                final=step == 60,
-            ):
-                return
+    train = _stepping_train(total=60, sleep_s=0.05)
 
     def free_when_bound() -> None:
         deadline = time.monotonic() + 120
@@ -200,32 +208,7 @@ def test_losing_a_node_shrinks_the_lease_and_the_run_continues(
     client = Client(token=token, address=url)
     log = tmp_path / "segments.jsonl"
 
-    def train(config: dict[str, Any]) -> None:
-        import time as _time
-
-        import ray.train
-        import torch
-
-        from fastgpu.train import TrainLoop
-
-        loop = TrainLoop.from_config(config)
-        model = loop.prepare_model(torch.nn.Linear(4, 1))
-        opt = torch.optim.SGD(model.parameters(), lr=0.01)
-        resumed = loop.restore(model=model, optimizer=opt)
-        ctx = ray.train.get_context()
-        if ctx.get_world_rank() == 0:
-            with open(config["log"], "a") as f:
-                f.write(json.dumps({"world": ctx.get_world_size(), "start": resumed.step}) + "\n")
-        for step in range(resumed.step + 1, 81):
-            with loop.autocast():
-                loss = model(torch.randn(8, 4)).pow(2).mean()
-            loop.backward_and_step(loss, opt)
-            _time.sleep(0.1)
-            state = {"model": loop.unwrap(model).state_dict()}
-            if loop.end_step(
-                step, {"loss": float(loss)}, state=lambda s=state: s, final=step == 80
-            ):
-                return
+    train = _stepping_train(total=80, sleep_s=0.1)
 
     def kill_a_node_mid_run() -> None:
         deadline = time.monotonic() + 180
