@@ -1,7 +1,8 @@
 """One FairSharePolicy cycle at scale: 1,000 tenants, 2,000 nodes x 8 GPUs, 100..10,000 pending.
 
-Prints a table: pending requests -> median cycle time (ms) over a few repetitions, with reasons
-on (the live controller's settings). Target: < 50 ms at 10,000 pending.
+Prints a table: pending requests -> median and best cycle time (ms) over a few repetitions, with
+reasons on (the live controller's settings). Target: < 50 ms at 10,000 pending. On a shared
+machine the best of the repetitions is the steadier figure.
 
     .venv/bin/python bench/bench_scheduler.py [--reps 5]
 """
@@ -99,8 +100,11 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()
     policy = FairSharePolicy(FairShareSettings())
-    print("| pending | running | tenants | nodes | cycle ms (median) | admitted | preempted |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| pending | running | tenants | nodes | cycle ms (median) | cycle ms (best) "
+        "| admitted | preempted |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in (100, 1000, 3000, 10000):
         snap = build(n)
         times = []
@@ -110,7 +114,8 @@ def main() -> None:
             times.append((time.perf_counter() - t0) * 1000)
         print(
             f"| {n:,} | {len(snap.running):,} | {len(snap.tenants):,} | {len(snap.nodes):,} | "
-            f"{statistics.median(times):.1f} | {len(d.admit)} | {len(d.preempt)} |"
+            f"{statistics.median(times):.1f} | {min(times):.1f} | {len(d.admit)} | "
+            f"{len(d.preempt)} |"
         )
 
 

@@ -25,12 +25,15 @@ from __future__ import annotations
 
 import heapq
 import math
+from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from fastgpu.domain.lease import PendingReason
 from fastgpu.scheduler.backfill import Reservation, reserve
 from fastgpu.scheduler.decisions import Admit, Decisions, Preempt, Queue, Reject, Resize
+from fastgpu.scheduler.index import PendingIndex
 from fastgpu.scheduler.pool import FreePool
 from fastgpu.scheduler.preemption import (
     INCOMING,
@@ -38,7 +41,6 @@ from fastgpu.scheduler.preemption import (
     PREEMPT,
     SHRINK,
     Candidate,
-    lost_work_gpu_s,
     select,
     shrink_frees,
 )
@@ -46,6 +48,7 @@ from fastgpu.scheduler.quota import QuotaLedger
 from fastgpu.scheduler.snapshot import LeaseView, Snapshot, TenantView
 
 LN2 = math.log(2.0)
+_VICTIM_ORDER = itemgetter(0, 1, 2)  # lost work, GPUs, id
 
 
 class PreemptReason:
@@ -191,8 +194,9 @@ class _TypeState:
     capacity_blocked: bool = False
     #: Tenant -> highest lease priority admitted this cycle (to tell lower_priority apart).
     admitted_priority: dict[str, int] = field(default_factory=dict)
-    victims_sorted: list[LeaseView] | None = None
-    victim_cost: dict[str, float] = field(default_factory=dict)
+    #: Preemptible leases, cheapest victim first, as (lost work, GPUs, id, lease, tenant,
+    #: priority, eligible-at if too young now); built on the first make-room search.
+    victim_rows: list[tuple[float, int, str, LeaseView, str, int, float | None]] | None = None
     #: Tenant -> lowest priority among its preemptible running leases (priority preemption).
     min_preemptible_priority: dict[str, int] = field(default_factory=dict)
     #: Tenants holding preemptible leases (reclaim candidates when they borrow).
@@ -227,8 +231,26 @@ class _Cycle:
         self.scores: dict[str, float] = {}
         self.max_pending_priority = 0
         self.views: dict[str, TenantView] = {}
+        #: Reasons of known-blocked requests, by what they depend on; valid until the next
+        #: change of a free map or quota ledger (cleared there), so a long run of blocked
+        #: requests of one shape costs one explanation.
+        self.reasons: dict[tuple[bool, str, str, int, int, str], _Blocked] = {}
+        #: Make-room searches that found nothing, by what they depend on (requester shape);
+        #: the same search in the same state finds nothing again. Cleared with ``reasons``.
+        self.room_fail: set[tuple[str, str, int, int, str, int]] = set()
+        #: (type, GPUs, strategy) -> whether an empty cluster could place it.
+        self.fits_empty: dict[tuple[str, int, str], bool] = {}
+        #: The pending index whose queues are the tenant queues (None when gatekeeping
+        #: filtered them): lets the admission loop jump over runs of known-blocked requests.
+        self.index: PendingIndex | None = None
 
     # -- helpers -------------------------------------------------------------------------
+    def _changed(self) -> None:
+        """A free map, quota ledger or the set of touched leases changed: forget what was
+        derived from the old state."""
+        self.reasons.clear()
+        self.room_fail.clear()
+
     def tenant(self, name: str) -> TenantView:
         tv = self.views.get(name)
         if tv is None:
@@ -288,33 +310,22 @@ class _Cycle:
                 continue
             free.setdefault(node.gpu_type, {})[node.node_id] = node.free_gpus
             totals.setdefault(node.gpu_type, {})[node.node_id] = node.total_gpus
-        # One pass over running leases (the hot loop of a cycle: keep it lean).
-        used: dict[str, dict[str, int]] = {}
-        by_type: dict[str, list[LeaseView]] = {}
+        index = self.snap.running_index
         flags: dict[str, _RunningFlags] = {}
-        held = self.held
-        for lease in self.snap.running:
-            g = sum(lease.placement.values())
-            tenant = lease.tenant
-            gpu_type = lease.gpu_type
-            held[tenant] = held.get(tenant, 0) + g
-            u = used.get(gpu_type)
-            if u is None:
-                u = used[gpu_type] = {}
-                by_type[gpu_type] = []
-                flags[gpu_type] = _RunningFlags()
-            u[tenant] = u.get(tenant, 0) + g
-            by_type[gpu_type].append(lease)
-            if lease.preempt_at is not None:
-                flags[gpu_type].incoming.append(lease)
-                continue
-            if lease.preemptible:
-                f = flags[gpu_type]
-                low = f.min_priority.get(tenant)
-                if low is None or lease.priority < low:
-                    f.min_priority[tenant] = lease.priority
-            if g > lease.min_gpus:
-                flags[gpu_type].elastic_over_min += 1
+        if index is not None:
+            for gpu_type, leases in index.by_type.items():
+                fl = flags[gpu_type] = _RunningFlags()
+                if index.incoming.get(gpu_type):
+                    fl.incoming = [r for r in leases.values() if r.preempt_at is not None]
+                fl.min_priority = {
+                    t: min(prios) for t, prios in index.preemptible.get(gpu_type, {}).items()
+                }
+                fl.elastic_over_min = index.elastic_over_min.get(gpu_type, 0)
+            self.held.update(index.held)
+            used = index.used
+            by_type = {t: list(leases.values()) for t, leases in index.by_type.items()}
+        else:
+            used, by_type, flags = self._index_running()
         tenant_items = list(self.snap.tenants.items())
         for gpu_type in set(free) | set(used):
             tfree = free.get(gpu_type, {})
@@ -342,6 +353,39 @@ class _Cycle:
                 elastic_over_min=fl.elastic_over_min,
             )
 
+    def _index_running(
+        self,
+    ) -> tuple[dict[str, dict[str, int]], dict[str, list[LeaseView]], dict[str, _RunningFlags]]:
+        """Step 1 without a caller's :class:`RunningIndex`: the same sums, in one pass."""
+        # One pass over running leases (the hot loop of a cycle: keep it lean).
+        used: dict[str, dict[str, int]] = {}
+        by_type: dict[str, list[LeaseView]] = {}
+        flags: dict[str, _RunningFlags] = {}
+        held = self.held
+        for lease in self.snap.running:
+            g = sum(lease.placement.values())
+            tenant = lease.tenant
+            gpu_type = lease.gpu_type
+            held[tenant] = held.get(tenant, 0) + g
+            u = used.get(gpu_type)
+            if u is None:
+                u = used[gpu_type] = {}
+                by_type[gpu_type] = []
+                flags[gpu_type] = _RunningFlags()
+            u[tenant] = u.get(tenant, 0) + g
+            by_type[gpu_type].append(lease)
+            if lease.preempt_at is not None:
+                flags[gpu_type].incoming.append(lease)
+                continue
+            if lease.preemptible:
+                f = flags[gpu_type]
+                low = f.min_priority.get(tenant)
+                if low is None or lease.priority < low:
+                    f.min_priority[tenant] = lease.priority
+            if g > lease.min_gpus:
+                flags[gpu_type].elastic_over_min += 1
+        return used, by_type, flags
+
     def _time_limits(self) -> None:
         """2. Running leases past their duration lose their GPUs now."""
         for lease in self.snap.running:
@@ -359,16 +403,37 @@ class _Cycle:
                 self.touched.add(lease.id)
 
     def _gatekeep(self) -> dict[str, list[LeaseView]]:
-        """3. Reject what can never run, hold back spent budgets; build tenant queues."""
-        queues: dict[str, list[LeaseView]] = {}
+        """3. Reject what can never run, hold back spent budgets; build tenant queues.
+
+        The verdict depends only on a request's shape, so it is taken once per shape of the
+        pending index; when every shape may queue (the common case), the index's queues are
+        the tenant queues as they are, and the cycle neither scans nor sorts them."""
+        index = self.snap.pending_index
+        if index is None:
+            index = PendingIndex.build(self.snap.pending)
         # Per (tenant, type, min GPUs, strategy): None (may queue) or the reject/budget verdict.
         verdicts: dict[tuple[str, str, int, str], tuple[str, str, bool] | None] = {}
+        clean = True
+        for tenant, shapes in index.representative.items():
+            for shape, lease in shapes.items():
+                key = (tenant, shape[0], shape[1], shape[2])
+                if key not in verdicts:
+                    verdicts[key] = self._verdict(lease)
+                    if verdicts[key] is not None:
+                        clean = False
+        if clean:
+            self.index = index
+            queues = index.queues
+            self.max_pending_priority = max(
+                (q[0].priority for q in queues.values() if q), default=0
+            )
+            return queues
+        # Some requests are rejected or held back: queues without them, decisions in the
+        # snapshot's order.
+        queues = {}
         for lease in self.snap.pending:
             key = (lease.tenant, lease.gpu_type, lease.min_gpus, lease.strategy)
-            if key in verdicts:
-                verdict = verdicts[key]
-            else:
-                verdict = verdicts[key] = self._verdict(lease)
+            verdict = verdicts[key]
             if verdict is None:
                 q = queues.get(lease.tenant)
                 if q is None:
@@ -388,7 +453,13 @@ class _Cycle:
     def _verdict(self, lease: LeaseView) -> tuple[str, str, bool] | None:
         """(reason, detail, reject?) for a request that may not queue normally, else None."""
         ts = self.type_state(lease.gpu_type)
-        if ts.totals.place(lease.min_gpus, lease.strategy) is None:
+        shape = (lease.gpu_type, lease.min_gpus, lease.strategy)
+        fits_empty = self.fits_empty.get(shape)
+        if fits_empty is None:
+            fits_empty = self.fits_empty[shape] = (
+                ts.totals.place(lease.min_gpus, lease.strategy) is not None
+            )
+        if not fits_empty:
             return (
                 PendingReason.INFEASIBLE.value,
                 f"{lease.min_gpus} {lease.gpu_type} GPUs ({lease.strategy}) never fit: "
@@ -420,7 +491,8 @@ class _Cycle:
         known to be blocked (see ``quota_fail`` / ``place_fail``) are passed over without a
         heap operation: long hopeless queues cost a few dictionary lookups per request."""
         cursor = dict.fromkeys(queues, 0)
-        heap = [(self._key(name, q[0]), name) for name, q in queues.items()]
+        skip = not self.s.explain and self.index is not None
+        heap = [(self._key(name, q[0]), name) for name, q in queues.items() if q]
         heapq.heapify(heap)
         while heap:
             if not self.s.explain and heap[0][0][0] and self._nothing_more_fits():
@@ -447,13 +519,38 @@ class _Cycle:
                         i = len(q)
                         break
                     if i < len(q) and self._known_blocked(q[i]) is not None:
-                        continue  # a known failure: no heap traffic
+                        if skip:
+                            # Known failures only emit nothing: jump to the first request
+                            # that is not one (state cannot change before it is tried).
+                            i = self._next_unblocked(name, q, i)
+                            if i >= len(q):
+                                break
+                        else:
+                            continue  # a known failure: no heap traffic
                 if i < len(q):
                     key = self._key(name, q[i])
                     if heap and heap[0][0] < key:
                         heapq.heappush(heap, (key, name))
                         break
             cursor[name] = i
+
+    def _next_unblocked(self, name: str, q: list[LeaseView], i: int) -> int:
+        """The first position ``>= i`` of tenant ``name``'s queue whose request is not known
+        to be blocked now (``len(q)`` if none), looking once at each shape, not each request."""
+        assert self.index is not None
+        keys = self.index.keys[name]
+        start = keys[i]
+        best: tuple[int, float, str] | None = None
+        reps = self.index.representative[name]
+        for shape, skeys in self.index.shape_keys(name).items():
+            j = bisect_left(skeys, start)
+            if j == len(skeys) or (best is not None and skeys[j] >= best):
+                continue
+            if self._known_blocked(reps[shape]) is None:
+                best = skeys[j]
+        if best is None:
+            return len(q)
+        return bisect_left(keys, best, i)
 
     def _nothing_more_fits(self) -> bool:
         """No GPU free in any type and no way to make room for a borrowing request (borrowers
@@ -476,14 +573,23 @@ class _Cycle:
         hit = self.quota_fail.get((lease.tenant, lease.gpu_type))
         if hit is not None and lo >= hit[0]:
             if self.s.explain:
-                return self._quota_reason(lease, self.type_state(lease.gpu_type), lo)
+                key = (True, lease.tenant, lease.gpu_type, lo, lease.priority, "")
+                why = self.reasons.get(key)
+                if why is None:
+                    ts = self.type_state(lease.gpu_type)
+                    why = self.reasons[key] = self._quota_reason(lease, ts, lo)
+                return why
             return hit[1]
         hit = self.place_fail.get((lease.gpu_type, lease.strategy))
         if hit is not None and lo >= hit[0]:
             ts = self.type_state(lease.gpu_type)
             if not self._may_make_room(lease, ts, lo):
                 if self.s.explain:
-                    return self._capacity_reason(lease, ts, lo)
+                    key = (False, lease.tenant, lease.gpu_type, lo, lease.priority, lease.strategy)
+                    why = self.reasons.get(key)
+                    if why is None:
+                        why = self.reasons[key] = self._capacity_reason(lease, ts, lo)
+                    return why
                 return hit[1]
         return None
 
@@ -493,7 +599,10 @@ class _Cycle:
         name = lease.tenant
         want = lease.gpus if self.s.elastic else max(lease.gpus, lease.min_gpus)
         lo = lease.min_gpus if self.s.elastic else want
-        k = ts.ledger.room(name, want)
+        if lo == want:  # not elastic: all or nothing, one quota test
+            k = want if ts.ledger.fits(name, want) else 0
+        else:
+            k = ts.ledger.room(name, want)
         if k < lo:
             return self._blocked_by_quota(lease, ts, lo)
         pool = ts.pool
@@ -524,6 +633,7 @@ class _Cycle:
         k = sum(placement.values())
         pool.take(placement)
         ts.ledger.add(name, k)
+        self._changed()
         self.held[name] = self.held.get(name, 0) + k
         self.scores.pop(name, None)
         ts.ends.append((self.now + lease.duration_s, lease.id, placement))
@@ -677,19 +787,17 @@ class _Cycle:
         if not self._may_make_room(lease, ts, k):
             return None
         self.attempts += 1
+        memo = (lease.tenant, lease.gpu_type, k, lease.min_gpus, lease.strategy, lease.priority)
+        if memo in self.room_fail:
+            return None  # the same search in the same state: nothing again
         cands = self._candidates(lease, ts)
-        if not cands:
+        chosen = None
+        if cands:
+            chosen = select(cands, ts.pool, k, lease.strategy, ts.ledger, lease.tenant)
+        if chosen is None:
+            self.room_fail.add(memo)
             return None
         ledger = ts.ledger
-        chosen = select(
-            cands,
-            ts.pool,
-            k,
-            lease.strategy,
-            lambda released: ledger.fits(lease.tenant, k, released),
-        )
-        if chosen is None:
-            return None
         # Hold for the requester, in this cycle, the GPUs free now that its fit counts on, and
         # its quota room: else a later, lower-ranked request takes them and the room made by
         # the victims falls short when they leave.
@@ -699,6 +807,7 @@ class _Cycle:
         spot = trial.place(k, lease.strategy) or {}
         ts.pool.take({n: min(g, ts.pool.free.get(n, 0)) for n, g in spot.items()})
         ledger.add(lease.tenant, k)
+        self._changed()
         parts: list[str] = []
         # A lease chosen both to shrink and to go: going frees all of it, so it only goes.
         going = {c.lease.id for c in chosen if c.kind == PREEMPT}
@@ -764,33 +873,62 @@ class _Cycle:
             shrinks.sort(key=lambda c: (c.cost, c.lease.id))
             out.extend(shrinks)
         if self.s.preemption:
-            if ts.victims_sorted is None:
-                costed = [
-                    (lost_work_gpu_s(r, self.now), r.held_gpus, r.id, r)
-                    for r in ts.running
-                    if r.preemptible and r.preempt_at is None
-                ]
-                costed.sort(key=lambda c: c[:3])
-                ts.victims_sorted = [c[3] for c in costed]
-                ts.victim_cost = {c[2]: c[0] for c in costed}
-            for r in ts.victims_sorted:
+            rows = ts.victim_rows
+            if rows is None:
+                rows = ts.victim_rows = self._sort_victims(ts)
+            touched = self.touched
+            young_until = self.young_until
+            borrowing: dict[str, bool] = {}
+            for cost, _g, rid, r, owner, priority, ready in rows:
                 if len(out) >= MAX_CANDIDATES:
                     break  # select() looks no further anyway
-                if r.id in self.touched:
+                if rid in touched:
                     continue
-                if r.started_at is not None and self.now - r.started_at < self.s.min_runtime_s:
+                if ready is not None:
                     # Too young now; say when it will not be, so the caller wakes us then.
-                    ready = r.started_at + self.s.min_runtime_s
-                    if self.young_until is None or ready < self.young_until:
-                        self.young_until = ready
+                    if young_until is None or ready < young_until:
+                        young_until = ready
                     continue
-                if r.tenant == name:
-                    if r.priority >= lease.priority:
+                if owner == name:
+                    if priority >= lease.priority:
                         continue
-                elif not (within and ledger.used.get(r.tenant, 0) > ledger.nominal(r.tenant)):
-                    continue
-                out.append(Candidate(r, PREEMPT, r.placement, (ts.victim_cost[r.id],)))
+                else:
+                    if not within:
+                        continue
+                    b = borrowing.get(owner)
+                    if b is None:
+                        b = borrowing[owner] = ledger.used.get(owner, 0) > ledger.nominal(owner)
+                    if not b:
+                        continue
+                out.append(Candidate(r, PREEMPT, r.placement, (cost,)))
+            self.young_until = young_until
         return out
+
+    def _sort_victims(
+        self, ts: _TypeState
+    ) -> list[tuple[float, int, str, LeaseView, str, int, float | None]]:
+        """Preemptible leases of a type, least lost work (GPU-seconds since the last
+        checkpoint, else the start) first, then fewest GPUs, then id; once per cycle, with
+        what the candidate scan reads of each."""
+        now = self.now
+        min_runtime = self.s.min_runtime_s
+        rows = []
+        for r in ts.running:
+            if not r.preemptible or r.preempt_at is not None:
+                continue
+            g = sum(r.placement.values())
+            started = r.started_at
+            begun = started if started is not None else now
+            ckpt = r.last_checkpoint_at
+            since = begun if ckpt is None else max(begun, ckpt)
+            ready = (
+                started + min_runtime
+                if started is not None and now - started < min_runtime
+                else None
+            )
+            rows.append((g * max(0.0, now - since), g, r.id, r, r.tenant, r.priority, ready))
+        rows.sort(key=_VICTIM_ORDER)
+        return rows
 
     # -- 8. grow -----------------------------------------------------------------------------
     def _grow(self) -> None:
@@ -818,6 +956,7 @@ class _Cycle:
                 pool.take(extra)
                 got = sum(extra.values())
                 ts.ledger.add(r.tenant, got)
+                self._changed()
                 self.held[r.tenant] = self.held.get(r.tenant, 0) + got
                 self.scores.pop(r.tenant, None)
                 new = dict(r.placement)

@@ -96,17 +96,20 @@ class QuotaLedger:
     def fits(self, tenant: str, extra: int, release: Mapping[str, int] | None = None) -> bool:
         """Whether ``tenant`` may hold ``extra`` more GPUs once ``release`` (tenant -> GPUs)
         has been given back; nothing changes."""
-        changes = dict(release or {})
-        deltas = {t: -n for t, n in changes.items()}
-        deltas[tenant] = deltas.get(tenant, 0) + extra
-        new_used = self.used.get(tenant, 0) + deltas[tenant]
-        if new_used > self.ceiling(tenant):
+        if release:
+            trial = QuotaTrial(self, tenant, extra)
+            for t, n in release.items():
+                trial.release(t, n)
+            return trial.ok()
+        # The common case, inlined (it runs for every request tried in a cycle).
+        lim = self.limits(tenant)
+        old = self.used.get(tenant, 0)
+        new = old + extra
+        if new > self.ceiling(tenant):
             return False
-        borrowed, supply = self.borrowed, self.supply
-        for t, d in deltas.items():
-            old = self.used.get(t, 0)
-            borrowed += self._borrowed_term(t, old + d) - self._borrowed_term(t, old)
-            supply += self._lent_term(t, old + d) - self._lent_term(t, old)
+        nom, lend = lim.nominal, lim.lend
+        borrowed = self.borrowed + max(0, new - nom) - max(0, old - nom)
+        supply = self.supply + min(lend, max(0, nom - new)) - min(lend, max(0, nom - old))
         return borrowed <= supply
 
     def fitted_at_start(self, tenant: str, extra: int) -> bool:
@@ -124,6 +127,8 @@ class QuotaLedger:
         """The largest ``d <= upto`` with ``fits(tenant, d)`` (0 if none).
 
         ``fits`` is monotone in ``d`` (B - S never falls as a tenant takes more), so bisect."""
+        if self.fits(tenant, upto):
+            return max(upto, 0)  # the common answer, in one test
         lo, hi = 0, upto
         while lo < hi:
             mid = (lo + hi + 1) // 2
@@ -139,3 +144,39 @@ class QuotaLedger:
         self.borrowed += self._borrowed_term(tenant, new) - self._borrowed_term(tenant, old)
         self.supply += self._lent_term(tenant, new) - self._lent_term(tenant, old)
         self.used[tenant] = new
+
+
+class QuotaTrial:
+    """``QuotaLedger.fits(tenant, extra, released)`` kept up to date while ``released`` grows
+    and shrinks one victim at a time (the preemption what-if): O(1) per step instead of a pass
+    over every released tenant. Integer sums, so the answer equals ``fits`` exactly."""
+
+    __slots__ = ("_delta", "borrowed", "ledger", "supply", "tenant")
+
+    def __init__(self, ledger: QuotaLedger, tenant: str, extra: int) -> None:
+        self.ledger = ledger
+        self.tenant = tenant
+        self._delta: dict[str, int] = {}
+        self.borrowed = ledger.borrowed
+        self.supply = ledger.supply
+        self._shift(tenant, extra)
+
+    def _shift(self, t: str, d: int) -> None:
+        ledger = self.ledger
+        base = ledger.used.get(t, 0)
+        before = base + self._delta.get(t, 0)
+        after = before + d
+        self._delta[t] = after - base
+        self.borrowed += ledger._borrowed_term(t, after) - ledger._borrowed_term(t, before)
+        self.supply += ledger._lent_term(t, after) - ledger._lent_term(t, before)
+
+    def release(self, t: str, gpus: int) -> None:
+        self._shift(t, -gpus)
+
+    def restore(self, t: str, gpus: int) -> None:
+        self._shift(t, gpus)
+
+    def ok(self) -> bool:
+        t = self.tenant
+        new_used = self.ledger.used.get(t, 0) + self._delta.get(t, 0)
+        return new_used <= self.ledger.ceiling(t) and self.borrowed <= self.supply

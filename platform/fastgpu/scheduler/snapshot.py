@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from fastgpu.config import BudgetSpec, GpuTypeSpec, QuotaSpec
+
+if TYPE_CHECKING:
+    from fastgpu.scheduler.index import PendingIndex, RunningIndex
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,13 @@ class Snapshot:
     tenants: Mapping[str, TenantView]
     running: tuple[LeaseView, ...] = ()
     pending: tuple[LeaseView, ...] = ()
+    #: Optional index of exactly the leases in ``pending`` (per-tenant queues in queue
+    #: order), kept by a caller that keeps its pending set between cycles (the simulator);
+    #: None: the policy builds it. Read only by the policy.
+    pending_index: PendingIndex | None = field(default=None, compare=False, repr=False)
+    #: Optional sums over exactly the leases in ``running`` (per tenant and type), kept the
+    #: same way; None: the policy sums them itself.
+    running_index: RunningIndex | None = field(default=None, compare=False, repr=False)
 
     def free_by_node(self, gpu_type: str) -> dict[str, int]:
         return {

@@ -115,7 +115,7 @@ class SrtfOraclePolicy:
             ]
             if budget <= 0 or not longer:
                 continue
-            chosen = select(longer, pool, lease.gpus, lease.strategy, lambda _released: True)
+            chosen = select(longer, pool, lease.gpus, lease.strategy)
             if chosen is None:
                 continue
             for cand in chosen:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from fastgpu.config import QuotaSpec
 from fastgpu.scheduler.decisions import Decisions
 from fastgpu.scheduler.fairshare import LN2
+from fastgpu.scheduler.index import PendingIndex, RunningIndex
 from fastgpu.scheduler.policy import Policy
 from fastgpu.scheduler.snapshot import LeaseView, NodeView, Snapshot, TenantView
 from fastgpu.sim.cluster import ClusterSpec
@@ -191,6 +192,13 @@ class Simulation:
         self.nodes: dict[str, NodeView] = {n.node_id: n for n in cluster.node_views()}
         self.pending: dict[str, _SimJob] = {}
         self.running: dict[str, _SimJob] = {}
+        #: What the policy sees, kept up to date with every change (not rebuilt per cycle):
+        #: the views of pending and running jobs (same order as ``pending``/``running``) and
+        #: the pending index handed over with each snapshot.
+        self.pending_views: dict[str, LeaseView] = {}
+        self.running_views: dict[str, LeaseView] = {}
+        self.pending_index = PendingIndex()
+        self.running_index = RunningIndex()
         self.events: list[tuple[float, int, int, str, int]] = []
         self._seq = 0
         self.now = 0.0
@@ -269,6 +277,33 @@ class Simulation:
         else:
             sizes.pop(sj.min_g, None)
 
+    def _enqueue(self, sj: _SimJob) -> None:
+        """The job waits (arrival or requeue after preemption)."""
+        view = sj.view = self._pending_view(sj)
+        self.pending[sj.job.id] = sj
+        self.pending_views[sj.job.id] = view
+        self.pending_index.add(view)
+        self._wait(sj, +1)
+
+    def _dequeue(self, sj: _SimJob) -> None:
+        """The job stops waiting (admitted or rejected)."""
+        del self.pending[sj.job.id]
+        view = self.pending_views.pop(sj.job.id)
+        self.pending_index.remove(view)
+        self._wait(sj, -1)
+
+    def _set_running_view(self, sj: _SimJob, view: LeaseView) -> None:
+        sj.view = view
+        old = self.running_views.get(sj.job.id)
+        self.running_views[sj.job.id] = view
+        if old is None:
+            self.running_index.add(view)
+        else:
+            self.running_index.replace(old, view)
+
+    def _drop_running_view(self, sj: _SimJob) -> None:
+        self.running_index.remove(self.running_views.pop(sj.job.id))
+
     def _pending_view(self, sj: _SimJob) -> LeaseView:
         j = sj.job
         return LeaseView(
@@ -342,11 +377,10 @@ class Simulation:
         self._push(end, _COMPLETE, sj.job.id, sj.version)
         if self.model.preemptible and self.model.checkpoint_s < end - self.now:
             self._push(self.now + self.model.checkpoint_s, _CKPT, sj.job.id, sj.version)
-        sj.view = self._running_view(sj)
+        self._set_running_view(sj, self._running_view(sj))
 
     def _admit(self, sj: _SimJob, placement: dict[str, int]) -> None:
-        del self.pending[sj.job.id]
-        self._wait(sj, -1)
+        self._dequeue(sj)
         self._set_held(sj, dict(placement))
         sj.state = RUNNING
         if sj.first_start is None:
@@ -356,6 +390,7 @@ class Simulation:
 
     def _finish(self, sj: _SimJob) -> None:
         del self.running[sj.job.id]
+        self._drop_running_view(sj)
         self._set_held(sj, {})
         sj.state = DONE
         sj.end = self.now
@@ -373,14 +408,13 @@ class Simulation:
             done = kept
         sj.work_left = max(sj.work_left - done, 1e-6)
         del self.running[sj.job.id]
+        self._drop_running_view(sj)
         self._set_held(sj, {})
         sj.state = PENDING
         sj.leave_at = None
         sj.preemptions += 1
         sj.version += 1
-        self.pending[sj.job.id] = sj
-        self._wait(sj, +1)
-        sj.view = self._pending_view(sj)
+        self._enqueue(sj)
 
     def _resize(self, sj: _SimJob, placement: dict[str, int]) -> None:
         sj.work_left = max(sj.work_left - self._progress(sj, self.now), 1e-6)
@@ -399,23 +433,23 @@ class Simulation:
             )
             for t, q in self.quotas.items()
         }
-        running = tuple(sj.view for sj in self.running.values() if sj.view is not None)
-        pending = tuple(sj.view for sj in self.pending.values() if sj.view is not None)
         return Snapshot(
             now=self.now,
             gpu_types=self.cluster.gpu_types(),
             nodes=tuple(self.nodes.values()),
             tenants=tenants,
-            running=running,
-            pending=pending,
+            running=tuple(self.running_views.values()),
+            pending=tuple(self.pending_views.values()),
+            pending_index=self.pending_index,
+            running_index=self.running_index,
         )
 
     def _apply(self, d: Decisions) -> bool:
         """Carry out decisions; True when GPUs came free at once (worth another cycle)."""
         freed = False
         for rej in d.reject:
-            sj = self.pending.pop(rej.lease_id)
-            self._wait(sj, -1)
+            sj = self.pending[rej.lease_id]
+            self._dequeue(sj)
             sj.state = REJECTED
         for pre in d.preempt:
             sj = self.running[pre.lease_id]
@@ -427,7 +461,8 @@ class Simulation:
             else:
                 sj.leave_at = self.now + pre.grace_s
                 sj.state = LEAVING
-                sj.view = self._running_view(sj, sj.view.last_checkpoint_at if sj.view else None)
+                last = sj.view.last_checkpoint_at if sj.view else None
+                self._set_running_view(sj, self._running_view(sj, last))
                 self._push(sj.leave_at, _LEAVE, sj.job.id, sj.version)
         for rs in d.resize:
             sj = self.running[rs.lease_id]
@@ -475,9 +510,7 @@ class Simulation:
             changed = False
             while i < n and arrivals[i].job.submit <= t:
                 sj = arrivals[i]
-                self.pending[sj.job.id] = sj
-                self._wait(sj, +1)
-                sj.view = self._pending_view(sj)
+                self._enqueue(sj)
                 i += 1
                 # An arrival into a full cluster changes nothing unless it may reclaim (its
                 # tenant is below nominal) or elastic leases could shrink for it: skipping
@@ -506,7 +539,7 @@ class Simulation:
                     self._leave(sj)
                     changed = True
                 else:  # _CKPT: the view learns of the checkpoint (least-lost-work victims)
-                    sj.view = self._running_view(sj, t)
+                    self._set_running_view(sj, self._running_view(sj, t))
                     nxt = t + self.model.checkpoint_s
                     if nxt < sj.pause_until + sj.work_left / sj.rate:
                         self._push(nxt, _CKPT, jid, version)

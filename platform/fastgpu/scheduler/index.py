@@ -1,0 +1,201 @@
+"""Pending and running leases indexed for a scheduling cycle: per-tenant queues kept in queue
+order, and running leases summed per tenant and GPU type.
+
+Responsibility: hold, per tenant, its pending leases sorted by the queue order of the policy
+(lease priority descending, then submit time, then id) and grouped by *shape* (GPU type,
+minimum GPUs, strategy, priority: everything a cycle's "known to be blocked" test looks at),
+so that a cycle never sorts nor scans a long queue.
+
+A caller that keeps its pending set between cycles (the simulator) maintains one
+:class:`PendingIndex` with :meth:`PendingIndex.add` / :meth:`PendingIndex.remove` and passes it
+as ``Snapshot.pending_index``; the live controller builds a fresh snapshot per cycle and passes
+none, and the policy builds one with :meth:`PendingIndex.build` (same content, same decisions).
+
+Invariant: ``queues[t]`` holds exactly the pending leases of tenant ``t`` in queue order, with
+``keys[t]`` the matching sort keys, and ``shape_keys(t)[shape]`` the sorted keys of those of
+one shape. The policy only reads an index (a built one fills its shape cache lazily).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable
+
+from fastgpu.scheduler.snapshot import LeaseView
+
+QueueKey = tuple[int, float, str]
+#: (GPU type, minimum GPUs, strategy, priority).
+Shape = tuple[str, int, str, int]
+
+
+def queue_key(lease: LeaseView) -> QueueKey:
+    """Within a tenant: higher lease priority first, then submit order, then id."""
+    return (-lease.priority, lease.submitted_at, lease.id)
+
+
+def shape_of(lease: LeaseView) -> Shape:
+    return (lease.gpu_type, lease.min_gpus, lease.strategy, lease.priority)
+
+
+class PendingIndex:
+    __slots__ = ("keys", "queues", "representative", "shapes")
+
+    def __init__(self) -> None:
+        self.queues: dict[str, list[LeaseView]] = {}
+        self.keys: dict[str, list[QueueKey]] = {}
+        #: Tenant -> shape -> sorted queue keys of its leases of that shape.
+        self.shapes: dict[str, dict[Shape, list[QueueKey]]] = {}
+        #: Tenant -> shape -> one lease of that shape (any: the policy reads only its shape).
+        self.representative: dict[str, dict[Shape, LeaseView]] = {}
+
+    @classmethod
+    def build(cls, pending: Iterable[LeaseView]) -> PendingIndex:
+        """A fresh index (the policy's, per cycle, when the caller passes none). Shapes' key
+        lists are left to :meth:`shape_keys`, which builds them if a cycle needs them."""
+        idx = cls()
+        by_tenant: dict[str, list[LeaseView]] = {}
+        for lease in pending:
+            q = by_tenant.get(lease.tenant)
+            if q is None:
+                q = by_tenant[lease.tenant] = []
+            q.append(lease)
+        for tenant, q in by_tenant.items():
+            # Ids are unique, so the lease itself is never compared.
+            rows = sorted([(-lv.priority, lv.submitted_at, lv.id, lv) for lv in q])
+            idx.keys[tenant] = [(r[0], r[1], r[2]) for r in rows]
+            idx.queues[tenant] = [r[3] for r in rows]
+            idx.representative[tenant] = {
+                (lv.gpu_type, lv.min_gpus, lv.strategy, lv.priority): lv for lv in q
+            }
+        return idx
+
+    def shape_keys(self, tenant: str) -> dict[Shape, list[QueueKey]]:
+        """Shape -> sorted queue keys of the tenant's leases of that shape."""
+        shapes = self.shapes.get(tenant)
+        if shapes is None:
+            shapes = self.shapes[tenant] = {}
+            pairs = zip(self.keys.get(tenant, []), self.queues.get(tenant, []), strict=True)
+            for key, lease in pairs:
+                shapes.setdefault(shape_of(lease), []).append(key)
+        return shapes
+
+    def add(self, lease: LeaseView) -> None:
+        tenant = lease.tenant
+        key = queue_key(lease)
+        skeys = self.shape_keys(tenant).setdefault(shape_of(lease), [])
+        skeys.insert(bisect_left(skeys, key), key)
+        keys = self.keys.setdefault(tenant, [])
+        pos = bisect_left(keys, key)
+        keys.insert(pos, key)
+        self.queues.setdefault(tenant, []).insert(pos, lease)
+        self.representative.setdefault(tenant, {}).setdefault(shape_of(lease), lease)
+
+    def remove(self, lease: LeaseView) -> None:
+        tenant = lease.tenant
+        key = queue_key(lease)
+        keys = self.keys[tenant]
+        pos = bisect_left(keys, key)
+        if pos >= len(keys) or keys[pos] != key:
+            raise KeyError(f"lease {lease.id} is not in the pending index")
+        shapes = self.shape_keys(tenant)
+        del keys[pos]
+        del self.queues[tenant][pos]
+        shape = shape_of(lease)
+        skeys = shapes[shape]
+        del skeys[bisect_left(skeys, key)]
+        if not skeys:
+            del shapes[shape]
+            del self.representative[tenant][shape]
+        if not keys:
+            del self.keys[tenant], self.queues[tenant], self.shapes[tenant]
+            del self.representative[tenant]
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self.queues.values())
+
+
+class RunningIndex:
+    """Running leases summed per tenant and GPU type, kept by the caller between cycles (or
+    built per cycle by the policy with :meth:`build`); what step 1 of a cycle needs without a
+    pass over every running lease.
+
+    Invariant: ``by_type[t]`` holds the running leases of GPU type ``t`` in the order of
+    ``Snapshot.running``; ``held``, ``used``, ``preemptible`` and ``elastic_over_min`` are the
+    sums over them (zero entries dropped). Replacing a lease's view keeps its position.
+    """
+
+    __slots__ = ("by_type", "elastic_over_min", "held", "incoming", "preemptible", "used")
+
+    def __init__(self) -> None:
+        self.by_type: dict[str, dict[str, LeaseView]] = {}
+        #: Tenant -> GPUs held, all types.
+        self.held: dict[str, int] = {}
+        #: GPU type -> tenant -> GPUs held.
+        self.used: dict[str, dict[str, int]] = {}
+        #: GPU type -> leases announced for preemption (``preempt_at`` set).
+        self.incoming: dict[str, int] = {}
+        #: GPU type -> tenant -> priority -> count of preemptible leases not yet announced.
+        self.preemptible: dict[str, dict[str, dict[int, int]]] = {}
+        #: GPU type -> count of leases not announced that hold more than their minimum.
+        self.elastic_over_min: dict[str, int] = {}
+
+    @classmethod
+    def build(cls, running: Iterable[LeaseView]) -> RunningIndex:
+        idx = cls()
+        for lease in running:
+            idx.add(lease)
+        return idx
+
+    def _count(self, lease: LeaseView, sign: int) -> None:
+        g = sum(lease.placement.values())
+        tenant = lease.tenant
+        gpu_type = lease.gpu_type
+        held = self.held.get(tenant, 0) + sign * g
+        if held:
+            self.held[tenant] = held
+        else:
+            self.held.pop(tenant, None)
+        used = self.used.setdefault(gpu_type, {})
+        u = used.get(tenant, 0) + sign * g
+        if u:
+            used[tenant] = u
+        else:
+            used.pop(tenant, None)
+        if lease.preempt_at is not None:
+            self.incoming[gpu_type] = self.incoming.get(gpu_type, 0) + sign
+            return
+        if lease.preemptible:
+            prios = self.preemptible.setdefault(gpu_type, {}).setdefault(tenant, {})
+            n = prios.get(lease.priority, 0) + sign
+            if n:
+                prios[lease.priority] = n
+            else:
+                del prios[lease.priority]
+                if not prios:
+                    owners = self.preemptible[gpu_type]
+                    del owners[tenant]
+                    if not owners:
+                        del self.preemptible[gpu_type]
+        if g > lease.min_gpus:
+            self.elastic_over_min[gpu_type] = self.elastic_over_min.get(gpu_type, 0) + sign
+
+    def add(self, lease: LeaseView) -> None:
+        self.by_type.setdefault(lease.gpu_type, {})[lease.id] = lease
+        self._count(lease, +1)
+
+    def replace(self, old: LeaseView, new: LeaseView) -> None:
+        """``new`` (same id and GPU type) takes ``old``'s place."""
+        self._count(old, -1)
+        self.by_type[new.gpu_type][new.id] = new
+        self._count(new, +1)
+
+    def remove(self, lease: LeaseView) -> None:
+        leases = self.by_type[lease.gpu_type]
+        del leases[lease.id]
+        self._count(lease, -1)
+        if not leases:
+            del self.by_type[lease.gpu_type]
+            self.used.pop(lease.gpu_type, None)
+            self.incoming.pop(lease.gpu_type, None)
+            self.preemptible.pop(lease.gpu_type, None)
+            self.elastic_over_min.pop(lease.gpu_type, None)
