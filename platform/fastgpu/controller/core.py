@@ -389,7 +389,7 @@ class Controller:
             if created:
                 self._schedule_locked()
         if wait_s > 0:
-            self._wait_for(lease.id, wait_s)
+            return self._wait_for(lease.id, wait_s).to_dict()
         got = self.store.get_lease(lease.id)
         assert got is not None
         return got.to_dict()
@@ -401,10 +401,7 @@ class Controller:
     def wait_lease(self, token: str | None, lease_id: str, wait_s: float) -> dict[str, Any]:
         p = self.authenticate(token)
         lease = self._visible_lease(p, lease_id)
-        self._wait_for(lease.id, _check_wait(wait_s))
-        got = self.store.get_lease(lease.id)
-        assert got is not None
-        return got.to_dict()
+        return self._wait_for(lease.id, _check_wait(wait_s)).to_dict()
 
     def list_leases(
         self, token: str | None, tenant: str | None = None, include_ended: bool = True
@@ -427,9 +424,7 @@ class Controller:
                 else:
                     self._end(lease, LeaseState.RELEASED, "released by tenant")
                 self._schedule_locked()
-        got = self.store.get_lease(lease_id)
-        assert got is not None
-        return got.to_dict()
+            return lease.to_dict()
 
     def bind_lease(self, token: str | None, lease_id: str, workload: str) -> dict[str, Any]:
         """Hand a reserved lease's GPUs over to a library workload (Train, Tune, Serve).
@@ -645,16 +640,17 @@ class Controller:
             self.backend.remove_group(lease.placement_group, lease.placement_group_id)
         self._changed.notify_all()
 
-    def _wait_for(self, lease_id: str, wait_s: float) -> None:
+    def _wait_for(self, lease_id: str, wait_s: float) -> Lease:
+        """The lease once it holds its GPUs or ended, or as it is when ``wait_s`` ran out."""
         deadline = time.monotonic() + wait_s
         while True:
             lease = self.store.get_lease(lease_id)
             assert lease is not None
             if lease.state.is_terminal or lease.state in (LeaseState.RESERVED, LeaseState.BOUND):
-                return
+                return lease
             left = deadline - time.monotonic()
             if left <= 0:
-                return
+                return lease
             if lease.state == LeaseState.ADMITTED and lease.placement_group:
                 # Wait on Ray directly (outside the lock) rather than for the next tick.
                 ready = self.backend.ready([lease.placement_group], min(left, 0.5))
@@ -664,6 +660,7 @@ class Controller:
                         if fresh is not None and fresh.state == LeaseState.ADMITTED:
                             self._mark_reserved(fresh)
                             self._changed.notify_all()
+                            return fresh
                 continue
             with self._changed:
                 self._changed.wait(timeout=min(left, 0.5))
