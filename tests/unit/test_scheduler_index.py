@@ -27,11 +27,11 @@ def _pending(i: int, tenant: str, gpus: int, priority: int, submitted: float) ->
 
 
 def _same_pending(a: PendingIndex, b: PendingIndex) -> None:
-    assert a.keys == b.keys
+    assert {t: a.tenant_keys(t) for t in a.queues} == {t: b.tenant_keys(t) for t in b.queues}
     assert {t: [lv.id for lv in q] for t, q in a.queues.items()} == {
         t: [lv.id for lv in q] for t, q in b.queues.items()
     }
-    assert {t: a.shape_keys(t) for t in a.keys} == {t: b.shape_keys(t) for t in b.keys}
+    assert {t: a.shape_keys(t) for t in a.queues} == {t: b.shape_keys(t) for t in b.queues}
     assert {t: set(r) for t, r in a.representative.items()} == {
         t: set(r) for t, r in b.representative.items()
     }

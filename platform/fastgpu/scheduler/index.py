@@ -12,7 +12,8 @@ as ``Snapshot.pending_index``; the live controller builds a fresh snapshot per c
 none, and the policy builds one with :meth:`PendingIndex.build` (same content, same decisions).
 
 Invariant: ``queues[t]`` holds exactly the pending leases of tenant ``t`` in queue order, with
-``keys[t]`` the matching sort keys, and ``shape_keys(t)[shape]`` the sorted keys of those of
+``tenant_keys(t)`` the matching sort keys (``keys[t]`` once built; a built index fills
+``keys`` lazily), and ``shape_keys(t)[shape]`` the sorted keys of those of
 one shape. The policy only reads an index (a built one fills its shape cache lazily).
 """
 
@@ -20,12 +21,19 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterable
+from operator import attrgetter
 
 from fastgpu.scheduler.snapshot import LeaseView
 
 QueueKey = tuple[int, float, str]
 #: (GPU type, minimum GPUs, strategy, priority).
 Shape = tuple[str, int, str, int]
+
+
+_SUBMIT_ORDER = attrgetter("submitted_at", "id")
+_PRIORITY = attrgetter("priority")
+#: The same tuple as :func:`shape_of`, computed in C.
+_SHAPE = attrgetter("gpu_type", "min_gpus", "strategy", "priority")
 
 
 def queue_key(lease: LeaseView) -> QueueKey:
@@ -50,31 +58,43 @@ class PendingIndex:
 
     @classmethod
     def build(cls, pending: Iterable[LeaseView]) -> PendingIndex:
-        """A fresh index (the policy's, per cycle, when the caller passes none). Shapes' key
-        lists are left to :meth:`shape_keys`, which builds them if a cycle needs them."""
+        """A fresh index (the policy's, per cycle, when the caller passes none). Key lists
+        (per tenant and per shape) are left to :meth:`tenant_keys` / :meth:`shape_keys`, which
+        build them if a cycle needs them (with reasons on, none does)."""
         idx = cls()
-        by_tenant: dict[str, list[LeaseView]] = {}
+        by_tenant = idx.queues
         for lease in pending:
             q = by_tenant.get(lease.tenant)
             if q is None:
                 q = by_tenant[lease.tenant] = []
             q.append(lease)
+        representative = idx.representative
         for tenant, q in by_tenant.items():
-            # Ids are unique, so the lease itself is never compared.
-            rows = sorted([(-lv.priority, lv.submitted_at, lv.id, lv) for lv in q])
-            idx.keys[tenant] = [(r[0], r[1], r[2]) for r in rows]
-            idx.queues[tenant] = [r[3] for r in rows]
-            idx.representative[tenant] = {
-                (lv.gpu_type, lv.min_gpus, lv.strategy, lv.priority): lv for lv in q
-            }
+            reps = representative[tenant] = dict(zip(map(_SHAPE, q), q, strict=True))
+            # Queue order, (-priority, submitted_at, id), by two stable sorts with C-level
+            # keys (ids are unique, so the order is total and the same as one tuple sort).
+            if len(q) > 1:
+                q.sort(key=_SUBMIT_ORDER)
+                if len(reps) > 1:
+                    q.sort(key=_PRIORITY, reverse=True)
         return idx
+
+    def tenant_keys(self, tenant: str) -> list[QueueKey]:
+        """The queue keys of the tenant's leases, in queue order (``[]`` if none)."""
+        keys = self.keys.get(tenant)
+        if keys is None:
+            q = self.queues.get(tenant)
+            if q is None:
+                return []
+            keys = self.keys[tenant] = [(-lv.priority, lv.submitted_at, lv.id) for lv in q]
+        return keys
 
     def shape_keys(self, tenant: str) -> dict[Shape, list[QueueKey]]:
         """Shape -> sorted queue keys of the tenant's leases of that shape."""
         shapes = self.shapes.get(tenant)
         if shapes is None:
             shapes = self.shapes[tenant] = {}
-            pairs = zip(self.keys.get(tenant, []), self.queues.get(tenant, []), strict=True)
+            pairs = zip(self.tenant_keys(tenant), self.queues.get(tenant, []), strict=True)
             for key, lease in pairs:
                 shapes.setdefault(shape_of(lease), []).append(key)
         return shapes
@@ -84,7 +104,8 @@ class PendingIndex:
         key = queue_key(lease)
         skeys = self.shape_keys(tenant).setdefault(shape_of(lease), [])
         skeys.insert(bisect_left(skeys, key), key)
-        keys = self.keys.setdefault(tenant, [])
+        keys = self.tenant_keys(tenant)
+        self.keys.setdefault(tenant, keys)
         pos = bisect_left(keys, key)
         keys.insert(pos, key)
         self.queues.setdefault(tenant, []).insert(pos, lease)
@@ -93,7 +114,7 @@ class PendingIndex:
     def remove(self, lease: LeaseView) -> None:
         tenant = lease.tenant
         key = queue_key(lease)
-        keys = self.keys[tenant]
+        keys = self.tenant_keys(tenant)
         pos = bisect_left(keys, key)
         if pos >= len(keys) or keys[pos] != key:
             raise KeyError(f"lease {lease.id} is not in the pending index")
