@@ -166,7 +166,10 @@ def bench_recovery(root: Path, kill_step: int, checkpoint_every: int) -> dict[st
     )
     kill = json.loads(log.with_suffix(".killed").read_text())
     records = [json.loads(line) for line in log.read_text().splitlines()]
-    after = [r for r in records if r["t"] > kill["t"]]
+    # The restarted group repeats steps from its checkpoint: its first step is below the kill
+    # step. (Rank 0 of the dying group may still log the kill step itself just after the kill.)
+    after = [r for r in records if r["t"] > kill["t"] and r["step"] < kill["step"]]
+    after = after or [r for r in records if r["t"] > kill["t"]]
     resumed_from = after[0]["from"] or 0
     return {
         "kill_step": kill["step"],
