@@ -13,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from fastgpu.controller.core import Controller
 from fastgpu.domain.lease import Lease, LeaseState
 from fastgpu.store import SCHEMA_VERSION, open_store
 from tests.unit.fakes import FakeBackend, FakeClock
+from tests.unit.test_store import _lease
 
 
 def _bin(name: str) -> str | None:
@@ -74,20 +76,7 @@ def test_store_on_postgres(postgres_url: str) -> None:
     assert store.schema_version() == SCHEMA_VERSION
     assert open_store(postgres_url).schema_version() == SCHEMA_VERSION  # re-open: no re-migration
     store.create_tenant("pg", TenantSpec(), "h" * 64, 0.0)
-    lease = Lease(
-        id="pg1",
-        tenant="pg",
-        state=LeaseState.PENDING,
-        gpus=2,
-        min_gpus=2,
-        gpu_type="A100",
-        strategy="PACK",
-        duration_s=60,
-        preemptible=False,
-        price_per_hour=3.6,
-        created_at=0.0,
-        request_id="r",
-    )
+    lease = replace(_lease("pg1", "r"), tenant="pg", price_per_hour=3.6)
     store.insert_lease(lease)
     again, created = store.insert_lease(Lease(**{**lease.__dict__, "id": "pg2"}))
     assert not created

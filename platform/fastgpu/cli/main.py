@@ -58,6 +58,14 @@ def _client() -> Any:
     return Client()
 
 
+def _show(data: Any, output: Output, title: str) -> None:
+    """One result: JSON for scripts, a field/value table for people."""
+    if output == Output.json:
+        render.emit_json(data)
+    else:
+        render.kv(title, data)
+
+
 def _parse_pairs(text: str | None, flag: str) -> dict[str, int]:
     """``A100=4,H100=2`` -> {"A100": 4, "H100": 2}."""
     if not text:
@@ -135,10 +143,7 @@ def down(output: Output = OutputOpt) -> None:
     from fastgpu.local import down as do_down
 
     result = do_down()
-    if output == Output.json:
-        render.emit_json(result)
-    else:
-        render.kv("FastGPU is down", result)
+    _show(result, output, "FastGPU is down")
 
 
 @app.command()
@@ -164,10 +169,7 @@ def status(output: Output = OutputOpt) -> None:
 def whoami(output: Output = OutputOpt) -> None:
     """Who the current token belongs to."""
     data = _client().whoami()
-    if output == Output.json:
-        render.emit_json(data)
-    else:
-        render.kv("caller", data)
+    _show(data, output, "caller")
 
 
 # -- tenants ------------------------------------------------------------------------------------
@@ -205,10 +207,7 @@ def tenant_list(output: Output = OutputOpt) -> None:
 def tenant_show(name: str, output: Output = OutputOpt) -> None:
     """Show one tenant."""
     data = _client().get_tenant(name)
-    if output == Output.json:
-        render.emit_json(data)
-    else:
-        render.kv(f"tenant {name}", data)
+    _show(data, output, f"tenant {name}")
 
 
 @tenant_app.command("update")
@@ -236,10 +235,7 @@ def tenant_update(
     if not changes:
         raise InvalidRequest("nothing to change; give --quota, --weight or --priority")
     data = _client().update_tenant(name, **changes)
-    if output == Output.json:
-        render.emit_json(data)
-    else:
-        render.kv(f"tenant {name}", data)
+    _show(data, output, f"tenant {name}")
 
 
 @tenant_app.command("delete")
@@ -330,10 +326,7 @@ def _wait_with_progress(lease: Any, timeout: float | None, quiet: bool) -> Any:
 
 
 def _print_lease(data: dict[str, Any], output: Output) -> None:
-    if output == Output.json:
-        render.emit_json(data)
-    else:
-        render.kv(f"lease {data['id']}", data)
+    _show(data, output, f"lease {data['id']}")
 
 
 @lease_app.command("list")
@@ -399,10 +392,7 @@ def job_submit(
         n, low = _parse_gpus(gpus)
         lease = {"gpus": n, "min_gpus": low, "gpu_type": gpu_type, "duration": duration}
     data = _client().submit_job(shlex.join(args), working_dir=working_dir, env=extra, **lease)
-    if output == Output.json:
-        render.emit_json(data)
-    else:
-        render.kv(f"job {data['id']}", data)
+    _show(data, output, f"job {data['id']}")
 
 
 @job_app.command("list")
@@ -455,10 +445,7 @@ def job_logs(
 def job_stop(job_id: str, output: Output = OutputOpt) -> None:
     """Stop a job."""
     data = _client().stop_job(job_id)
-    if output == Output.json:
-        render.emit_json(data)
-    else:
-        render.kv(f"job {job_id}", data)
+    _show(data, output, f"job {job_id}")
 
 
 # -- usage and config ---------------------------------------------------------------------------
