@@ -69,9 +69,9 @@ def main() -> None:
 
     try:
         admin = Client()
-        _step("2. The admin creates two tenants with 4 guaranteed A100s each")
-        vision = admin.create_tenant("vision", {"A100": 4})
-        nlp = admin.create_tenant("nlp", {"A100": 4})
+        _step("2. The admin creates two tenants with 4 guaranteed A100s each (no borrowing)")
+        vision = admin.create_tenant("vision", {"A100": {"nominal": 4, "borrowing_limit": 0}})
+        nlp = admin.create_tenant("nlp", {"A100": {"nominal": 4, "borrowing_limit": 0}})
         console.print("tokens are shown once and stored hashed; tenants: vision, nlp")
         v = Client(token=vision["token"])
         n = Client(token=nlp["token"])
