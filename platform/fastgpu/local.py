@@ -9,7 +9,6 @@ token auth on (``RAY_AUTH_MODE=token``, token file in the state dir, never ``~/.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import subprocess
@@ -262,7 +261,3 @@ def _stop_processes(marker: str, grace_s: float = 10.0) -> int:
         except psutil.NoSuchProcess:
             pass
     return len(procs)
-
-
-def dump(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True)

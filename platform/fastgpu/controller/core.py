@@ -675,62 +675,65 @@ class Controller:
 
     def snapshot(self) -> Snapshot:
         with self._mu:
-            nodes = self._cluster_nodes()
-            live = self.store.live_leases()
-            held: dict[str, int] = {}
-            running: list[LeaseView] = []
-            pending: list[LeaseView] = []
-            tenants = self._tenants()
-            for lease in live:
-                if lease.state in HOLDING_STATES:
-                    placement: dict[str, int] = {}
-                    for n in lease.nodes:
-                        placement[n] = placement.get(n, 0) + 1
-                        held[n] = held.get(n, 0) + 1
-                    view = _view(lease, placement)
-                    if lease.state != LeaseState.BOUND:
-                        # Only a bound (elastic workload) lease can change size.
-                        view = replace(view, gpus=lease.held_gpus, min_gpus=lease.held_gpus)
-                    if lease.preempt_at is not None:
-                        # Already announced: its GPUs are leaving; not a victim twice.
-                        view = replace(view, preempt_at=lease.preempt_at)
-                    running.append(view)
-                elif lease.state == LeaseState.PENDING:
-                    pending.append(_view(lease, {}))
-            node_views = tuple(
-                NodeView(
-                    node_id=n.node_id,
-                    gpu_type=n.gpu_type or "",
-                    total_gpus=n.total_gpus,
-                    free_gpus=max(0, n.total_gpus - held.get(n.node_id, 0)),
-                    alive=n.alive,
-                )
-                for n in nodes
-                if n.gpu_type and n.total_gpus > 0
+            return self._snapshot_of(self.store.live_leases())
+
+    def _snapshot_of(self, live: list[Lease]) -> Snapshot:
+        """The policy's picture of the cluster, given the live leases (caller holds the lock)."""
+        nodes = self._cluster_nodes()
+        held: dict[str, int] = {}
+        running: list[LeaseView] = []
+        pending: list[LeaseView] = []
+        tenants = self._tenants()
+        for lease in live:
+            if lease.state in HOLDING_STATES:
+                placement: dict[str, int] = {}
+                for n in lease.nodes:
+                    placement[n] = placement.get(n, 0) + 1
+                    held[n] = held.get(n, 0) + 1
+                view = _view(lease, placement)
+                if lease.state != LeaseState.BOUND:
+                    # Only a bound (elastic workload) lease can change size.
+                    view = replace(view, gpus=lease.held_gpus, min_gpus=lease.held_gpus)
+                if lease.preempt_at is not None:
+                    # Already announced: its GPUs are leaving; not a victim twice.
+                    view = replace(view, preempt_at=lease.preempt_at)
+                running.append(view)
+            elif lease.state == LeaseState.PENDING:
+                pending.append(_view(lease, {}))
+        node_views = tuple(
+            NodeView(
+                node_id=n.node_id,
+                gpu_type=n.gpu_type or "",
+                total_gpus=n.total_gpus,
+                free_gpus=max(0, n.total_gpus - held.get(n.node_id, 0)),
+                alive=n.alive,
             )
-            stats = self._tenant_usage_stats()
-            tenant_views = {
-                name: TenantView(
-                    name=name,
-                    quotas=dict(spec.quotas),
-                    weight=spec.weight,
-                    priority=spec.priority,
-                    queueing=spec.queueing,
-                    budget=spec.budget,
-                    decayed_usage_gpu_s=stats.get(name, (0.0, 0.0, 0.0))[0],
-                    period_gpu_hours=stats.get(name, (0.0, 0.0, 0.0))[1],
-                    period_money=stats.get(name, (0.0, 0.0, 0.0))[2],
-                )
-                for name, spec in tenants.items()
-            }
-            return Snapshot(
-                now=self.clock(),
-                gpu_types=dict(self.config.gpu_types),
-                nodes=node_views,
-                tenants=tenant_views,
-                running=tuple(running),
-                pending=tuple(pending),
+            for n in nodes
+            if n.gpu_type and n.total_gpus > 0
+        )
+        stats = self._tenant_usage_stats()
+        tenant_views = {
+            name: TenantView(
+                name=name,
+                quotas=dict(spec.quotas),
+                weight=spec.weight,
+                priority=spec.priority,
+                queueing=spec.queueing,
+                budget=spec.budget,
+                decayed_usage_gpu_s=stats.get(name, (0.0, 0.0, 0.0))[0],
+                period_gpu_hours=stats.get(name, (0.0, 0.0, 0.0))[1],
+                period_money=stats.get(name, (0.0, 0.0, 0.0))[2],
             )
+            for name, spec in tenants.items()
+        }
+        return Snapshot(
+            now=self.clock(),
+            gpu_types=dict(self.config.gpu_types),
+            nodes=node_views,
+            tenants=tenant_views,
+            running=tuple(running),
+            pending=tuple(pending),
+        )
 
     def _tenant_usage_stats(self) -> dict[str, tuple[float, float, float]]:
         """Decayed usage (fair share) and this budget period's spend, per tenant; recomputed
@@ -753,26 +756,29 @@ class Controller:
         return out
 
     def _schedule_locked(self) -> None:
-        snap = self.snapshot()
+        live = self.store.live_leases()
+        snap = self._snapshot_of(live)
         if not snap.pending and not any(v.held_gpus < v.gpus for v in snap.running):
             return  # nothing waits and nothing can grow: no decision to make
         decisions = self.policy.schedule(snap)
         now = self.clock()
+        # One read of the live leases serves every decision (the lock is held: they are current).
+        by_id = {lease.id: lease for lease in live}
         for rej in decisions.reject:
-            lease = self.store.get_lease(rej.lease_id)
+            lease = by_id.get(rej.lease_id)
             if lease is None or lease.state != LeaseState.PENDING:
                 continue
             lease.reason, lease.reason_detail = rej.reason, rej.detail
             self._end(lease, LeaseState.REJECTED, rej.detail)
         for q in decisions.queue:
-            lease = self.store.get_lease(q.lease_id)
+            lease = by_id.get(q.lease_id)
             if lease is None or lease.state != LeaseState.PENDING:
                 continue
             if (lease.reason, lease.reason_detail) != (q.reason, q.detail):
                 lease.reason, lease.reason_detail = q.reason, q.detail
                 self.store.save_lease(lease, LeaseState.PENDING)
         for adm in decisions.admit:
-            lease = self.store.get_lease(adm.lease_id)
+            lease = by_id.get(adm.lease_id)
             if lease is None or lease.state != LeaseState.PENDING:
                 continue
             nodes = [n for n, count in sorted(adm.placement.items()) for _ in range(count)]
@@ -784,17 +790,18 @@ class Controller:
             self.store.transition(lease, LeaseState.ADMITTED, now, "admitted")
             self._create_group(lease, may_exist=False)
         for pre in decisions.preempt:
-            self._announce_preemption(pre.lease_id, pre.reason, pre.detail, pre.grace_s, now)
+            self._announce_preemption(
+                by_id.get(pre.lease_id), pre.reason, pre.detail, pre.grace_s, now
+            )
         for rsz in decisions.resize:
-            self._resize(rsz.lease_id, rsz.placement, rsz.reason, now)
+            self._resize(by_id.get(rsz.lease_id), rsz.placement, rsz.reason, now)
         if decisions.admit or decisions.reject or decisions.preempt or decisions.resize:
             self._changed.notify_all()
 
     def _announce_preemption(
-        self, lease_id: str, why: str, detail: str, grace_s: float, now: float
+        self, lease: Lease | None, why: str, detail: str, grace_s: float, now: float
     ) -> None:
         """Tell the workload (``preempt_at`` on the lease) and take the GPUs at that time."""
-        lease = self.store.get_lease(lease_id)
         if lease is None or lease.state not in HOLDING_STATES or lease.preempt_at is not None:
             return
         lease.preempt_at = now + grace_s
@@ -805,13 +812,12 @@ class Controller:
         if grace_s <= 0:
             self._end(lease, LeaseState.PREEMPTED, lease.reason_detail)
 
-    def _resize(self, lease_id: str, placement: Any, why: str, now: float) -> None:
+    def _resize(self, lease: Lease | None, placement: Any, why: str, now: float) -> None:
         """Grow or shrink a BOUND lease: its workload owns the GPUs and follows the lease.
 
         Reserved (not bound) leases are presented to the policy as fixed-size, so they never
         get here: a placement group cannot change size under running tasks.
         """
-        lease = self.store.get_lease(lease_id)
         if lease is None or lease.state != LeaseState.BOUND:
             return
         nodes = [n for n, count in sorted(placement.items()) for _ in range(count)]

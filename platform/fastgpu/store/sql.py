@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
 from fastgpu.config import TenantSpec
-from fastgpu.domain.lease import HOLDING_STATES, Lease, LeaseState, check_transition
+from fastgpu.domain.lease import Lease, LeaseState, check_transition
 from fastgpu.errors import Conflict, FastGPUError, NotFound
 from fastgpu.store import schema as t
 from fastgpu.store.schema import MIGRATIONS, SCHEMA_VERSION
@@ -129,13 +129,6 @@ class Store:
                 )
             ).first()
         return (row.principal, bool(row.is_admin)) if row else None
-
-    def has_admin_token(self) -> bool:
-        with self._tx() as conn:
-            return (
-                conn.execute(select(t.tokens.c.token_hash).where(t.tokens.c.is_admin)).first()
-                is not None
-            )
 
     def replace_tokens(self, principal: str, token_hash: str, now: float) -> None:
         """Rotate: drop every token of a tenant and store the new one, atomically."""
@@ -441,14 +434,6 @@ class Store:
             if stop > start:
                 total += gpus * (math.exp(-k * (now - stop)) - math.exp(-k * (now - start))) / k
         return total
-
-    def held_gpus(self) -> dict[str, int]:
-        """GPUs assigned per node by live leases (the controller's ledger)."""
-        held: dict[str, int] = {}
-        for lease in self.list_leases(states=HOLDING_STATES):
-            for node in lease.nodes:
-                held[node] = held.get(node, 0) + 1
-        return held
 
 
 def open_store(url: str) -> Store:
