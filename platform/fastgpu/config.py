@@ -177,6 +177,14 @@ class SchedulerSettings(_Spec):
     borrowing: bool = Field(default=True, description="Let tenants borrow idle GPUs.")
     preemption: bool = Field(default=True, description="Preempt for reclaim and priority.")
     elastic: bool = Field(default=True, description="Grow and shrink elastic leases.")
+    borrow_non_preemptible: bool = Field(
+        default=False,
+        description=(
+            "Let non-preemptible leases borrow GPUs behind other tenants' nominal quota. Reclaim "
+            "cannot take those back, so a tenant below nominal may wait until such a lease ends. "
+            "Off: non-preemptible leases hold at most nominal plus unowned capacity."
+        ),
+    )
     reject_over_budget: bool = Field(
         default=False,
         description="A tenant over budget: reject new requests (true) or queue them (false).",

@@ -281,8 +281,9 @@ def test_cli_contract(api: Api) -> None:
         assert key in lease
     assert lease["state"] == "RESERVED"
 
-    # One more GPU is borrowed from idle capacity (borrowing limit 1)...
-    wait_args = ("lease", "request", "--gpus", "1", "--wait", "--output", "json")
+    # One more GPU is borrowed from idle capacity (borrowing limit 1; only a preemptible lease
+    # may borrow GPUs behind other tenants' nominal)...
+    wait_args = ("lease", "request", "--gpus", "1", "--preemptible", "--wait", "--output", "json")
     out = _cli(api, token, *wait_args)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["state"] == "RESERVED"

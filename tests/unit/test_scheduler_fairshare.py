@@ -40,7 +40,7 @@ def two(nom_a: int = 4, nom_b: int = 4, **kw_b: object) -> list:
 CASES = [
     Case(
         "borrows idle GPUs of another tenant",
-        lambda: snap(nodes(1), two(), pending=[lease("a1", 6).tenant("a")]),
+        lambda: snap(nodes(1), two(), pending=[lease("a1", 6).tenant("a").preemptible()]),
         admit={"a1": 6},
     ),
     Case(
@@ -64,7 +64,9 @@ CASES = [
     ),
     Case(
         "lending limit 0: nothing to borrow",
-        lambda: snap(nodes(1), two(lending_limit=0), pending=[lease("a1", 6).tenant("a")]),
+        lambda: snap(
+            nodes(1), two(lending_limit=0), pending=[lease("a1", 6).tenant("a").preemptible()]
+        ),
         queue={"a1": "over_quota"},
     ),
     Case(
@@ -72,7 +74,10 @@ CASES = [
         lambda: snap(
             nodes(1),
             two(lending_limit=1),
-            pending=[lease("a1", 5).tenant("a"), lease("a2", 6).tenant("a").submitted(1)],
+            pending=[
+                lease("a1", 5).tenant("a").preemptible(),
+                lease("a2", 6).tenant("a").preemptible().submitted(1),
+            ],
         ),
         admit={"a1": 5},
         queue={"a2": "over_quota"},
@@ -145,7 +150,7 @@ CASES = [
             nodes(1),
             two(8, 0),
             running=[lease("low", 8).tenant("a").preemptible().on({"n0": 8})],
-            pending=[lease("high", 4).tenant("b").priority(5)],
+            pending=[lease("high", 4).tenant("b").preemptible().priority(5)],
         ),
         queue={"high": "over_quota"},
     ),
@@ -275,7 +280,10 @@ CASES = [
         lambda: snap(
             nodes(1),
             [tenant("a", 0, usage=1e7), tenant("b", 0, usage=1e3)],
-            pending=[lease("a1", 8).tenant("a"), lease("b1", 8).tenant("b").submitted(5)],
+            pending=[
+                lease("a1", 8).tenant("a").preemptible(),
+                lease("b1", 8).tenant("b").preemptible().submitted(5),
+            ],
         ),
         admit={"b1": 8},
         queue={"a1": "fair_share_rank"},
@@ -285,7 +293,10 @@ CASES = [
         lambda: snap(
             nodes(1),
             [tenant("a", 0, usage=1e6, weight=100), tenant("b", 0, usage=1e5)],
-            pending=[lease("a1", 8).tenant("a").submitted(5), lease("b1", 8).tenant("b")],
+            pending=[
+                lease("a1", 8).tenant("a").preemptible().submitted(5),
+                lease("b1", 8).tenant("b").preemptible(),
+            ],
         ),
         admit={"a1": 8},
         queue={"b1": "fair_share_rank"},
@@ -295,10 +306,70 @@ CASES = [
         lambda: snap(
             nodes(1),
             [tenant("a", 8, usage=1e9), tenant("b", 0)],
-            pending=[lease("b1", 8).tenant("b"), lease("a1", 8).tenant("a").submitted(9)],
+            pending=[
+                lease("b1", 8).tenant("b").preemptible(),
+                lease("a1", 8).tenant("a").submitted(9),
+            ],
         ),
         admit={"a1": 8},
         queue={"b1": "fair_share_rank"},
+    ),
+    Case(
+        "non-preemptible: beyond nominal + unowned GPUs is infeasible",
+        lambda: snap(nodes(1), two(), pending=[lease("a1", 6).tenant("a")]),
+        reject={"a1": "infeasible"},
+    ),
+    Case(
+        "non-preemptible: borrows unowned GPUs",
+        lambda: snap(nodes(2), two(), pending=[lease("a1", 12).tenant("a")]),
+        admit={"a1": 12},
+    ),
+    Case(
+        "non-preemptible: not the GPUs behind another tenant's nominal",
+        lambda: snap(
+            nodes(2),
+            [tenant("a", 4), tenant("b", 4), tenant("c", 0)],
+            running=[lease("c1", 8).tenant("c").on({"n1": 8})],
+            pending=[lease("a1", 6).tenant("a")],
+        ),
+        queue={"a1": "over_quota"},
+    ),
+    Case(
+        "non-preemptible: the same request, preemptible, borrows",
+        lambda: snap(
+            nodes(2),
+            [tenant("a", 4), tenant("b", 4), tenant("c", 0)],
+            running=[lease("c1", 8).tenant("c").on({"n1": 8})],
+            pending=[lease("a1", 6).tenant("a").preemptible()],
+        ),
+        admit={"a1": 6},
+    ),
+    Case(
+        "non-preemptible: borrow_non_preemptible restores the old rule",
+        lambda: snap(
+            nodes(2),
+            [tenant("a", 4), tenant("b", 4), tenant("c", 0)],
+            running=[lease("c1", 8).tenant("c").on({"n1": 8})],
+            pending=[lease("a1", 6).tenant("a")],
+        ),
+        admit={"a1": 6},
+        settings=FairShareSettings(borrow_non_preemptible=True),
+    ),
+    Case(
+        "non-preemptible elastic: only its minimum counts, the rest can be shrunk",
+        lambda: snap(nodes(1), two(), pending=[lease("a1", 6).min(4).tenant("a")]),
+        admit={"a1": 6},
+    ),
+    Case(
+        "non-preemptible elastic: reclaim shrinks it back to nominal",
+        lambda: snap(
+            nodes(1),
+            two(),
+            running=[lease("a1", 8).min(4).tenant("a").on({"n0": 8})],
+            pending=[lease("b1", 4).tenant("b")],
+        ),
+        queue={"b1": "no_capacity"},
+        resize={"a1": 4},
     ),
     Case(
         "time limit: a lease past its duration is preempted at once",

@@ -87,6 +87,8 @@ def test_running_index_kept_incrementally_equals_a_build(s: Snapshot) -> None:
     assert kept.held == built.held
     assert kept.used == built.used
     assert kept.preemptible == built.preemptible
+    assert kept.fixed_min == built.fixed_min
+    assert kept.fixed_held == built.fixed_held
     assert {t: n for t, n in kept.incoming.items() if n} == {
         t: n for t, n in built.incoming.items() if n
     }

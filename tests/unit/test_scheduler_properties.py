@@ -272,3 +272,60 @@ def test_no_starvation_under_steady_load(specs: list[tuple[float, int, float]]) 
     res = _run(jobs, {"a": 4, "b": 4}, nodes=2, model=JobModel(), elastic=False)
     assert res.unfinished == 0
     assert all(j.end is not None for j in res.jobs)
+
+
+BORROWER_JOBS = st.lists(
+    st.tuples(st.floats(0, 500), st.integers(1, 4), st.floats(10, 400), st.booleans()),
+    max_size=14,
+)
+OWNER_JOBS = st.lists(st.tuples(st.floats(0, 500), st.floats(10, 400)), max_size=2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    BORROWER_JOBS,
+    BORROWER_JOBS,
+    OWNER_JOBS,
+    OWNER_JOBS,
+    st.sampled_from([(1, 8), (2, 4)]),
+)
+def test_guarantees_hold_with_three_or_more_tenants(
+    b1: list[tuple[float, int, float, bool]],
+    b2: list[tuple[float, int, float, bool]],
+    g1: list[tuple[float, float]],
+    g2: list[tuple[float, float]],
+    shape: tuple[int, int],
+) -> None:
+    """Four tenants with nominal 2 each on 8 GPUs. Borrowers b1 and b2 submit anything, some
+    jobs preemptible and some not; guaranteed tenants g1 and g2 submit at most two 1-GPU jobs
+    each, so every request of theirs is within nominal. Whatever the borrowers hold, and
+    whichever guaranteed tenant ranks first when GPUs come free, every guaranteed request
+    starts within one grace period of its submission."""
+    grace = 30.0
+    jobs = [
+        Job(f"{name}-{i}", name, t, g, d, preemptible=p)
+        for name, specs in (("b1", b1), ("b2", b2))
+        for i, (t, g, d, p) in enumerate(specs)
+    ]
+    jobs += [
+        Job(f"{name}-{i}", name, t, 1, d)
+        for name, specs in (("g1", g1), ("g2", g2))
+        for i, (t, d) in enumerate(specs)
+    ]
+    if not jobs:
+        return
+    nodes, per_node = shape
+    res = _run(
+        jobs,
+        {"g1": 2, "g2": 2, "b1": 2, "b2": 2},
+        nodes=nodes,
+        per_node=per_node,
+        model=JobModel(checkpoint_s=100.0),
+        min_runtime_s=0.0,
+        grace_s=grace,
+        elastic=False,
+    )
+    for j in res.jobs:
+        if j.tenant.startswith("g"):
+            assert j.start is not None
+            assert j.start - j.submit <= grace + 1e-6, j

@@ -56,7 +56,7 @@ def test_borrowing_vs_static(settings: FairShareSettings, second_start: float) -
         [Job("1", "a", 0.0, 4, 100.0), Job("2", "a", 0.0, 4, 100.0)],
         FairSharePolicy(settings),
         nominal={"a": 4, "b": 4},
-        model=JobModel(preemptible=False),
+        model=JobModel(),  # only preemptible leases borrow guaranteed GPUs
     )
     assert jobs["2"].start == second_start
 

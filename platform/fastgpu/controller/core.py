@@ -77,6 +77,7 @@ def make_policy(config: PlatformConfig) -> Policy:
             borrowing=s.borrowing,
             preemption=s.preemption,
             elastic=s.elastic,
+            borrow_non_preemptible=s.borrow_non_preemptible,
             # The controller ends leases at expires_at itself (state EXPIRED).
             enforce_time_limits=False,
             reject_over_budget=s.reject_over_budget,

@@ -102,6 +102,10 @@ class FairShareSettings:
     #: At most this many make-room attempts (what-if preemption searches) per cycle, a bound
     #: on cycle time under long queues; the rest wait for the next cycle.
     max_preemption_attempts: int = 16
+    #: Let non-preemptible leases borrow GPUs backed by other tenants' nominal. Reclaim cannot
+    #: take those back, so a tenant below nominal may wait until such a lease ends. Off (the
+    #: default): non-preemptible leases hold at most nominal plus unowned capacity.
+    borrow_non_preemptible: bool = False
 
     def __post_init__(self) -> None:
         if not self.usage_half_life_s > 0:
@@ -176,6 +180,8 @@ class _RunningFlags:
     incoming: list[LeaseView] = field(default_factory=list)
     min_priority: dict[str, int] = field(default_factory=dict)
     elastic_over_min: int = 0
+    #: Tenant -> GPUs of its non-preemptible leases reclaim cannot take back.
+    fixed: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -228,6 +234,12 @@ class _Cycle:
         #: a failure for k GPUs means failure for >= k: (tenant, type) -> smallest k refused
         #: by quota; (type, strategy) -> smallest k that found no placement nor room.
         self.quota_fail: dict[tuple[str, str], tuple[int, _Blocked]] = {}
+        #: The same for non-preemptible requests refused by the fixed-borrowing rule.
+        self.fixed_fail: dict[tuple[str, str], tuple[int, _Blocked]] = {}
+        #: Non-preemptible leases borrow only unowned capacity (see the design note).
+        self.fixed_rule = (
+            settings.preemption and settings.borrowing and not settings.borrow_non_preemptible
+        )
         self.place_fail: dict[tuple[str, str], tuple[int, _Blocked]] = {}
         self.scores: dict[str, float] = {}
         self.max_pending_priority = 0
@@ -322,6 +334,8 @@ class _Cycle:
                     t: min(prios) for t, prios in index.preemptible.get(gpu_type, {}).items()
                 }
                 fl.elastic_over_min = index.elastic_over_min.get(gpu_type, 0)
+                fixed = index.fixed_min if self.s.elastic else index.fixed_held
+                fl.fixed = fixed.get(gpu_type, {})
             self.held.update(index.held)
             used = index.used
             by_type = {t: list(leases.values()) for t, leases in index.by_type.items()}
@@ -346,6 +360,7 @@ class _Cycle:
                     quotas,
                     used.get(gpu_type, {}),
                     borrowing=self.s.borrowing,
+                    fixed=fl.fixed,
                 ),
                 running=by_type.get(gpu_type, []),
                 incoming=fl.incoming,
@@ -363,6 +378,7 @@ class _Cycle:
         by_type: dict[str, list[LeaseView]] = {}
         flags: dict[str, _RunningFlags] = {}
         held = self.held
+        elastic = self.s.elastic
         for lease in self.snap.running:
             g = sum(lease.placement.values())
             tenant = lease.tenant
@@ -378,11 +394,14 @@ class _Cycle:
             if lease.preempt_at is not None:
                 flags[gpu_type].incoming.append(lease)
                 continue
+            f = flags[gpu_type]
             if lease.preemptible:
-                f = flags[gpu_type]
                 low = f.min_priority.get(tenant)
                 if low is None or lease.priority < low:
                     f.min_priority[tenant] = lease.priority
+            else:
+                fixed = f.fixed
+                fixed[tenant] = fixed.get(tenant, 0) + (min(g, lease.min_gpus) if elastic else g)
             if g > lease.min_gpus:
                 flags[gpu_type].elastic_over_min += 1
         return used, by_type, flags
@@ -412,8 +431,9 @@ class _Cycle:
         index = self.snap.pending_index
         if index is None:
             index = PendingIndex.build(self.snap.pending)
-        # Per (tenant, type, min GPUs, strategy): None (may queue) or the reject/budget verdict.
-        verdicts: dict[tuple[str, str, int, str], tuple[str, str, bool] | None] = {}
+        # Per (tenant, type, min GPUs, strategy, preemptible): None (may queue) or the
+        # reject/budget verdict.
+        verdicts: dict[tuple[str, str, int, str, bool], tuple[str, str, bool] | None] = {}
         clean = True
         fits_empty = self.fits_empty
         for tenant, shapes in index.representative.items():
@@ -421,17 +441,20 @@ class _Cycle:
             # a shape that fits an empty cluster and the ceiling of a tenant without a budget
             # may queue; anything else takes the full verdict.
             no_budget = self.tenant(tenant).budget is None
-            ceilings: dict[str, int] = {}
+            ceilings: dict[tuple[str, bool], int] = {}
             for shape, lease in shapes.items():
                 gpu_type, lo, strategy = shape[0], shape[1], shape[2]
-                key = (tenant, gpu_type, lo, strategy)
+                fixed = self.fixed_rule and not shape[4]
+                key = (tenant, gpu_type, lo, strategy, fixed)
                 if key in verdicts:
                     continue
                 if no_budget and fits_empty.get((gpu_type, lo, strategy)):
-                    ceiling = ceilings.get(gpu_type)
+                    ceiling = ceilings.get((gpu_type, fixed))
                     if ceiling is None:
                         ledger = self.type_state(gpu_type).ledger
-                        ceiling = ceilings[gpu_type] = ledger.ceiling(tenant)
+                        ceiling = ceilings[gpu_type, fixed] = (
+                            ledger.fixed_ceiling(tenant) if fixed else ledger.ceiling(tenant)
+                        )
                     if lo <= ceiling:
                         verdicts[key] = None
                         continue
@@ -449,7 +472,8 @@ class _Cycle:
         # snapshot's order.
         queues = {}
         for lease in self.snap.pending:
-            key = (lease.tenant, lease.gpu_type, lease.min_gpus, lease.strategy)
+            fixed = self.fixed_rule and not lease.preemptible
+            key = (lease.tenant, lease.gpu_type, lease.min_gpus, lease.strategy, fixed)
             verdict = verdicts[key]
             if verdict is None:
                 q = queues.get(lease.tenant)
@@ -491,15 +515,34 @@ class _Cycle:
                 f"limit of {ceiling} (nominal + borrowing limit)",
                 True,
             )
+        if self.fixed_rule and not lease.preemptible:
+            fixed_ceiling = ts.ledger.fixed_ceiling(lease.tenant)
+            if lease.min_gpus > fixed_ceiling:
+                return (
+                    PendingReason.INFEASIBLE.value,
+                    f"{lease.min_gpus} {lease.gpu_type} GPUs exceed what a non-preemptible "
+                    f"lease of tenant {lease.tenant} may hold: {fixed_ceiling} (nominal "
+                    f"{ts.ledger.nominal(lease.tenant)} + {ts.ledger.unowned} unowned); "
+                    "mark it preemptible to borrow beyond that",
+                    True,
+                )
         spent = _budget_spent(self.tenant(lease.tenant))
         if spent is not None:
             return (PendingReason.BUDGET.value, spent, self.s.reject_over_budget)
         return None
 
     def _key(self, name: str, head: LeaseView) -> tuple[int, int, float, str]:
+        """Heap key of a tenant whose next request is ``head``; lowest goes first.
+
+        Requests within nominal go first, in submit order: each is owed its GPUs whatever the
+        ranks, and submit order is stable across cycles, so the request that made room (its
+        victims' GPUs are coming free) is still first when they do, and a later guaranteed
+        request cannot take them and make it wait for a second grace period. Borrowing
+        requests follow, by tenant priority then fair-share score."""
         ledger = self.type_state(head.gpu_type).ledger
-        borrows = 0 if ledger.within_nominal(name, head.min_gpus) else 1
-        return (borrows, -self.tenant(name).priority, self.score(name), name)
+        if ledger.within_nominal(name, head.min_gpus):
+            return (0, 0, head.submitted_at, name)
+        return (1, -self.tenant(name).priority, self.score(name), name)
 
     def _admit_in_fair_share_order(self, queues: dict[str, list[LeaseView]]) -> None:
         """4. Tenants in fair-share order, each offering its head; 5-7 per head.
@@ -588,6 +631,10 @@ class _Cycle:
 
     def _known_blocked(self, lease: LeaseView) -> _Blocked | None:
         lo = lease.min_gpus
+        if self.fixed_fail and not lease.preemptible:
+            hit = self.fixed_fail.get((lease.tenant, lease.gpu_type))
+            if hit is not None and lo >= hit[0]:
+                return hit[1]
         hit = self.quota_fail.get((lease.tenant, lease.gpu_type))
         if hit is not None and lo >= hit[0]:
             if self.s.explain:
@@ -617,6 +664,9 @@ class _Cycle:
         name = lease.tenant
         want = lease.gpus if self.s.elastic else max(lease.gpus, lease.min_gpus)
         lo = lease.min_gpus if self.s.elastic else want
+        fixed = self.fixed_rule and not lease.preemptible
+        if fixed and not ts.ledger.fixed_fits(name, lo):
+            return self._blocked_by_fixed(lease, ts, lo)
         if lo == want:  # not elastic: all or nothing, one quota test
             k = want if ts.ledger.fits(name, want) else 0
         else:
@@ -651,6 +701,8 @@ class _Cycle:
         k = sum(placement.values())
         pool.take(placement)
         ts.ledger.add(name, k)
+        if fixed:
+            ts.ledger.add_fixed(name, lo)
         self._changed()
         self.held[name] = self.held.get(name, 0) + k
         self.scores.pop(name, None)
@@ -659,6 +711,23 @@ class _Cycle:
         ts.admitted_priority[name] = max(top, lease.priority)
         self.admits.append(Admit(lease.id, placement))
         return None
+
+    def _blocked_by_fixed(self, lease: LeaseView, ts: _TypeState, k: int) -> _Blocked:
+        """A non-preemptible request whose minimum would borrow beyond the unowned GPUs: no
+        preemption helps (what blocks it cannot be preempted), so no make-room search."""
+        ledger = ts.ledger
+        name = lease.tenant
+        blocked = _Blocked(
+            PendingReason.OVER_QUOTA.value,
+            f"a non-preemptible lease may borrow only unowned {lease.gpu_type} GPUs: tenant "
+            f"{name} holds {ledger.fixed.get(name, 0)} in non-preemptible leases (nominal "
+            f"{ledger.nominal(name)}), non-preemptible borrowers hold {ledger.fixed_borrowed} "
+            f"of {ledger.unowned} unowned; {k} more do not fit (mark it preemptible to borrow)",
+        )
+        key = (name, lease.gpu_type)
+        if key not in self.fixed_fail or self.fixed_fail[key][0] > k:
+            self.fixed_fail[key] = (k, blocked)
+        return blocked
 
     def _blocked_by_quota(self, lease: LeaseView, ts: _TypeState, k: int) -> _Blocked:
         ledger = ts.ledger
@@ -825,6 +894,8 @@ class _Cycle:
         spot = trial.place(k, lease.strategy) or {}
         ts.pool.take({n: min(g, ts.pool.free.get(n, 0)) for n, g in spot.items()})
         ledger.add(lease.tenant, k)
+        if self.fixed_rule and not lease.preemptible:
+            ledger.add_fixed(lease.tenant, k)
         self._changed()
         parts: list[str] = []
         # A lease chosen both to shrink and to go: going frees all of it, so it only goes.

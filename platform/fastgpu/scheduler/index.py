@@ -3,8 +3,8 @@ order, and running leases summed per tenant and GPU type.
 
 Responsibility: hold, per tenant, its pending leases sorted by the queue order of the policy
 (lease priority descending, then submit time, then id) and grouped by *shape* (GPU type,
-minimum GPUs, strategy, priority: everything a cycle's "known to be blocked" test looks at),
-so that a cycle never sorts nor scans a long queue.
+minimum GPUs, strategy, priority, preemptible: everything a cycle's "known to be blocked" test
+looks at), so that a cycle never sorts nor scans a long queue.
 
 A caller that keeps its pending set between cycles (the simulator) maintains one
 :class:`PendingIndex` with :meth:`PendingIndex.add` / :meth:`PendingIndex.remove` and passes it
@@ -26,14 +26,14 @@ from operator import attrgetter
 from fastgpu.scheduler.snapshot import LeaseView
 
 QueueKey = tuple[int, float, str]
-#: (GPU type, minimum GPUs, strategy, priority).
-Shape = tuple[str, int, str, int]
+#: (GPU type, minimum GPUs, strategy, priority, preemptible).
+Shape = tuple[str, int, str, int, bool]
 
 
 _SUBMIT_ORDER = attrgetter("submitted_at", "id")
 _PRIORITY = attrgetter("priority")
 #: The same tuple as :func:`shape_of`, computed in C.
-_SHAPE = attrgetter("gpu_type", "min_gpus", "strategy", "priority")
+_SHAPE = attrgetter("gpu_type", "min_gpus", "strategy", "priority", "preemptible")
 
 
 def queue_key(lease: LeaseView) -> QueueKey:
@@ -42,7 +42,7 @@ def queue_key(lease: LeaseView) -> QueueKey:
 
 
 def shape_of(lease: LeaseView) -> Shape:
-    return (lease.gpu_type, lease.min_gpus, lease.strategy, lease.priority)
+    return (lease.gpu_type, lease.min_gpus, lease.strategy, lease.priority, lease.preemptible)
 
 
 class PendingIndex:
@@ -141,11 +141,21 @@ class RunningIndex:
     pass over every running lease.
 
     Invariant: ``by_type[t]`` holds the running leases of GPU type ``t`` in the order of
-    ``Snapshot.running``; ``held``, ``used``, ``preemptible`` and ``elastic_over_min`` are the
-    sums over them (zero entries dropped). Replacing a lease's view keeps its position.
+    ``Snapshot.running``; ``held``, ``used``, ``preemptible``, ``fixed_min``, ``fixed_held``
+    and ``elastic_over_min`` are the sums over them (zero entries dropped). Replacing a lease's
+    view keeps its position.
     """
 
-    __slots__ = ("by_type", "elastic_over_min", "held", "incoming", "preemptible", "used")
+    __slots__ = (
+        "by_type",
+        "elastic_over_min",
+        "fixed_held",
+        "fixed_min",
+        "held",
+        "incoming",
+        "preemptible",
+        "used",
+    )
 
     def __init__(self) -> None:
         self.by_type: dict[str, dict[str, LeaseView]] = {}
@@ -159,6 +169,10 @@ class RunningIndex:
         self.preemptible: dict[str, dict[str, dict[int, int]]] = {}
         #: GPU type -> count of leases not announced that hold more than their minimum.
         self.elastic_over_min: dict[str, int] = {}
+        #: GPU type -> tenant -> GPUs of non-preemptible leases not announced: their minimum
+        #: (what reclaim cannot shrink) and all they hold (nothing shrinks with elastic off).
+        self.fixed_min: dict[str, dict[str, int]] = {}
+        self.fixed_held: dict[str, dict[str, int]] = {}
 
     @classmethod
     def build(cls, running: Iterable[LeaseView]) -> RunningIndex:
@@ -197,6 +211,9 @@ class RunningIndex:
                     del owners[tenant]
                     if not owners:
                         del self.preemptible[gpu_type]
+        else:
+            _bump(self.fixed_min, gpu_type, tenant, sign * min(g, lease.min_gpus))
+            _bump(self.fixed_held, gpu_type, tenant, sign * g)
         if g > lease.min_gpus:
             self.elastic_over_min[gpu_type] = self.elastic_over_min.get(gpu_type, 0) + sign
 
@@ -220,3 +237,19 @@ class RunningIndex:
             self.incoming.pop(lease.gpu_type, None)
             self.preemptible.pop(lease.gpu_type, None)
             self.elastic_over_min.pop(lease.gpu_type, None)
+            self.fixed_min.pop(lease.gpu_type, None)
+            self.fixed_held.pop(lease.gpu_type, None)
+
+
+def _bump(table: dict[str, dict[str, int]], gpu_type: str, tenant: str, delta: int) -> None:
+    """``table[gpu_type][tenant] += delta``, dropping zero entries."""
+    if not delta:
+        return
+    per = table.setdefault(gpu_type, {})
+    n = per.get(tenant, 0) + delta
+    if n:
+        per[tenant] = n
+    else:
+        del per[tenant]
+        if not per:
+            del table[gpu_type]

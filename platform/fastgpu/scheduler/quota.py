@@ -18,6 +18,12 @@ Invariants kept by every admission that :meth:`QuotaLedger.fits` allows:
 * ``B <= S``: others never consume more of a tenant's idle nominal than its lending limit. This is
   the same as "the non-lendable part of every tenant's idle nominal stays physically free", so
   a tenant can always get its non-lendable part back without preempting anyone.
+
+*Fixed* GPUs are those reclaim cannot take back: ``fixed[t]`` sums the minimum of tenant t's
+non-preemptible leases. Fixed borrowing ``F = sum_t max(0, fixed[t] - nominal[t])`` is kept
+within the unowned capacity (:meth:`QuotaLedger.fixed_fits`), so every tenant can always get
+its nominal back by preempting or shrinking borrowers (docs/design/scheduler.md, "Only
+preemptible leases borrow guaranteed GPUs").
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ class QuotaLedger:
         used: Mapping[str, int],
         *,
         borrowing: bool = True,
+        fixed: Mapping[str, int] | None = None,
     ) -> None:
         self.borrowing = borrowing
         self._limits = _LimitsTable()
@@ -75,6 +82,11 @@ class QuotaLedger:
             self.borrowed += self._borrowed_term(tenant, u)
             self.supply += self._lent_term(tenant, u)
         self._start = (dict(self.used), self.borrowed, self.supply)
+        #: Tenant -> GPUs of its non-preemptible leases (their minimum), and F (see above).
+        self.fixed: dict[str, int] = dict(fixed or {})
+        self.fixed_borrowed = sum(
+            max(0, f - self._limits[t].nominal) for t, f in self.fixed.items()
+        )
 
     def limits(self, tenant: str) -> _Limits:
         return self._limits[tenant]
@@ -143,6 +155,26 @@ class QuotaLedger:
             else:
                 hi = mid - 1
         return lo
+
+    def fixed_ceiling(self, tenant: str) -> int:
+        """Most GPUs the tenant may ever hold through non-preemptible leases: its nominal plus
+        the unowned capacity (within :meth:`ceiling`)."""
+        return min(self.ceiling(tenant), self._limits[tenant].nominal + self.unowned)
+
+    def fixed_fits(self, tenant: str, extra: int) -> bool:
+        """Whether a non-preemptible lease of ``extra`` GPUs keeps fixed borrowing within the
+        unowned capacity."""
+        nom = self._limits[tenant].nominal
+        old = self.fixed.get(tenant, 0)
+        grow = max(0, old + extra - nom) - max(0, old - nom)
+        # Within nominal always fits, even if a lost node left F above the unowned capacity.
+        return grow <= 0 or self.fixed_borrowed + grow <= self.unowned
+
+    def add_fixed(self, tenant: str, delta: int) -> None:
+        nom = self._limits[tenant].nominal
+        old = self.fixed.get(tenant, 0)
+        self.fixed_borrowed += max(0, old + delta - nom) - max(0, old - nom)
+        self.fixed[tenant] = old + delta
 
     def add(self, tenant: str, delta: int) -> None:
         old = self.used.get(tenant, 0)

@@ -304,6 +304,9 @@ class Simulation:
     def _drop_running_view(self, sj: _SimJob) -> None:
         self.running_index.remove(self.running_views.pop(sj.job.id))
 
+    def _preemptible(self, job: Job) -> bool:
+        return self.model.preemptible if job.preemptible is None else job.preemptible
+
     def _pending_view(self, sj: _SimJob) -> LeaseView:
         j = sj.job
         return LeaseView(
@@ -313,7 +316,7 @@ class Simulation:
             gpus=sj.max_g,
             min_gpus=sj.min_g,
             strategy=sj.strategy,
-            preemptible=self.model.preemptible,
+            preemptible=self._preemptible(j),
             submitted_at=j.submit,
             duration_s=sj.work_left,
         )
@@ -328,7 +331,7 @@ class Simulation:
             gpus=sj.max_g,
             min_gpus=sj.min_g,
             strategy=sj.strategy,
-            preemptible=self.model.preemptible,
+            preemptible=self._preemptible(j),
             submitted_at=j.submit,
             duration_s=expected,
             started_at=sj.seg_start,
@@ -375,7 +378,7 @@ class Simulation:
         sj.version += 1
         end = sj.pause_until + sj.work_left / sj.rate
         self._push(end, _COMPLETE, sj.job.id, sj.version)
-        if self.model.preemptible and self.model.checkpoint_s < end - self.now:
+        if self._preemptible(sj.job) and self.model.checkpoint_s < end - self.now:
             self._push(self.now + self.model.checkpoint_s, _CKPT, sj.job.id, sj.version)
         self._set_running_view(sj, self._running_view(sj))
 

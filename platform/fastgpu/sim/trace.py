@@ -33,6 +33,8 @@ class Job:
     gpus: int
     #: Seconds the job ran in the trace (its work at ``gpus`` GPUs).
     duration: float
+    #: Whether the policy may preempt it; None: the simulation's JobModel decides.
+    preemptible: bool | None = None
 
     @property
     def gpu_seconds(self) -> float:
