@@ -14,10 +14,9 @@ import random
 import statistics
 import time
 
-from fastgpu.config import QuotaSpec
+from fastgpu.config import GpuTypeSpec, PlatformConfig, QuotaSpec
+from fastgpu.controller.core import make_policy
 from fastgpu.scheduler import (
-    FairSharePolicy,
-    FairShareSettings,
     LeaseView,
     NodeView,
     Snapshot,
@@ -63,7 +62,8 @@ def build(pending: int, tenants: int = 1000, nodes: int = 2000, fill: float = 0.
                 min_gpus=g,
                 preemptible=rng.random() < 0.5,
                 started_at=-rng.uniform(0, 7200),
-                duration_s=rng.uniform(600, 86400),
+                # None past its end: the live controller expires leases itself.
+                duration_s=rng.uniform(7200, 86400),
                 placement=spot,
             )
         )
@@ -78,6 +78,7 @@ def build(pending: int, tenants: int = 1000, nodes: int = 2000, fill: float = 0.
                 gpu_type=GPU,
                 gpus=g,
                 min_gpus=g,
+                preemptible=rng.random() < 0.5,
                 strategy="STRICT_PACK" if g <= per_node else "PACK",
                 priority=rng.choice([0, 0, 1]),
                 submitted_at=float(j),
@@ -99,7 +100,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()
-    policy = FairSharePolicy(FairShareSettings())
+    # The live controller's policy and settings (reasons on, time limits left to the controller).
+    policy = make_policy(PlatformConfig(gpu_types={GPU: GpuTypeSpec(price_per_hour=1.0)}))
     print(
         "| pending | running | tenants | nodes | cycle ms (median) | cycle ms (best) "
         "| admitted | preempted |"

@@ -32,8 +32,8 @@ def _same_pending(a: PendingIndex, b: PendingIndex) -> None:
         t: [lv.id for lv in q] for t, q in b.queues.items()
     }
     assert {t: a.shape_keys(t) for t in a.queues} == {t: b.shape_keys(t) for t in b.queues}
-    assert {t: set(r) for t, r in a.representative.items()} == {
-        t: set(r) for t, r in b.representative.items()
+    assert {t: set(a.representatives(t)) for t in a.queues} == {
+        t: set(b.representatives(t)) for t in b.queues
     }
 
 

@@ -206,6 +206,7 @@ def test_within_nominal_demand_is_never_left_without_action(s: Snapshot) -> None
 )
 def test_free_pool_places_like_reference(free: dict[str, int], gpus: int, strategy: str) -> None:
     assert FreePool(free).place(gpus, strategy) == place(gpus, strategy, free)
+    assert FreePool(free).could_place(gpus, strategy) == (place(gpus, strategy, free) is not None)
 
 
 def _run(

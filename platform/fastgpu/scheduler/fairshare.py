@@ -23,12 +23,13 @@ Invariants of every answer (property-tested):
 
 from __future__ import annotations
 
+import gc
 import heapq
 import math
 from bisect import bisect_left
-from collections.abc import Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 
 from fastgpu.domain.lease import PendingReason
 from fastgpu.scheduler.backfill import Reservation, reserve
@@ -37,7 +38,6 @@ from fastgpu.scheduler.index import PendingIndex
 from fastgpu.scheduler.pool import FreePool
 from fastgpu.scheduler.preemption import (
     INCOMING,
-    MAX_CANDIDATES,
     PREEMPT,
     SHRINK,
     Candidate,
@@ -48,7 +48,13 @@ from fastgpu.scheduler.quota import QuotaLedger
 from fastgpu.scheduler.snapshot import LeaseView, Snapshot, TenantView
 
 LN2 = math.log(2.0)
+_GPU_TYPE = attrgetter("gpu_type")
+_MIN_GPUS = attrgetter("min_gpus")
+_PREEMPTIBLE = attrgetter("preemptible")
 PRIORITY = PendingReason.PRIORITY.value
+_NO_CAPACITY_REASON = PendingReason.NO_CAPACITY.value
+_FAIR_SHARE_REASON = PendingReason.FAIR_SHARE.value
+_OVER_QUOTA_REASON = PendingReason.OVER_QUOTA.value
 _VICTIM_ORDER = itemgetter(0, 1, 2)  # lost work, GPUs, id
 
 
@@ -163,7 +169,16 @@ class FairSharePolicy:
         self.settings = settings or FairShareSettings()
 
     def schedule(self, snapshot: Snapshot) -> Decisions:
-        return _Cycle(snapshot, self.settings).run()
+        # A cycle allocates tens of thousands of short-lived objects and creates no reference
+        # cycles: the cyclic collector would only rescan the snapshot, adding pauses of tens of
+        # milliseconds (measured: bench/bench_scheduler.py). It runs again right after.
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return _Cycle(snapshot, self.settings).run()
+        finally:
+            if enabled:
+                gc.enable()
 
 
 @dataclass
@@ -201,9 +216,9 @@ class _TypeState:
     capacity_blocked: bool = False
     #: Tenant -> highest lease priority admitted this cycle (to tell lower_priority apart).
     admitted_priority: dict[str, int] = field(default_factory=dict)
-    #: Preemptible leases, cheapest victim first, as (lost work, GPUs, id, lease, tenant,
-    #: priority, eligible-at if too young now); built on the first make-room search.
-    victim_rows: list[tuple[float, int, str, LeaseView, str, int, float | None]] | None = None
+    #: Preemptible leases past their minimum runtime, cheapest victim first, as (lost work,
+    #: id, lease, tenant, priority); built on the first make-room search.
+    victim_rows: list[tuple[float, str, LeaseView, str, int]] | None = None
     #: Tenant -> lowest priority among its preemptible running leases (priority preemption).
     min_preemptible_priority: dict[str, int] = field(default_factory=dict)
     #: Tenants holding preemptible leases (reclaim candidates when they borrow).
@@ -247,10 +262,12 @@ class _Cycle:
         #: Reasons of known-blocked requests, by what they depend on; valid until the next
         #: change of a free map or quota ledger (cleared there), so a long run of blocked
         #: requests of one shape costs one explanation.
-        self.reasons: dict[tuple[bool, str, str, int, int, str], _Blocked] = {}
+        self.reasons: dict[tuple[object, ...], _Blocked] = {}
         #: Make-room searches that found nothing, by what they depend on (requester shape);
         #: the same search in the same state finds nothing again. Cleared with ``reasons``.
         self.room_fail: set[tuple[str, str, int, int, str, int]] = set()
+        #: GPU type -> GPUs of its largest node.
+        self.max_node: dict[str, int] = {}
         #: (type, GPUs, strategy) -> whether an empty cluster could place it.
         self.fits_empty: dict[tuple[str, int, str], bool] = {}
         #: The pending index whose queues are the tenant queues (None when gatekeeping
@@ -435,29 +452,42 @@ class _Cycle:
         # reject/budget verdict.
         verdicts: dict[tuple[str, str, int, str, bool], tuple[str, str, bool] | None] = {}
         clean = True
-        fits_empty = self.fits_empty
-        for tenant, shapes in index.representative.items():
+        fixed_rule = self.fixed_rule
+        # (type, strategy) -> the largest request an empty cluster can place (exactly
+        # ``totals.place(k, strategy) is not None`` for k up to it).
+        caps: dict[tuple[str, str], int] = {}
+        # A caller's index keeps one lease per shape (few per tenant): read those; a fresh
+        # one, the queues themselves (building representatives would cost more).
+        kept = self.snap.pending_index is not None
+        for tenant, q in index.queues.items():
+            leases = index.representatives(tenant).values() if kept else q
             # What _verdict reads per tenant (budget) and per tenant and type (ceiling), once:
             # a shape that fits an empty cluster and the ceiling of a tenant without a budget
             # may queue; anything else takes the full verdict.
             no_budget = self.tenant(tenant).budget is None
+            if no_budget and self._all_may_queue(tenant, leases):
+                continue
             ceilings: dict[tuple[str, bool], int] = {}
-            for shape, lease in shapes.items():
-                gpu_type, lo, strategy = shape[0], shape[1], shape[2]
-                fixed = self.fixed_rule and not shape[4]
-                key = (tenant, gpu_type, lo, strategy, fixed)
-                if key in verdicts:
-                    continue
-                if no_budget and fits_empty.get((gpu_type, lo, strategy)):
+            for lease in leases:
+                gpu_type, lo, strategy = lease.gpu_type, lease.min_gpus, lease.strategy
+                fixed = fixed_rule and not lease.preemptible
+                if no_budget:
+                    cap = caps.get((gpu_type, strategy))
+                    if cap is None:
+                        totals = self.type_state(gpu_type).totals
+                        cap = totals.max_free if strategy == "STRICT_PACK" else totals.total
+                        caps[gpu_type, strategy] = cap
                     ceiling = ceilings.get((gpu_type, fixed))
                     if ceiling is None:
                         ledger = self.type_state(gpu_type).ledger
                         ceiling = ceilings[gpu_type, fixed] = (
                             ledger.fixed_ceiling(tenant) if fixed else ledger.ceiling(tenant)
                         )
-                    if lo <= ceiling:
-                        verdicts[key] = None
-                        continue
+                    if lo <= cap and lo <= ceiling:
+                        continue  # may queue
+                key = (tenant, gpu_type, lo, strategy, fixed)
+                if key in verdicts:
+                    continue
                 verdict = verdicts[key] = self._verdict(lease)
                 if verdict is not None:
                     clean = False
@@ -474,12 +504,12 @@ class _Cycle:
         for lease in self.snap.pending:
             fixed = self.fixed_rule and not lease.preemptible
             key = (lease.tenant, lease.gpu_type, lease.min_gpus, lease.strategy, fixed)
-            verdict = verdicts[key]
+            verdict = verdicts.get(key)
             if verdict is None:
-                q = queues.get(lease.tenant)
-                if q is None:
-                    q = queues[lease.tenant] = []
-                q.append(lease)
+                tq = queues.get(lease.tenant)
+                if tq is None:
+                    tq = queues[lease.tenant] = []
+                tq.append(lease)
             elif verdict[2]:
                 self.rejects.append(Reject(lease.id, verdict[0], verdict[1]))
             else:
@@ -490,6 +520,30 @@ class _Cycle:
             (p.priority for q in queues.values() for p in q[:1]), default=0
         )
         return queues
+
+    def _all_may_queue(self, tenant: str, leases: Collection[LeaseView]) -> bool:
+        """Whether every pending lease of a tenant without a budget may queue, decided per
+        tenant with C-level passes (the per-lease loop of :meth:`_gatekeep` is the exact
+        answer; this is a sufficient test for the common case of one GPU type)."""
+        types = set(map(_GPU_TYPE, leases))
+        if len(types) != 1:
+            return False
+        (gpu_type,) = types
+        ts = self.type_state(gpu_type)
+        ledger = ts.ledger
+        fixed = self.fixed_rule and not all(map(_PREEMPTIBLE, leases))
+        ceiling = ledger.fixed_ceiling(tenant) if fixed else ledger.ceiling(tenant)
+        hi = max(map(_MIN_GPUS, leases))
+        if hi > ceiling or hi > ts.totals.total:
+            return False
+        biggest = self.max_node.get(gpu_type)
+        if biggest is None:
+            biggest = self.max_node[gpu_type] = ts.totals.max_free
+        if hi <= biggest:
+            return True
+        return max((lv.min_gpus for lv in leases if lv.strategy == "STRICT_PACK"), default=0) <= (
+            biggest
+        )
 
     def _verdict(self, lease: LeaseView) -> tuple[str, str, bool] | None:
         """(reason, detail, reject?) for a request that may not queue normally, else None."""
@@ -561,10 +615,12 @@ class _Cycle:
             _, name = heapq.heappop(heap)
             q = queues[name]
             i = cursor[name]
+            known: _Blocked | None = None  # q[i] known to be blocked (tested just before)
             while i < len(q):
                 lease = q[i]
                 i += 1
-                blocked = self._known_blocked(lease)
+                blocked = known if known is not None else self._known_blocked(lease)
+                known = None
                 if blocked is None:
                     blocked = self._try(lease)
                 if blocked is not None:
@@ -579,15 +635,17 @@ class _Cycle:
                                 append(Queue(rest.id, reason, behind))
                         i = len(q)
                         break
-                    if i < len(q) and self._known_blocked(q[i]) is not None:
-                        if skip:
+                    if i < len(q):
+                        known = self._known_blocked(q[i])
+                        if known is not None:
+                            if not skip:
+                                continue  # a known failure: no heap traffic
                             # Known failures only emit nothing: jump to the first request
                             # that is not one (state cannot change before it is tried).
+                            known = None
                             i = self._next_unblocked(name, q, i)
                             if i >= len(q):
                                 break
-                        else:
-                            continue  # a known failure: no heap traffic
                 if i < len(q):
                     key = self._key(name, q[i])
                     if heap and heap[0][0] < key:
@@ -602,7 +660,7 @@ class _Cycle:
         keys = self.index.tenant_keys(name)
         start = keys[i]
         best: tuple[int, float, str] | None = None
-        reps = self.index.representative[name]
+        reps = self.index.representatives(name)
         for shape, skeys in self.index.shape_keys(name).items():
             j = bisect_left(skeys, start)
             if j == len(skeys) or (best is not None and skeys[j] >= best):
@@ -638,11 +696,13 @@ class _Cycle:
         hit = self.quota_fail.get((lease.tenant, lease.gpu_type))
         if hit is not None and lo >= hit[0]:
             if self.s.explain:
-                key = (True, lease.tenant, lease.gpu_type, lo, lease.priority, "")
-                why = self.reasons.get(key)
+                qkey = (True, lease.tenant, lease.gpu_type, lo, lease.priority, lease.preemptible)
+                why = self.reasons.get(qkey)
                 if why is None:
-                    ts = self.type_state(lease.gpu_type)
-                    why = self.reasons[key] = self._quota_reason(lease, ts, lo)
+                    why = self._fixed_reason(lease, lo)
+                    if why is None:
+                        why = self._quota_reason(lease, self.type_state(lease.gpu_type), lo)
+                    self.reasons[qkey] = why
                 return why
             return hit[1]
         hit = self.place_fail.get((lease.gpu_type, lease.strategy))
@@ -650,13 +710,33 @@ class _Cycle:
             ts = self.type_state(lease.gpu_type)
             if not self._may_make_room(lease, ts, lo):
                 if self.s.explain:
-                    key = (False, lease.tenant, lease.gpu_type, lo, lease.priority, lease.strategy)
+                    key = (
+                        lease.tenant,
+                        lease.gpu_type,
+                        lo,
+                        lease.priority,
+                        lease.strategy,
+                        lease.preemptible,
+                    )
                     why = self.reasons.get(key)
                     if why is None:
-                        why = self.reasons[key] = self._capacity_reason(lease, ts, lo)
+                        why = self._fixed_reason(lease, lo)
+                        if why is None:
+                            why = self._capacity_reason(lease, ts, lo)
+                        self.reasons[key] = why
                     return why
                 return hit[1]
         return None
+
+    def _fixed_reason(self, lease: LeaseView, lo: int) -> _Blocked | None:
+        """The fixed-borrowing refusal of a non-preemptible request, if it applies: checked
+        first by :meth:`_try`, so a known-blocked request gets the same reason."""
+        if not self.fixed_rule or lease.preemptible:
+            return None
+        ts = self.type_state(lease.gpu_type)
+        if ts.ledger.fixed_fits(lease.tenant, lo):
+            return None
+        return self._blocked_by_fixed(lease, ts, lo)
 
     def _try(self, lease: LeaseView) -> _Blocked | None:
         """5. Admit ``lease`` if quota and placement allow; else 6 (make room), 7 (backfill)."""
@@ -740,28 +820,37 @@ class _Cycle:
             made = self._make_room(lease, ts, k)
             if made:
                 return _Blocked(PendingReason.NO_CAPACITY.value, made)
-            return _Blocked(
+            blocked = _Blocked(
                 PendingReason.NO_CAPACITY.value,
                 f"tenant {name} holds {used} of its {nominal} nominal {lease.gpu_type} GPUs; "
                 "the rest are borrowed by leases that cannot be preempted yet",
             )
+            if self.attempts >= self.s.max_preemption_attempts:
+                # No make-room search is left in this cycle and quota room only falls: this
+                # tenant's requests of >= k GPUs are blocked the same way.
+                self._quota_failed(name, lease.gpu_type, k, blocked)
+            return blocked
         made = self._make_room(lease, ts, k) if self._has_lower_priority(lease, ts) else None
         if made:
             return _Blocked(PendingReason.OVER_QUOTA.value, made)
         blocked = self._quota_reason(lease, ts, k)
-        key = (name, lease.gpu_type)
-        if key not in self.quota_fail or self.quota_fail[key][0] > k:
-            self.quota_fail[key] = (k, blocked)
+        self._quota_failed(name, lease.gpu_type, k, blocked)
         return blocked
+
+    def _quota_failed(self, tenant: str, gpu_type: str, k: int, blocked: _Blocked) -> None:
+        key = (tenant, gpu_type)
+        hit = self.quota_fail.get(key)
+        if hit is None or hit[0] > k:
+            self.quota_fail[key] = (k, blocked)
 
     def _quota_reason(self, lease: LeaseView, ts: _TypeState, k: int) -> _Blocked:
         ledger = ts.ledger
         name = lease.tenant
         used = ledger.used.get(name, 0)
         nominal = ledger.nominal(name)
-        if ledger.within_nominal(name, k):
+        if used + k <= nominal:
             return _Blocked(
-                PendingReason.NO_CAPACITY.value,
+                _NO_CAPACITY_REASON,
                 f"tenant {name} holds {used} of its {nominal} nominal {lease.gpu_type} GPUs; "
                 "the rest are borrowed by leases that cannot be preempted yet",
             )
@@ -769,11 +858,10 @@ class _Cycle:
             top = ts.admitted_priority.get(name)
             if top is not None and top > lease.priority:
                 return _Blocked(
-                    PendingReason.PRIORITY.value,
-                    f"higher-priority leases of tenant {name} took its quota room",
+                    PRIORITY, f"higher-priority leases of tenant {name} took its quota room"
                 )
             return _Blocked(
-                PendingReason.FAIR_SHARE.value,
+                _FAIR_SHARE_REASON,
                 f"tenants ranked higher by fair share took the lendable {lease.gpu_type} GPUs",
             )
         ceiling = ledger.ceiling(name)
@@ -788,7 +876,7 @@ class _Cycle:
                 f"borrowing {k} more exceeds what others lend "
                 f"({ledger.supply - ledger.borrowed} lendable now)"
             )
-        return _Blocked(PendingReason.OVER_QUOTA.value, detail)
+        return _Blocked(_OVER_QUOTA_REASON, detail)
 
     def _has_lower_priority(self, lease: LeaseView, ts: _TypeState) -> bool:
         low = ts.min_preemptible_priority.get(lease.tenant)
@@ -877,10 +965,9 @@ class _Cycle:
         memo = (lease.tenant, lease.gpu_type, k, lease.min_gpus, lease.strategy, lease.priority)
         if memo in self.room_fail:
             return None  # the same search in the same state: nothing again
-        cands = self._candidates(lease, ts)
-        chosen = None
-        if cands:
-            chosen = select(cands, ts.pool, k, lease.strategy, ts.ledger, lease.tenant)
+        chosen = select(
+            self._candidates(lease, ts), ts.pool, k, lease.strategy, ts.ledger, lease.tenant
+        )
         if chosen is None:
             self.room_fail.add(memo)
             return None
@@ -934,16 +1021,15 @@ class _Cycle:
         ts.capacity_blocked = True
         return "making room: " + ", ".join(parts) + f" (grace {self.s.grace_s:g} s)"
 
-    def _candidates(self, lease: LeaseView, ts: _TypeState) -> list[Candidate]:
-        """Incoming first, then shrinks, then victims by lost work and size."""
-        out: list[Candidate] = [
-            Candidate(v, INCOMING, v.placement, (0.0,))
-            for v in ts.incoming
-            if v.id not in self.claimed
-        ]
+    def _candidates(self, lease: LeaseView, ts: _TypeState) -> Iterator[Candidate]:
+        """Incoming first, then shrinks, then victims by lost work and size; lazily, so a
+        search that fits after a few victims does not build the rest."""
+        claimed = self.claimed
+        for v in ts.incoming:
+            if v.id not in claimed:
+                yield Candidate(v, INCOMING, v.placement, (0.0,))
         ledger = ts.ledger
         name = lease.tenant
-        within = ledger.within_nominal(name, lease.min_gpus)
         if self.s.elastic and ts.elastic_over_min:
             shrinks: list[Candidate] = []
             for r in ts.running:
@@ -960,64 +1046,57 @@ class _Cycle:
                         Candidate(r, SHRINK, shrink_frees(r, extra), (-float(extra), 0.0))
                     )
             shrinks.sort(key=lambda c: (c.cost, c.lease.id))
-            out.extend(shrinks)
-        if self.s.preemption:
-            rows = ts.victim_rows
-            if rows is None:
-                rows = ts.victim_rows = self._sort_victims(ts)
-            touched = self.touched
-            young_until = self.young_until
-            borrowing: dict[str, bool] = {}
-            for cost, _g, rid, r, owner, priority, ready in rows:
-                if len(out) >= MAX_CANDIDATES:
-                    break  # select() looks no further anyway
-                if rid in touched:
+            yield from shrinks
+        if not self.s.preemption:
+            return
+        rows = ts.victim_rows
+        if rows is None:
+            rows = ts.victim_rows = self._sort_victims(ts)
+        within = ledger.within_nominal(name, lease.min_gpus)
+        touched = self.touched
+        borrowing: dict[str, bool] = {}
+        for cost, rid, r, owner, priority in rows:
+            if rid in touched:
+                continue
+            if owner == name:
+                if priority >= lease.priority:
                     continue
-                if ready is not None:
-                    # Too young now; say when it will not be, so the caller wakes us then.
-                    if young_until is None or ready < young_until:
-                        young_until = ready
+            else:
+                if not within:
                     continue
-                if owner == name:
-                    if priority >= lease.priority:
-                        continue
-                else:
-                    if not within:
-                        continue
-                    b = borrowing.get(owner)
-                    if b is None:
-                        b = borrowing[owner] = ledger.used.get(owner, 0) > ledger.nominal(owner)
-                    if not b:
-                        continue
-                out.append(Candidate(r, PREEMPT, r.placement, (cost,)))
-            self.young_until = young_until
-        return out
+                b = borrowing.get(owner)
+                if b is None:
+                    b = borrowing[owner] = ledger.used.get(owner, 0) > ledger.nominal(owner)
+                if not b:
+                    continue
+            yield Candidate(r, PREEMPT, r.placement, (cost,))
 
-    def _sort_victims(
-        self, ts: _TypeState
-    ) -> list[tuple[float, int, str, LeaseView, str, int, float | None]]:
-        """Preemptible leases of a type, least lost work (GPU-seconds since the last
-        checkpoint, else the start) first, then fewest GPUs, then id; once per cycle, with
-        what the candidate scan reads of each."""
+    def _sort_victims(self, ts: _TypeState) -> list[tuple[float, str, LeaseView, str, int]]:
+        """Preemptible leases of a type past their minimum runtime, least lost work
+        (GPU-seconds since the last checkpoint, else the start) first, then fewest GPUs, then
+        id; once per cycle, with what the candidate scan reads of each. The earliest time a
+        younger one becomes eligible goes to ``young_until`` (the caller wakes then)."""
         now = self.now
         min_runtime = self.s.min_runtime_s
-        rows = []
+        keyed = []
+        young_until = self.young_until
         for r in ts.running:
             if not r.preemptible or r.preempt_at is not None:
                 continue
-            g = sum(r.placement.values())
             started = r.started_at
+            if started is not None and now - started < min_runtime:
+                ready = started + min_runtime
+                if young_until is None or ready < young_until:
+                    young_until = ready
+                continue
+            g = sum(r.placement.values())
             begun = started if started is not None else now
             ckpt = r.last_checkpoint_at
             since = begun if ckpt is None else max(begun, ckpt)
-            ready = (
-                started + min_runtime
-                if started is not None and now - started < min_runtime
-                else None
-            )
-            rows.append((g * max(0.0, now - since), g, r.id, r, r.tenant, r.priority, ready))
-        rows.sort(key=_VICTIM_ORDER)
-        return rows
+            keyed.append((g * max(0.0, now - since), g, r.id, r))
+        self.young_until = young_until
+        keyed.sort(key=_VICTIM_ORDER)
+        return [(cost, rid, r, r.tenant, r.priority) for cost, _g, rid, r in keyed]
 
     # -- 8. grow -----------------------------------------------------------------------------
     def _grow(self) -> None:

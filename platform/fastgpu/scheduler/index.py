@@ -53,14 +53,16 @@ class PendingIndex:
         self.keys: dict[str, list[QueueKey]] = {}
         #: Tenant -> shape -> sorted queue keys of its leases of that shape.
         self.shapes: dict[str, dict[Shape, list[QueueKey]]] = {}
-        #: Tenant -> shape -> one lease of that shape (any: the policy reads only its shape).
+        #: Tenant -> shape -> one lease of that shape (any: the policy reads only its shape);
+        #: per tenant either complete or absent (built by :meth:`representatives`).
         self.representative: dict[str, dict[Shape, LeaseView]] = {}
 
     @classmethod
     def build(cls, pending: Iterable[LeaseView]) -> PendingIndex:
         """A fresh index (the policy's, per cycle, when the caller passes none). Key lists
-        (per tenant and per shape) are left to :meth:`tenant_keys` / :meth:`shape_keys`, which
-        build them if a cycle needs them (with reasons on, none does)."""
+        (per tenant and per shape) and representatives are left to :meth:`tenant_keys`,
+        :meth:`shape_keys` and :meth:`representatives`, which build them if a cycle needs
+        them (with reasons on, none does)."""
         idx = cls()
         by_tenant = idx.queues
         for lease in pending:
@@ -68,16 +70,23 @@ class PendingIndex:
             if q is None:
                 q = by_tenant[lease.tenant] = []
             q.append(lease)
-        representative = idx.representative
-        for tenant, q in by_tenant.items():
-            reps = representative[tenant] = dict(zip(map(_SHAPE, q), q, strict=True))
+        for q in by_tenant.values():
             # Queue order, (-priority, submitted_at, id), by two stable sorts with C-level
             # keys (ids are unique, so the order is total and the same as one tuple sort).
             if len(q) > 1:
                 q.sort(key=_SUBMIT_ORDER)
-                if len(reps) > 1:
-                    q.sort(key=_PRIORITY, reverse=True)
+                q.sort(key=_PRIORITY, reverse=True)
         return idx
+
+    def representatives(self, tenant: str) -> dict[Shape, LeaseView]:
+        """Shape -> one pending lease of that shape, for the tenant's queue (``{}`` if none)."""
+        reps = self.representative.get(tenant)
+        if reps is None:
+            q = self.queues.get(tenant)
+            if q is None:
+                return {}
+            reps = self.representative[tenant] = dict(zip(map(_SHAPE, q), q, strict=True))
+        return reps
 
     def tenant_keys(self, tenant: str) -> list[QueueKey]:
         """The queue keys of the tenant's leases, in queue order (``[]`` if none)."""
@@ -109,7 +118,9 @@ class PendingIndex:
         pos = bisect_left(keys, key)
         keys.insert(pos, key)
         self.queues.setdefault(tenant, []).insert(pos, lease)
-        self.representative.setdefault(tenant, {}).setdefault(shape_of(lease), lease)
+        reps = self.representative.get(tenant)
+        if reps is not None:
+            reps.setdefault(shape_of(lease), lease)
 
     def remove(self, lease: LeaseView) -> None:
         tenant = lease.tenant
@@ -124,12 +135,14 @@ class PendingIndex:
         shape = shape_of(lease)
         skeys = shapes[shape]
         del skeys[bisect_left(skeys, key)]
+        reps = self.representative.get(tenant)
         if not skeys:
             del shapes[shape]
-            del self.representative[tenant][shape]
+            if reps is not None:
+                del reps[shape]
         if not keys:
             del self.keys[tenant], self.queues[tenant], self.shapes[tenant]
-            del self.representative[tenant]
+            self.representative.pop(tenant, None)
 
     def __len__(self) -> int:
         return sum(len(q) for q in self.queues.values())

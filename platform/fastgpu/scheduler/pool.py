@@ -75,7 +75,8 @@ class FreePool:
                 self._move(node, old, old + n)
 
     def could_place(self, gpus: int, strategy: str) -> bool:
-        """A cheap necessary condition (exact for STRICT_PACK and PACK)."""
+        """Whether :meth:`place` would find a placement, without building it (exact: PACK
+        and SPREAD place whenever enough GPUs are free, STRICT_PACK needs one node)."""
         if gpus > self.total:
             return False
         if strategy == "STRICT_PACK":

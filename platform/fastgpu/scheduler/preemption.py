@@ -19,7 +19,8 @@ with respect to single removals.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from itertools import islice
 
 from fastgpu.scheduler.pool import FreePool
 from fastgpu.scheduler.quota import QuotaLedger, QuotaTrial
@@ -93,7 +94,7 @@ class _NoQuota:
 
 
 def select(
-    candidates: list[Candidate],
+    candidates: Iterable[Candidate],
     pool: FreePool,
     gpus: int,
     strategy: str,
@@ -103,36 +104,22 @@ def select(
     """The cheapest prefix of ``candidates`` (then pruned) after which ``gpus`` GPUs can be
     placed with ``strategy`` and ``ledger.fits(tenant, gpus, released GPUs per tenant)``
     holds (no quota test without a ledger); None if none."""
-    candidates = candidates[:MAX_CANDIDATES]
-
-    # Cheap refusal first: if even every candidate together does not make it fit, stop.
-    everything = pool.copy()
-    trial = QuotaTrial(ledger, tenant, gpus) if ledger is not None else _NoQuota()
-    released: dict[str, int] = {}
-    for cand in candidates:
-        everything.give(cand.frees)
-        released[cand.lease.tenant] = released.get(cand.lease.tenant, 0) + cand.gpus
-    for owner, n in released.items():
-        trial.release(owner, n)
-    if everything.place(gpus, strategy) is None or not trial.ok():
-        return None
-
+    # One pass, cheapest first, stopping at the first prefix that fits; a request that no
+    # prefix fits costs the same pass (what used to be a separate "does everything fit" test).
     what_if = pool.copy()
     quota = QuotaTrial(ledger, tenant, gpus) if ledger is not None else _NoQuota()
 
     def fits() -> bool:
-        return what_if.place(gpus, strategy) is not None and quota.ok()
+        return quota.ok() and what_if.could_place(gpus, strategy)
 
     chosen: list[Candidate] = []
-    ok = False
-    for cand in candidates:
+    for cand in islice(candidates, MAX_CANDIDATES):
         what_if.give(cand.frees)
         chosen.append(cand)
         quota.release(cand.lease.tenant, cand.gpus)
         if fits():
-            ok = True
             break
-    if not ok:
+    else:
         return None
     for cand in reversed(list(chosen)):
         if cand.kind == INCOMING:

@@ -134,11 +134,14 @@ class QuotaLedger:
         """Whether :meth:`fits` held before this cycle admitted anything (tells "others took
         the room first" apart from "never had the room")."""
         used, borrowed, supply = self._start
+        lim = self._limits[tenant]
         old = used.get(tenant, 0)
-        if old + extra > self.ceiling(tenant):
+        new = old + extra
+        nom, lend = lim.nominal, lim.lend
+        if new > (min(_UNBOUNDED, nom + lim.borrow) if self.borrowing else nom):  # ceiling
             return False
-        borrowed += self._borrowed_term(tenant, old + extra) - self._borrowed_term(tenant, old)
-        supply += self._lent_term(tenant, old + extra) - self._lent_term(tenant, old)
+        borrowed += max(0, new - nom) - max(0, old - nom)
+        supply += min(lend, max(0, nom - new)) - min(lend, max(0, nom - old))
         return borrowed <= supply
 
     def room(self, tenant: str, upto: int) -> int:
