@@ -616,6 +616,7 @@ class _Cycle:
             q = queues[name]
             i = cursor[name]
             known: _Blocked | None = None  # q[i] known to be blocked (tested just before)
+            strict = self.tenant(name).queueing == "strict_fifo"
             while i < len(q):
                 lease = q[i]
                 i += 1
@@ -624,8 +625,9 @@ class _Cycle:
                 if blocked is None:
                     blocked = self._try(lease)
                 if blocked is not None:
-                    self.queue(lease, blocked.reason, blocked.detail)
-                    if self.tenant(name).queueing == "strict_fifo":
+                    if explain:
+                        self.queued.append(Queue(lease.id, blocked.reason, blocked.detail))
+                    if strict:
                         if explain:
                             behind = f"behind {lease.id} (strict_fifo)"
                             prio = lease.priority
@@ -696,14 +698,9 @@ class _Cycle:
         hit = self.quota_fail.get((lease.tenant, lease.gpu_type))
         if hit is not None and lo >= hit[0]:
             if self.s.explain:
-                qkey = (True, lease.tenant, lease.gpu_type, lo, lease.priority, lease.preemptible)
-                why = self.reasons.get(qkey)
-                if why is None:
-                    why = self._fixed_reason(lease, lo)
-                    if why is None:
-                        why = self._quota_reason(lease, self.type_state(lease.gpu_type), lo)
-                    self.reasons[qkey] = why
-                return why
+                return self._fixed_reason(lease, lo) or self._quota_reason(
+                    lease, self.type_state(lease.gpu_type), lo
+                )
             return hit[1]
         hit = self.place_fail.get((lease.gpu_type, lease.strategy))
         if hit is not None and lo >= hit[0]:
@@ -844,39 +841,56 @@ class _Cycle:
             self.quota_fail[key] = (k, blocked)
 
     def _quota_reason(self, lease: LeaseView, ts: _TypeState, k: int) -> _Blocked:
+        """Why a request of ``k`` GPUs is refused by quota now. The text does not depend on
+        ``k``, only on which case applies, so one answer per (tenant, type, case) serves a
+        whole queue (cached in ``reasons`` until the state changes)."""
         ledger = ts.ledger
         name = lease.tenant
         used = ledger.used.get(name, 0)
-        nominal = ledger.nominal(name)
+        lim = ledger.limits(name)
+        nominal = lim.nominal
         if used + k <= nominal:
-            return _Blocked(
+            case = 0
+        elif ledger.fitted_at_start(name, k):
+            top = ts.admitted_priority.get(name)
+            case = 1 if top is not None and top > lease.priority else 2
+        elif used + k > ledger.ceiling(name):
+            case = 3
+        else:
+            case = 4
+        key = (name, lease.gpu_type, case)
+        why = self.reasons.get(key)
+        if why is not None:
+            return why
+        gpu_type = lease.gpu_type
+        if case == 0:
+            why = _Blocked(
                 _NO_CAPACITY_REASON,
-                f"tenant {name} holds {used} of its {nominal} nominal {lease.gpu_type} GPUs; "
+                f"tenant {name} holds {used} of its {nominal} nominal {gpu_type} GPUs; "
                 "the rest are borrowed by leases that cannot be preempted yet",
             )
-        if ledger.fitted_at_start(name, k):
-            top = ts.admitted_priority.get(name)
-            if top is not None and top > lease.priority:
-                return _Blocked(
-                    PRIORITY, f"higher-priority leases of tenant {name} took its quota room"
-                )
-            return _Blocked(
+        elif case == 1:
+            why = _Blocked(PRIORITY, f"higher-priority leases of tenant {name} took its quota room")
+        elif case == 2:
+            why = _Blocked(
                 _FAIR_SHARE_REASON,
-                f"tenants ranked higher by fair share took the lendable {lease.gpu_type} GPUs",
+                f"tenants ranked higher by fair share took the lendable {gpu_type} GPUs",
             )
-        ceiling = ledger.ceiling(name)
-        if used + k > ceiling:
-            detail = (
-                f"tenant {name} holds {used} {lease.gpu_type} GPUs; {k} more would exceed its "
-                f"limit of {ceiling} (nominal {nominal} + borrowing limit)"
+        elif case == 3:
+            why = _Blocked(
+                _OVER_QUOTA_REASON,
+                f"tenant {name} holds {used} {gpu_type} GPUs; the request would exceed its "
+                f"limit of {ledger.ceiling(name)} (nominal {nominal} + borrowing limit)",
             )
         else:
-            detail = (
-                f"tenant {name} holds {used} of its {nominal} nominal {lease.gpu_type} GPUs; "
-                f"borrowing {k} more exceeds what others lend "
-                f"({ledger.supply - ledger.borrowed} lendable now)"
+            why = _Blocked(
+                _OVER_QUOTA_REASON,
+                f"tenant {name} holds {used} of its {nominal} nominal {gpu_type} GPUs; "
+                "borrowing the request exceeds what others lend "
+                f"({ledger.supply - ledger.borrowed} lendable now)",
             )
-        return _Blocked(_OVER_QUOTA_REASON, detail)
+        self.reasons[key] = why
+        return why
 
     def _has_lower_priority(self, lease: LeaseView, ts: _TypeState) -> bool:
         low = ts.min_preemptible_priority.get(lease.tenant)
