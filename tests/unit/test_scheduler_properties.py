@@ -330,3 +330,39 @@ def test_guarantees_hold_with_three_or_more_tenants(
         if j.tenant.startswith("g"):
             assert j.start is not None
             assert j.start - j.submit <= grace + 1e-6, j
+
+
+@SETTINGS
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 8), st.none() | st.integers(0, 8), st.none() | st.integers(0, 8)),
+        min_size=1,
+        max_size=4,
+    ),
+    st.lists(st.integers(0, 12), min_size=4, max_size=4),
+    st.integers(0, 3),
+    st.integers(0, 12),
+    st.integers(0, 40),
+)
+def test_quota_fits_equals_recomputing_the_ledger(
+    limits: list[tuple[int, int | None, int | None]],
+    used_list: list[int],
+    who: int,
+    extra: int,
+    capacity: int,
+) -> None:
+    """The O(1) quota test (and its start-of-cycle twin) equal building the ledger afresh
+    with the tenant holding ``extra`` more: within its ceiling and borrowed <= lendable."""
+    quotas = {
+        f"t{i}": QuotaSpec(nominal=n, borrowing_limit=b, lending_limit=lend)
+        for i, (n, b, lend) in enumerate(limits)
+    }
+    used = {f"t{i}": u for i, u in enumerate(used_list[: len(limits)])}
+    tenant = f"t{who % len(limits)}"
+    ledger = QuotaLedger(capacity, quotas, used)
+    after = dict(used)
+    after[tenant] += extra
+    fresh = QuotaLedger(capacity, quotas, after)
+    expected = after[tenant] <= ledger.ceiling(tenant) and fresh.borrowed <= fresh.supply
+    assert ledger.fits(tenant, extra) == expected
+    assert ledger.fitted_at_start(tenant, extra) == expected

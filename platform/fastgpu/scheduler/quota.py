@@ -53,6 +53,24 @@ class _LimitsTable(dict[str, _Limits]):
         return lim
 
 
+def _balance_ok(borrowed: int, supply: int, nom: int, lend: int, old: int, new: int) -> bool:
+    """``B <= S`` after a tenant (nominal ``nom``, lending limit ``lend``) goes from ``old`` to
+    ``new`` GPUs, given B and S before; conditionals instead of min/max calls (hot path)."""
+    # Borrowed term max(0, used - nom), lent term min(lend, max(0, nom - used)).
+    # Both written relative to a lent term of ``lend`` (idle nominal of at least ``lend``).
+    if new > nom:
+        borrowed += new - nom
+        supply -= lend
+    elif nom - new < lend:
+        supply += nom - new - lend
+    if old > nom:
+        borrowed -= old - nom
+        supply += lend
+    elif nom - old < lend:
+        supply -= nom - old - lend
+    return borrowed <= supply
+
+
 class QuotaLedger:
     """Used GPUs, B and S of one GPU type; mutable, private to one cycle."""
 
@@ -123,12 +141,10 @@ class QuotaLedger:
         lim = self._limits[tenant]
         old = self.used.get(tenant, 0)
         new = old + extra
-        nom, lend = lim.nominal, lim.lend
-        if new > (min(_UNBOUNDED, nom + lim.borrow) if self.borrowing else nom):  # ceiling
+        nom = lim.nominal
+        if new > (nom + lim.borrow if self.borrowing else nom):  # ceiling
             return False
-        borrowed = self.borrowed + max(0, new - nom) - max(0, old - nom)
-        supply = self.supply + min(lend, max(0, nom - new)) - min(lend, max(0, nom - old))
-        return borrowed <= supply
+        return _balance_ok(self.borrowed, self.supply, nom, lim.lend, old, new)
 
     def fitted_at_start(self, tenant: str, extra: int) -> bool:
         """Whether :meth:`fits` held before this cycle admitted anything (tells "others took
@@ -137,12 +153,10 @@ class QuotaLedger:
         lim = self._limits[tenant]
         old = used.get(tenant, 0)
         new = old + extra
-        nom, lend = lim.nominal, lim.lend
-        if new > (min(_UNBOUNDED, nom + lim.borrow) if self.borrowing else nom):  # ceiling
+        nom = lim.nominal
+        if new > (nom + lim.borrow if self.borrowing else nom):  # ceiling
             return False
-        borrowed += max(0, new - nom) - max(0, old - nom)
-        supply += min(lend, max(0, nom - new)) - min(lend, max(0, nom - old))
-        return borrowed <= supply
+        return _balance_ok(borrowed, supply, nom, lim.lend, old, new)
 
     def room(self, tenant: str, upto: int) -> int:
         """The largest ``d <= upto`` with ``fits(tenant, d)`` (0 if none).
