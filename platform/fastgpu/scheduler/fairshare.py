@@ -29,7 +29,7 @@ import math
 from bisect import bisect_left
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 
 from fastgpu.domain.lease import PendingReason
 from fastgpu.scheduler.backfill import Reservation, reserve
@@ -55,7 +55,32 @@ PRIORITY = PendingReason.PRIORITY.value
 _NO_CAPACITY_REASON = PendingReason.NO_CAPACITY.value
 _FAIR_SHARE_REASON = PendingReason.FAIR_SHARE.value
 _OVER_QUOTA_REASON = PendingReason.OVER_QUOTA.value
-_VICTIM_ORDER = itemgetter(0, 1, 2)  # lost work, GPUs, id
+
+
+class _Victims:
+    """Preemptible leases of one type, cheapest victim first (least lost work, then fewest
+    GPUs, then id), sorted only as far as the cycle's make-room searches read: a heap, popped
+    into ``rows`` on demand (searches stop after a few dozen of thousands)."""
+
+    __slots__ = ("_heap", "rows")
+
+    def __init__(self, keyed: list[tuple[float, int, str, LeaseView]]) -> None:
+        heapq.heapify(keyed)  # ids are unique: the tuples never compare the leases
+        self._heap = keyed
+        #: (lost work, id, lease, tenant, priority), in victim order.
+        self.rows: list[tuple[float, str, LeaseView, str, int]] = []
+
+    def more(self, n: int = 32) -> bool:
+        """Append up to ``n`` more rows; False if none was left."""
+        heap = self._heap
+        if not heap:
+            return False
+        pop = heapq.heappop
+        append = self.rows.append
+        for _ in range(min(n, len(heap))):
+            cost, _g, rid, r = pop(heap)
+            append((cost, rid, r, r.tenant, r.priority))
+        return True
 
 
 class PreemptReason:
@@ -218,7 +243,7 @@ class _TypeState:
     admitted_priority: dict[str, int] = field(default_factory=dict)
     #: Preemptible leases past their minimum runtime, cheapest victim first, as (lost work,
     #: id, lease, tenant, priority); built on the first make-room search.
-    victim_rows: list[tuple[float, str, LeaseView, str, int]] | None = None
+    victims: _Victims | None = None
     #: Tenant -> lowest priority among its preemptible running leases (priority preemption).
     min_preemptible_priority: dict[str, int] = field(default_factory=dict)
     #: Tenants holding preemptible leases (reclaim candidates when they borrow).
@@ -263,6 +288,8 @@ class _Cycle:
         #: change of a free map or quota ledger (cleared there), so a long run of blocked
         #: requests of one shape costs one explanation.
         self.reasons: dict[tuple[object, ...], _Blocked] = {}
+        #: Quota reasons by what their text depends on (see :meth:`_quota_reason`).
+        self.quota_reasons: dict[tuple[str, str, int, int, int], _Blocked] = {}
         #: Make-room searches that found nothing, by what they depend on (requester shape);
         #: the same search in the same state finds nothing again. Cleared with ``reasons``.
         self.room_fail: set[tuple[str, str, int, int, str, int]] = set()
@@ -842,8 +869,9 @@ class _Cycle:
 
     def _quota_reason(self, lease: LeaseView, ts: _TypeState, k: int) -> _Blocked:
         """Why a request of ``k`` GPUs is refused by quota now. The text does not depend on
-        ``k``, only on which case applies, so one answer per (tenant, type, case) serves a
-        whole queue (cached in ``reasons`` until the state changes)."""
+        ``k``, only on which case applies and on what it quotes (the tenant's GPUs, the
+        lendable GPUs), so one answer per (tenant, type, case, quoted numbers) serves a whole
+        queue, across state changes (``quota_reasons`` is never cleared)."""
         ledger = ts.ledger
         name = lease.tenant
         used = ledger.used.get(name, 0)
@@ -858,8 +886,9 @@ class _Cycle:
             case = 3
         else:
             case = 4
-        key = (name, lease.gpu_type, case)
-        why = self.reasons.get(key)
+        lendable = ledger.supply - ledger.borrowed if case == 4 else 0
+        key = (name, lease.gpu_type, case, used, lendable)
+        why = self.quota_reasons.get(key)
         if why is not None:
             return why
         gpu_type = lease.gpu_type
@@ -886,10 +915,9 @@ class _Cycle:
             why = _Blocked(
                 _OVER_QUOTA_REASON,
                 f"tenant {name} holds {used} of its {nominal} nominal {gpu_type} GPUs; "
-                "borrowing the request exceeds what others lend "
-                f"({ledger.supply - ledger.borrowed} lendable now)",
+                f"borrowing the request exceeds what others lend ({lendable} lendable now)",
             )
-        self.reasons[key] = why
+        self.quota_reasons[key] = why
         return why
 
     def _has_lower_priority(self, lease: LeaseView, ts: _TypeState) -> bool:
@@ -1063,13 +1091,17 @@ class _Cycle:
             yield from shrinks
         if not self.s.preemption:
             return
-        rows = ts.victim_rows
-        if rows is None:
-            rows = ts.victim_rows = self._sort_victims(ts)
+        victims = ts.victims
+        if victims is None:
+            victims = ts.victims = self._sort_victims(ts)
+        rows = victims.rows
         within = ledger.within_nominal(name, lease.min_gpus)
         touched = self.touched
         borrowing: dict[str, bool] = {}
-        for cost, rid, r, owner, priority in rows:
+        i = 0
+        while i < len(rows) or victims.more():
+            cost, rid, r, owner, priority = rows[i]
+            i += 1
             if rid in touched:
                 continue
             if owner == name:
@@ -1085,7 +1117,7 @@ class _Cycle:
                     continue
             yield Candidate(r, PREEMPT, r.placement, (cost,))
 
-    def _sort_victims(self, ts: _TypeState) -> list[tuple[float, str, LeaseView, str, int]]:
+    def _sort_victims(self, ts: _TypeState) -> _Victims:
         """Preemptible leases of a type past their minimum runtime, least lost work
         (GPU-seconds since the last checkpoint, else the start) first, then fewest GPUs, then
         id; once per cycle, with what the candidate scan reads of each. The earliest time a
@@ -1109,8 +1141,7 @@ class _Cycle:
             since = begun if ckpt is None else max(begun, ckpt)
             keyed.append((g * max(0.0, now - since), g, r.id, r))
         self.young_until = young_until
-        keyed.sort(key=_VICTIM_ORDER)
-        return [(cost, rid, r, r.tenant, r.priority) for cost, _g, rid, r in keyed]
+        return _Victims(keyed)
 
     # -- 8. grow -----------------------------------------------------------------------------
     def _grow(self) -> None:
