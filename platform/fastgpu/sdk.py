@@ -197,7 +197,9 @@ class Client:
         request_id: str | None = None,
     ) -> Lease:
         """Ask for ``gpus`` GPUs. With ``wait``, return once they are held (raising
-        :class:`LeaseRejected` if it can never fit, :class:`WaitTimeout` after ``timeout``)."""
+        :class:`LeaseRejected` if it can never fit, :class:`WaitTimeout` after ``timeout``).
+        Only a ``preemptible`` lease may borrow GPUs behind other tenants' nominal quota
+        (a non-preemptible one holds at most nominal plus the unowned GPUs)."""
         body: dict[str, Any] = {
             "gpus": gpus,
             "gpu_type": gpu_type,

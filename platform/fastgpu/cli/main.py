@@ -264,7 +264,11 @@ def lease_request(
     gpus: str = typer.Option(..., "--gpus", help="GPUs: N, or MIN:MAX for an elastic lease."),
     gpu_type: str = typer.Option(None, "--gpu-type", help="GPU type."),
     duration: str = typer.Option(None, "--duration", help="e.g. 30m, 2h (default: 1h)."),
-    preemptible: bool = typer.Option(False, "--preemptible", help="May be preempted."),
+    preemptible: bool = typer.Option(
+        False,
+        "--preemptible",
+        help="May be preempted; only preemptible leases borrow GPUs behind other tenants' quota.",
+    ),
     priority: int = typer.Option(0, "--priority", help="Priority among your own leases."),
     strategy: str = typer.Option("PACK", "--strategy", help="PACK, STRICT_PACK or SPREAD."),
     tenant: str = typer.Option(None, "--tenant", help="The tenant (admin only)."),
