@@ -167,6 +167,16 @@ class SchedulerSettings(_Spec):
     min_runtime_s: float = Field(
         default=300, ge=0, le=7 * 24 * 3600, description="No preemption before this runtime (s)."
     )
+    min_runtime_backoff: int = Field(
+        default=5,
+        ge=0,
+        le=20,
+        description=(
+            "A lease whose workload was preempted k times in the last day is protected for "
+            "min_runtime_s * 2**min(k, this), so a workload chosen again and again still reaches "
+            "a checkpoint; 0 turns it off."
+        ),
+    )
     grace_s: float = Field(
         default=30,
         ge=0,

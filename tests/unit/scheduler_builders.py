@@ -55,6 +55,10 @@ class LeaseBuilder:
     def checkpoint(self, at: float) -> LeaseBuilder:
         return self._set(last_checkpoint_at=at)
 
+    def restarted(self, times: int) -> LeaseBuilder:
+        """Its workload was preempted ``times`` times before."""
+        return self._set(restarts=times)
+
     def leaving(self, at: float) -> LeaseBuilder:
         return self._set(preempt_at=at)
 

@@ -372,6 +372,35 @@ CASES = [
         resize={"a1": 4},
     ),
     Case(
+        "restarts: a workload preempted twice before is protected for 4x min runtime",
+        lambda: snap(
+            nodes(1),
+            two(),
+            running=[
+                lease("x1", 4).tenant("a").preemptible().restarted(2).on({"n0": 4}, started=-1000),
+                lease("x2", 4).tenant("a").preemptible().on({"n0": 4}, started=-4000),
+            ],
+            pending=[lease("b1", 4).tenant("b")],
+        ),
+        queue={"b1": "no_capacity"},
+        preempt={"x2": "reclaim"},  # x1 lost less work, but is young for a restarted workload
+    ),
+    Case(
+        "restarts: without the backoff the cheapest victim is the restarted one",
+        lambda: snap(
+            nodes(1),
+            two(),
+            running=[
+                lease("x1", 4).tenant("a").preemptible().restarted(2).on({"n0": 4}, started=-1000),
+                lease("x2", 4).tenant("a").preemptible().on({"n0": 4}, started=-4000),
+            ],
+            pending=[lease("b1", 4).tenant("b")],
+        ),
+        queue={"b1": "no_capacity"},
+        preempt={"x1": "reclaim"},
+        settings=FairShareSettings(min_runtime_backoff=0),
+    ),
+    Case(
         "time limit: a lease past its duration is preempted at once",
         lambda: snap(
             nodes(1),

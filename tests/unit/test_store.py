@@ -89,7 +89,7 @@ def test_failed_transaction_changes_nothing() -> None:
 
 
 def test_upgrade_from_v1_keeps_data(tmp_path: Path) -> None:
-    """A database written by version 1 gains version 2's columns with its rows intact."""
+    """A database written by version 1 gains later versions' columns with its rows intact."""
     from sqlalchemy import create_engine, insert
 
     from fastgpu.store import schema
@@ -109,12 +109,32 @@ def test_upgrade_from_v1_keeps_data(tmp_path: Path) -> None:
         )
     engine.dispose()
     store = open_store(url)
-    assert store.schema_version() == SCHEMA_VERSION == 2
+    assert store.schema_version() == SCHEMA_VERSION == 3
     old = store.get_lease("old")
     assert old is not None
     assert old.state == LeaseState.RELEASED
     assert old.priority == 0
     assert old.last_checkpoint_at is None
+    assert old.restarts == 0
+
+
+def test_count_preempted_by_workload_and_time() -> None:
+    store = open_store("sqlite://")
+    for lid, workload, ended in (
+        ("a", "run-1", 100.0),
+        ("b", "run-1", 10.0),
+        ("c", "run-2", 100.0),
+    ):
+        lease, _ = store.insert_lease(_lease(lid))
+        for state in (LeaseState.ADMITTED, LeaseState.RESERVED):
+            store.transition(lease, state, 0.0)
+        lease.workload = workload
+        store.transition(lease, LeaseState.BOUND, 0.0)
+        lease.ended_at = ended
+        store.transition(lease, LeaseState.PREEMPTED, ended)
+    assert store.count_preempted(_lease("x").tenant, "run-1", since=50.0) == 1
+    assert store.count_preempted(_lease("x").tenant, "run-1", since=0.0) == 2
+    assert store.count_preempted("someone-else", "run-1", since=0.0) == 0
 
 
 def test_decayed_usage_halves_after_a_half_life() -> None:

@@ -59,6 +59,10 @@ _NODE_CACHE_S = 1.0
 MAX_LIVE_LEASES_PER_TENANT = 1000
 
 
+#: Preemptions of a workload older than this do not lengthen its minimum runtime.
+RESTART_WINDOW_S = 24 * 3600.0
+
+
 def _new_lease_id() -> str:
     return uuid.uuid4().hex[:16]
 
@@ -72,6 +76,7 @@ def make_policy(config: PlatformConfig) -> Policy:
         FairShareSettings(
             usage_half_life_s=s.usage_half_life_s,
             min_runtime_s=s.min_runtime_s,
+            min_runtime_backoff=s.min_runtime_backoff,
             grace_s=s.grace_s,
             backfill=s.backfill,
             borrowing=s.borrowing,
@@ -446,8 +451,14 @@ class Controller:
                 raise Conflict(
                     f"lease {lease_id} is {lease.state.value}; only a RESERVED lease can be bound"
                 )
+            now = self.clock()
             lease.workload = workload
-            self.store.transition(lease, LeaseState.BOUND, self.clock(), f"bound to {workload}")
+            # A workload preempted before (it resumes from a checkpoint on this lease) gets a
+            # longer minimum runtime, doubled per recent preemption (the policy's backoff).
+            lease.restarts = self.store.count_preempted(
+                lease.tenant, workload, now - RESTART_WINDOW_S
+            )
+            self.store.transition(lease, LeaseState.BOUND, now, f"bound to {workload}")
             if lease.placement_group:
                 self.backend.remove_group(lease.placement_group, lease.placement_group_id)
             self._changed.notify_all()
@@ -938,6 +949,7 @@ def _view(lease: Lease, placement: dict[str, int]) -> LeaseView:
         started_at=lease.reserved_at or lease.admitted_at,
         placement=placement,
         last_checkpoint_at=lease.last_checkpoint_at,
+        restarts=lease.restarts,
     )
 
 

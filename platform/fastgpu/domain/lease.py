@@ -177,6 +177,9 @@ class Lease:
     preempt_at: float | None = None
     priority: int = 0
     last_checkpoint_at: float | None = None
+    #: Preemptions of the same tenant's workload (same ``workload`` label) in the 24 hours
+    #: before this lease was bound; set at bind time.
+    restarts: int = 0
 
     @property
     def held_gpus(self) -> int:
@@ -212,4 +215,5 @@ class Lease:
             "preempt_at": iso(self.preempt_at),
             "priority": self.priority,
             "last_checkpoint_at": iso(self.last_checkpoint_at),
+            "restarts": self.restarts,
         }

@@ -15,7 +15,8 @@ Invariants of every answer (property-tested):
 * no node is ever asked for more GPUs than it has free (admissions and growth together);
 * no tenant is taken above ``nominal + borrowing_limit`` (``nominal`` with borrowing off);
 * borrowed never exceeds lendable supply (see :mod:`fastgpu.scheduler.quota`);
-* a running lease is preempted only if preemptible and past ``min_runtime_s`` (time limits
+* a running lease is preempted only if preemptible and past ``min_runtime_s`` (doubled for
+  each earlier preemption of its workload, up to ``min_runtime_backoff`` times; time limits
   aside), shrunk never below ``min_gpus``, and never gets two decisions in one cycle;
 * every pending lease gets exactly one of admit, queue (with a reason) or reject (when
   ``explain`` is on; with it off, queue decisions are left out to save time in the simulator).
@@ -108,6 +109,11 @@ class FairShareSettings:
     #: A running lease may not be preempted before it has run this long (seconds), so that a
     #: restart can make progress; time limits ignore it.
     min_runtime_s: float = 300.0
+    #: A lease whose workload was preempted k times before (``LeaseView.restarts``) is
+    #: protected for ``min_runtime_s * 2**min(k, min_runtime_backoff)``: a workload chosen again
+    #: and again (the cheapest victim is the one that just restarted) still reaches a
+    #: checkpoint. 0 turns the backoff off.
+    min_runtime_backoff: int = 5
     #: Seconds between announcing a preemption (``Preempt.grace_s``) and taking the GPUs, for a
     #: last checkpoint.
     grace_s: float = 30.0
@@ -144,6 +150,10 @@ class FairShareSettings:
         for name in ("min_runtime_s", "grace_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"Got {getattr(self, name)} for {name}; expected >= 0")
+        if not 0 <= self.min_runtime_backoff <= 20:
+            raise ValueError(
+                f"Got {self.min_runtime_backoff} for min_runtime_backoff; expected 0..20"
+            )
         if self.max_preemption_attempts < 0:
             raise ValueError(
                 f"Got {self.max_preemption_attempts} for max_preemption_attempts; expected >= 0"
@@ -1124,14 +1134,16 @@ class _Cycle:
         younger one becomes eligible goes to ``young_until`` (the caller wakes then)."""
         now = self.now
         min_runtime = self.s.min_runtime_s
+        backoff = self.s.min_runtime_backoff
         keyed = []
         young_until = self.young_until
         for r in ts.running:
             if not r.preemptible or r.preempt_at is not None:
                 continue
             started = r.started_at
-            if started is not None and now - started < min_runtime:
-                ready = started + min_runtime
+            protect = min_runtime * (1 << min(r.restarts, backoff)) if r.restarts else min_runtime
+            if started is not None and now - started < protect:
+                ready = started + protect
                 if young_until is None or ready < young_until:
                     young_until = ready
                 continue

@@ -64,6 +64,9 @@ class LeaseView:
     #: Running leases announced for preemption: when their GPUs are taken (announcement time
     #: plus grace). The policy counts those GPUs as coming free and never picks the lease again.
     preempt_at: float | None = None
+    #: How many times the workload this lease runs was preempted before (it restarted from a
+    #: checkpoint): its minimum runtime doubles with each, up to a cap (see the settings).
+    restarts: int = 0
 
     @property
     def held_gpus(self) -> int:

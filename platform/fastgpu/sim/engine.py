@@ -338,6 +338,7 @@ class Simulation:
             placement=dict(sj.placement),
             last_checkpoint_at=checkpoint_at,
             preempt_at=sj.leave_at,
+            restarts=sj.preemptions,
         )
 
     def _rate(self, sj: _SimJob, k: int) -> float:

@@ -77,6 +77,8 @@ leases = Table(
     # v2
     Column("priority", Integer, nullable=False, default=0),
     Column("last_checkpoint_at", Float),
+    # v3
+    Column("restarts", Integer, nullable=False, default=0),
     UniqueConstraint("tenant", "request_id", name="uq_leases_tenant_request"),
     Index("ix_leases_state", "state"),
     Index("ix_leases_tenant", "tenant"),
@@ -122,7 +124,7 @@ requests = Table(
 )
 
 
-_V2_COLUMNS = ("priority", "last_checkpoint_at")
+_LATER_COLUMNS = ("priority", "last_checkpoint_at", "restarts")
 
 
 def _v1(conn: Connection) -> None:
@@ -131,7 +133,7 @@ def _v1(conn: Connection) -> None:
     Table(
         "leases",
         v1,
-        *(c._copy() for c in leases.columns if c.name not in _V2_COLUMNS),
+        *(c._copy() for c in leases.columns if c.name not in _LATER_COLUMNS),
         UniqueConstraint("tenant", "request_id", name="uq_leases_tenant_request"),
         Index("ix_leases_state", "state"),
         Index("ix_leases_tenant", "tenant"),
@@ -147,5 +149,11 @@ def _v2(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE leases ADD COLUMN last_checkpoint_at FLOAT"))
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
+def _v3(conn: Connection) -> None:
+    """How many times the workload a lease runs was preempted before (its minimum runtime
+    doubles with each, so a workload chosen again and again still makes progress)."""
+    conn.execute(text("ALTER TABLE leases ADD COLUMN restarts INTEGER NOT NULL DEFAULT 0"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)

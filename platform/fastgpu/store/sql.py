@@ -298,6 +298,20 @@ class Store:
                 ).scalar_one()
             )
 
+    def count_preempted(self, tenant: str, workload: str, since: float) -> int:
+        """Leases of ``tenant`` bound to ``workload`` that were preempted after ``since``."""
+        with self._tx() as conn:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(t.leases)
+                    .where(t.leases.c.tenant == tenant)
+                    .where(t.leases.c.workload == workload)
+                    .where(t.leases.c.state == LeaseState.PREEMPTED.value)
+                    .where(t.leases.c.ended_at >= since)
+                ).scalar_one()
+            )
+
     def live_leases(self) -> list[Lease]:
         return self.list_leases(states=[s for s in LeaseState if not s.is_terminal])
 
