@@ -193,3 +193,31 @@ def test_bind_hands_over_gpus_but_keeps_them_in_the_ledger(
     backend.node_list = [n for n in backend.node_list if n.node_id not in bound["nodes"]]
     ctl.reconcile()
     assert ctl.get_lease(tok, lease["id"])["state"] == "FAILED"
+
+
+def test_bind_counts_recent_preemptions_of_the_workload(
+    world: tuple[Controller, FakeBackend, FakeClock, str],
+) -> None:
+    """A lease bound to a workload that was preempted before carries the count (the policy
+    then protects it longer); another workload, or an old preemption, does not count."""
+    from fastgpu.domain.lease import LeaseState
+
+    ctl, _, clock, admin = world
+    tok = _tenant(ctl, admin, "acme", 8)
+
+    def bound(workload: str) -> dict[str, object]:
+        lease = ctl.request_lease(tok, {"gpus": 1, "duration": "10m"})
+        ctl.tick()
+        return ctl.bind_lease(tok, lease["id"], workload)
+
+    first = bound("run-1")
+    assert first["restarts"] == 0
+    # The controller preempts it (as after a reclaim's grace period).
+    with ctl._mu:
+        victim = ctl.store.get_lease(str(first["id"]))
+        assert victim is not None
+        ctl._end(victim, LeaseState.PREEMPTED, "reclaim")
+    assert bound("run-1")["restarts"] == 1
+    assert bound("run-2")["restarts"] == 0
+    clock.advance(25 * 3600)  # the preemption is more than a day old now
+    assert bound("run-1")["restarts"] == 0
