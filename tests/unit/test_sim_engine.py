@@ -218,3 +218,31 @@ def test_cli_json_output(tmp_path: Path) -> None:
     assert out.exit_code == 0, out.output
     data = json.loads(out.output)
     assert [m["policy"] for m in data["metrics"]] == ["fifo", "fairshare"]
+
+
+@pytest.mark.parametrize(("backoff", "finishes_while_owner_busy"), [(5, True), (0, False)])
+def test_restarted_borrower_is_not_preempted_forever(
+    backoff: int, finishes_while_owner_busy: bool
+) -> None:
+    """b borrows half of g's GPUs for a 3,600 s job (checkpoints every 1,800 s); g asks for one
+    GPU every 400 s until t=20,000. Without the backoff, b's job is the cheapest victim every
+    time (it just restarted) and loses all its work each time: it only finishes once g stops.
+    With it, b's protection doubles per preemption until it outlasts a checkpoint interval."""
+    jobs = [Job("b1", "b", 0.0, 4, 3600.0)]
+    jobs += [Job(f"g{i}", "g", 100.0 + 400.0 * i, 1, 100.0) for i in range(50)]
+    settings = FairShareSettings(
+        explain=False, enforce_time_limits=False, min_runtime_backoff=backoff
+    )
+    out, _ = sim(
+        jobs,
+        FairSharePolicy(settings),
+        nodes=1,
+        per_node=4,
+        nominal={"b": 2, "g": 2},
+        model=JobModel(checkpoint_s=1800.0),
+    )
+    b1 = out["b1"]
+    assert b1.end is not None
+    assert (b1.end < 20_000.0) is finishes_while_owner_busy, b1
+    if finishes_while_owner_busy:
+        assert b1.preemptions <= 6, b1
