@@ -110,9 +110,9 @@ class FairShareSettings:
     #: restart can make progress; time limits ignore it.
     min_runtime_s: float = 300.0
     #: A lease whose workload was preempted k times before (``LeaseView.restarts``) is
-    #: protected for ``min_runtime_s * 2**min(k, min_runtime_backoff)``: a workload chosen again
-    #: and again (the cheapest victim is the one that just restarted) still reaches a
-    #: checkpoint. 0 turns the backoff off.
+    #: protected for ``min_runtime_s * 2**min(k, min_runtime_backoff)``, or until it reports a
+    #: checkpoint, whichever comes first: a workload chosen again and again (the cheapest
+    #: victim is the one that just restarted) still reaches a checkpoint. 0 turns it off.
     min_runtime_backoff: int = 5
     #: Seconds between announcing a preemption (``Preempt.grace_s``) and taking the GPUs, for a
     #: last checkpoint.
@@ -1141,7 +1141,11 @@ class _Cycle:
             if not r.preemptible or r.preempt_at is not None:
                 continue
             started = r.started_at
-            protect = min_runtime * (1 << min(r.restarts, backoff)) if r.restarts else min_runtime
+            ckpt = r.last_checkpoint_at
+            protect = min_runtime
+            if r.restarts and (ckpt is None or started is None or ckpt < started):
+                # Restarted and no checkpoint since: protected longer (see the settings).
+                protect = min_runtime * (1 << min(r.restarts, backoff))
             if started is not None and now - started < protect:
                 ready = started + protect
                 if young_until is None or ready < young_until:
@@ -1149,7 +1153,6 @@ class _Cycle:
                 continue
             g = sum(r.placement.values())
             begun = started if started is not None else now
-            ckpt = r.last_checkpoint_at
             since = begun if ckpt is None else max(begun, ckpt)
             keyed.append((g * max(0.0, now - since), g, r.id, r))
         self.young_until = young_until
