@@ -386,6 +386,25 @@ CASES = [
         preempt={"x2": "reclaim"},  # x1 lost less work, but is young for a restarted workload
     ),
     Case(
+        "restarts: the protection ends at the first checkpoint since the restart",
+        lambda: snap(
+            nodes(1),
+            two(),
+            running=[
+                lease("x1", 4)
+                .tenant("a")
+                .preemptible()
+                .restarted(2)
+                .on({"n0": 4}, started=-1000)
+                .checkpoint(-100),
+                lease("x2", 4).tenant("a").preemptible().on({"n0": 4}, started=-4000),
+            ],
+            pending=[lease("b1", 4).tenant("b")],
+        ),
+        queue={"b1": "no_capacity"},
+        preempt={"x1": "reclaim"},  # it has made progress: it loses 100 s, x2 4,000 s
+    ),
+    Case(
         "restarts: without the backoff the cheapest victim is the restarted one",
         lambda: snap(
             nodes(1),
