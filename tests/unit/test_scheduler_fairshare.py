@@ -18,7 +18,7 @@ from fastgpu.scheduler import (
     decay_usage,
     fair_share_score,
 )
-from tests.unit.scheduler_builders import lease, nodes, snap, tenant
+from tests.unit.scheduler_builders import LeaseBuilder, lease, nodes, snap, tenant
 
 
 @dataclass
@@ -35,6 +35,28 @@ class Case:
 
 def two(nom_a: int = 4, nom_b: int = 4, **kw_b: object) -> list:
     return [tenant("a", nom_a), tenant("b", nom_b, **kw_b)]  # type: ignore[arg-type]
+
+
+def _unowned_taken(request: LeaseBuilder) -> Snapshot:
+    """16 GPUs, nominal a 4, b 4, c 0: the 8 unowned GPUs are held by c's non-preemptible
+    lease, so 2 of a's 6 would come from b's idle nominal."""
+    return snap(
+        nodes(2),
+        [tenant("a", 4), tenant("b", 4), tenant("c", 0)],
+        running=[lease("c1", 8).tenant("c").on({"n1": 8})],
+        pending=[request],
+    )
+
+
+def _restarted_pair(checkpoint: float | None = None) -> Snapshot:
+    """Borrower a holds two 4-GPU leases of b's nominal: x1, restarted twice and running for
+    1,000 s (2 x 300 s of protection would have ended, 4 x 300 s has not), and x2, running for
+    4,000 s; b asks for its 4 GPUs."""
+    x1 = lease("x1", 4).tenant("a").preemptible().restarted(2).on({"n0": 4}, started=-1000)
+    if checkpoint is not None:
+        x1 = x1.checkpoint(checkpoint)
+    x2 = lease("x2", 4).tenant("a").preemptible().on({"n0": 4}, started=-4000)
+    return snap(nodes(1), two(), running=[x1, x2], pending=[lease("b1", 4).tenant("b")])
 
 
 CASES = [
@@ -326,32 +348,17 @@ CASES = [
     ),
     Case(
         "non-preemptible: not the GPUs behind another tenant's nominal",
-        lambda: snap(
-            nodes(2),
-            [tenant("a", 4), tenant("b", 4), tenant("c", 0)],
-            running=[lease("c1", 8).tenant("c").on({"n1": 8})],
-            pending=[lease("a1", 6).tenant("a")],
-        ),
+        lambda: _unowned_taken(lease("a1", 6).tenant("a")),
         queue={"a1": "over_quota"},
     ),
     Case(
         "non-preemptible: the same request, preemptible, borrows",
-        lambda: snap(
-            nodes(2),
-            [tenant("a", 4), tenant("b", 4), tenant("c", 0)],
-            running=[lease("c1", 8).tenant("c").on({"n1": 8})],
-            pending=[lease("a1", 6).tenant("a").preemptible()],
-        ),
+        lambda: _unowned_taken(lease("a1", 6).tenant("a").preemptible()),
         admit={"a1": 6},
     ),
     Case(
         "non-preemptible: borrow_non_preemptible restores the old rule",
-        lambda: snap(
-            nodes(2),
-            [tenant("a", 4), tenant("b", 4), tenant("c", 0)],
-            running=[lease("c1", 8).tenant("c").on({"n1": 8})],
-            pending=[lease("a1", 6).tenant("a")],
-        ),
+        lambda: _unowned_taken(lease("a1", 6).tenant("a")),
         admit={"a1": 6},
         settings=FairShareSettings(borrow_non_preemptible=True),
     ),
@@ -373,48 +380,19 @@ CASES = [
     ),
     Case(
         "restarts: a workload preempted twice before is protected for 4x min runtime",
-        lambda: snap(
-            nodes(1),
-            two(),
-            running=[
-                lease("x1", 4).tenant("a").preemptible().restarted(2).on({"n0": 4}, started=-1000),
-                lease("x2", 4).tenant("a").preemptible().on({"n0": 4}, started=-4000),
-            ],
-            pending=[lease("b1", 4).tenant("b")],
-        ),
+        lambda: _restarted_pair(),
         queue={"b1": "no_capacity"},
         preempt={"x2": "reclaim"},  # x1 lost less work, but is young for a restarted workload
     ),
     Case(
         "restarts: the protection ends at the first checkpoint since the restart",
-        lambda: snap(
-            nodes(1),
-            two(),
-            running=[
-                lease("x1", 4)
-                .tenant("a")
-                .preemptible()
-                .restarted(2)
-                .on({"n0": 4}, started=-1000)
-                .checkpoint(-100),
-                lease("x2", 4).tenant("a").preemptible().on({"n0": 4}, started=-4000),
-            ],
-            pending=[lease("b1", 4).tenant("b")],
-        ),
+        lambda: _restarted_pair(checkpoint=-100),
         queue={"b1": "no_capacity"},
         preempt={"x1": "reclaim"},  # it has made progress: it loses 100 s, x2 4,000 s
     ),
     Case(
         "restarts: without the backoff the cheapest victim is the restarted one",
-        lambda: snap(
-            nodes(1),
-            two(),
-            running=[
-                lease("x1", 4).tenant("a").preemptible().restarted(2).on({"n0": 4}, started=-1000),
-                lease("x2", 4).tenant("a").preemptible().on({"n0": 4}, started=-4000),
-            ],
-            pending=[lease("b1", 4).tenant("b")],
-        ),
+        lambda: _restarted_pair(),
         queue={"b1": "no_capacity"},
         preempt={"x1": "reclaim"},
         settings=FairShareSettings(min_runtime_backoff=0),

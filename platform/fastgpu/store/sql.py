@@ -287,30 +287,26 @@ class Store:
         with self._tx() as conn:
             return [_lease_from_row(r) for r in conn.execute(q).all()]
 
-    def count_leases(self, tenant: str, states: Iterable[LeaseState]) -> int:
+    def _count_leases(self, *where: Any) -> int:
         with self._tx() as conn:
-            return int(
-                conn.execute(
-                    select(func.count())
-                    .select_from(t.leases)
-                    .where(t.leases.c.tenant == tenant)
-                    .where(t.leases.c.state.in_([s.value for s in states]))
-                ).scalar_one()
-            )
+            q = select(func.count()).select_from(t.leases)
+            for cond in where:
+                q = q.where(cond)
+            return int(conn.execute(q).scalar_one())
+
+    def count_leases(self, tenant: str, states: Iterable[LeaseState]) -> int:
+        return self._count_leases(
+            t.leases.c.tenant == tenant, t.leases.c.state.in_([s.value for s in states])
+        )
 
     def count_preempted(self, tenant: str, workload: str, since: float) -> int:
         """Leases of ``tenant`` bound to ``workload`` that were preempted after ``since``."""
-        with self._tx() as conn:
-            return int(
-                conn.execute(
-                    select(func.count())
-                    .select_from(t.leases)
-                    .where(t.leases.c.tenant == tenant)
-                    .where(t.leases.c.workload == workload)
-                    .where(t.leases.c.state == LeaseState.PREEMPTED.value)
-                    .where(t.leases.c.ended_at >= since)
-                ).scalar_one()
-            )
+        return self._count_leases(
+            t.leases.c.tenant == tenant,
+            t.leases.c.workload == workload,
+            t.leases.c.state == LeaseState.PREEMPTED.value,
+            t.leases.c.ended_at >= since,
+        )
 
     def live_leases(self) -> list[Lease]:
         return self.list_leases(states=[s for s in LeaseState if not s.is_terminal])
