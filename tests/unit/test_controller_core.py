@@ -217,7 +217,28 @@ def test_bind_counts_recent_preemptions_of_the_workload(
         victim = ctl.store.get_lease(str(first["id"]))
         assert victim is not None
         ctl._end(victim, LeaseState.PREEMPTED, "reclaim")
-    assert bound("run-1")["restarts"] == 1
+    again = bound("run-1")
+    assert again["restarts"] == 1
+    # ...and the policy sees it (its minimum runtime doubles).
+    (view,) = [v for v in ctl.snapshot().running if v.id == again["id"]]
+    assert view.restarts == 1
     assert bound("run-2")["restarts"] == 0
     clock.advance(25 * 3600)  # the preemption is more than a day old now
     assert bound("run-1")["restarts"] == 0
+
+
+def test_make_policy_passes_the_scheduler_settings(tmp_path: Path) -> None:
+    from fastgpu.controller.core import make_policy
+    from fastgpu.scheduler import FairSharePolicy
+
+    config = PlatformConfig(
+        gpu_types={"A100": GpuTypeSpec(price_per_hour=1.0)},
+        state_dir=str(tmp_path),
+        scheduler={"min_runtime_backoff": 2, "borrow_non_preemptible": True, "grace_s": 7},
+    )
+    policy = make_policy(config)
+    assert isinstance(policy, FairSharePolicy)
+    assert policy.settings.min_runtime_backoff == 2
+    assert policy.settings.borrow_non_preemptible is True
+    assert policy.settings.grace_s == 7
+    assert policy.settings.enforce_time_limits is False  # the controller expires leases itself

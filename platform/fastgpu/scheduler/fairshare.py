@@ -225,6 +225,18 @@ class _Blocked:
 _NO_CAPACITY = _Blocked(PendingReason.NO_CAPACITY.value, "")
 
 
+def _remember_fail(
+    table: dict[tuple[str, str], tuple[int, _Blocked]],
+    key: tuple[str, str],
+    k: int,
+    blocked: _Blocked,
+) -> None:
+    """Record that ``k`` GPUs were refused for ``key`` (within a cycle, >= k is refused too)."""
+    hit = table.get(key)
+    if hit is None or hit[0] > k:
+        table[key] = (k, blocked)
+
+
 @dataclass
 class _RunningFlags:
     incoming: list[LeaseView] = field(default_factory=list)
@@ -303,10 +315,9 @@ class _Cycle:
         #: Make-room searches that found nothing, by what they depend on (requester shape);
         #: the same search in the same state finds nothing again. Cleared with ``reasons``.
         self.room_fail: set[tuple[str, str, int, int, str, int]] = set()
-        #: GPU type -> GPUs of its largest node.
-        self.max_node: dict[str, int] = {}
-        #: (type, GPUs, strategy) -> whether an empty cluster could place it.
-        self.fits_empty: dict[tuple[str, int, str], bool] = {}
+        #: (type, strategy) -> the largest request an empty cluster can place: the largest
+        #: node for STRICT_PACK, all GPUs of the type otherwise (``FreePool.could_place``).
+        self.caps: dict[tuple[str, str], int] = {}
         #: The pending index whose queues are the tenant queues (None when gatekeeping
         #: filtered them): lets the admission loop jump over runs of known-blocked requests.
         self.index: PendingIndex | None = None
@@ -490,9 +501,6 @@ class _Cycle:
         verdicts: dict[tuple[str, str, int, str, bool], tuple[str, str, bool] | None] = {}
         clean = True
         fixed_rule = self.fixed_rule
-        # (type, strategy) -> the largest request an empty cluster can place (exactly
-        # ``totals.place(k, strategy) is not None`` for k up to it).
-        caps: dict[tuple[str, str], int] = {}
         # A caller's index keeps one lease per shape (few per tenant): read those; a fresh
         # one, the queues themselves (building representatives would cost more).
         kept = self.snap.pending_index is not None
@@ -509,11 +517,7 @@ class _Cycle:
                 gpu_type, lo, strategy = lease.gpu_type, lease.min_gpus, lease.strategy
                 fixed = fixed_rule and not lease.preemptible
                 if no_budget:
-                    cap = caps.get((gpu_type, strategy))
-                    if cap is None:
-                        totals = self.type_state(gpu_type).totals
-                        cap = totals.max_free if strategy == "STRICT_PACK" else totals.total
-                        caps[gpu_type, strategy] = cap
+                    cap = self._empty_cap(gpu_type, strategy)
                     ceiling = ceilings.get((gpu_type, fixed))
                     if ceiling is None:
                         ledger = self.type_state(gpu_type).ledger
@@ -571,27 +575,28 @@ class _Cycle:
         fixed = self.fixed_rule and not all(map(_PREEMPTIBLE, leases))
         ceiling = ledger.fixed_ceiling(tenant) if fixed else ledger.ceiling(tenant)
         hi = max(map(_MIN_GPUS, leases))
-        if hi > ceiling or hi > ts.totals.total:
+        if hi > ceiling or hi > self._empty_cap(gpu_type, "PACK"):
             return False
-        biggest = self.max_node.get(gpu_type)
-        if biggest is None:
-            biggest = self.max_node[gpu_type] = ts.totals.max_free
+        biggest = self._empty_cap(gpu_type, "STRICT_PACK")
         if hi <= biggest:
             return True
         return max((lv.min_gpus for lv in leases if lv.strategy == "STRICT_PACK"), default=0) <= (
             biggest
         )
 
+    def _empty_cap(self, gpu_type: str, strategy: str) -> int:
+        """The largest request of ``strategy`` an empty cluster places (cached per cycle)."""
+        cap = self.caps.get((gpu_type, strategy))
+        if cap is None:
+            totals = self.type_state(gpu_type).totals
+            cap = totals.max_free if strategy == "STRICT_PACK" else totals.total
+            self.caps[gpu_type, strategy] = cap
+        return cap
+
     def _verdict(self, lease: LeaseView) -> tuple[str, str, bool] | None:
         """(reason, detail, reject?) for a request that may not queue normally, else None."""
         ts = self.type_state(lease.gpu_type)
-        shape = (lease.gpu_type, lease.min_gpus, lease.strategy)
-        fits_empty = self.fits_empty.get(shape)
-        if fits_empty is None:
-            fits_empty = self.fits_empty[shape] = (
-                ts.totals.place(lease.min_gpus, lease.strategy) is not None
-            )
-        if not fits_empty:
+        if lease.min_gpus > self._empty_cap(lease.gpu_type, lease.strategy):
             return (
                 PendingReason.INFEASIBLE.value,
                 f"{lease.min_gpus} {lease.gpu_type} GPUs ({lease.strategy}) never fit: "
@@ -838,44 +843,29 @@ class _Cycle:
             f"{ledger.nominal(name)}), non-preemptible borrowers hold {ledger.fixed_borrowed} "
             f"of {ledger.unowned} unowned; {k} more do not fit (mark it preemptible to borrow)",
         )
-        key = (name, lease.gpu_type)
-        if key not in self.fixed_fail or self.fixed_fail[key][0] > k:
-            self.fixed_fail[key] = (k, blocked)
+        _remember_fail(self.fixed_fail, (name, lease.gpu_type), k, blocked)
         return blocked
 
     def _blocked_by_quota(self, lease: LeaseView, ts: _TypeState, k: int) -> _Blocked:
-        ledger = ts.ledger
         name = lease.tenant
-        used = ledger.used.get(name, 0)
-        nominal = ledger.nominal(name)
-        if ledger.within_nominal(name, k):
+        if ts.ledger.within_nominal(name, k):
             # Within nominal, yet others hold our lendable GPUs (or the unlendable part of
             # someone else's): take them back.
             made = self._make_room(lease, ts, k)
             if made:
                 return _Blocked(PendingReason.NO_CAPACITY.value, made)
-            blocked = _Blocked(
-                PendingReason.NO_CAPACITY.value,
-                f"tenant {name} holds {used} of its {nominal} nominal {lease.gpu_type} GPUs; "
-                "the rest are borrowed by leases that cannot be preempted yet",
-            )
+            blocked = self._quota_reason(lease, ts, k)  # "the rest are borrowed"
             if self.attempts >= self.s.max_preemption_attempts:
                 # No make-room search is left in this cycle and quota room only falls: this
                 # tenant's requests of >= k GPUs are blocked the same way.
-                self._quota_failed(name, lease.gpu_type, k, blocked)
+                _remember_fail(self.quota_fail, (name, lease.gpu_type), k, blocked)
             return blocked
         made = self._make_room(lease, ts, k) if self._has_lower_priority(lease, ts) else None
         if made:
             return _Blocked(PendingReason.OVER_QUOTA.value, made)
         blocked = self._quota_reason(lease, ts, k)
-        self._quota_failed(name, lease.gpu_type, k, blocked)
+        _remember_fail(self.quota_fail, (name, lease.gpu_type), k, blocked)
         return blocked
-
-    def _quota_failed(self, tenant: str, gpu_type: str, k: int, blocked: _Blocked) -> None:
-        key = (tenant, gpu_type)
-        hit = self.quota_fail.get(key)
-        if hit is None or hit[0] > k:
-            self.quota_fail[key] = (k, blocked)
 
     def _quota_reason(self, lease: LeaseView, ts: _TypeState, k: int) -> _Blocked:
         """Why a request of ``k`` GPUs is refused by quota now. The text does not depend on
@@ -963,9 +953,7 @@ class _Cycle:
             ts.reservation_borrows = not ts.ledger.within_nominal(lease.tenant, k)
             ts.reservation_tenant = lease.tenant
         blocked = self._capacity_reason(lease, ts, k)
-        key = (lease.gpu_type, lease.strategy)
-        if key not in self.place_fail or self.place_fail[key][0] > k:
-            self.place_fail[key] = (k, blocked)
+        _remember_fail(self.place_fail, (lease.gpu_type, lease.strategy), k, blocked)
         return blocked
 
     def _ends(self, ts: _TypeState) -> list[tuple[float, str, Mapping[str, int]]]:

@@ -137,19 +137,18 @@ class QuotaLedger:
             for t, n in release.items():
                 trial.release(t, n)
             return trial.ok()
-        # The common case, inlined (it runs for every request tried in a cycle).
-        lim = self._limits[tenant]
-        old = self.used.get(tenant, 0)
-        new = old + extra
-        nom = lim.nominal
-        if new > (nom + lim.borrow if self.borrowing else nom):  # ceiling
-            return False
-        return _balance_ok(self.borrowed, self.supply, nom, lim.lend, old, new)
+        return self._fits_in(self.used, self.borrowed, self.supply, tenant, extra)
 
     def fitted_at_start(self, tenant: str, extra: int) -> bool:
         """Whether :meth:`fits` held before this cycle admitted anything (tells "others took
         the room first" apart from "never had the room")."""
-        used, borrowed, supply = self._start
+        return self._fits_in(*self._start, tenant, extra)
+
+    def _fits_in(
+        self, used: Mapping[str, int], borrowed: int, supply: int, tenant: str, extra: int
+    ) -> bool:
+        """The quota test against given used GPUs, B and S (the hot path of a cycle: the
+        ceiling inlined)."""
         lim = self._limits[tenant]
         old = used.get(tenant, 0)
         new = old + extra
