@@ -1,9 +1,9 @@
 """Lease grant and release latency: FastGPU vs raw Ray placement groups, same cluster, same run.
 
-Platform path (what a tenant's driver does): SDK over HTTP -> Serve API -> controller actor ->
-placement group, waiting until the lease is RESERVED; release likewise. Also the in-cluster
-path (ControllerClient straight to the actor, no HTTP). Raw path: ``placement_group(...)`` +
-``ray.get(pg.ready())`` and ``remove_placement_group``.
+Platform path (what a tenant's driver does): SDK over HTTP -> ``fastgpu server`` (a separate
+process, outside Ray) -> placement group, waiting until the lease is RESERVED; release
+likewise. Raw path: ``placement_group(...)`` + ``ray.get(pg.ready())`` and
+``remove_placement_group``, from this driver.
 
     python bench/bench_leases.py [--cycles 200] [--gpus 2]
 
@@ -57,11 +57,18 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=2)
     args = parser.parse_args()
 
-    from fastgpu.api.serve import deploy_api
-    from fastgpu.auth import new_token
-    from fastgpu.config import GpuTypeSpec, PlatformConfig, QuotaSpec, TenantSpec
-    from fastgpu.controller.actor import ControllerClient, start_controller
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+    import yaml
+
+    from fastgpu.auth import new_token, write_secret
+    from fastgpu.config import GpuTypeSpec, PlatformConfig
     from fastgpu.controller.backend import GPU_TYPE_LABEL
+    from fastgpu.local import free_port
     from fastgpu.sdk import Client
 
     ray.init(
@@ -71,15 +78,50 @@ def main() -> None:
         labels={GPU_TYPE_LABEL: "A100"},
         log_to_driver=False,
     )
+    state = Path(os.environ["FASTGPU_HOME"])
+    state.mkdir(parents=True, exist_ok=True)
     config = PlatformConfig(
-        gpu_types={"A100": GpuTypeSpec(price_per_hour=2.0)}, state_dir=os.environ["FASTGPU_HOME"]
+        gpu_types={"A100": GpuTypeSpec(price_per_hour=2.0)},
+        state_dir=str(state),
+        api={"port": free_port(), "rate_per_s": 10000, "burst": 10000},
     )
+    (state / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
     admin = new_token()
-    start_controller(config, admin)
-    url = deploy_api(config)
-    inproc = ControllerClient()
-    spec = TenantSpec(quotas={"A100": QuotaSpec(nominal=8)}).model_dump(mode="json")
-    token = inproc.call("create_tenant", admin, "bench", spec)["token"]
+    write_secret(state / "admin_token", admin)
+    # The server is its own process, outside Ray, as `fastgpu up` runs it.
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fastgpu.cli.main",
+            "server",
+            "--config",
+            str(state / "config.yaml"),
+            "--ray-address",
+            ray.get_runtime_context().gcs_address,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{config.api.port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if (
+                httpx.get(
+                    f"{url}/api/v1/healthz",
+                    headers={"Authorization": f"Bearer {admin}"},
+                    trust_env=False,
+                ).status_code
+                == 200
+            ):
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit("the server did not come up")
+        time.sleep(0.2)
+    token = Client(token=admin, address=url).create_tenant("bench", {"A100": 8})["token"]
     sdk = Client(token=token, address=url)
     n = args.gpus
 
@@ -97,23 +139,15 @@ def main() -> None:
     def sdk_release(lease: object) -> None:
         lease.release()  # type: ignore[attr-defined]
 
-    def actor_grant() -> object:
-        return inproc.call("request_lease", token, {"gpus": n, "duration": "10m"}, wait_s=30)
-
-    def actor_release(lease: object) -> None:
-        inproc.call("release_lease", token, lease["id"])  # type: ignore[index]
-
     # Warm up every path, then interleave rounds so drift hits all paths alike.
     for grant, release in (
         (raw_grant, raw_release),
         (sdk_grant, sdk_release),
-        (actor_grant, actor_release),
     ):
         measure(5, grant, release)
     results: dict[str, tuple[list[float], list[float]]] = {
         "raw Ray": ([], []),
         "FastGPU SDK (HTTP)": ([], []),
-        "FastGPU actor": ([], []),
     }
     rounds = 10
     per = max(1, args.cycles // rounds)
@@ -121,7 +155,6 @@ def main() -> None:
         for name, (grant, release) in {
             "raw Ray": (raw_grant, raw_release),
             "FastGPU SDK (HTTP)": (sdk_grant, sdk_release),
-            "FastGPU actor": (actor_grant, actor_release),
         }.items():
             g, r = measure(per, grant, release)
             results[name][0].extend(g)
@@ -137,6 +170,8 @@ def main() -> None:
         g50, r50 = statistics.median(g), statistics.median(r)
         cells = (g50, pct(g, 0.99), g50 / raw_g50, r50, pct(r, 0.99), r50 / raw_r50)
         print(f"{name:<22}" + "".join(f"{c:>13.2f}" for c in cells))
+    server.terminate()
+    server.wait(30)
     ray.shutdown()
     shutil.rmtree(_TMP, ignore_errors=True)
 

@@ -14,9 +14,10 @@ import random
 import statistics
 import time
 
-from fastgpu.config import GpuTypeSpec, PlatformConfig, QuotaSpec
-from fastgpu.controller.core import make_policy
+from fastgpu.config import QuotaSpec, SchedulerSettings
 from fastgpu.scheduler import (
+    FairSharePolicy,
+    FairShareSettings,
     LeaseView,
     NodeView,
     Snapshot,
@@ -100,8 +101,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()
-    # The live controller's policy and settings (reasons on, time limits left to the controller).
-    policy = make_policy(PlatformConfig(gpu_types={GPU: GpuTypeSpec(price_per_hour=1.0)}))
+    # The live controller's policy and settings with a default config (its make_policy: reasons
+    # on, time limits left to the controller).
+    policy = FairSharePolicy(
+        FairShareSettings.from_config(SchedulerSettings(), enforce_time_limits=False, explain=True)
+    )
     print(
         "| pending | running | tenants | nodes | cycle ms (median) | cycle ms (best) "
         "| admitted | preempted |"

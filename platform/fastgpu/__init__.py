@@ -1,9 +1,11 @@
 """FastGPU: an elastic, multi-tenant, metered GPU platform on Ray.
 
-The public surface is the SDK (:class:`Client`, :class:`Allocator`, :class:`Lease`), the
-configuration model and the error hierarchy; everything else is internal.
+The public surface is the SDK (:class:`Client`, :class:`Lease`; the seed's :class:`Allocator`,
+:class:`Device` and :func:`set_device`), the configuration model and the error hierarchy;
+everything else is internal.
 """
 
+from fastgpu.allocator import Allocator, Device, set_device
 from fastgpu.config import PlatformConfig, load_config
 from fastgpu.errors import (
     AuthenticationError,
@@ -16,7 +18,7 @@ from fastgpu.errors import (
     Unavailable,
     WaitTimeout,
 )
-from fastgpu.sdk import Allocator, Client, Lease
+from fastgpu.sdk import Client, Lease
 
 __version__ = "0.1.0"
 
@@ -25,6 +27,7 @@ __all__ = [
     "AuthenticationError",
     "Client",
     "Conflict",
+    "Device",
     "FastGPUError",
     "InvalidRequest",
     "Lease",
@@ -36,4 +39,5 @@ __all__ = [
     "WaitTimeout",
     "__version__",
     "load_config",
+    "set_device",
 ]

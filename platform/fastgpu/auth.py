@@ -33,10 +33,13 @@ def same(a: str, b: str) -> bool:
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the operator (admin) or one tenant."""
+    """Who is calling: the operator (admin) or one tenant, and with which token."""
 
     name: str
     is_admin: bool
+    tenant_id: str | None = None
+    token_id: str | None = None
+    token_expires_at: float | None = None
 
     @property
     def tenant(self) -> str | None:

@@ -21,6 +21,7 @@ from fastgpu.validation import (
     GPU_TYPE_PATTERN,
     MAX_DURATION_S,
     MAX_GPUS_PER_LEASE,
+    MIN_DURATION_S,
     NAME_PATTERN,
     describe_validation_error,
 )
@@ -51,6 +52,18 @@ class GpuTypeSpec(_Spec):
         ge=0,
         le=4096,
         description="Host memory (GiB) reserved next to each GPU of a lease (0: none).",
+    )
+    perf: float = Field(
+        default=0.0,
+        ge=0,
+        le=1e9,
+        description=(
+            "Relative per-GPU performance, e.g. a TFLOPS-like figure (dense BF16 TFLOPS: A100 "
+            "312, H100 989); any scale works if every type uses the same one. A lease asking for "
+            "`perf` gets the cheapest type whose figure is at least that. Unset (0): unrated, so "
+            "a perf request never lands on a GPU whose speed nobody stated (it is still leased "
+            "by name), and configs written before this field stay valid."
+        ),
     )
 
 
@@ -129,7 +142,7 @@ class TenantSpec(_Spec):
 
 
 class ControllerSettings(_Spec):
-    """Timing and limits of the controller actor."""
+    """Timing and limits of the controller loop in the server."""
 
     tick_interval_s: float = Field(
         default=0.25,
@@ -145,6 +158,26 @@ class ControllerSettings(_Spec):
     )
     max_gpus_per_lease: int = Field(
         default=MAX_GPUS_PER_LEASE, ge=1, le=MAX_GPUS_PER_LEASE, description="Largest lease."
+    )
+    min_duration_s: float = Field(
+        default=MIN_DURATION_S,
+        ge=MIN_DURATION_S,
+        le=MAX_DURATION_S,
+        description="Shortest lease duration anyone may ask for (seconds).",
+    )
+    max_live_leases_per_tenant: int = Field(
+        default=1000, ge=1, le=1_000_000, description="Most leases a tenant may have not ended."
+    )
+    lease_retention_s: float = Field(
+        default=30 * 24 * 3600,
+        ge=60,
+        description=(
+            "How long an ended lease stays listed before it is purged (usage records, which "
+            "bills are made from, are kept)."
+        ),
+    )
+    purge_interval_s: float = Field(
+        default=600, gt=0, description="How often ended leases past retention are purged (s)."
     )
 
 
@@ -215,6 +248,65 @@ class ApiSettings(_Spec):
         description="Listen address; anything but loopback exposes the API beyond this machine.",
     )
     port: int = Field(default=DEFAULT_API_PORT, ge=1, le=65535, description="Listen port.")
+    max_body_bytes: int = Field(
+        default=64 * 1024, ge=1024, le=16 * 1024 * 1024, description="Largest JSON request body."
+    )
+    max_upload_bytes: int = Field(
+        default=20 * 1024 * 1024,
+        ge=1024,
+        le=1024 * 1024 * 1024,
+        description="Largest zipped working directory a job may upload.",
+    )
+    rate_per_s: float = Field(
+        default=50.0, gt=0, description="Requests per second each token may make, on average."
+    )
+    burst: int = Field(default=200, ge=1, description="Requests a token may make at once.")
+    max_waits_per_tenant: int = Field(
+        default=32, ge=1, description="Open long-polls (waits) one tenant may hold at once."
+    )
+    token_grace_s: float = Field(
+        default=3600,
+        ge=0,
+        le=30 * 24 * 3600,
+        description=(
+            "After a token rotation, how long the old tokens keep working (running jobs hold "
+            "them); 0 revokes them at once."
+        ),
+    )
+
+
+class RaySettings(_Spec):
+    """The Ray cluster ``fastgpu up`` starts: every port is chosen here and checked free."""
+
+    gcs_port: int = Field(default=6380, ge=1024, le=65535, description="GCS server port.")
+    dashboard_port: int = Field(
+        default=8266, ge=1024, le=65535, description="Dashboard (and Jobs API) port."
+    )
+    dashboard_agent_listen_port: int = Field(
+        default=52366, ge=1024, le=65535, description="Dashboard agent HTTP port (job agent)."
+    )
+    dashboard_agent_grpc_port: int = Field(
+        default=52367, ge=1024, le=65535, description="Dashboard agent gRPC port."
+    )
+    runtime_env_agent_port: int = Field(
+        default=52368, ge=1024, le=65535, description="Runtime-env agent port."
+    )
+    metrics_export_port: int = Field(
+        default=52369, ge=1024, le=65535, description="Metrics export port."
+    )
+    ray_client_server_port: int = Field(
+        default=10002, ge=1024, le=65535, description="Ray Client server port."
+    )
+    node_manager_port: int = Field(default=52370, ge=1024, le=65535, description="Raylet port.")
+    object_manager_port: int = Field(
+        default=52371, ge=1024, le=65535, description="Object manager port."
+    )
+    min_worker_port: int = Field(default=52400, ge=1024, le=65535, description="Workers from.")
+    max_worker_port: int = Field(default=52499, ge=1024, le=65535, description="Workers to.")
+
+    def ports(self) -> dict[str, int]:
+        """Every fixed port by its setting name (worker ports excluded: a range)."""
+        return {k: v for k, v in self.model_dump().items() if k.endswith("_port")}
 
 
 class PlatformConfig(_Spec):
@@ -246,6 +338,9 @@ class PlatformConfig(_Spec):
         default_factory=ControllerSettings, description="Controller timing and limits."
     )
     api: ApiSettings = Field(default_factory=ApiSettings, description="HTTP control API.")
+    ray: RaySettings = Field(
+        default_factory=RaySettings, description="Ports of the Ray cluster `fastgpu up` starts."
+    )
     scheduler: SchedulerSettings = Field(
         default_factory=SchedulerSettings, description="Admission policy and its settings."
     )
@@ -319,8 +414,13 @@ def load_config(path: str | Path) -> PlatformConfig:
     return parse_config(data, source=str(p))
 
 
+#: Dense BF16 TFLOPS of well-known types: the ``perf`` a default config rates them at.
+KNOWN_PERF = {"A100": 312.0, "H100": 989.0, "H200": 989.0, "L40S": 362.0, "A10G": 125.0}
+
+
 def default_config(gpu_type: str = "A100", price_per_hour: float = 2.0) -> PlatformConfig:
-    return PlatformConfig(gpu_types={gpu_type: GpuTypeSpec(price_per_hour=price_per_hour)})
+    spec = GpuTypeSpec(price_per_hour=price_per_hour, perf=KNOWN_PERF.get(gpu_type, 0.0))
+    return PlatformConfig(gpu_types={gpu_type: spec})
 
 
 def config_json_schema() -> str:

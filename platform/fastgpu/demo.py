@@ -1,6 +1,7 @@
 """The end-to-end demo (``make demo``): two tenants share 8 logical GPUs on a local cluster.
 
-It starts the platform (Ray with token auth, the controller actor, the HTTP API on 127.0.0.1),
+It starts the platform (Ray with token auth on fixed, checked ports, and the control-plane
+server, a plain process outside Ray serving the HTTP API on 127.0.0.1),
 then, through the public SDK over HTTP: creates two tenants, runs Ray tasks inside a lease,
 fills a quota so the next request queues with its reason, lets a short lease expire and shows
 its GPUs come back, shows that one tenant cannot see the other's lease, and prints usage and
@@ -58,12 +59,22 @@ def main() -> None:
     down(state)  # a previous demo's cluster, if any
     shutil.rmtree(state, ignore_errors=True)
 
-    _step("1. Start the platform: local Ray (8 logical A100s, token auth), controller, API")
+    _step("1. Start the platform: local Ray (8 logical A100s, token auth) and the server")
     t0 = time.monotonic()
     info = up(gpus=8, gpu_type="A100", nodes=1)
-    console.print(f"API at {info['api']} (loopback only); up in {time.monotonic() - t0:.1f} s")
+    console.print(
+        f"API at {info['api']} (loopback only), served by the control-plane process "
+        f"{info['server_pid']} outside Ray; up in {time.monotonic() - t0:.1f} s"
+    )
 
     import ray
+
+    from fastgpu.local import ray_env
+
+    # This demo is also a Ray driver (to run tasks inside a lease), with the cluster's token.
+    os.environ.update(ray_env(state))
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    ray.init(address=info["ray_address"], namespace="demo", log_to_driver=False)
 
     from fastgpu import Allocator, Client, NotFound
 
@@ -77,10 +88,11 @@ def main() -> None:
         n = Client(token=nlp["token"])
 
         _step(
-            "3. vision takes 2 GPUs with the seed's Allocator and runs Ray tasks inside the lease"
+            "3. vision takes 2 GPUs with the seed's Allocator (perf >= 10, 30 minutes) and "
+            "runs Ray tasks inside the lease"
         )
         with Allocator(vision["token"]) as allocator:
-            lease = allocator.request_resource(2, perf="A100", time="30m")
+            lease = allocator.request_resource(2, perf=10.0, time=30)
             console.print(
                 f"lease {lease.id}: {lease.state}, placement group {lease.placement_group_name}"
             )

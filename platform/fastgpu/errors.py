@@ -9,6 +9,8 @@
     +-- Conflict                 the object's state forbids the call (HTTP 409)
     |   +-- LeaseRejected        the lease can never be granted (infeasible); ``reason`` says why
     +-- WaitTimeout              a wait ran out before the lease held its GPUs (still pending)
+    +-- RateLimited              too many requests for now; retry after a pause (HTTP 429)
+    |   +-- TooManyWaits         too many long-polls open at once for one caller
     +-- Unavailable              the controller or cluster is not reachable (HTTP 503)
 
 Every exception pickles (they cross Ray actor boundaries) and its message says what was wrong
@@ -74,6 +76,15 @@ class WaitTimeout(FastGPUError):
     http_status = 408
 
 
+class RateLimited(FastGPUError):
+    code = "rate_limited"
+    http_status = 429
+
+
+class TooManyWaits(RateLimited):
+    code = "too_many_waits"
+
+
 class Unavailable(FastGPUError):
     code = "unavailable"
     http_status = 503
@@ -91,6 +102,8 @@ ERRORS_BY_CODE: dict[str, type[FastGPUError]] = {
         Conflict,
         LeaseRejected,
         WaitTimeout,
+        RateLimited,
+        TooManyWaits,
         Unavailable,
     )
 }

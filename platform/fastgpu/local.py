@@ -1,16 +1,25 @@
-"""``fastgpu up`` / ``fastgpu down``: a local Ray cluster with logical GPUs, the controller and
-the API, all on 127.0.0.1.
+"""``fastgpu up`` / ``fastgpu down``: a local Ray cluster with logical GPUs and the control-plane
+server beside it, all on 127.0.0.1.
 
-State lives in the state dir (``$FASTGPU_HOME`` or ``~/.fastgpu``): the SQLite store, the admin
-token and Ray's auth token (both 0600), the effective config and the API address. Ray runs with
-token auth on (``RAY_AUTH_MODE=token``, token file in the state dir, never ``~/.ray``).
-``up`` is idempotent: run it again and it checks what runs and starts only what is missing.
+State lives in the state dir (``$FASTGPU_HOME`` or ``~/.fastgpu``, 0700): the SQLite store,
+the admin token and Ray's auth token (0600), the effective config, the server's pid file and
+log. Ray runs with token auth on (``RAY_AUTH_MODE=token``, token file in the state dir, never
+``~/.ray``); every Ray port comes from the config's ``ray`` section and is checked free first.
+
+``up`` is idempotent: it starts only what is missing, and says ok only after Ray's GCS, its
+dashboard and job agent, and the server's API answer. ``down`` stops exactly what ``up``
+started: the server by its pid, and every process of this Ray cluster, found by a variable
+in its environment (Ray's agents ignore SIGTERM and re-parent to init, and workers rename
+themselves, so neither the process tree nor the command line finds them all); SIGTERM, then
+SIGKILL after a grace period.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -20,7 +29,13 @@ from typing import Any
 import yaml
 
 from fastgpu.auth import new_token, write_secret
-from fastgpu.config import GpuTypeSpec, PlatformConfig, default_config, load_config
+from fastgpu.config import (
+    KNOWN_PERF,
+    GpuTypeSpec,
+    PlatformConfig,
+    default_config,
+    load_config,
+)
 from fastgpu.controller.backend import GPU_TYPE_LABEL
 from fastgpu.errors import ConfigError, FastGPUError, InvalidRequest
 from fastgpu.sdk import ADDRESS_FILE, ADMIN_TOKEN_FILE
@@ -28,21 +43,33 @@ from fastgpu.sdk import ADDRESS_FILE, ADMIN_TOKEN_FILE
 RAY_TOKEN_FILE = "ray_auth_token"
 CONFIG_FILE = "config.yaml"
 RAY_ADDRESS_FILE = "ray_address"
-GCS_PORT = 6380
+SERVER_PID_FILE = "server.pid"
+SERVER_LOG_FILE = "server.log"
+#: Set in the environment of every process of a cluster ``up`` started: ``down`` finds them.
+CLUSTER_ENV = "FASTGPU_CLUSTER_ID"
 
 
 def ray_env(state_dir: Path) -> dict[str, str]:
-    """Environment that makes Ray clients and nodes use this platform's auth token."""
+    """Environment that makes Ray clients and nodes use this platform's auth token (a file;
+    the token itself never travels in the environment)."""
     token_path = state_dir / RAY_TOKEN_FILE
     if not token_path.exists():
         write_secret(token_path, secrets.token_hex(32))
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
 
 
-def apply_ray_env(state_dir: Path) -> None:
-    env = ray_env(state_dir)
-    os.environ.update(env)
-    os.environ.pop("RAY_AUTH_TOKEN", None)
+def cluster_id(state_dir: Path) -> str:
+    return hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:10]
+
+
+def _child_env(state_dir: Path) -> dict[str, str]:
+    env = os.environ.copy()
+    env.pop("RAY_AUTH_TOKEN", None)
+    env.pop("FASTGPU_TOKEN", None)
+    env.update(ray_env(state_dir))
+    env[CLUSTER_ENV] = cluster_id(state_dir)
+    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    return env
 
 
 def effective_config(
@@ -60,53 +87,232 @@ def effective_config(
                 f"({', '.join(sorted(config.gpu_types))})"
             )
         types = dict(config.gpu_types)
-        types[gpu_type] = GpuTypeSpec(price_per_hour=2.0)
+        types[gpu_type] = GpuTypeSpec(price_per_hour=2.0, perf=KNOWN_PERF.get(gpu_type, 0.0))
         config = config.model_copy(update={"gpu_types": types})
     return config
 
 
 def ray_temp_dir(state_dir: Path) -> Path:
     """Ray's session folder for this state dir: short (Ray's socket paths are length-limited)
-    and unique, so ``down`` can stop exactly this cluster's processes and no other."""
-    import hashlib
-
+    and unique per state dir."""
     base = Path(os.environ.get("RAY_TMPDIR") or "/tmp")
-    digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:10]
-    return base / f"fg-{digest}"
+    return base / f"fg-{cluster_id(state_dir)}"
 
 
-def _ray_running(address_file: Path) -> str | None:
-    if not address_file.exists():
-        return None
-    address = address_file.read_text().strip()
-    probe = subprocess.run(
-        [sys.executable, "-c", f"import ray; ray.init(address={address!r}); print('ok')"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=os.environ.copy(),
-    )
-    return address if probe.returncode == 0 and "ok" in probe.stdout else None
-
-
-def _free_port(preferred: int) -> int:
-    """``preferred`` if nothing listens there on loopback, else a free port."""
-    import socket
-
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         try:
-            s.bind(("127.0.0.1", preferred))
-            return preferred
+            s.bind((host, port))
+            return True
         except OSError:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
+            return False
 
 
-def _ray_start(args: list[str]) -> None:
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def check_ports_free(ports: dict[str, int]) -> None:
+    """Raise naming each port that is taken and what holds it."""
+    from fastgpu.server import port_holder
+
+    taken = [
+        f"{name}={port} (held by {port_holder('127.0.0.1', port)})"
+        for name, port in ports.items()
+        if not port_free(port)
+    ]
+    if taken:
+        raise FastGPUError(
+            "ports needed by this platform are in use: "
+            + "; ".join(taken)
+            + ". Stop what holds them or choose other ports in the config (ray.*, api.port)"
+        )
+
+
+def _ray_start(args: list[str], env: dict[str, str]) -> None:
     cmd = [str(Path(sys.executable).with_name("ray")), "start", *args]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=300)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     if done.returncode != 0:
         raise FastGPUError(f"`ray start` failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+
+
+def _ray_alive(state_dir: Path) -> str | None:
+    """The GCS address if this state dir's cluster answers, else None."""
+    path = state_dir / RAY_ADDRESS_FILE
+    if not path.exists():
+        return None
+    address = path.read_text().strip()
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return address
+    except (OSError, ValueError):
+        return None
+
+
+def _wait_http(url: str, ok: Any, what: str, timeout: float, headers: Any = None) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while True:
+        try:
+            r = httpx.get(url, timeout=5, trust_env=False, headers=headers)
+            if ok(r.status_code):
+                return
+            last = f"HTTP {r.status_code}"
+        except httpx.HTTPError as exc:
+            last = str(exc) or type(exc).__name__
+        if time.monotonic() > deadline:
+            raise FastGPUError(f"{what} at {url} is not healthy after {timeout:.0f} s ({last})")
+        time.sleep(0.3)
+
+
+def start_ray(
+    config: PlatformConfig, state_dir: Path, gpus: int, gpu_type: str, nodes: int, cpus: int | None
+) -> str:
+    """Start this platform's Ray cluster on fixed, checked ports; return the GCS address."""
+    r = config.ray
+    check_ports_free(r.ports())
+    env = _child_env(state_dir)
+    per_node = gpus // nodes
+    label = f"{GPU_TYPE_LABEL}={gpu_type}"
+    address = f"127.0.0.1:{r.gcs_port}"
+    head = [
+        "--head",
+        f"--port={r.gcs_port}",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={r.dashboard_port}",
+        f"--dashboard-agent-listen-port={r.dashboard_agent_listen_port}",
+        f"--dashboard-agent-grpc-port={r.dashboard_agent_grpc_port}",
+        f"--runtime-env-agent-port={r.runtime_env_agent_port}",
+        f"--metrics-export-port={r.metrics_export_port}",
+        f"--ray-client-server-port={r.ray_client_server_port}",
+        f"--node-manager-port={r.node_manager_port}",
+        f"--object-manager-port={r.object_manager_port}",
+        f"--min-worker-port={r.min_worker_port}",
+        f"--max-worker-port={r.max_worker_port}",
+        f"--num-gpus={per_node}",
+        f"--labels={label}",
+        "--disable-usage-stats",
+        f"--temp-dir={ray_temp_dir(state_dir)}",
+    ]
+    if cpus is not None:
+        head.append(f"--num-cpus={cpus}")
+    _ray_start(head, env)
+    for _ in range(nodes - 1):
+        # Extra logical nodes on this machine: their own ports, chosen free here.
+        _ray_start(
+            [
+                f"--address={address}",
+                "--node-ip-address=127.0.0.1",
+                f"--dashboard-agent-listen-port={free_port()}",
+                f"--dashboard-agent-grpc-port={free_port()}",
+                f"--runtime-env-agent-port={free_port()}",
+                f"--metrics-export-port={free_port()}",
+                f"--node-manager-port={free_port()}",
+                f"--object-manager-port={free_port()}",
+                f"--num-gpus={per_node}",
+                "--num-cpus=1",
+                f"--labels={label}",
+                "--disable-usage-stats",
+            ],
+            env,
+        )
+    (state_dir / RAY_ADDRESS_FILE).write_text(address)
+    return address
+
+
+def check_ray_health(config: PlatformConfig, state_dir: Path) -> None:
+    """The dashboard (Jobs API) and the head's job agent answer."""
+    r = config.ray
+    token = (state_dir / RAY_TOKEN_FILE).read_text().strip()
+    _wait_http(
+        f"http://127.0.0.1:{r.dashboard_port}/api/version",
+        lambda s: s == 200,
+        "Ray's dashboard (Jobs API)",
+        60,
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    _wait_http(
+        f"http://127.0.0.1:{r.dashboard_agent_listen_port}/api/local_raylet_healthz",
+        lambda s: s < 500,
+        "Ray's job agent",
+        60,
+    )
+
+
+def _pid_alive(pid_file: Path) -> int | None:
+    import psutil
+
+    try:
+        pid = int(pid_file.read_text().strip())
+        proc = psutil.Process(pid)
+        alive = proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        if alive and any("fastgpu" in part for part in proc.cmdline()):
+            return pid
+    except (OSError, ValueError, psutil.Error):
+        pass
+    return None
+
+
+def start_server(config: PlatformConfig, state_dir: Path, address: str) -> int:
+    """Start ``fastgpu server`` in the background (pid file and log in the state dir)."""
+    config_file = state_dir / CONFIG_FILE
+    log_path = state_dir / SERVER_LOG_FILE
+    cmd = [
+        sys.executable,
+        "-m",
+        "fastgpu.cli.main",
+        "server",
+        "--config",
+        str(config_file),
+        "--ray-address",
+        address,
+        "--dashboard-url",
+        f"http://127.0.0.1:{config.ray.dashboard_port}",
+    ]
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=fd,
+            stderr=fd,
+            env=_child_env(state_dir),
+            start_new_session=True,
+            cwd=str(state_dir),
+        )
+    finally:
+        os.close(fd)
+    (state_dir / SERVER_PID_FILE).write_text(str(proc.pid))
+    return proc.pid
+
+
+def wait_server(config: PlatformConfig, state_dir: Path, pid: int, admin: str) -> None:
+    import psutil
+
+    url = f"http://{config.api.host}:{config.api.port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            _wait_http(
+                f"{url}/api/v1/healthz",
+                lambda s: s == 200,
+                "the FastGPU server",
+                1,
+                headers={"Authorization": f"Bearer {admin}"},
+            )
+            return
+        except FastGPUError:
+            if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                tail = (state_dir / SERVER_LOG_FILE).read_text()[-3000:]
+                raise FastGPUError(f"the FastGPU server exited during start-up:\n{tail}") from None
+            if time.monotonic() > deadline:
+                raise
 
 
 def up(
@@ -130,134 +336,157 @@ def up(
     if not config.state_dir:
         config = config.model_copy(update={"state_dir": str(state_dir)})
     (state_dir / CONFIG_FILE).write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    apply_ray_env(state_dir)
-
-    address_file = state_dir / RAY_ADDRESS_FILE
-    address = _ray_running(address_file)
-    started = address is None
-    if started:
-        per_node = gpus // nodes
-        port = _free_port(GCS_PORT)
-        address = f"127.0.0.1:{port}"
-        label = f"{GPU_TYPE_LABEL}={gpu_type}"
-        head = [
-            "--head",
-            f"--port={port}",
-            "--node-ip-address=127.0.0.1",
-            "--dashboard-host=127.0.0.1",
-            f"--num-gpus={per_node}",
-            f"--labels={label}",
-            "--disable-usage-stats",
-            f"--temp-dir={ray_temp_dir(state_dir)}",
-        ]
-        if cpus is not None:
-            head.append(f"--num-cpus={cpus}")
-        _ray_start(head)
-        for _ in range(nodes - 1):
-            _ray_start(
-                [
-                    f"--address={address}",
-                    "--node-ip-address=127.0.0.1",
-                    f"--num-gpus={per_node}",
-                    "--num-cpus=1",
-                    f"--labels={label}",
-                    "--disable-usage-stats",
-                ]
-            )
-        address_file.write_text(address)
-
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=address, namespace="fastgpu", log_to_driver=False)
-    from ray._private.worker import get_dashboard_url
-
-    dashboard = get_dashboard_url()
-    dashboard_url = f"http://{dashboard}" if dashboard else None
-
-    from fastgpu.api.serve import deploy_api
-    from fastgpu.controller.actor import ControllerClient, start_controller
-
     admin_path = state_dir / ADMIN_TOKEN_FILE
     admin = admin_path.read_text().strip() if admin_path.exists() else new_token()
     write_secret(admin_path, admin)
-    start_controller(config, admin, dashboard_url)
-    url = deploy_api(config)
+
+    address = _ray_alive(state_dir)
+    started_ray = address is None
+    pid = _pid_alive(state_dir / SERVER_PID_FILE)
+    if started_ray:
+        if pid is not None:  # a server without its cluster: start both afresh
+            _stop_pid(pid)
+            pid = None
+        address = start_ray(config, state_dir, gpus, gpu_type, nodes, cpus)
+    assert address is not None
+    check_ray_health(config, state_dir)
+    started_server = pid is None
+    if pid is None:
+        from fastgpu.server import port_holder
+
+        if not port_free(config.api.port, config.api.host):
+            raise FastGPUError(
+                f"the API port {config.api.host}:{config.api.port} is held by "
+                f"{port_holder(config.api.host, config.api.port)}; stop it or set api.port"
+            )
+        pid = start_server(config, state_dir, address)
+    wait_server(config, state_dir, pid, admin)
+    url = f"http://{config.api.host}:{config.api.port}"
     (state_dir / ADDRESS_FILE).write_text(url)
 
-    client = ControllerClient()
+    from fastgpu.sdk import Client
+
     new_tokens: dict[str, str] = {}
-    known = {t["name"] for t in client.call("list_tenants", admin)}
-    for name, spec in config.tenants.items():
-        if name not in known:
-            out = client.call("create_tenant", admin, name, spec.model_dump(mode="json"))
-            new_tokens[name] = out["token"]
-    _wait_http(url, admin)
+    with Client(token=admin, address=url) as client:
+        known = {t["name"] for t in client.list_tenants()}
+        for name, spec in config.tenants.items():
+            if name not in known:
+                out = client.create_tenant(
+                    name,
+                    spec.model_dump(mode="json")["quotas"],
+                    weight=spec.weight,
+                    priority=spec.priority,
+                    budget=spec.budget.model_dump(mode="json") if spec.budget else None,
+                    queueing=spec.queueing,
+                    request_id=f"up-{name}",
+                )
+                if out.get("token"):
+                    new_tokens[name] = out["token"]
     return {
         "ray_address": address,
         "api": url,
         "state_dir": str(state_dir),
-        "started_ray": started,
+        "started_ray": started_ray,
+        "started_server": started_server,
+        "server_pid": pid,
         "gpus": gpus,
         "gpu_type": gpu_type,
         "nodes": nodes,
         "admin_token_file": str(admin_path),
-        "dashboard": dashboard_url,
+        "dashboard": f"http://127.0.0.1:{config.ray.dashboard_port}",
         "new_tenant_tokens": new_tokens,
     }
 
 
-def _wait_http(url: str, token: str, timeout: float = 60) -> None:
-    import httpx
+def _stop_pid(pid: int, grace_s: float = 15.0) -> bool:
+    import psutil
 
-    deadline = time.monotonic() + timeout
-    while True:
+    try:
+        proc = psutil.Process(pid)
+        proc.terminate()
         try:
-            r = httpx.get(
-                f"{url}/api/v1/healthz",
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=5,
-                trust_env=False,
-            )
-            if r.status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise FastGPUError(f"the API at {url} did not come up within {timeout:.0f} s")
-        time.sleep(0.5)
+            proc.wait(grace_s)
+        except psutil.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        return True
+    except psutil.Error:
+        return False
+
+
+def _fds_under(pid: int, marker: str) -> bool:
+    """Whether the process holds a file under ``marker`` open (Ray's processes keep their
+    session's log files open, whatever they renamed themselves to)."""
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        for fd in os.listdir(fd_dir):
+            try:
+                if os.readlink(f"{fd_dir}/{fd}").startswith(marker):
+                    return True
+            except OSError:
+                continue
+    except OSError:
+        return False
+    return False
+
+
+def cluster_processes(state_dir: Path) -> list[Any]:
+    """Every live process of this state dir's Ray cluster: by its command line, its
+    environment (set by ``up``; Ray's renamed processes overwrite theirs) or the session files
+    it holds open."""
+    import psutil
+
+    ident = cluster_id(state_dir)
+    marker = str(ray_temp_dir(state_dir)) + "/"
+    me = os.getpid()
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if proc.pid == me:
+            continue
+        try:
+            if (
+                any(marker in part for part in proc.info["cmdline"] or [])
+                or proc.environ().get(CLUSTER_ENV) == ident
+                or _fds_under(proc.pid, marker)
+            ):
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
 
 
 def down(state_dir: Path | None = None) -> dict[str, Any]:
-    """Stop the API, the controller and the local Ray cluster; the store stays."""
-    sd = state_dir or default_config().resolved_state_dir()
-    stopped = _stop_processes(str(ray_temp_dir(sd)))
-    (sd / RAY_ADDRESS_FILE).unlink(missing_ok=True)
-    (sd / ADDRESS_FILE).unlink(missing_ok=True)
-    return {"stopped_processes": stopped, "state_dir": str(sd)}
-
-
-def _stop_processes(marker: str, grace_s: float = 10.0) -> int:
-    """Terminate the processes of this cluster only (their command line names its temp dir),
-    unlike ``ray stop``, which stops every Ray process on the machine."""
+    """Stop the server and the local Ray cluster; the store stays."""
     import psutil
 
-    procs = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(marker in part for part in proc.info["cmdline"] or []):
-                procs.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
+    sd = state_dir or default_config().resolved_state_dir()
+    server = _pid_alive(sd / SERVER_PID_FILE)
+    stopped_server = _stop_pid(server) if server is not None else False
+    procs = cluster_processes(sd)
     for proc in procs:
         try:
             proc.terminate()
-        except psutil.NoSuchProcess:
+        except psutil.Error:
             pass
-    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    _, alive = psutil.wait_procs(procs, timeout=10)
     for proc in alive:
         try:
             proc.kill()
-        except psutil.NoSuchProcess:
+        except psutil.Error:
             pass
-    return len(procs)
+    psutil.wait_procs(alive, timeout=10)
+    # Anything started meanwhile by a dying raylet (a worker, a job driver): once more.
+    late = cluster_processes(sd)
+    for proc in late:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(late, timeout=10)
+    for name in (RAY_ADDRESS_FILE, ADDRESS_FILE, SERVER_PID_FILE):
+        (sd / name).unlink(missing_ok=True)
+    return {
+        "stopped_server": stopped_server,
+        "stopped_processes": len(procs) + len(late),
+        "state_dir": str(sd),
+    }

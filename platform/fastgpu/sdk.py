@@ -1,6 +1,7 @@
-"""The Python SDK: :class:`Client` (the whole control API) and :class:`Allocator` (the seed's
-lease interface). It speaks HTTP to the control API, so it works from a laptop, a Ray job or a
-notebook alike; running work *inside* a lease needs a Ray connection (``ray.init``).
+"""The Python SDK: :class:`Client` (the whole control API) and :class:`Lease`; the seed's
+interface (``Allocator``, ``Device``) builds on them in :mod:`fastgpu.allocator`. It speaks HTTP
+to the control API, so it works from a laptop, a Ray job or a notebook alike; running work
+*inside* a lease needs a Ray connection (``ray.init``).
 
 Caller identity: ``token`` or ``$FASTGPU_TOKEN``, else the local admin token that ``fastgpu up``
 wrote. Address: ``address`` or ``$FASTGPU_ADDRESS``, else the local API's address. Lease
@@ -14,7 +15,6 @@ import os
 import time
 import uuid
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
@@ -61,7 +61,9 @@ class Client:
         address: str | None = None,
         timeout: float = 30.0,
         retries: int = 5,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
+        """``transport`` replaces the network (tests pass ``httpx.MockTransport``)."""
         self.token = token or os.environ.get("FASTGPU_TOKEN") or local_admin_token()
         if not self.token:
             raise AuthenticationError(
@@ -74,6 +76,7 @@ class Client:
             timeout=timeout,
             headers={"Authorization": f"Bearer {self.token}"},
             trust_env=False,
+            transport=transport,
         )
 
     def close(self) -> None:
@@ -93,6 +96,8 @@ class Client:
         json: Any = None,
         params: dict[str, Any] | None = None,
         timeout: float | None = None,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Any:
         params = {k: v for k, v in (params or {}).items() if v is not None}
         delay = 0.2
@@ -103,6 +108,8 @@ class Client:
                     f"/api/v1{path}",
                     json=json,
                     params=params,
+                    content=content,
+                    headers=headers,
                     timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
                 )
             except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
@@ -113,6 +120,13 @@ class Client:
                     ) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 3.0)
+                continue
+            if resp.status_code == 429 and attempt < self._retries:
+                try:
+                    wait = float(resp.headers.get("retry-after", "1"))
+                except ValueError:
+                    wait = 1.0
+                time.sleep(min(max(wait, 0.1), 30.0))
                 continue
             if resp.status_code == 503 and attempt < self._retries:
                 time.sleep(delay)
@@ -163,8 +177,19 @@ class Client:
                 body[key] = value
         return dict(self._call("POST", "/tenants", json=body))
 
+    def _pages(self, path: str, params: dict[str, Any] | None = None) -> list[Any]:
+        """Every item of a paginated list (follows ``next_cursor``)."""
+        items: list[Any] = []
+        cursor = None
+        while True:
+            page = self._call("GET", path, params={**(params or {}), "cursor": cursor})
+            items.extend(page["items"])
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return items
+
     def list_tenants(self) -> list[dict[str, Any]]:
-        return list(self._call("GET", "/tenants"))
+        return self._pages("/tenants")
 
     def get_tenant(self, name: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/tenants/{_seg(name)}"))
@@ -177,16 +202,37 @@ class Client:
     def delete_tenant(self, name: str) -> dict[str, Any]:
         return dict(self._call("DELETE", f"/tenants/{_seg(name)}"))
 
-    def rotate_token(self, name: str) -> dict[str, Any]:
-        return dict(self._call("POST", f"/tenants/{_seg(name)}/rotate-token"))
+    def rotate_token(
+        self,
+        name: str,
+        grace: str | float | None = None,
+        expires_in: str | float | None = None,
+    ) -> dict[str, Any]:
+        """A new token for tenant ``name`` (or ``"admin"``); the old ones keep working for
+        ``grace`` (the server's default when unset; 0 stops them now)."""
+        body = {k: v for k, v in (("grace", grace), ("expires_in", expires_in)) if v is not None}
+        return dict(self._call("POST", f"/tenants/{_seg(name)}/rotate-token", json=body))
 
-    # -- leases ----------------------------------------------------------------------------
+    def issue_token(
+        self, name: str, label: str | None = None, expires_in: str | float | None = None
+    ) -> dict[str, Any]:
+        """One more token for ``name`` (or ``"admin"``); the others keep working."""
+        body = {k: v for k, v in (("label", label), ("expires_in", expires_in)) if v is not None}
+        return dict(self._call("POST", f"/tenants/{_seg(name)}/tokens", json=body))
+
+    def list_tokens(self, name: str) -> list[dict[str, Any]]:
+        return list(self._call("GET", f"/tenants/{_seg(name)}/tokens"))
+
+    def revoke_token(self, name: str, token_id: str) -> dict[str, Any]:
+        return dict(self._call("DELETE", f"/tenants/{_seg(name)}/tokens/{_seg(token_id)}"))
+
     def request_lease(
         self,
         gpus: int,
         gpu_type: str | None = None,
         duration: str | float | None = None,
         *,
+        perf: float | None = None,
         min_gpus: int | None = None,
         preemptible: bool = False,
         priority: int = 0,
@@ -199,10 +245,13 @@ class Client:
         """Ask for ``gpus`` GPUs. With ``wait``, return once they are held (raising
         :class:`LeaseRejected` if it can never fit, :class:`WaitTimeout` after ``timeout``).
         Only a ``preemptible`` lease may borrow GPUs behind other tenants' nominal quota
-        (a non-preemptible one holds at most nominal plus the unowned GPUs)."""
+        (a non-preemptible one holds at most nominal plus the unowned GPUs). ``perf`` is the
+        minimum per-GPU performance: without ``gpu_type`` the server picks the cheapest type
+        that meets it, with one it checks that type does."""
         body: dict[str, Any] = {
             "gpus": gpus,
             "gpu_type": gpu_type,
+            "perf": perf,
             "duration": duration,
             "min_gpus": min_gpus,
             "preemptible": preemptible,
@@ -212,6 +261,7 @@ class Client:
             "request_id": request_id or f"sdk-{uuid.uuid4().hex}",
         }
         body = {k: v for k, v in body.items() if v is not None}
+        _check_lease(body)
         first_wait = min(timeout if timeout is not None else _POLL_S, _POLL_S) if wait else 0.0
         body["wait"] = first_wait
         data = self._call("POST", "/leases", json=body, timeout=first_wait + 30)
@@ -231,7 +281,7 @@ class Client:
         return Lease(self, data)
 
     def list_leases(self, tenant: str | None = None, live: bool = False) -> list[Lease]:
-        rows = self._call("GET", "/leases", params={"tenant": tenant, "live": live or None})
+        rows = self._pages("/leases", params={"tenant": tenant, "live": live or None})
         return [Lease(self, r) for r in rows]
 
     def release_lease(self, lease_id: str) -> Lease:
@@ -242,6 +292,18 @@ class Client:
         return Lease(self, data)
 
     # -- jobs ------------------------------------------------------------------------------
+    def upload(self, folder: str | Path) -> dict[str, Any]:
+        """Zip ``folder`` (regular files only, size-limited) and upload it; returns its sha256,
+        which ``submit_job`` names. The server never reads a path of yours."""
+        from fastgpu.domain.bundle import MAX_BUNDLE_BYTES, pack_dir
+
+        data = pack_dir(Path(folder), MAX_BUNDLE_BYTES)
+        return dict(
+            self._call(
+                "POST", "/uploads", content=data, headers={"content-type": "application/zip"}
+            )
+        )
+
     def submit_job(
         self,
         entrypoint: str,
@@ -250,13 +312,20 @@ class Client:
         min_gpus: int | None = None,
         gpu_type: str | None = None,
         duration: str | float | None = None,
-        working_dir: str | None = None,
+        working_dir: str | Path | None = None,
         env: dict[str, str] | None = None,
+        request_id: str | None = None,
     ) -> dict[str, Any]:
-        """Submit a Ray job as this tenant; with ``gpus`` it asks for that lease when it runs."""
-        body: dict[str, Any] = {"entrypoint": entrypoint, "env": env or {}}
+        """Submit a Ray job as this tenant; with ``gpus`` it asks for that lease when it runs.
+        ``working_dir`` is uploaded first (see :meth:`upload`). Retries reuse the request id,
+        so a retried submission never runs twice."""
+        body: dict[str, Any] = {
+            "entrypoint": entrypoint,
+            "env": env or {},
+            "request_id": request_id or f"sdk-{uuid.uuid4().hex}",
+        }
         if working_dir is not None:
-            body["working_dir"] = str(Path(working_dir).resolve())
+            body["upload"] = self.upload(working_dir)["sha256"]
         if gpus is not None:
             lease = {"gpus": gpus, "min_gpus": min_gpus, "gpu_type": gpu_type, "duration": duration}
             body["lease"] = {k: v for k, v in lease.items() if v is not None}
@@ -390,63 +459,17 @@ class Lease:
             self.release()
 
 
-class Allocator:
-    """The seed's interface: ``with Allocator(token) as a: lease = a.request_resource(2, ...)``.
+def _check_lease(body: dict[str, Any]) -> None:
+    """Validate a lease body here with the server's own model (one definition of the shape)."""
+    from pydantic import ValidationError
 
-    Leaving the block releases every lease it granted that is still held.
-    """
+    from fastgpu.domain.lease import LeaseSpec
+    from fastgpu.validation import invalid_from
 
-    def __init__(self, token: str | None = None, address: str | None = None) -> None:
-        self.client = Client(token=token, address=address)
-        self._leases: list[Lease] = []
-
-    def request_resource(
-        self,
-        gpu_count: int,
-        perf: str | None = None,
-        time: str | float | None = None,
-        *,
-        gpu_type: str | None = None,
-        preemptible: bool = False,
-        strategy: str = "PACK",
-        timeout: float | None = None,
-    ) -> Lease:
-        """Reserve ``gpu_count`` GPUs of type ``gpu_type`` (``perf`` is the seed's name for it)
-        for ``time`` (``"30m"``), waiting until they are held."""
-        if perf is not None and gpu_type is not None and perf != gpu_type:
-            raise FastGPUError("give the GPU type once: perf or gpu_type")
-        lease = self.client.request_lease(
-            gpu_count,
-            gpu_type or perf,
-            time,
-            preemptible=preemptible,
-            strategy=strategy,
-            wait=True,
-            timeout=timeout,
-        )
-        self._leases.append(lease)
-        return lease
-
-    def release_all(self) -> None:
-        for lease in self._leases:
-            try:
-                if lease.refresh().state not in _ENDED:
-                    lease.release()
-            except FastGPUError:
-                continue
-        self._leases.clear()
-
-    def __enter__(self) -> Allocator:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release_all()
-        self.client.close()
+    try:
+        LeaseSpec.model_validate({k: v for k, v in body.items() if k in LeaseSpec.model_fields})
+    except ValidationError as exc:
+        raise invalid_from(exc) from None
 
 
 def _seg(value: str) -> str:

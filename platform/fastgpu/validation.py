@@ -20,20 +20,29 @@ GPU_TYPE_RULE = "letters, digits, '.', '_' and '-', at most 32 characters"
 
 MAX_GPUS_PER_LEASE = 4096
 MAX_DURATION_S = 30 * 24 * 3600
+#: The shortest lease anyone may ask for (the config may raise it): a lease costs seconds of
+#: set-up, so a shorter one is a mistake ("0.000001s"), not a request.
+MIN_DURATION_S = 1.0
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]+$"
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def parse_duration(value: str | int | float, field: str = "duration") -> float:
+def parse_duration(
+    value: str | int | float, field: str = "duration", max_s: float = MAX_DURATION_S
+) -> float:
     """Seconds in ``value`` (``"30m"``, ``"1h30m"``, ``"90"``, ``90``).
 
-    Raises InvalidRequest when it is malformed, not positive or longer than 30 days.
+    Raises InvalidRequest when it is malformed, not positive or longer than ``max_s`` (30 days
+    unless given).
     """
     if isinstance(value, bool):
         raise InvalidRequest(f"{field}: got {value!r}; expected a duration such as '30m' or '2h'")
     if isinstance(value, int | float):
         seconds = float(value)
+        if seconds != seconds:  # NaN
+            raise InvalidRequest(f"{field}: got {value!r}; expected a number of seconds")
     else:
         text = str(value).strip().lower()
         if re.fullmatch(r"\d+(?:\.\d+)?", text):
@@ -48,9 +57,9 @@ def parse_duration(value: str | int | float, field: str = "duration") -> float:
             seconds = sum(float(n) * _UNIT_S[u] for n, u in parts)
     if not seconds > 0:
         raise InvalidRequest(f"{field}: got {value!r}; expected a duration greater than 0")
-    if seconds > MAX_DURATION_S:
+    if seconds > max_s:
         raise InvalidRequest(
-            f"{field}: got {value!r}; expected at most 30 days ({MAX_DURATION_S} s)"
+            f"{field}: got {value!r}; expected at most {format_duration(max_s)} ({max_s:g} s)"
         )
     return seconds
 

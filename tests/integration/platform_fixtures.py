@@ -1,51 +1,147 @@
-"""A real local Ray cluster with logical GPUs, a real SQLite store and the controller actor."""
+"""A real local Ray cluster with logical GPUs and a real ``fastgpu server`` process beside it.
+
+The test process starts Ray (``ray.init`` with logical GPUs) and is itself a Ray driver, so
+tests can probe placement groups; the server is a separate process (``python -m
+fastgpu.cli.main server``) with a real SQLite store, talking HTTP on 127.0.0.1, exactly as
+``fastgpu up`` runs it. Tests talk to it through the SDK.
+"""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import ray
+import yaml
 
-from fastgpu.auth import new_token
-from fastgpu.config import GpuTypeSpec, PlatformConfig, QuotaSpec, TenantSpec
-from fastgpu.controller.actor import ControllerClient, start_controller, stop_controller
+from fastgpu.auth import new_token, write_secret
+from fastgpu.config import GpuTypeSpec, PlatformConfig
 from fastgpu.controller.backend import GPU_TYPE_LABEL
+from fastgpu.sdk import Client
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @dataclass
 class Platform:
     config: PlatformConfig
     admin: str
-    client: ControllerClient
-    handle: Any
+    state_dir: Path
+    ray_address: str | None
+    proc: subprocess.Popen[bytes] | None = None
+    clients: list[Client] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.config.api.port}"
+
+    def client(self, token: str | None = None, **kwargs: Any) -> Client:
+        c = Client(token=token or self.admin, address=self.url, **kwargs)
+        self.clients.append(c)
+        return c
 
     def tenant(self, name: str, borrowing_limit: int | None = None, **quotas: int) -> str:
         """Create a tenant with nominal quotas; return its token."""
-        spec = TenantSpec(
-            quotas={
-                k: QuotaSpec(nominal=v, borrowing_limit=borrowing_limit) for k, v in quotas.items()
-            }
+        spec = {k: {"nominal": v, "borrowing_limit": borrowing_limit} for k, v in quotas.items()}
+        return str(self.client().create_tenant(name, spec)["token"])
+
+    def tenant_token(self, name: str, **quotas: int) -> str:
+        return self.tenant(name, **quotas)
+
+    # -- the server process ----------------------------------------------------------------
+    def start_server(self, timeout: float = 90.0) -> None:
+        log = open(self.state_dir / "server.log", "ab")  # noqa: SIM115 - lives with the process
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fastgpu.cli.main",
+                "server",
+                "--config",
+                str(self.state_dir / "config.yaml"),
+                *(["--ray-address", self.ray_address] if self.ray_address else []),
+            ],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "FASTGPU_TOKEN": ""},
         )
-        out = self.client.call("create_tenant", self.admin, name, spec.model_dump(mode="json"))
-        return str(out["token"])
+        self.wait_healthy(timeout)
+
+    def wait_healthy(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"the server exited ({self.proc.returncode}):\n{self.log()}")
+            try:
+                r = httpx.get(
+                    f"{self.url}/api/v1/healthz",
+                    headers={"Authorization": f"Bearer {self.admin}"},
+                    timeout=2,
+                    trust_env=False,
+                )
+                if r.status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the server did not come up:\n{self.log()}")
+            time.sleep(0.2)
+
+    def log(self) -> str:
+        try:
+            return (self.state_dir / "server.log").read_text()[-4000:]
+        except OSError:
+            return ""
+
+    def kill_server(self) -> None:
+        """SIGKILL: a crash, no clean-up."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+    def stop_server(self) -> None:
+        for c in self.clients:
+            c.close()
+        self.clients.clear()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
 
 
 def make_config(state_dir: Path, **extra: Any) -> PlatformConfig:
+    """The test platform's config; an ``api`` dict in ``extra`` is merged over the test
+    defaults (a free port, a high rate limit), so a test can change one API setting."""
+    api: dict[str, Any] = {"port": free_port(), "rate_per_s": 1000, "burst": 5000}
+    api.update(extra.pop("api", None) or {})
     return PlatformConfig(
         gpu_types={
-            "A100": GpuTypeSpec(price_per_hour=3.6),
-            "H100": GpuTypeSpec(price_per_hour=7.2),
+            "A100": GpuTypeSpec(price_per_hour=3.6, perf=312),
+            "H100": GpuTypeSpec(price_per_hour=7.2, perf=989),
         },
         state_dir=str(state_dir),
+        api=api,
         **extra,
     )
 
 
-def start_local_ray(num_gpus: int = 8, gpu_type: str = "A100") -> None:
+def start_local_ray(num_gpus: int = 8, gpu_type: str = "A100") -> str:
     ray.init(
         num_cpus=2,
         num_gpus=num_gpus,
@@ -54,16 +150,26 @@ def start_local_ray(num_gpus: int = 8, gpu_type: str = "A100") -> None:
         namespace="fastgpu-tests",
         log_to_driver=False,
     )
+    return str(ray.get_runtime_context().gcs_address)
 
 
-def platform_on_running_ray(state_dir: Path, **config_extra: Any) -> Iterator[Platform]:
+def platform_on_running_ray(
+    state_dir: Path, ray_address: str | None = None, **config_extra: Any
+) -> Iterator[Platform]:
+    """A server process for the Ray cluster this test process is connected to."""
+    if ray_address is None:
+        ray_address = str(ray.get_runtime_context().gcs_address)
     config = make_config(state_dir, **config_extra)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
     admin = new_token()
-    handle = start_controller(config, admin)
+    write_secret(state_dir / "admin_token", admin)
+    platform = Platform(config, admin, state_dir, ray_address)
+    platform.start_server()
     try:
-        yield Platform(config, admin, ControllerClient(), handle)
+        yield platform
     finally:
-        stop_controller()
+        platform.stop_server()
 
 
 def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
@@ -80,9 +186,11 @@ def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) ->
 def local_platform(
     tmp_path_factory: Any, num_gpus: int = 8, **config_extra: Any
 ) -> Iterator[Platform]:
-    """A one-node local cluster with ``num_gpus`` logical A100s and the controller on it."""
-    start_local_ray(num_gpus=num_gpus)
+    """A one-node local cluster with ``num_gpus`` logical A100s and a server beside it."""
+    address = start_local_ray(num_gpus=num_gpus)
     try:
-        yield from platform_on_running_ray(tmp_path_factory.mktemp("state"), **config_extra)
+        yield from platform_on_running_ray(
+            tmp_path_factory.mktemp("state"), address, **config_extra
+        )
     finally:
         ray.shutdown()

@@ -1,14 +1,15 @@
-"""Kill the controller actor's process during a burst of concurrent lease requests.
+"""Kill the server process (SIGKILL) during a burst of concurrent lease requests, restart it.
 
-Afterwards: every request got exactly one lease (retries with the same request id return it),
-every holding lease in the store has its placement group in Ray and every platform group in
-Ray belongs to a holding lease, and metered usage from before the crash is intact.
+The burst comes from threads, each with its own SDK client; every request carries a request
+id, and the SDK retries a request whose connection died with the same id. Afterwards: every
+request id maps to exactly one lease (asking again returns it), every holding lease in the store
+has its CREATED placement group ``fastgpu-lease-<id>`` in Ray and every platform group in Ray
+belongs to a holding lease (no orphans after reconcile), nothing holds GPUs twice, and metered
+usage from before the crash is intact.
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -16,16 +17,20 @@ from typing import Any
 
 import pytest
 import ray
-from ray.util.placement_group import placement_group_table
+from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 
 from fastgpu.controller.backend import GROUP_PREFIX
+from fastgpu.errors import WaitTimeout
+from fastgpu.sdk import Client
 from tests.integration.platform_fixtures import (
     Platform,
     local_platform,
     wait_until,
 )
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+BURST = 12
 
 
 @pytest.fixture(scope="module")
@@ -41,96 +46,136 @@ def _platform_groups() -> dict[str, str]:
     }
 
 
-def test_kill_controller_mid_burst(platform: Platform) -> None:
-    client = platform.client
+def _free_gpu_probe(n: int) -> bool:
+    """Whether Ray itself can reserve n GPUs right now (outside the platform)."""
+    pg = placement_group([{"GPU": 1}] * n)
+    try:
+        return bool(pg.wait(timeout_seconds=1.0))
+    finally:
+        remove_placement_group(pg)
+
+
+def _burst_rows(client: Client) -> list[dict[str, Any]]:
+    return [
+        x.data for x in client.list_leases() if (x.data["request_id"] or "").startswith("burst-")
+    ]
+
+
+def test_kill_server_mid_burst(platform: Platform) -> None:
     token = platform.tenant("burst", A100=8)
+    client = platform.client(token)
     # Usage recorded before the crash must survive it.
-    done = client.call("request_lease", token, {"gpus": 2, "duration": "10m"}, wait_s=30)
+    done = client.request_lease(2, duration="10m", wait=True, timeout=30)
     time.sleep(0.3)
-    client.call("release_lease", token, done["id"])
-    usage_before = client.call("usage", token)
+    done.release()
+    usage_before = client.usage()
     assert usage_before[0]["gpu_seconds"] > 0
 
-    pid = ray.get(platform.handle.pid.remote())
+    old_pid = platform.proc.pid if platform.proc else None
     results: dict[int, dict[str, Any]] = {}
+    spans: dict[int, tuple[float, float]] = {}
     errors: list[BaseException] = []
 
+    # Each caller its own connection, with enough retries to ride out the restart.
+    clients = [platform.client(token, retries=60) for _ in range(BURST)]
+    asking = threading.Semaphore(0)
+
     def ask(i: int) -> None:
+        rid = f"burst-{i}"
+        began = time.monotonic()
+        asking.release()
         try:
-            body = {"gpus": 1, "duration": "10m", "request_id": f"burst-{i}"}
-            results[i] = client.call("request_lease", token, body, wait_s=5)
+            try:
+                clients[i].request_lease(1, duration="10m", request_id=rid, wait=True, timeout=8)
+            except WaitTimeout:
+                pass  # over quota: it stays queued
+            # Asking again with the same id answers the lease it already made.
+            results[i] = clients[i].request_lease(1, duration="10m", request_id=rid).data
         except BaseException as exc:  # reported below
             errors.append(exc)
+        spans[i] = (began, time.monotonic())
 
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(12)]
-    for i, th in enumerate(threads):
+    # 10 requests go out (8 are granted, 2 long-poll over quota), the server is killed under
+    # them, and the last 2 are sent while it is down.
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(BURST)]
+    for th in threads[:10]:
         th.start()
-        if i == 5:
-            time.sleep(0.05)
-            os.kill(pid, signal.SIGKILL)
+    for _ in threads[:10]:
+        assert asking.acquire(timeout=30)
+    time.sleep(0.1)
+    killed_at = time.monotonic()
+    platform.kill_server()
+    dead_at = time.monotonic()  # the old process is gone: it can answer nothing more
+    for th in threads[10:]:
+        th.start()
+    platform.start_server()
     for th in threads:
         th.join(timeout=120)
+    assert not any(th.is_alive() for th in threads)
     assert not errors, errors
-    assert len(results) == 12
+    assert len(results) == BURST
+    assert platform.proc is not None and platform.proc.pid != old_pid
+    # The kill really landed mid-burst: some request asked the old server and was answered
+    # only after it died (by the new one, on a retry with the same request id).
+    in_flight = [i for i, (b, e) in spans.items() if b < killed_at and e > dead_at]
+    assert in_flight, (killed_at, dead_at, spans)
 
-    new_pid = ray.get(platform.handle.pid.remote())
-    assert new_pid != pid
-
-    # Retrying every request returns the same lease: nothing was booked twice.
+    # Every request id maps to exactly one lease, and asking again returns that one.
     for i, lease in results.items():
-        again = client.call(
-            "request_lease", token, {"gpus": 1, "duration": "10m", "request_id": f"burst-{i}"}
-        )
-        assert again["id"] == lease["id"]
-    leases = client.call("list_leases", token, None, False)
-    burst = [x for x in leases if (x["request_id"] or "").startswith("burst-")]
-    assert len(burst) == 12
-    assert len({x["request_id"] for x in burst}) == 12
+        again = client.request_lease(1, duration="10m", request_id=f"burst-{i}")
+        assert again.id == lease["id"]
+        assert again.data["request_id"] == f"burst-{i}"
+    burst = _burst_rows(client)
+    assert len(burst) == BURST
+    assert sorted(x["request_id"] for x in burst) == sorted(f"burst-{i}" for i in range(BURST))
+    assert {x["id"] for x in burst} == {lease["id"] for lease in results.values()}
 
     # 12 one-GPU requests on 8 GPUs with quota 8: 8 hold GPUs, 4 wait over quota.
     def settled() -> list[dict[str, Any]] | None:
-        rows = [
-            x
-            for x in client.call("list_leases", token, None, False)
-            if x["request_id"] and x["request_id"].startswith("burst-")
-        ]
+        rows = _burst_rows(client)
         states = sorted(x["state"] for x in rows)
         return rows if states.count("RESERVED") == 8 and states.count("PENDING") == 4 else None
 
     rows = wait_until(settled, timeout=30)
     assert all(x["reason"] == "over_quota" for x in rows if x["state"] == "PENDING")
 
-    # Store and Ray agree, both ways.
-    ray.get(platform.handle.reconcile.remote())
+    # Store and Ray agree, both ways, once reconcile has run (at start-up and periodically).
     holding = {x["placement_group"] for x in rows if x["state"] in ("ADMITTED", "RESERVED")}
+    assert holding == {f"{GROUP_PREFIX}{x['id']}" for x in rows if x["state"] == "RESERVED"}
     wait_until(lambda: set(_platform_groups()) == holding, timeout=15)
     assert all(state == "CREATED" for state in _platform_groups().values())
+    # Nothing doubled: 8 groups of one GPU hold all 8 GPUs, and the ledger says the same.
+    assert not _free_gpu_probe(1)
+    (a100,) = [t for t in platform.client().status()["gpu_types"] if t["gpu_type"] == "A100"]
+    assert a100["allocated"] == 8
 
-    usage_after = client.call("usage", token, None, done["ended_at"])
+    usage_after = client.usage(since=done.data["ended_at"])
     # The pre-crash lease ended before `since`; its record is still there in full usage.
-    full = client.call("usage", token)
+    full = client.usage()
     assert full[0]["gpu_seconds"] >= usage_before[0]["gpu_seconds"]
     assert usage_after[0]["gpu_seconds"] < full[0]["gpu_seconds"]
     for x in rows:
-        client.call("release_lease", token, x["id"])
+        client.release_lease(x["id"])
     wait_until(lambda: not _platform_groups(), timeout=15)
+    wait_until(lambda: _free_gpu_probe(8), timeout=15)
 
 
 def test_reconcile_removes_orphans_and_recreates_missing(platform: Platform) -> None:
-    from ray.util.placement_group import placement_group, remove_placement_group
-
-    token = platform.tenant("recon", A100=4)
-    lease = platform.client.call("request_lease", token, {"gpus": 2, "duration": "10m"}, wait_s=30)
+    client = platform.client(platform.tenant("recon", A100=4))
+    lease = client.request_lease(2, duration="10m", wait=True, timeout=30)
+    name = lease.data["placement_group"]
     # An orphan: a platform-named group no lease accounts for (e.g. created just before a crash).
     orphan = placement_group([{"GPU": 1}], name=GROUP_PREFIX + "orphan", lifetime="detached")
     ray.get(orphan.ready())
-    # A missing group: Ray lost the lease's reservation.
-    remove_placement_group(ray.util.get_placement_group(lease["placement_group"]))
-    wait_until(lambda: lease["placement_group"] not in _platform_groups())
-    did = ray.get(platform.handle.reconcile.remote())
-    assert did["orphans_removed"] >= 1
-    assert did["groups_recreated"] == 1
-    wait_until(lambda: set(_platform_groups()) == {lease["placement_group"]}, timeout=15)
-    got = platform.client.call("wait_lease", token, lease["id"], 30)
-    assert got["state"] == "RESERVED"
-    platform.client.call("release_lease", token, lease["id"])
+    # A missing group: Ray lost the lease's reservation (found by id: the server made it in
+    # its own Ray namespace).
+    remove_placement_group(lease.placement_group)
+    wait_until(lambda: name not in _platform_groups())
+    # The server's periodic reconcile (controller.reconcile_interval_s) repairs both.
+    wait_until(lambda: set(_platform_groups()) == {name}, timeout=15)
+    got = client.get_lease(lease.id, wait=30)
+    assert got.state == "RESERVED"
+    assert _platform_groups() == {name: "CREATED"}
+    assert "groups_recreated" in platform.log()
+    got.release()
+    wait_until(lambda: not _platform_groups(), timeout=15)

@@ -1,49 +1,40 @@
-"""HTTP control API on Ray Serve (real HTTP on 127.0.0.1), the SDK over it, and the CLI.
+"""HTTP control API of a real ``fastgpu server`` process (real HTTP on 127.0.0.1), the SDK
+over it, and the CLI.
 
 Includes the isolation matrix: every operation with another tenant's token, with no token
-and with a wrong token.
+and with a wrong token; and the hardening: bodies limited while they stream, strict JSON
+types, pagination, the per-token rate limit and long-polls that hold no thread.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import ray
-from ray import serve
 
 import fastgpu as fgpu
-from fastgpu.api.serve import deploy_api
 from fastgpu.errors import InvalidRequest, LeaseRejected, NotFound, PermissionDenied
 from fastgpu.sdk import Client
-from tests.integration.platform_fixtures import (
-    Platform,
-    make_config,
-    platform_on_running_ray,
-    start_local_ray,
-)
+from tests.integration.platform_fixtures import Platform, local_platform, platform_on_running_ray
 
 pytestmark = pytest.mark.ray
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Api:
-    def __init__(self, platform: Platform, url: str) -> None:
+    def __init__(self, platform: Platform) -> None:
         self.platform = platform
-        self.url = url
-        self.admin = Client(token=platform.admin, address=url)
+        self.url = platform.url
+        self.admin = platform.client()
 
     def http(self, token: str | None) -> httpx.Client:
         headers = {}
@@ -56,19 +47,8 @@ class Api:
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    start_local_ray(num_gpus=8)
-    state = tmp_path_factory.mktemp("state")
-    try:
-        for platform in platform_on_running_ray(state):
-            port = _free_port()
-            cfg = make_config(state).model_copy(
-                update={"api": platform.config.api.model_copy(update={"port": port})}
-            )
-            url = deploy_api(cfg)
-            yield Api(platform, url)
-            serve.shutdown()
-    finally:
-        ray.shutdown()
+    for platform in local_platform(tmp_path_factory):
+        yield Api(platform)
 
 
 def test_listens_on_loopback_only(api: Api) -> None:
@@ -130,6 +110,11 @@ def test_sdk_raises_clear_errors(api: Api) -> None:
         ({"gpus": 10**12}, "gpus"),
         ({"gpus": 1, "request_id": "x" * 500}, "request_id"),
         ({"gpus": 1, "strategy": "RANDOM"}, "strategy"),
+        # Strict JSON types: no bool or string where a number is expected.
+        ({"gpus": True}, "gpus"),
+        ({"gpus": "2"}, "gpus"),
+        # A duration that rounds to nothing is refused, not turned into a zero-length lease.
+        ({"gpus": 1, "duration": "0.000001s"}, "duration"),
     ],
 )
 def test_http_bad_input_is_4xx_and_stores_nothing(
@@ -190,7 +175,14 @@ def test_isolation_matrix(api: Api) -> None:
         ("POST", "/api/v1/tenants", {"name": "evil", "quotas": {}}, None, 403),
         ("PATCH", "/api/v1/tenants/victim", {"weight": 9}, None, 403),
         ("DELETE", "/api/v1/tenants/victim", None, None, 403),
-        ("POST", "/api/v1/tenants/victim/rotate-token", None, None, 403),
+        # Token routes: a tenant manages only its own; another's name is not found.
+        ("POST", "/api/v1/tenants/victim/rotate-token", None, None, 404),
+        ("GET", "/api/v1/tenants/victim/tokens", None, None, 404),
+        ("POST", "/api/v1/tenants/victim/tokens", {}, None, 404),
+        ("DELETE", "/api/v1/tenants/victim/tokens/t1", None, None, 404),
+        ("GET", "/api/v1/tenants/admin/tokens", None, None, 403),
+        ("POST", "/api/v1/tenants/admin/rotate-token", None, None, 403),
+        ("POST", "/api/v1/tenants/intruder/rotate-token", None, None, 403),
         ("GET", "/api/v1/tenants/victim", None, None, 404),
         ("GET", "/api/v1/leases", None, {"tenant": "victim"}, 404),
         ("POST", "/api/v1/leases", {"gpus": 1, "tenant": "victim"}, None, 404),
@@ -217,6 +209,27 @@ def test_isolation_matrix(api: Api) -> None:
     assert victim_client.get_tenant("victim")["weight"] == 1.0
     assert [u["tenant"] for u in Client(token=other, address=api.url).usage()] in ([], ["intruder"])
     victim_client.release_lease(lid)
+    assert len(victim_client.list_tokens("victim")) == 1  # no token was issued to anyone
+
+
+def test_rotate_token_with_grace(api: Api) -> None:
+    old = api.admin.create_tenant("rotating", {"A100": 1})["token"]
+    with api.http(api.platform.admin) as http:
+        resp = http.post("/api/v1/tenants/rotating/rotate-token", json={"grace": "1h"})
+        assert resp.status_code == 200, resp.text
+        kept = resp.json()["token"]
+        # Within the grace period both work.
+        for token in (old, kept):
+            with api.http(token) as mine:
+                assert mine.get("/api/v1/whoami").json()["tenant"] == "rotating"
+        resp = http.post("/api/v1/tenants/rotating/rotate-token", json={"grace": 0})
+        assert resp.status_code == 200, resp.text
+        new = resp.json()["token"]
+    for token in (old, kept):
+        with api.http(token) as mine:
+            assert mine.get("/api/v1/whoami").status_code == 401
+    with api.http(new) as mine:
+        assert mine.get("/api/v1/whoami").json()["tenant"] == "rotating"
 
 
 def _cli(api: Api, token: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -356,3 +369,195 @@ def test_not_found_is_the_same_for_missing_and_foreign(api: Api) -> None:
         b.get_lease("0" * 16)
     assert str(foreign.value).replace(lease.id, "X") == str(missing.value).replace("0" * 16, "X")
     a.release_lease(lease.id)
+
+
+# ---- hardening -----------------------------------------------------------------------------
+def test_chunked_body_over_the_limit_is_413(api: Api) -> None:
+    """A body without Content-Length (chunked) is counted while it streams: past 64 KiB the
+    server answers 413 and stores nothing."""
+    sent = {"bytes": 0}
+
+    def body() -> Iterator[bytes]:
+        yield b'{"name": "chunked", "quotas": {}, "pad": "'
+        for _ in range(16):  # 128 KiB in all
+            sent["bytes"] += 8192
+            yield b"x" * 8192
+        yield b'"}'
+
+    with api.http(api.platform.admin) as http:
+        try:
+            resp = http.post(
+                "/api/v1/tenants", content=body(), headers={"content-type": "application/json"}
+            )
+        except httpx.WriteError:  # the server may close before the client sent it all
+            pytest.fail("the server closed the connection without answering 413")
+        assert "content-length" not in {k.lower() for k in resp.request.headers}
+        assert resp.request.headers.get("transfer-encoding") == "chunked"
+        assert resp.status_code == 413, resp.text
+        assert resp.json()["error"]["code"] == "too_large"
+        assert http.get("/api/v1/tenants/chunked").status_code == 404
+    # A chunked body under the limit goes through.
+    with api.http(api.platform.admin) as http:
+        small = iter([b'{"name": "chunked-ok", ', b'"quotas": {}}'])
+        resp = http.post(
+            "/api/v1/tenants", content=small, headers={"content-type": "application/json"}
+        )
+        assert resp.status_code == 201, resp.text
+
+
+def test_list_pagination_over_http(api: Api) -> None:
+    token = api.admin.create_tenant("pages", {"A100": 1})["token"]
+    client = Client(token=token, address=api.url)
+    ids = []
+    for _ in range(5):
+        lease = client.request_lease(1, "A100", "5m")
+        ids.append(lease.id)
+        client.release_lease(lease.id)
+    seen: list[str] = []
+    pages = 0
+    cursor: str | None = None
+    with api.http(token) as http:
+        while True:
+            params: dict[str, Any] = {"limit": 2}
+            if cursor is not None:
+                params["cursor"] = cursor
+            resp = http.get("/api/v1/leases", params=params)
+            assert resp.status_code == 200, resp.text
+            page = resp.json()
+            assert set(page) == {"items", "next_cursor"}
+            assert len(page["items"]) <= 2
+            seen += [x["id"] for x in page["items"]]
+            pages += 1
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+            assert pages < 10, "pagination does not end"
+        assert seen == ids  # every lease once, oldest first
+        assert pages >= 3
+        # The SDK follows the cursor the same way.
+        assert [x.id for x in client.list_leases()] == ids
+        # Bad page arguments are 422.
+        for params in ({"limit": 0}, {"limit": 501}, {"limit": "two"}, {"cursor": "x" * 300}):
+            assert http.get("/api/v1/leases", params=params).status_code == 422, params
+    # Tenants page the same way for the admin.
+    with api.http(api.platform.admin) as http:
+        names: list[str] = []
+        cursor = None
+        while True:
+            params = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+            page = http.get("/api/v1/tenants", params=params).json()
+            assert len(page["items"]) <= 2
+            names += [t["name"] for t in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+    assert sorted(names) == sorted(t["name"] for t in api.admin.list_tenants())
+    assert len(names) == len(set(names))
+
+
+def test_long_polls_hold_no_thread(api: Api) -> None:
+    """Five 20 s long-polls of one tenant on a pending lease do not slow another tenant."""
+    no_borrowing = {"A100": {"nominal": 1, "borrowing_limit": 0}}
+    token = api.admin.create_tenant("poller", no_borrowing)["token"]
+    other = api.admin.create_tenant("bystander", {"A100": 1})["token"]
+    client = Client(token=token, address=api.url)
+    held = client.request_lease(1, "A100", "10m", wait=True)
+    pending = client.request_lease(1, "A100", "10m")
+    assert pending.state == "PENDING", pending
+    results: list[tuple[int, float]] = []
+    errors: list[BaseException] = []
+
+    def poll() -> None:
+        start = time.monotonic()
+        try:
+            with api.http(token) as http:
+                resp = http.get(f"/api/v1/leases/{pending.id}", params={"wait": 20})
+            results.append((resp.status_code, time.monotonic() - start))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=poll, daemon=True) for _ in range(5)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)  # all five are open and waiting
+    assert not results, "the long-polls answered before the lease changed"
+    timings = []
+    with api.http(other) as http:
+        http.get("/api/v1/whoami")  # warm the connection
+        for _ in range(5):
+            start = time.monotonic()
+            resp = http.get("/api/v1/whoami")
+            timings.append(time.monotonic() - start)
+            assert resp.status_code == 200
+            assert resp.json()["tenant"] == "bystander"
+    assert max(timings) < 1.0, timings
+    # Freeing the held GPU admits the pending lease, which ends the polls early.
+    client.release_lease(held.id)
+    for t in threads:
+        t.join(40)
+    assert not errors, errors
+    assert [code for code, _ in results] == [200] * 5
+    assert max(elapsed for _, elapsed in results) < 19, results
+    assert client.get_lease(pending.id).state == "RESERVED"
+    client.release_lease(pending.id)
+
+
+def test_jobs_take_uploads_never_server_paths(api: Api, tmp_path: Path) -> None:
+    token = api.admin.create_tenant("uploader", {"A100": 1})["token"]
+    with api.http(token) as http:
+        # A path on the server is never read: the field does not exist.
+        resp = http.post(
+            "/api/v1/jobs",
+            json={"entrypoint": "python x.py", "working_dir": str(api.platform.state_dir)},
+        )
+        assert resp.status_code == 422, resp.text
+        assert "working_dir: unknown field" in resp.json()["error"]["message"]
+        resp = http.post("/api/v1/jobs", json={"entrypoint": "python x.py", "upload": "../etc"})
+        assert resp.status_code == 422, resp.text
+        assert "upload" in resp.json()["error"]["message"]
+        # Uploads are zips only.
+        resp = http.post(
+            "/api/v1/uploads", content=b"not a zip", headers={"content-type": "text/plain"}
+        )
+        assert resp.status_code == 422, resp.text
+    (tmp_path / "hello.py").write_text("print('hello from the upload')\n")
+    client = Client(token=token, address=api.url)
+    first = client.upload(tmp_path)
+    assert len(first["sha256"]) == 64
+    assert client.upload(tmp_path)["sha256"] == first["sha256"]  # content-addressed
+
+
+def test_rate_limit_answers_429_with_retry_after(
+    api: Api, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A server whose per-token rate is small refuses a burst with 429 + Retry-After.
+
+    It runs on the same Ray cluster as ``api``'s server, whose reconciler would drop any
+    placement group it does not know: so no lease may be live on either meanwhile."""
+    assert api.admin.list_leases(live=True) == []
+    state = tmp_path_factory.mktemp("rate")
+    for limited in platform_on_running_ray(state, api={"rate_per_s": 0.5, "burst": 3}):
+        token = limited.tenant("rated", A100=1)  # one request of the admin's bucket
+        with httpx.Client(
+            base_url=limited.url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+            trust_env=False,
+        ) as http:
+            codes = [http.get("/api/v1/whoami") for _ in range(6)]
+        assert [r.status_code for r in codes[:3]] == [200, 200, 200], [r.text for r in codes]
+        refused = [r for r in codes if r.status_code == 429]
+        assert refused, [r.status_code for r in codes]
+        for r in refused:
+            assert r.json()["error"]["code"] == "rate_limited"
+            retry = float(r.headers["Retry-After"])
+            assert 0 < retry <= 10
+        # Another token has its own bucket; healthz is exempt.
+        with httpx.Client(base_url=limited.url, timeout=30, trust_env=False) as http:
+            headers = {"Authorization": f"Bearer {limited.admin}"}
+            assert http.get("/api/v1/whoami", headers=headers).status_code == 200
+            tok = {"Authorization": f"Bearer {token}"}
+            assert http.get("/api/v1/healthz", headers=tok).status_code == 200
+        # The SDK waits as Retry-After says and then succeeds.
+        with Client(token=token, address=limited.url) as sdk:
+            assert sdk.whoami()["tenant"] == "rated"

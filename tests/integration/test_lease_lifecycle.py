@@ -1,16 +1,22 @@
-"""Lease lifecycle on a real local Ray cluster (8 logical A100s) with a real SQLite store."""
+"""Lease lifecycle on a real local Ray cluster (8 logical A100s) with a real server process
+and a real SQLite store, driven through the SDK over HTTP."""
 
 from __future__ import annotations
 
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+import ray
 from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 
-from fastgpu.errors import InvalidRequest, NotFound
+from fastgpu.errors import AuthenticationError, InvalidRequest, LeaseRejected, NotFound
+from fastgpu.sdk import Client
 from tests.integration.platform_fixtures import (
     Platform,
     local_platform,
@@ -41,11 +47,20 @@ def _free_gpu_probe(n: int) -> bool:
         remove_placement_group(pg)
 
 
+def ask(client: Client, gpus: int, **kw: Any) -> dict[str, Any]:
+    """Request without waiting; return the lease as stored, whatever its state (a REJECTED
+    lease makes the SDK raise; it is then found by its request id)."""
+    rid = kw.pop("request_id", None) or f"t-{uuid.uuid4().hex}"
+    try:
+        return client.request_lease(gpus, request_id=rid, **kw).data
+    except LeaseRejected:
+        (row,) = [x.data for x in client.list_leases() if x.data["request_id"] == rid]
+        return row
+
+
 def test_lease_holds_gpus_and_releases(platform: Platform) -> None:
-    token = platform.tenant("life", A100=8)
-    lease = platform.client.call(
-        "request_lease", token, {"gpus": 6, "gpu_type": "A100", "duration": "10m"}, wait_s=30
-    )
+    client = platform.client(platform.tenant("life", A100=8))
+    lease = client.request_lease(6, "A100", "10m", wait=True, timeout=30).data
     assert lease["state"] == "RESERVED"
     assert lease["tenant"] == "life"
     assert lease["placement_group"] == f"fastgpu-lease-{lease['id']}"
@@ -54,35 +69,29 @@ def test_lease_holds_gpus_and_releases(platform: Platform) -> None:
     assert not _free_gpu_probe(3)
     assert _free_gpu_probe(2)
 
-    released = platform.client.call("release_lease", token, lease["id"])
+    released = client.release_lease(lease["id"]).data
     assert released["state"] == "RELEASED"
     assert released["ended_at"] is not None
     wait_until(lambda: _group_state(lease["placement_group"]) is None)
     wait_until(lambda: _free_gpu_probe(8))
     # Releasing again is a no-op that answers the same lease.
-    again = platform.client.call("release_lease", token, lease["id"])
+    again = client.release_lease(lease["id"]).data
     assert again["state"] == "RELEASED"
     assert again["ended_at"] == released["ended_at"]
 
-    usage = platform.client.call("usage", token)
-    (row,) = [r for r in usage if r["gpu_type"] == "A100"]
+    (row,) = [r for r in client.usage() if r["gpu_type"] == "A100"]
     assert row["tenant"] == "life"
     assert row["gpu_seconds"] > 0
     assert row["cost"] == pytest.approx(row["gpu_seconds"] / 3600 * 3.6, rel=1e-6)
 
 
 def test_lease_expires_and_gpus_come_back(platform: Platform) -> None:
-    token = platform.tenant("brief", A100=8)
-    lease = platform.client.call(
-        "request_lease", token, {"gpus": 8, "gpu_type": "A100", "duration": "2s"}, wait_s=30
-    )
+    client = platform.client(platform.tenant("brief", A100=8))
+    lease = client.request_lease(8, "A100", "2s", wait=True, timeout=30).data
     assert lease["state"] == "RESERVED"
     reserved = time.monotonic()
     ended = wait_until(
-        lambda: (
-            (got := platform.client.call("get_lease", token, lease["id"]))["state"] == "EXPIRED"
-            and got
-        ),
+        lambda: (got := client.get_lease(lease["id"]).data)["state"] == "EXPIRED" and got,
         timeout=10,
     )
     # Expired within 2 s of its end (2 s duration + 2 s slack).
@@ -90,48 +99,50 @@ def test_lease_expires_and_gpus_come_back(platform: Platform) -> None:
     assert ended["ended_at"] is not None
     wait_until(lambda: _group_state(lease["placement_group"]) is None)
     wait_until(lambda: _free_gpu_probe(8))
-    (row,) = platform.client.call("usage", token)
+    (row,) = client.usage()
     assert 8 * 1.5 < row["gpu_seconds"] < 8 * 4.5
 
 
 def test_quota_capacity_and_infeasible_reasons(platform: Platform) -> None:
-    small = platform.tenant("small", borrowing_limit=0, A100=2)
-    big = platform.tenant("big", A100=8)
-    first = platform.client.call("request_lease", small, {"gpus": 2, "duration": "5m"}, wait_s=30)
+    small = platform.client(platform.tenant("small", borrowing_limit=0, A100=2))
+    big = platform.client(platform.tenant("big", A100=8))
+    first = small.request_lease(2, duration="5m", wait=True, timeout=30).data
     assert first["state"] == "RESERVED"
-    over = platform.client.call("request_lease", small, {"gpus": 1, "duration": "5m"})
+    over = ask(small, 1, duration="5m")
     assert over["state"] == "PENDING"
     assert over["reason"] == "over_quota"
 
-    hog = platform.client.call("request_lease", big, {"gpus": 5, "duration": "5m"}, wait_s=30)
+    hog = big.request_lease(5, duration="5m", wait=True, timeout=30).data
     assert hog["state"] == "RESERVED"
-    starved = platform.client.call("request_lease", big, {"gpus": 3, "duration": "5m"})
+    starved = ask(big, 3, duration="5m")
     assert starved["state"] == "PENDING"
     assert starved["reason"] == "no_capacity"
 
-    never = platform.client.call("request_lease", big, {"gpus": 9, "duration": "5m"})
+    with pytest.raises(LeaseRejected, match="infeasible"):
+        big.request_lease(9, duration="5m", request_id="never-9")
+    (never,) = [x.data for x in big.list_leases() if x.data["request_id"] == "never-9"]
     assert never["state"] == "REJECTED"
     assert never["reason"] == "infeasible"
+    with pytest.raises(LeaseRejected):  # waiting for it says so too
+        big.request_lease(9, duration="5m", wait=True, timeout=5)
 
     # Freeing capacity admits the queued lease; freeing quota admits the other.
-    platform.client.call("release_lease", big, hog["id"])
-    got = platform.client.call("wait_lease", big, starved["id"], 30)
-    assert got["state"] == "RESERVED"
-    platform.client.call("release_lease", small, first["id"])
-    got = platform.client.call("wait_lease", small, over["id"], 30)
-    assert got["state"] == "RESERVED"
-    for tok, lid in ((big, starved["id"]), (small, over["id"])):
-        platform.client.call("release_lease", tok, lid)
+    big.release_lease(hog["id"])
+    assert big.get_lease(starved["id"], wait=30).state == "RESERVED"
+    small.release_lease(first["id"])
+    assert small.get_lease(over["id"], wait=30).state == "RESERVED"
+    big.release_lease(starved["id"])
+    small.release_lease(over["id"])
 
 
 def test_idempotent_request_and_bad_input_store_nothing(platform: Platform) -> None:
     token = platform.tenant("idem", A100=4)
-    body = {"gpus": 1, "duration": "1m", "request_id": "req-1"}
-    a = platform.client.call("request_lease", token, body, wait_s=30)
-    b = platform.client.call("request_lease", token, body, wait_s=30)
-    assert a["id"] == b["id"]
-    before = platform.client.call("list_leases", token)
-    for bad in (
+    client = platform.client(token)
+    a = client.request_lease(1, duration="1m", request_id="req-1", wait=True, timeout=30)
+    b = client.request_lease(1, duration="1m", request_id="req-1", wait=True, timeout=30)
+    assert a.id == b.id
+    before = [x.data for x in client.list_leases()]
+    bad_bodies: list[dict[str, Any]] = [
         {"gpus": 0},
         {"gpus": -1},
         {"gpus": 1, "gpu_type": "V100"},
@@ -139,13 +150,29 @@ def test_idempotent_request_and_bad_input_store_nothing(platform: Platform) -> N
         {"gpus": 1, "colour": "red"},
         {"gpus": 10**9},
         {"gpus": 1, "duration": "400d"},
-    ):
+    ]
+    # The server refuses each (sent raw, past the SDK's own checks)...
+    for bad in bad_bodies:
+        r = httpx.post(
+            f"{platform.url}/api/v1/leases",
+            json=bad,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+            trust_env=False,
+        )
+        assert r.status_code in (400, 422), (bad, r.status_code, r.text)
+        assert r.json()["error"]["code"] == InvalidRequest.code, (bad, r.text)
+    # ...and so does the SDK, for every one it can express.
+    for bad in bad_bodies:
+        if "colour" in bad:
+            continue
+        kw = {k: v for k, v in bad.items() if k != "gpus"}
         with pytest.raises(InvalidRequest):
-            platform.client.call("request_lease", token, bad)
-    assert platform.client.call("list_leases", token) == before
+            client.request_lease(bad["gpus"], **kw)
+    assert [x.data for x in client.list_leases()] == before
     with pytest.raises(NotFound):
-        platform.client.call("get_lease", token, "nope")
-    platform.client.call("release_lease", token, a["id"])
+        client.get_lease("nope")
+    client.release_lease(a.id)
 
 
 def test_store_is_a_real_sqlite_file(platform: Platform) -> None:
@@ -158,21 +185,24 @@ def test_store_is_a_real_sqlite_file(platform: Platform) -> None:
     assert all(len(h) == 64 for h in hashes)
 
 
-def test_a_ray_driver_cannot_escalate_through_the_actor(platform: Platform) -> None:
-    from fastgpu.auth import hash_token, new_token
-    from fastgpu.errors import AuthenticationError
+def test_a_ray_driver_finds_no_controller_and_unknown_tokens_are_refused(
+    platform: Platform,
+) -> None:
+    from fastgpu.auth import new_token
 
-    handle = platform.handle
-    mine = new_token()
-    # Only the allow-listed, token-checked methods are reachable through `call`...
-    for method, args in (
-        ("register_admin_hash", (hash_token(mine),)),
-        ("bootstrap_admin", (mine,)),
-        ("reconcile", ()),
+    # The control plane is a separate process, not a Ray actor: a Ray driver (this test
+    # process is one) finds nothing in the cluster to call into.
+    actors = ray.util.list_named_actors(all_namespaces=True)
+    assert not [a for a in actors if "fastgpu" in str(a).lower()], actors
+    assert not any(a.get("namespace") == "fastgpu" for a in actors if isinstance(a, dict))
+    # Its only door is the API, and an unknown token is refused there, for reads and writes.
+    mallory = platform.client(new_token(), retries=0)
+    for attempt in (
+        lambda: mallory.create_tenant("mallory", {}),
+        lambda: mallory.whoami(),
+        lambda: mallory.list_leases(),
+        lambda: mallory.request_lease(1, duration="1m"),
     ):
-        with pytest.raises(InvalidRequest, match="unknown controller method"):
-            platform.client.call(method, *args)
-    # ...no actor method registers tokens, and an unknown token is refused everywhere.
-    assert not hasattr(handle, "bootstrap_admin")
-    with pytest.raises(AuthenticationError):
-        platform.client.call("create_tenant", mine, "mallory", {})
+        with pytest.raises(AuthenticationError):
+            attempt()
+    assert "mallory" not in {t["name"] for t in platform.client().list_tenants()}

@@ -1,14 +1,17 @@
-"""`fastgpu up` / `down` as a user runs them (real `ray start` processes, two nodes, the CLI),
-and jobs submitted through the platform on a tenant's behalf."""
+"""`fastgpu up` / `down` as a user runs them (real `ray start` processes and a real `fastgpu
+server` process, the CLI), on non-default ports chosen free for every test platform, and jobs
+submitted through the platform on a tenant's behalf (their working folder uploaded)."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,27 +19,74 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+
+from fastgpu.local import cluster_processes, port_free
+from fastgpu.sdk import Client
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 SCRIPTS = Path(__file__).parent / "job_scripts"
 REPO = Path(__file__).resolve().parents[2]
+RAY_PORTS = (
+    "gcs_port",
+    "dashboard_port",
+    "dashboard_agent_listen_port",
+    "dashboard_agent_grpc_port",
+    "runtime_env_agent_port",
+    "metrics_export_port",
+    "ray_client_server_port",
+    "node_manager_port",
+    "object_manager_port",
+)
+_TAKEN: set[int] = set()  # ports handed out in this process: two platforms never share one
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _TAKEN:
+            _TAKEN.add(port)
+            return port
 
 
-def _fastgpu(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def _worker_range(size: int = 50) -> tuple[int, int]:
+    """A block of free ports for Ray's workers, away from the ephemeral range."""
+    for _ in range(200):
+        low = random.randrange(20000, 30000 - size)
+        block = range(low, low + size)
+        if not _TAKEN.intersection(block) and all(port_free(p) for p in block):
+            _TAKEN.update(block)
+            return low, low + size - 1
+    raise AssertionError("no free block of worker ports")
+
+
+def _ports() -> dict[str, Any]:
+    """A config's ``api`` and ``ray`` sections with every port non-default and free."""
+    low, high = _worker_range()
+    ray_ports: dict[str, int] = {name: _free_port() for name in RAY_PORTS}
+    ray_ports |= {"min_worker_port": low, "max_worker_port": high}
+    return {"api": {"port": _free_port()}, "ray": ray_ports}
+
+
+def _fastgpu(
+    env: dict[str, str], *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "fastgpu.cli.main", *args],
         capture_output=True,
         text=True,
         env=env,
-        timeout=300,
+        timeout=timeout,
     )
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 @dataclass
@@ -46,51 +96,96 @@ class Up:
     user_home: Path
     first: dict[str, Any]
     cfg: Path
+    ports: dict[str, Any]
 
     def as_tenant(self, token: str) -> dict[str, str]:
         return {**self.env, "FASTGPU_TOKEN": token}
 
+    def all_ports(self) -> dict[str, int]:
+        out = {"api.port": int(self.ports["api"]["port"])}
+        out |= {f"ray.{k}": int(v) for k, v in self.ports["ray"].items() if k.endswith("_port")}
+        return out
 
-@pytest.fixture(scope="module")
-def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
-    import tempfile
+    def up_args(self) -> tuple[str, ...]:
+        return ("up", "--gpus", str(self.first["gpus"]), "--nodes", str(self.first["nodes"]),
+                "--config", str(self.cfg), "-o", "json")  # fmt: skip
 
-    root = Path(tempfile.mkdtemp(prefix="u"))
+
+def _platform_env(root: Path) -> tuple[dict[str, str], Path, Path]:
     home = root / "h"
     user_home = root / "user"
-    user_home.mkdir()
-    cfg = root / "fastgpu.yaml"
-    cfg.write_text(
-        "gpu_types: {A100: {price_per_hour: 2.5}}\n"
-        "tenants: {ops: {quotas: {A100: {nominal: 2}}}, "
-        "research: {quotas: {A100: {nominal: 2, borrowing_limit: 0}}}}\n"
-        f"api: {{port: {_free_port()}}}\n"
-    )
-    env = {**os.environ, "FASTGPU_HOME": str(home), "HOME": str(user_home), "RAY_TMPDIR": str(root)}
+    user_home.mkdir(parents=True)
+    env = {**os.environ, "FASTGPU_HOME": str(home), "HOME": str(user_home)}
+    # Jobs run `python ...` from this venv (Ray's job drivers inherit the raylet's PATH).
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("RAY_AUTH_TOKEN", None)
     env.pop("FASTGPU_TOKEN", None)
-    out = _fastgpu(env, "up", "--gpus", "4", "--nodes", "2", "--config", str(cfg), "-o", "json")
-    assert out.returncode == 0, out.stderr
+    env.pop("FASTGPU_ADDRESS", None)
+    return env, home, user_home
+
+
+def _write_config(root: Path, ports: dict[str, Any], tenants: dict[str, Any]) -> Path:
+    cfg = root / "fastgpu.yaml"
+    data = {"gpu_types": {"A100": {"price_per_hour": 2.5, "perf": 312}}, "tenants": tenants}
+    cfg.write_text(yaml.safe_dump(data | ports))
+    return cfg
+
+
+def _start(root: Path, gpus: int, nodes: int, tenants: dict[str, Any]) -> Up:
+    env, home, user_home = _platform_env(root)
+    ports = _ports()
+    cfg = _write_config(root, ports, tenants)
+    args = ("up", "--gpus", str(gpus), "--nodes", str(nodes), "--config", str(cfg), "-o", "json")
+    out = _fastgpu(env, *args)
+    if out.returncode != 0:
+        _fastgpu(env, "down")
+        raise AssertionError(f"`fastgpu up` failed:\n{out.stdout}\n{out.stderr}")
+    return Up(env, home, user_home, json.loads(out.stdout), cfg, ports)
+
+
+def _assert_all_down(up: Up) -> None:
+    """Nothing listens on the platform's ports and no process of its cluster remains."""
+    assert cluster_processes(up.home) == []
+    held = {name: port for name, port in up.all_ports().items() if _listening(port)}
+    assert held == {}, held
+    assert all(port_free(port) for port in up.all_ports().values())
+
+
+@pytest.fixture(scope="module")
+def up() -> Iterator[Up]:
+    root = Path(tempfile.mkdtemp(prefix="u"))
+    tenants = {
+        "ops": {"quotas": {"A100": {"nominal": 2}}},
+        "research": {"quotas": {"A100": {"nominal": 2, "borrowing_limit": 0}}},
+    }
+    platform = _start(root, 4, 2, tenants)
     try:
-        yield Up(env, home, user_home, json.loads(out.stdout), cfg)
+        yield platform
     finally:
-        down = _fastgpu(env, "down", "-o", "json")
-        assert down.returncode == 0, down.stderr
-        assert json.loads(down.stdout)["stopped_processes"] > 0
-        # Nothing written to the user's home (no ~/.ray): Ray's token lives in the state dir.
-        assert list(user_home.iterdir()) == []
-        assert (home / "fastgpu.db").exists()  # the store survives `down`
+        _fastgpu(platform.env, "down", "-o", "json")  # a no-op after test_down_stops_everything
 
 
 def test_up_is_idempotent_and_serves_leases(up: Up) -> None:
     assert up.first["started_ray"] is True
-    assert up.first["api"].startswith("http://127.0.0.1:")
+    assert up.first["started_server"] is True
+    # Every address is on the configured (non-default) ports.
+    assert up.first["api"] == f"http://127.0.0.1:{up.ports['api']['port']}"
+    assert up.first["ray_address"] == f"127.0.0.1:{up.ports['ray']['gcs_port']}"
+    assert up.first["dashboard"] == f"http://127.0.0.1:{up.ports['ray']['dashboard_port']}"
+    for name in ("api.port", "ray.gcs_port", "ray.dashboard_port"):
+        assert _listening(up.all_ports()[name]), name
+    pid_file = up.home / "server.pid"
+    assert int(pid_file.read_text()) == up.first["server_pid"]
+    assert (up.home / "server.log").exists()
     for secret in ("admin_token", "ray_auth_token"):
         mode = stat.S_IMODE((up.home / secret).stat().st_mode)
         assert mode == 0o600, (secret, oct(mode))
     args = ("up", "--gpus", "4", "--nodes", "2", "--config", str(up.cfg), "-o", "json")
     again = json.loads(_fastgpu(up.env, *args).stdout)
     assert again["started_ray"] is False
+    assert again["started_server"] is False
+    assert again["server_pid"] == up.first["server_pid"]
+    assert again["api"] == up.first["api"]
     assert again["new_tenant_tokens"] == {}  # config tenants are created once
 
     status = json.loads(_fastgpu(up.env, "status", "-o", "json").stdout)  # local admin token
@@ -175,9 +270,9 @@ def test_jobs_run_on_the_tenants_lease_and_stay_private(up: Up) -> None:
     # Bad job input is refused before anything runs.
     bad = _fastgpu(ops, "job", "submit", "--gpus", "0", "--", "python", "x.py")
     assert bad.returncode == 2
-    bad = _fastgpu(ops, "job", "submit", "--working-dir", str(up.home), "--", "python", "x.py")
+    bad = _fastgpu(ops, "job", "submit", "--working-dir", str(up.home / "nope"), "--", "x")
     assert bad.returncode == 2
-    assert "state folder" in bad.stderr
+    assert "not a folder" in bad.stderr
 
 
 def test_ray_job_submit_trains_the_example_on_a_lease(up: Up) -> None:
@@ -214,3 +309,117 @@ def test_ray_job_submit_trains_the_example_on_a_lease(up: Up) -> None:
     assert trained[0]["state"] == "RELEASED"
     usage = json.loads(_fastgpu(ops, "usage", "-o", "json").stdout)
     assert usage[0]["gpu_seconds"] > 0
+
+
+def test_working_dir_is_uploaded_with_the_job(up: Up, tmp_path: Path) -> None:
+    """`fastgpu job submit --working-dir DIR` and the SDK's ``submit_job(working_dir=...)``
+    zip the folder and upload it: the job runs the script from it and its logs show the
+    output."""
+    ops_token = up.first["new_tenant_tokens"]["ops"]
+    ops = up.as_tenant(ops_token)
+    folder = tmp_path / "wd"
+    (folder / "pkg").mkdir(parents=True)
+    (folder / "pkg" / "data.txt").write_text("payload-from-the-upload\n")
+    (folder / "x.py").write_text(
+        "import pathlib\nprint('x.py says', pathlib.Path('pkg/data.txt').read_text().strip())\n"
+    )
+    (folder / "hello.py").write_text("print('hello from the SDK upload')\n")
+
+    out = _fastgpu(ops, "job", "submit", "--working-dir", str(folder), "-o", "json",
+                   "--", "python", "x.py")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    job = json.loads(out.stdout)
+    done = _wait_job(ops, job["id"], {"SUCCEEDED", "FAILED", "STOPPED"})
+    logs = _fastgpu(ops, "job", "logs", job["id"]).stdout
+    assert done["status"] == "SUCCEEDED", logs[-3000:]
+    assert "x.py says payload-from-the-upload" in logs
+
+    with Client(token=ops_token, address=up.first["api"]) as client:
+        sub = client.submit_job("python hello.py", working_dir=folder)
+        deadline = time.monotonic() + 120
+        while (st := client.job_status(sub["id"]))["status"] not in {"SUCCEEDED", "FAILED"}:
+            assert time.monotonic() < deadline, st
+            time.sleep(1)
+        logs = client.job_logs(sub["id"])
+        assert st["status"] == "SUCCEEDED", logs[-3000:]
+        assert "hello from the SDK upload" in logs
+
+
+def test_two_platforms_run_side_by_side(up: Up) -> None:
+    """A second platform (own state dir, own ports) beside the first: each serves its own
+    cluster and tokens, and taking one down leaves the other running."""
+    root = Path(tempfile.mkdtemp(prefix="v"))
+    other = _start(root, 2, 1, {"solo": {"quotas": {"A100": {"nominal": 1}}}})
+    try:
+        assert other.first["started_ray"] is True
+        assert set(other.all_ports().values()).isdisjoint(up.all_ports().values())
+        mine = json.loads(_fastgpu(up.env, "status", "-o", "json").stdout)
+        theirs = json.loads(_fastgpu(other.env, "status", "-o", "json").stdout)
+        assert [(g["total"], g["nodes"]) for g in mine["gpu_types"]] == [(4, 2)]
+        assert [(g["total"], g["nodes"]) for g in theirs["gpu_types"]] == [(2, 1)]
+        # One platform's tokens mean nothing to the other.
+        first_admin = (up.home / "admin_token").read_text().strip()
+        cross = _fastgpu({**other.env, "FASTGPU_TOKEN": first_admin}, "status")
+        assert cross.returncode == 1
+        solo = other.as_tenant(other.first["new_tenant_tokens"]["solo"])
+        lease = json.loads(_fastgpu(solo, "lease", "request", "--gpus", "1", "--wait",
+                                    "-o", "json").stdout)  # fmt: skip
+        assert lease["state"] == "RESERVED"
+        assert {p.pid for p in cluster_processes(up.home)}.isdisjoint(
+            p.pid for p in cluster_processes(other.home)
+        )
+    finally:
+        down = _fastgpu(other.env, "down", "-o", "json")
+    assert down.returncode == 0, down.stderr
+    assert json.loads(down.stdout)["stopped_server"] is True
+    _assert_all_down(other)
+    # The first platform is untouched.
+    assert cluster_processes(up.home)
+    status = _fastgpu(up.env, "status", "-o", "json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["gpu_types"][0]["total"] == 4
+
+
+def test_up_fails_naming_the_holder_of_a_taken_api_port() -> None:
+    root = Path(tempfile.mkdtemp(prefix="w"))
+    env, home, _ = _platform_env(root)
+    ports = _ports()
+    cfg = _write_config(root, ports, {})
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", ports["api"]["port"]))
+    holder.listen()
+    try:
+        out = _fastgpu(env, "up", "--gpus", "1", "--config", str(cfg), "-o", "json")
+        assert out.returncode != 0, out.stdout
+        message = out.stderr + out.stdout
+        assert str(ports["api"]["port"]) in message, message
+        assert f"pid {os.getpid()}" in message, message  # this test process holds it
+        # No server was started (the port is checked before it).
+        assert not (home / "server.pid").exists()
+        print("left running after the failed up:", [p.pid for p in cluster_processes(home)])
+    finally:
+        holder.close()
+        down = _fastgpu(env, "down", "-o", "json")
+    assert down.returncode == 0, down.stderr
+    probe = Up(env, home, root / "user", {}, cfg, ports)
+    _assert_all_down(probe)
+
+
+def test_down_stops_everything(up: Up) -> None:
+    """Runs last: `down` stops the server and every process of the cluster; nothing listens
+    on any configured port; the store and tokens stay; a second `down` is a no-op."""
+    assert cluster_processes(up.home)
+    down = _fastgpu(up.env, "down", "-o", "json")
+    assert down.returncode == 0, down.stderr
+    result = json.loads(down.stdout)
+    assert result["stopped_server"] is True
+    assert result["stopped_processes"] > 0
+    _assert_all_down(up)
+    assert not (up.home / "server.pid").exists()
+    # Nothing written to the user's home (no ~/.ray): Ray's token lives in the state dir.
+    assert list(up.user_home.iterdir()) == []
+    assert (up.home / "fastgpu.db").exists()  # the store survives `down`
+    assert (up.home / "admin_token").exists()
+    again = json.loads(_fastgpu(up.env, "down", "-o", "json").stdout)
+    assert again["stopped_server"] is False
+    assert again["stopped_processes"] == 0

@@ -1,7 +1,9 @@
-"""Placement across nodes and node loss, on a multi-node cluster (ray.cluster_utils.Cluster)."""
+"""Placement across nodes and node loss, on a multi-node cluster (ray.cluster_utils.Cluster),
+with a real server process driving it; the test talks to it through the SDK."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,6 +12,8 @@ import ray
 from ray.cluster_utils import Cluster
 
 from fastgpu.controller.backend import GPU_TYPE_LABEL
+from fastgpu.errors import LeaseRejected
+from fastgpu.sdk import Client
 from tests.integration.platform_fixtures import Platform, platform_on_running_ray, wait_until
 
 pytestmark = pytest.mark.ray
@@ -26,58 +30,66 @@ def cluster_platform(
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, namespace="fastgpu-tests", log_to_driver=False)
     try:
-        for platform in platform_on_running_ray(tmp_path_factory.mktemp("state")):
-            yield cluster, platform, workers
+        yield from (
+            (cluster, platform, workers)
+            for platform in platform_on_running_ray(
+                tmp_path_factory.mktemp("state"), cluster.address
+            )
+        )
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def _ask(client: Client, gpus: int, **kw: Any) -> dict[str, Any]:
+    """Request without waiting; the lease as stored, REJECTED ones included."""
+    rid = f"t-{uuid.uuid4().hex}"
+    try:
+        return client.request_lease(gpus, request_id=rid, **kw).data
+    except LeaseRejected:
+        (row,) = [x.data for x in client.list_leases() if x.data["request_id"] == rid]
+        return row
 
 
 def test_gang_placement_fragmentation_and_node_loss(
     cluster_platform: tuple[Cluster, Platform, list[Any]],
 ) -> None:
     cluster, platform, workers = cluster_platform
-    call = platform.client.call
-    token = platform.tenant("multi", A100=8)
+    client = platform.client(platform.tenant("multi", A100=8))
 
-    never = call("request_lease", token, {"gpus": 5, "strategy": "STRICT_PACK", "duration": "5m"})
+    never = _ask(client, 5, strategy="STRICT_PACK", duration="5m")
     assert never["state"] == "REJECTED"
     assert never["reason"] == "infeasible"
     assert "4 per node" in never["reason_detail"]
 
-    spread = call(
-        "request_lease", token, {"gpus": 2, "strategy": "SPREAD", "duration": "5m"}, wait_s=30
-    )
-    assert spread["state"] == "RESERVED"
-    assert len(set(spread["nodes"])) == 2  # one GPU on each node
+    spread = client.request_lease(2, strategy="SPREAD", duration="5m", wait=True, timeout=30)
+    assert spread.state == "RESERVED"
+    assert len(set(spread.nodes)) == 2  # one GPU on each node
 
     # 3 + 3 GPUs are free: STRICT_PACK of 4 is blocked by fragmentation, not capacity.
-    frag = call("request_lease", token, {"gpus": 4, "strategy": "STRICT_PACK", "duration": "5m"})
+    frag = _ask(client, 4, strategy="STRICT_PACK", duration="5m")
     assert frag["state"] == "PENDING"
     assert frag["reason"] == "fragmentation"
-    call("release_lease", token, frag["id"])
+    client.release_lease(frag["id"])
 
-    packed = call("request_lease", token, {"gpus": 4, "duration": "5m"}, wait_s=30)
-    assert packed["state"] == "RESERVED"
-    assert len(set(packed["nodes"])) == 2  # 3 + 1: no node had 4 free, PACK may span
+    packed = client.request_lease(4, duration="5m", wait=True, timeout=30)
+    assert packed.state == "RESERVED"
+    assert len(set(packed.nodes)) == 2  # 3 + 1: no node had 4 free, PACK may span
 
     # Lose a node: every lease with a GPU there fails with node_lost, its GPUs leave capacity.
-    victim_node = next(w for w in workers if w.node_id in packed["nodes"])
+    victim_node = next(w for w in workers if w.node_id in packed.nodes)
     cluster.remove_node(victim_node)
     failed = wait_until(
-        lambda: (got := call("get_lease", token, packed["id"]))["state"] == "FAILED" and got,
+        lambda: (got := client.get_lease(packed.id).data)["state"] == "FAILED" and got,
         timeout=40,
     )
     assert failed["reason"] == "node_lost"
-    got = call("get_lease", token, spread["id"])
-    assert got["state"] == "FAILED"
-    status = call("status", platform.admin)
+    assert client.get_lease(spread.id).state == "FAILED"
+    status = platform.client().status()
     (a100,) = [t for t in status["gpu_types"] if t["gpu_type"] == "A100"]
     assert a100["total"] == 4
     assert a100["allocated"] == 0
     # The surviving node still serves new leases.
-    again = call(
-        "request_lease", token, {"gpus": 4, "strategy": "STRICT_PACK", "duration": "5m"}, wait_s=30
-    )
-    assert again["state"] == "RESERVED"
-    call("release_lease", token, again["id"])
+    again = client.request_lease(4, strategy="STRICT_PACK", duration="5m", wait=True, timeout=30)
+    assert again.state == "RESERVED"
+    again.release()

@@ -14,20 +14,18 @@ from typing import Any
 
 import pytest
 import ray
-from ray import serve
 from ray.cluster_utils import Cluster
 
-from fastgpu.api.serve import deploy_api
 from fastgpu.controller.backend import GPU_TYPE_LABEL
 from fastgpu.sdk import Client
 from tests.integration.platform_fixtures import Platform, platform_on_running_ray
-from tests.integration.test_http_api import _free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Platform, str]]:
+    """Two GPU nodes and a real ``fastgpu server`` process; yields the platform and its URL."""
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0})
     for _ in range(2):
         cluster.add_node(num_cpus=2, num_gpus=2, labels={GPU_TYPE_LABEL: "A100"})
@@ -35,14 +33,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Platform, 
     ray.init(address=cluster.address, namespace="fastgpu-tests", log_to_driver=False)
     state = tmp_path_factory.mktemp("state")
     try:
-        for platform in platform_on_running_ray(state):
-            cfg = platform.config.model_copy(
-                update={"api": platform.config.api.model_copy(update={"port": _free_port()})}
-            )
-            url = deploy_api(cfg)
+        for platform in platform_on_running_ray(state, cluster.address):
             platform.extra = {"cluster": cluster}  # type: ignore[attr-defined]
-            yield platform, url
-            serve.shutdown()
+            yield platform, platform.url
     finally:
         ray.shutdown()
         cluster.shutdown()

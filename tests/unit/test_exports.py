@@ -15,6 +15,7 @@ def test_all_is_exactly_the_sdk() -> None:
             "AuthenticationError",
             "Client",
             "Conflict",
+            "Device",
             "FastGPUError",
             "InvalidRequest",
             "Lease",
@@ -26,6 +27,7 @@ def test_all_is_exactly_the_sdk() -> None:
             "WaitTimeout",
             "__version__",
             "load_config",
+            "set_device",
         ]
     )
     for name in fastgpu.__all__:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from fastgpu.config import SchedulerSettings
 from fastgpu.scheduler import (
     Decisions,
     FairSharePolicy,
@@ -462,6 +463,49 @@ def test_decay_usage_is_step_independent() -> None:
 def test_settings_say_what_to_change(field_name: str, value: float) -> None:
     with pytest.raises(ValueError, match=field_name):
         FairShareSettings(**{field_name: value})  # type: ignore[arg-type]
+
+
+def test_settings_from_config_take_every_scheduler_field() -> None:
+    config = SchedulerSettings(
+        usage_half_life_s=3600,
+        min_runtime_s=60,
+        min_runtime_backoff=2,
+        grace_s=7,
+        backfill=False,
+        borrowing=False,
+        preemption=False,
+        elastic=False,
+        borrow_non_preemptible=True,
+        reject_over_budget=True,
+    )
+    got = FairShareSettings.from_config(config, enforce_time_limits=False)
+    assert got == FairShareSettings(
+        usage_half_life_s=3600.0,
+        min_runtime_s=60.0,
+        min_runtime_backoff=2,
+        grace_s=7.0,
+        backfill=False,
+        borrowing=False,
+        preemption=False,
+        elastic=False,
+        borrow_non_preemptible=True,
+        reject_over_budget=True,
+        enforce_time_limits=False,
+    )
+    # Seconds are floats whatever the config holds (its defaults are ints).
+    assert isinstance(FairShareSettings.from_config(SchedulerSettings()).grace_s, float)
+
+
+def test_settings_from_a_default_config_are_the_defaults() -> None:
+    assert FairShareSettings.from_config(SchedulerSettings()) == FairShareSettings()
+    assert FairShareSettings.from_config(
+        SchedulerSettings(), explain=False, max_preemption_attempts=3
+    ) == FairShareSettings(explain=False, max_preemption_attempts=3)
+
+
+def test_settings_from_config_name_an_unknown_override() -> None:
+    with pytest.raises(TypeError, match="grace"):
+        FairShareSettings.from_config(SchedulerSettings(), grace=5)
 
 
 def test_quota_capacity_policy_still_works() -> None:

@@ -5,6 +5,7 @@ lending_limit (borrowed <= lendable supply), victims only preemptible and old en
 pending lease decided once. Many cycles (the simulator): a tenant within its nominal waits no
 longer than the grace period while a borrower holds its GPUs; under a steady load below
 capacity every job starts (no starvation). FreePool places exactly like placement.place.
+Every wait has a reason code and a detail.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastgpu.config import QuotaSpec
+from fastgpu.domain.lease import PendingReason
 from fastgpu.scheduler import FairSharePolicy, FairShareSettings, LeaseView, NodeView, Snapshot
 from fastgpu.scheduler.placement import place
 from fastgpu.scheduler.pool import FreePool
@@ -24,6 +26,7 @@ from tests.unit.scheduler_builders import GPU, tenant
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 STRATEGIES = st.sampled_from(["PACK", "STRICT_PACK", "SPREAD"])
+REASON_CODES = {r.value for r in PendingReason}
 
 
 @st.composite
@@ -117,6 +120,11 @@ def test_one_cycle_invariants(s: Snapshot, elastic: bool, backfill: bool) -> Non
     decided = [a.lease_id for a in d.admit] + [q.lease_id for q in d.queue]
     decided += [r.lease_id for r in d.reject]
     assert sorted(decided) == sorted(pending)
+    # Every wait has a reason code (a plain string, as stored) and a detail saying why.
+    for why in (*d.queue, *d.reject):
+        assert type(why.reason) is str
+        assert why.reason in REASON_CODES
+        assert why.detail
     touched = [p.lease_id for p in d.preempt] + [r.lease_id for r in d.resize]
     assert len(touched) == len(set(touched))
 

@@ -1,271 +1,285 @@
-"""The versioned HTTP control API.
+"""The versioned HTTP control API (``/api/v1``), FastAPI over the services.
 
-Every route needs ``Authorization: Bearer <token>``; the controller authorizes each call, so
-the API holds no policy of its own: it validates shapes, forwards the caller's token and maps
-:class:`~fastgpu.errors.FastGPUError` to status codes (401, 403, 404, 409, 422, 503). Bad input
-is always a 4xx with a message naming the field; a 500 means a bug.
+Every route needs ``Authorization: Bearer <token>``. The API resolves the token to a principal
+(:class:`~fastgpu.service.AuthService`), parses the body into the services' typed models and
+calls the service directly; results are the services' pydantic models.
+
+Errors: :class:`~fastgpu.errors.FastGPUError` maps to its status (401, 403, 404, 409, 422,
+429, 503); Ray, database and network failures are 503 with a message (the caller may retry);
+500 is kept for bugs. Bodies are limited while they stream (64 KiB by default, uploads
+``api.max_upload_bytes``), each token is rate limited (429 + Retry-After), long-polls are async
+and limited per tenant. Sync routes run in the server's thread pool; waits hold no thread.
 """
 
-from __future__ import annotations
-
-from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+import logging
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fastgpu.config import BudgetSpec, QuotaSpec
+from fastgpu.api.limits import BodyLimitMiddleware, RateLimitMiddleware, error_response
+from fastgpu.auth import ADMIN, Principal
+from fastgpu.config import ApiSettings
 from fastgpu.errors import AuthenticationError, FastGPUError, InvalidRequest
-from fastgpu.validation import GPU_TYPE_PATTERN, MAX_GPUS_PER_LEASE, NAME_PATTERN
+from fastgpu.service import Services
+from fastgpu.service.models import (
+    BindBody,
+    Deleted,
+    Health,
+    JobCreate,
+    JobLogs,
+    JobOut,
+    LeaseCreate,
+    LeaseOut,
+    Page,
+    StatusOut,
+    TenantCreate,
+    TenantCreated,
+    TenantOut,
+    TenantUpdate,
+    TokenCreate,
+    TokenIssued,
+    TokenOut,
+    UploadOut,
+    UsageOut,
+    WhoAmI,
+)
+from fastgpu.validation import NAME_PATTERN
 
-Call = Callable[..., Awaitable[Any]]
-MAX_BODY_BYTES = 64 * 1024
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TenantCreate(_Body):
-    name: str = Field(pattern=NAME_PATTERN, description="Tenant name.")
-    quotas: dict[str, QuotaSpec] = Field(default_factory=dict, description="Quota per GPU type.")
-    weight: float = Field(default=1.0, gt=0, le=1000, description="Fair-share weight.")
-    priority: int = Field(default=0, ge=-1000, le=1000, description="Tenant priority.")
-    budget: BudgetSpec | None = Field(default=None, description="Spending cap per period.")
-    queueing: Literal["strict_fifo", "best_effort_fifo"] = Field(
-        default="best_effort_fifo", description="Queueing discipline within the tenant."
-    )
-    request_id: str | None = Field(
-        default=None, max_length=128, description="Idempotency key for retries."
-    )
-
-
-class TenantUpdate(_Body):
-    quotas: dict[str, QuotaSpec | None] | None = Field(
-        default=None, description="Quotas to set per GPU type (null removes one)."
-    )
-    weight: float | None = Field(default=None, gt=0, le=1000, description="Fair-share weight.")
-    priority: int | None = Field(default=None, ge=-1000, le=1000, description="Priority.")
-    budget: BudgetSpec | None = Field(default=None, description="Spending cap per period.")
-    queueing: Literal["strict_fifo", "best_effort_fifo"] | None = Field(
-        default=None, description="Queueing discipline."
-    )
+log = logging.getLogger(__name__)
+V1 = "/api/v1"
+UPLOAD_PATH = f"{V1}/uploads"
+LIMIT = Query(default=None, ge=1, le=500, strict=True, description="Page size (<= 500).")
+CURSOR = Query(default=None, max_length=200, description="next_cursor of the previous page.")
+TENANT_Q = Query(default=None, max_length=63, description="Tenant name (admin).")
 
 
-class LeaseCreate(_Body):
-    gpus: int = Field(ge=1, le=MAX_GPUS_PER_LEASE, description="GPUs wanted (elastic: the most).")
-    min_gpus: int | None = Field(
-        default=None, ge=1, le=MAX_GPUS_PER_LEASE, description="Elastic: the fewest GPUs."
-    )
-    gpu_type: str | None = Field(
-        default=None, pattern=GPU_TYPE_PATTERN, description="GPU type; unset: the only one."
-    )
-    duration: str | float | None = Field(
-        default=None, description="How long, e.g. '30m', '2h' or seconds; unset: the default."
-    )
-    preemptible: bool = Field(default=False, description="Whether it may be preempted.")
-    priority: int = Field(
-        default=0, ge=-1000, le=1000, description="Priority among the tenant's own leases."
-    )
-    strategy: Literal["PACK", "STRICT_PACK", "SPREAD"] = Field(
-        default="PACK", description="Placement strategy."
-    )
-    request_id: str | None = Field(
-        default=None, max_length=128, description="Idempotency key: a retry returns the same lease."
-    )
-    tenant: str | None = Field(
-        default=None, description="The tenant the lease is for (admin only; tenants omit it)."
-    )
-    wait: float = Field(
-        default=0.0, ge=0, le=3600, description="Seconds to wait for the GPUs before answering."
-    )
+def infrastructure_error(exc: BaseException) -> str | None:
+    """A message when ``exc`` is a failure of Ray, the database or the network (503), None
+    when it is a bug (500)."""
+    mod = type(exc).__module__
+    if mod.startswith(("ray", "sqlalchemy", "psycopg", "grpc", "httpx", "requests", "aiohttp")):
+        return f"{type(exc).__name__}: {str(exc)[:300]}"
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return f"{type(exc).__name__}: {str(exc)[:300]}"
+    return None
 
 
-class JobLease(_Body):
-    gpus: int = Field(ge=1, le=MAX_GPUS_PER_LEASE, description="GPUs (elastic: the most).")
-    min_gpus: int | None = Field(default=None, ge=1, le=MAX_GPUS_PER_LEASE, description="Fewest.")
-    gpu_type: str | None = Field(default=None, pattern=GPU_TYPE_PATTERN, description="GPU type.")
-    duration: str | float | None = Field(default=None, description="e.g. '2h'.")
+def _validation_message(exc: RequestValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
+        where = ".".join(loc) or "body"
+        kind = err.get("type", "")
+        if kind == "extra_forbidden":
+            lines.append(f"{where}: unknown field; remove it")
+        elif kind == "missing":
+            lines.append(f"{where}: missing; this field is required")
+        elif kind == "json_invalid":
+            lines.append("body: not valid JSON")
+        else:
+            msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+            msg = msg.replace("Input should be ", "expected ")
+            shown = repr(err.get("input"))
+            lines.append(f"{where}: got {shown[:80]}; {msg}")
+    return "\n".join(lines)
 
 
-class JobCreate(_Body):
-    entrypoint: str = Field(min_length=1, max_length=4096, description="Command the job runs.")
-    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
-    working_dir: str | None = Field(
-        default=None, max_length=4096, description="Folder on the head node to ship with the job."
-    )
-    lease: JobLease | None = Field(default=None, description="The lease the job should request.")
-
-
-class BindBody(_Body):
-    workload: str = Field(min_length=1, max_length=256, description="What runs on the lease.")
-
-
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse({"error": {"code": code, "message": message}}, status, headers=headers)
-
-
-def create_app(call: Call) -> FastAPI:
-    """The API over ``call(method, token, *args, **kwargs)``, the controller transport."""
+def create_app(services: Services, settings: ApiSettings, leader: Any = None) -> FastAPI:
+    """The API over ``services``; ``leader()`` says whether this server is the leader."""
     app = FastAPI(
         title="FastGPU control API",
-        version="1",
-        description="Tenants, GPU leases, usage. Every call needs a bearer token.",
+        version="2",
+        description="Tenants, tokens, GPU leases, jobs, usage. Every call needs a bearer token.",
+    )
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        path_limits={UPLOAD_PATH: settings.max_upload_bytes},
+    )
+    app.add_middleware(
+        RateLimitMiddleware,
+        rate_per_s=settings.rate_per_s,
+        burst=settings.burst,
+        exempt_paths=(f"{V1}/healthz",),
     )
     bearer = HTTPBearer(auto_error=False)
+    auth = services.auth
 
-    def token_of(cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:
+    def principal(cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
         if cred is None or not cred.credentials:
             raise AuthenticationError(
                 "no token given; send 'Authorization: Bearer <token>' (FASTGPU_TOKEN)"
             )
-        return cred.credentials
+        return auth.authenticate(cred.credentials)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Any) -> Any:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return _error(413, "too_large", f"request body over {MAX_BODY_BYTES} bytes")
-        return await call_next(request)
+    Caller = Annotated[Principal, Depends(principal)]  # noqa: N806 - a type alias
 
     @app.exception_handler(FastGPUError)
     async def on_fastgpu_error(_: Request, exc: FastGPUError) -> JSONResponse:
-        return _error(exc.http_status, exc.code, exc.message)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
+        return error_response(exc.http_status, exc.code, exc.message, headers)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        lines = []
-        for err in exc.errors():
-            loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
-            where = ".".join(loc) or "body"
-            kind = err.get("type", "")
-            if kind == "extra_forbidden":
-                lines.append(f"{where}: unknown field; remove it")
-            elif kind == "missing":
-                lines.append(f"{where}: missing; this field is required")
-            elif kind == "json_invalid":
-                lines.append("body: not valid JSON")
-            else:
-                msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-                msg = msg.replace("Input should be ", "expected ")
-                lines.append(f"{where}: got {err.get('input')!r}; {msg}")
-        return _error(422, InvalidRequest.code, "\n".join(lines))
+        return error_response(422, InvalidRequest.code, _validation_message(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, "http_error", str(exc.detail))
+        return error_response(exc.status_code, "http_error", str(exc.detail))
 
-    v1 = "/api/v1"
+    @app.exception_handler(Exception)
+    async def on_other(request: Request, exc: Exception) -> JSONResponse:
+        why = infrastructure_error(exc)
+        if why is not None:
+            log.warning("%s %s: infrastructure error: %s", request.method, request.url.path, why)
+            return error_response(503, "unavailable", f"a platform dependency failed: {why}")
+        log.exception("%s %s failed", request.method, request.url.path)
+        return error_response(500, "internal", "internal error (a bug); see the server log")
 
-    @app.get(f"{v1}/healthz")
-    async def healthz(token: str = Depends(token_of)) -> dict[str, Any]:
-        await call("whoami", token)
-        return {"ok": True}
+    # ---- identity and health ----------------------------------------------------------------
+    @app.get(f"{V1}/healthz")
+    def healthz(p: Caller) -> Health:
+        from fastgpu import __version__
 
-    @app.get(f"{v1}/whoami")
-    async def whoami(token: str = Depends(token_of)) -> Any:
-        return await call("whoami", token)
+        return Health(ok=True, leader=bool(leader() if leader else True), version=__version__)
 
-    @app.get(f"{v1}/status")
-    async def status(token: str = Depends(token_of)) -> Any:
-        return await call("status", token)
+    @app.get(f"{V1}/whoami")
+    def whoami(p: Caller) -> WhoAmI:
+        return auth.whoami(p)
 
-    @app.get(f"{v1}/tenants")
-    async def list_tenants(token: str = Depends(token_of)) -> Any:
-        return await call("list_tenants", token)
+    @app.get(f"{V1}/status")
+    def status(p: Caller) -> StatusOut:
+        return services.reads.status(p)
 
-    @app.post(f"{v1}/tenants", status_code=201)
-    async def create_tenant(body: TenantCreate, token: str = Depends(token_of)) -> Any:
-        spec = body.model_dump(mode="json", exclude={"name", "request_id"})
-        return await call("create_tenant", token, body.name, spec, body.request_id)
+    # ---- tenants ------------------------------------------------------------------------------
+    @app.get(f"{V1}/tenants")
+    def list_tenants(
+        p: Caller, limit: int | None = LIMIT, cursor: str | None = CURSOR
+    ) -> Page[TenantOut]:
+        return services.tenants.list(p, limit, cursor)
 
-    @app.get(v1 + "/tenants/{name}")
-    async def get_tenant(name: str, token: str = Depends(token_of)) -> Any:
-        return await call("get_tenant", token, name)
+    @app.post(f"{V1}/tenants", status_code=201)
+    def create_tenant(body: TenantCreate, p: Caller) -> TenantCreated:
+        return services.tenants.create(p, body)
 
-    @app.patch(v1 + "/tenants/{name}")
-    async def update_tenant(name: str, body: TenantUpdate, token: str = Depends(token_of)) -> Any:
-        changes = body.model_dump(mode="json", exclude_unset=True)
-        return await call("update_tenant", token, name, changes)
+    @app.get(V1 + "/tenants/{name}")
+    def get_tenant(name: str, p: Caller) -> TenantOut:
+        return services.tenants.get(p, name)
 
-    @app.delete(v1 + "/tenants/{name}")
-    async def delete_tenant(name: str, token: str = Depends(token_of)) -> Any:
-        return await call("delete_tenant", token, name)
+    @app.patch(V1 + "/tenants/{name}")
+    def update_tenant(name: str, body: TenantUpdate, p: Caller) -> TenantOut:
+        return services.tenants.update(p, name, body)
 
-    @app.post(v1 + "/tenants/{name}/rotate-token")
-    async def rotate_token(name: str, token: str = Depends(token_of)) -> Any:
-        return await call("rotate_token", token, name)
+    @app.delete(V1 + "/tenants/{name}")
+    def delete_tenant(name: str, p: Caller) -> Deleted:
+        return services.tenants.delete(p, name)
 
-    @app.get(f"{v1}/leases")
-    async def list_leases(
-        token: str = Depends(token_of),
-        tenant: str | None = Query(default=None, max_length=63),
+    # ---- tokens (a tenant's, or 'admin') ----------------------------------------------------
+    def _who(name: str) -> str:
+        import re
+
+        if name != ADMIN and not re.fullmatch(NAME_PATTERN, name):
+            raise InvalidRequest(f"name: got {name!r}; expected a tenant name or 'admin'")
+        return name
+
+    @app.get(V1 + "/tenants/{name}/tokens")
+    def list_tokens(name: str, p: Caller) -> list[TokenOut]:
+        return auth.list_tokens(p, _who(name))
+
+    @app.post(V1 + "/tenants/{name}/tokens", status_code=201)
+    def issue_token(name: str, body: TokenCreate, p: Caller) -> TokenIssued:
+        return auth.issue(p, _who(name), body.expires_in, body.label)
+
+    @app.post(V1 + "/tenants/{name}/rotate-token")
+    def rotate_token(name: str, p: Caller, body: TokenCreate | None = None) -> TokenIssued:
+        body = body or TokenCreate()
+        return auth.rotate(p, _who(name), body.grace, body.expires_in, body.label)
+
+    @app.delete(V1 + "/tenants/{name}/tokens/{token_id}")
+    def revoke_token(name: str, token_id: str, p: Caller) -> TokenOut:
+        return auth.revoke(p, _who(name), token_id)
+
+    # ---- leases -------------------------------------------------------------------------------
+    @app.get(f"{V1}/leases")
+    def list_leases(
+        p: Caller,
+        tenant: str | None = TENANT_Q,
         live: bool = Query(default=False, description="Only leases that have not ended."),
-    ) -> Any:
-        return await call("list_leases", token, tenant, not live)
+        limit: int | None = LIMIT,
+        cursor: str | None = CURSOR,
+    ) -> Page[LeaseOut]:
+        return services.leases.list(p, tenant, live, limit, cursor)
 
-    @app.post(f"{v1}/leases", status_code=201)
-    async def request_lease(body: LeaseCreate, token: str = Depends(token_of)) -> Any:
-        req = body.model_dump(exclude={"tenant", "wait"}, exclude_none=True)
-        return await call("request_lease", token, req, body.tenant, body.wait)
+    @app.post(f"{V1}/leases", status_code=201)
+    async def request_lease(body: LeaseCreate, p: Caller) -> LeaseOut:
+        import asyncio
 
-    @app.get(v1 + "/leases/{lease_id}")
+        out = await asyncio.to_thread(services.leases.request, p, body)
+        if body.wait:
+            return await services.leases.wait(p, out.id, float(body.wait))
+        return out
+
+    @app.get(V1 + "/leases/{lease_id}")
     async def get_lease(
         lease_id: str,
-        token: str = Depends(token_of),
+        p: Caller,
         wait: float = Query(default=0.0, ge=0, le=3600, description="Long-poll seconds."),
-    ) -> Any:
-        if wait:
-            return await call("wait_lease", token, lease_id, wait)
-        return await call("get_lease", token, lease_id)
+    ) -> LeaseOut:
+        return await services.leases.wait(p, lease_id, wait)
 
-    @app.post(v1 + "/leases/{lease_id}/release")
-    async def release_lease(lease_id: str, token: str = Depends(token_of)) -> Any:
-        return await call("release_lease", token, lease_id)
+    @app.post(V1 + "/leases/{lease_id}/release")
+    def release_lease(lease_id: str, p: Caller) -> LeaseOut:
+        return services.leases.release(p, lease_id)
 
-    @app.post(v1 + "/leases/{lease_id}/bind")
-    async def bind_lease(lease_id: str, body: BindBody, token: str = Depends(token_of)) -> Any:
-        return await call("bind_lease", token, lease_id, body.workload)
+    @app.post(V1 + "/leases/{lease_id}/bind")
+    def bind_lease(lease_id: str, body: BindBody, p: Caller) -> LeaseOut:
+        return services.leases.bind(p, lease_id, body.workload)
 
-    @app.post(v1 + "/leases/{lease_id}/checkpoint")
-    async def report_checkpoint(lease_id: str, token: str = Depends(token_of)) -> Any:
-        return await call("report_checkpoint", token, lease_id)
+    @app.post(V1 + "/leases/{lease_id}/checkpoint")
+    def report_checkpoint(lease_id: str, p: Caller) -> LeaseOut:
+        return services.leases.checkpoint(p, lease_id)
 
-    @app.post(f"{v1}/jobs", status_code=201)
-    async def submit_job(body: JobCreate, token: str = Depends(token_of)) -> Any:
-        spec = body.model_dump(exclude={"lease"})
-        lease = body.lease.model_dump(exclude_none=True) if body.lease else None
-        return await call("submit_job", token, spec, lease)
+    # ---- jobs ---------------------------------------------------------------------------------
+    @app.post(UPLOAD_PATH, status_code=201)
+    async def upload(request: Request, p: Caller) -> UploadOut:
+        import asyncio
 
-    @app.get(f"{v1}/jobs")
-    async def list_jobs(
-        token: str = Depends(token_of), tenant: str | None = Query(default=None, max_length=63)
-    ) -> Any:
-        return await call("list_jobs", token, tenant)
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/zip":
+            raise InvalidRequest("content-type: expected application/zip (a zipped folder)")
+        data = await request.body()
+        return await asyncio.to_thread(services.jobs.upload, p, data)
 
-    @app.get(v1 + "/jobs/{job_id}")
-    async def job_status(job_id: str, token: str = Depends(token_of)) -> Any:
-        return await call("job_status", token, job_id)
+    @app.post(f"{V1}/jobs", status_code=201)
+    def submit_job(body: JobCreate, p: Caller) -> JobOut:
+        return services.jobs.submit(p, body)
 
-    @app.get(v1 + "/jobs/{job_id}/logs")
-    async def job_logs(job_id: str, token: str = Depends(token_of)) -> Any:
-        return await call("job_logs", token, job_id)
+    @app.get(f"{V1}/jobs")
+    def list_jobs(p: Caller, tenant: str | None = TENANT_Q) -> list[JobOut]:
+        return services.jobs.list(p, tenant)
 
-    @app.post(v1 + "/jobs/{job_id}/stop")
-    async def stop_job(job_id: str, token: str = Depends(token_of)) -> Any:
-        return await call("stop_job", token, job_id)
+    @app.get(V1 + "/jobs/{job_id}")
+    def job_status(job_id: str, p: Caller) -> JobOut:
+        return services.jobs.status(p, job_id)
 
-    @app.get(f"{v1}/usage")
-    async def usage(
-        token: str = Depends(token_of),
-        tenant: str | None = Query(default=None, max_length=63),
+    @app.get(V1 + "/jobs/{job_id}/logs")
+    def job_logs(job_id: str, p: Caller) -> JobLogs:
+        return services.jobs.logs(p, job_id)
+
+    @app.post(V1 + "/jobs/{job_id}/stop")
+    def stop_job(job_id: str, p: Caller) -> JobOut:
+        return services.jobs.stop(p, job_id)
+
+    # ---- usage --------------------------------------------------------------------------------
+    @app.get(f"{V1}/usage")
+    def usage(
+        p: Caller,
+        tenant: str | None = TENANT_Q,
         since: str | None = Query(default=None, max_length=64, description="ISO 8601 time."),
-    ) -> Any:
-        return await call("usage", token, tenant, since)
+    ) -> list[UsageOut]:
+        return services.reads.usage(p, tenant, since)
 
     return app

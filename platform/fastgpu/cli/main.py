@@ -138,8 +138,22 @@ def up(
 
 
 @app.command()
+def server(
+    config: str = typer.Option(..., "--config", help="Platform config YAML."),
+    ray_address: str = typer.Option(None, "--ray-address", help="Ray GCS address (host:port)."),
+    dashboard_url: str = typer.Option(
+        None, "--dashboard-url", help="Ray dashboard URL (for the Jobs API)."
+    ),
+) -> None:
+    """Run the control-plane server in the foreground (`fastgpu up` starts it for you)."""
+    from fastgpu.server import main as serve
+
+    raise typer.Exit(serve(config, ray_address, dashboard_url))
+
+
+@app.command()
 def down(output: Output = OutputOpt) -> None:
-    """Stop the local cluster (the store and tokens stay)."""
+    """Stop the local server and cluster (the store and tokens stay)."""
     from fastgpu.local import down as do_down
 
     result = do_down()
@@ -248,14 +262,81 @@ def tenant_delete(name: str, output: Output = OutputOpt) -> None:
         render.console.print(f"tenant {name} deleted")
 
 
+GraceOpt = typer.Option(
+    None, "--grace", help="How long the old tokens keep working (e.g. 1h; 0: stop now)."
+)
+ExpiresOpt = typer.Option(None, "--expires-in", help="The new token stops after this (e.g. 90d).")
+
+
 @tenant_app.command("rotate-token")
-def tenant_rotate(name: str, output: Output = OutputOpt) -> None:
-    """Replace a tenant's token; the old one stops working at once."""
-    data = _client().rotate_token(name)
+def tenant_rotate(
+    name: str,
+    grace: str = GraceOpt,
+    expires_in: str = ExpiresOpt,
+    output: Output = OutputOpt,
+) -> None:
+    """Issue a new token for a tenant; the old ones stop after the grace period."""
+    data = _client().rotate_token(name, grace=grace, expires_in=expires_in)
     if output == Output.json:
         render.emit_json(data)
     else:
         render.console.print(f"new token for {name} (shown once): {data['token']}")
+
+
+@tenant_app.command("tokens")
+def tenant_tokens(name: str, output: Output = OutputOpt) -> None:
+    """A tenant's tokens (ids, expiry, labels; never the tokens themselves)."""
+    rows = _client().list_tokens(name)
+    if output == Output.json:
+        render.emit_json(rows)
+    else:
+        render.table(f"tokens of {name}", rows, ("id", "label", "created_at", "expires_at"))
+
+
+@tenant_app.command("revoke-token")
+def tenant_revoke(name: str, token_id: str, output: Output = OutputOpt) -> None:
+    """Stop one token at once (by the id `tenant tokens` shows)."""
+    _show(_client().revoke_token(name, token_id), output, f"revoked token {token_id}")
+
+
+admin_app = typer.Typer(help="The operator's own token.", no_args_is_help=True)
+app.add_typer(admin_app, name="admin")
+
+
+@admin_app.command("rotate-token")
+def admin_rotate(
+    grace: str = GraceOpt, expires_in: str = ExpiresOpt, output: Output = OutputOpt
+) -> None:
+    """Issue a new admin token (written to the local state dir); the old ones stop after the
+    grace period."""
+    from fastgpu.auth import write_secret
+    from fastgpu.config import default_state_dir
+    from fastgpu.sdk import ADMIN_TOKEN_FILE
+
+    data = _client().rotate_token("admin", grace=grace, expires_in=expires_in)
+    path = default_state_dir() / ADMIN_TOKEN_FILE
+    if path.exists():
+        write_secret(path, data["token"])
+    if output == Output.json:
+        render.emit_json(data)
+    else:
+        render.console.print(f"new admin token (shown once; saved to {path}): {data['token']}")
+
+
+@admin_app.command("tokens")
+def admin_tokens(output: Output = OutputOpt) -> None:
+    """The admin tokens (ids, expiry, labels)."""
+    rows = _client().list_tokens("admin")
+    if output == Output.json:
+        render.emit_json(rows)
+    else:
+        render.table("admin tokens", rows, ("id", "label", "created_at", "expires_at"))
+
+
+@admin_app.command("revoke-token")
+def admin_revoke(token_id: str, output: Output = OutputOpt) -> None:
+    """Stop one admin token at once (not the last one)."""
+    _show(_client().revoke_token("admin", token_id), output, f"revoked token {token_id}")
 
 
 # -- leases -------------------------------------------------------------------------------------
@@ -372,7 +453,7 @@ def job_submit(
     gpu_type: str = typer.Option(None, "--gpu-type", help="GPU type."),
     duration: str = typer.Option(None, "--duration", help="Lease duration, e.g. 2h."),
     working_dir: str = typer.Option(
-        ".", "--working-dir", help="Folder shipped with the job (default: here)."
+        None, "--working-dir", help="Folder uploaded (zipped) with the job; unset: none."
     ),
     env: list[str] = typer.Option(None, "--env", help="KEY=VALUE for the job (repeatable)."),
     output: Output = OutputOpt,

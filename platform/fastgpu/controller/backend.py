@@ -1,5 +1,7 @@
 """The controller's window on Ray: nodes and placement groups, behind a small interface.
 
+The server is an ordinary Ray driver outside the cluster's workers; these calls go to the GCS.
+
 :class:`RayBackend` is the real one; tests of controller logic may pass any object with the
 same methods (the seam), but integration tests always run the real one on a local cluster.
 Placement groups are named ``fastgpu-lease-<lease id>``, detached, one bundle per GPU, each
@@ -149,6 +151,17 @@ class RayBackend:
                 bundle_nodes=tuple(nodes[k] for k in sorted(nodes)),
             )
         return out
+
+    def ready_future(self, name: str) -> Any:
+        """A ``concurrent.futures.Future`` done when the named group is ready (None if the
+        group is unknown): an async waiter awaits it without holding a thread."""
+        ref = self._ready_refs.get(name)
+        if ref is None:
+            pg = self._lookup(name)
+            if pg is None:
+                return None
+            ref = self._ready_refs[name] = pg.ready()
+        return ref.future()
 
     def ready(self, names: list[str], timeout_s: float = 0.0) -> set[str]:
         """Which of the named groups are ready, waiting up to ``timeout_s`` for all of them."""

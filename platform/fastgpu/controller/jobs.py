@@ -1,23 +1,22 @@
 """Ray jobs submitted on a tenant's behalf, through Ray's Jobs API (the dashboard).
 
-The controller is the only caller of Ray's Jobs API (it holds the cluster's Ray token; tenants
+The server is the only caller of Ray's Jobs API (it holds the cluster's Ray token; tenants
 never do). Each job records its tenant in Ray's job metadata (``fastgpu.tenant``); every read
 filters on it, so a tenant sees only its own jobs and another tenant's job id answers
 "not found". The job's environment carries the tenant's FastGPU token and address, so the job
-asks for its own lease (request id ``job-<submission id>``) like any driver.
+asks for its own lease (request id ``job-<submission id>``) like any driver (issue 9 replaces
+this with the tenant's own cluster). A working directory is only ever a folder the server
+unpacked itself from an upload; no path a tenant names is read.
 """
 
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 from typing import Any
 
-from fastgpu.errors import InvalidRequest, NotFound, Unavailable
+from fastgpu.errors import NotFound, Unavailable
 
 TENANT_KEY = "fastgpu.tenant"
-MAX_ENTRYPOINT = 4096
-MAX_ENV = 64
 
 
 def lease_request_id(submission_id: str) -> str:
@@ -25,10 +24,9 @@ def lease_request_id(submission_id: str) -> str:
 
 
 class JobGateway:
-    def __init__(self, dashboard_url: str | None, forbidden_roots: list[Path]) -> None:
+    def __init__(self, dashboard_url: str | None) -> None:
         self._url = dashboard_url
         self._client: Any = None
-        self._forbidden = [p.resolve() for p in forbidden_roots]
 
     def _jobs(self) -> Any:
         if not self._url:
@@ -42,41 +40,15 @@ class JobGateway:
             self._client = JobSubmissionClient(self._url)
         return self._client
 
-    def check_spec(self, spec: Any) -> dict[str, Any]:
-        if not isinstance(spec, dict):
-            raise InvalidRequest("job: expected a mapping of fields")
-        unknown = set(spec) - {"entrypoint", "env", "working_dir", "lease", "name"}
-        if unknown:
-            raise InvalidRequest(f"{sorted(unknown)[0]}: unknown field; remove it")
-        entry = spec.get("entrypoint")
-        if not isinstance(entry, str) or not entry.strip() or len(entry) > MAX_ENTRYPOINT:
-            raise InvalidRequest(
-                f"entrypoint: got {entry!r}; expected a command of 1 to {MAX_ENTRYPOINT} characters"
-            )
-        env = spec.get("env") or {}
-        if not isinstance(env, dict) or len(env) > MAX_ENV:
-            raise InvalidRequest(f"env: expected a mapping of at most {MAX_ENV} variables")
-        for key, value in env.items():
-            if not isinstance(key, str) or not key or not isinstance(value, str):
-                raise InvalidRequest(f"env.{key}: expected a string value")
-            if key.startswith(("FASTGPU_", "RAY_")):
-                raise InvalidRequest(f"env.{key}: FASTGPU_* and RAY_* are set by the platform")
-        wd = spec.get("working_dir")
-        if wd is not None:
-            if not isinstance(wd, str) or not Path(wd).is_absolute() or not Path(wd).is_dir():
-                raise InvalidRequest(
-                    f"working_dir: got {wd!r}; expected an absolute path to an existing folder"
-                )
-            resolved = Path(wd).resolve()
-            for root in self._forbidden:
-                if resolved == root or root in resolved.parents or resolved in root.parents:
-                    raise InvalidRequest(
-                        "working_dir: must not contain or lie inside the platform's state folder"
-                    )
-        return {"entrypoint": entry, "env": env, "working_dir": wd}
-
-    def submit(self, tenant: str, spec: dict[str, Any], platform_env: dict[str, str]) -> str:
-        submission_id = f"fgjob-{uuid.uuid4().hex[:12]}"
+    def submit(
+        self,
+        tenant: str,
+        spec: dict[str, Any],
+        platform_env: dict[str, str],
+        submission_id: str | None = None,
+    ) -> str:
+        """Submit; with a ``submission_id`` already known to Ray, return it (a retry)."""
+        submission_id = submission_id or f"fgjob-{uuid.uuid4().hex[:12]}"
         env = {
             **spec["env"],
             **platform_env,
@@ -86,13 +58,17 @@ class JobGateway:
         runtime_env: dict[str, Any] = {"env_vars": env}
         if spec.get("working_dir"):
             runtime_env["working_dir"] = spec["working_dir"]
-        self._jobs().submit_job(
-            entrypoint=spec["entrypoint"],
-            submission_id=submission_id,
-            runtime_env=runtime_env,
-            metadata={TENANT_KEY: tenant},
-            entrypoint_num_cpus=0,
-        )
+        try:
+            self._jobs().submit_job(
+                entrypoint=spec["entrypoint"],
+                submission_id=submission_id,
+                runtime_env=runtime_env,
+                metadata={TENANT_KEY: tenant},
+                entrypoint_num_cpus=0,
+            )
+        except RuntimeError as exc:
+            if "already exists" not in str(exc):
+                raise Unavailable(f"Ray's Jobs API refused the job: {exc}") from None
         return submission_id
 
     @staticmethod

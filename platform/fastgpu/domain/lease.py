@@ -25,10 +25,24 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
 
 from fastgpu.errors import Conflict
-from fastgpu.validation import GPU_TYPE_PATTERN, MAX_DURATION_S, MAX_GPUS_PER_LEASE
+from fastgpu.validation import (
+    GPU_TYPE_PATTERN,
+    MAX_DURATION_S,
+    MAX_GPUS_PER_LEASE,
+    REQUEST_ID_PATTERN,
+)
 
 
 class LeaseState(str, enum.Enum):
@@ -100,8 +114,81 @@ class PendingReason(str, enum.Enum):
 Strategy = Literal["PACK", "STRICT_PACK", "SPREAD"]
 
 
+class LeaseSpec(BaseModel):
+    """A lease as a caller asks for it: the one shape the HTTP API, the SDK and the CLI send.
+
+    Types are strict (``true`` is not a GPU count, ``"2"`` is not a number). The server
+    resolves it into a :class:`LeaseRequest`: the GPU type chosen (by name, by ``perf`` or the
+    only one), the duration parsed and checked against the configured minimum.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gpus: StrictInt = Field(
+        ge=1,
+        le=MAX_GPUS_PER_LEASE,
+        description="GPUs wanted (for an elastic lease: the most it may grow to).",
+    )
+    min_gpus: StrictInt | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_GPUS_PER_LEASE,
+        description="Elastic lease: the fewest GPUs it may run with; unset: exactly `gpus`.",
+    )
+    gpu_type: StrictStr | None = Field(
+        default=None,
+        pattern=GPU_TYPE_PATTERN,
+        description="GPU type name, e.g. A100; unset: chosen by `perf`, or the only type.",
+    )
+    perf: StrictFloat | StrictInt | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Minimum per-GPU performance (the `perf` figure of the config's GPU types); the "
+            "cheapest type that meets it is chosen."
+        ),
+    )
+    duration: StrictStr | StrictFloat | StrictInt | None = Field(
+        default=None,
+        description=(
+            "How long the lease may hold its GPUs: '30m', '2h', '1h30m' or seconds; "
+            "unset: the platform's default."
+        ),
+    )
+    preemptible: StrictBool = Field(
+        default=False,
+        description=(
+            "Whether the scheduler may preempt it; only preemptible leases borrow GPUs behind "
+            "another tenant's nominal quota."
+        ),
+    )
+    priority: StrictInt = Field(
+        default=0,
+        ge=-1000,
+        le=1000,
+        description="Priority among the tenant's own leases; higher may preempt lower.",
+    )
+    strategy: Literal["PACK", "STRICT_PACK", "SPREAD"] = Field(
+        default="PACK",
+        description="Placement: PACK (few nodes), STRICT_PACK (one node), SPREAD (many nodes).",
+    )
+    request_id: StrictStr | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        pattern=REQUEST_ID_PATTERN,
+        description="Idempotency key: a retry with the same key returns the same lease.",
+    )
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> LeaseSpec:
+        if self.min_gpus is not None and self.min_gpus > self.gpus:
+            raise ValueError(f"min_gpus <= gpus (got min_gpus={self.min_gpus}, gpus={self.gpus})")
+        return self
+
+
 class LeaseRequest(BaseModel):
-    """What a tenant asks for. Validated at every boundary with the same rules."""
+    """A lease request resolved by the server (type chosen, duration in seconds)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -137,7 +224,7 @@ class LeaseRequest(BaseModel):
         default=None,
         min_length=1,
         max_length=128,
-        pattern=r"^[A-Za-z0-9._:-]+$",
+        pattern=REQUEST_ID_PATTERN,
         description="Client idempotency key: the same key returns the same lease.",
     )
 
@@ -180,6 +267,8 @@ class Lease:
     #: Preemptions of the same tenant's workload (same ``workload`` label) in the 24 hours
     #: before this lease was bound; set at bind time.
     restarts: int = 0
+    #: The owning tenant's immutable id (``tenant`` is its name, for display).
+    tenant_id: str | None = None
 
     @property
     def held_gpus(self) -> int:

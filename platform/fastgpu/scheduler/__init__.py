@@ -6,15 +6,18 @@ A policy implements :class:`Policy` (``schedule(snapshot) -> Decisions``).
 :class:`FairSharePolicy` is the full policy of ``docs/design/scheduler.md``.
 """
 
-from fastgpu.scheduler.decisions import Admit, Decisions, Preempt, Queue, Reject, Resize
-from fastgpu.scheduler.fairshare import (
-    FairSharePolicy,
-    FairShareSettings,
+from fastgpu.domain.usage import decay_usage
+from fastgpu.scheduler.decisions import (
+    Admit,
+    Decisions,
+    Preempt,
     PreemptReason,
+    Queue,
+    Reject,
+    Resize,
     ResizeReason,
-    decay_usage,
-    fair_share_score,
 )
+from fastgpu.scheduler.fairshare import FairSharePolicy, FairShareSettings, fair_share_score
 from fastgpu.scheduler.placement import place
 from fastgpu.scheduler.policy import Policy, QuotaCapacityPolicy
 from fastgpu.scheduler.snapshot import LeaseView, NodeView, Snapshot, TenantView

@@ -1,9 +1,29 @@
-"""Decision values a policy returns; only the controller (or simulator) carries them out."""
+"""Decision values a policy returns; only the controller (or simulator) carries them out.
+
+Reason strings are stable (stored, shown, matched by scripts): a waiting or rejected request's
+reason is a :class:`~fastgpu.domain.lease.PendingReason` value, a preemption's a
+:class:`PreemptReason`, a resize's a :class:`ResizeReason`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+
+class PreemptReason:
+    """``Preempt.reason`` values (stable strings)."""
+
+    RECLAIM = "reclaim"  # a tenant below nominal takes back GPUs a borrower holds
+    PRIORITY = "priority"  # a higher-priority lease of the same tenant needs the GPUs
+    TIME_LIMIT = "time_limit"  # the lease reached started_at + duration_s
+
+
+class ResizeReason:
+    """``Resize.reason`` values (stable strings)."""
+
+    GROW = "grow"  # idle capacity: an elastic lease grows toward its maximum
+    SHRINK = "shrink"  # a blocked request needs the GPUs: shrink toward min_gpus
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 Responsibility: given a blocked request and an ordered list of *candidates* (GPUs that could be
 made free), pick the cheapest sufficient subset, as a what-if on a copy of the free map
 (simulate, then the caller commits or discards). Nothing here decides *who may* be a victim;
-:mod:`fastgpu.scheduler.fairshare` builds the candidate list by the rules of the design note.
+:mod:`fastgpu.scheduler.fairshare.make_room` builds the candidate list by the rules of the
+design note.
 
 Vocabulary:
 

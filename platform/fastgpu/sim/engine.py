@@ -29,8 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fastgpu.config import QuotaSpec
+from fastgpu.domain.usage import decay_step
 from fastgpu.scheduler.decisions import Decisions
-from fastgpu.scheduler.fairshare import LN2
 from fastgpu.scheduler.index import PendingIndex, RunningIndex
 from fastgpu.scheduler.policy import Policy
 from fastgpu.scheduler.snapshot import LeaseView, NodeView, Snapshot, TenantView
@@ -232,10 +232,10 @@ class Simulation:
         self.busy += held * dt
         if self.now < self.trace.end:
             self.busy_window += held * (min(t, self.trace.end) - self.now)
-        keep = 2.0 ** (-dt / self.half_life_s)
-        grow = (self.half_life_s / LN2) * (1.0 - keep)
+        # Decayed usage (fastgpu.domain.usage): the step's factors once for every tenant.
+        keep, gain = decay_step(dt, self.half_life_s)
         for tenant, u in self.used.items():
-            self.decayed[tenant] = self.decayed[tenant] * keep + u * grow
+            self.decayed[tenant] = self.decayed[tenant] * keep + u * gain
             if u:
                 self.tenant_gpu_s[tenant] += u * dt
             d = self.demand[tenant]

@@ -19,6 +19,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from fastgpu.config import SchedulerSettings
 from fastgpu.scheduler.fairshare import FairSharePolicy, FairShareSettings
 from fastgpu.scheduler.policy import Policy
 from fastgpu.sim.baselines import FifoPolicy, SrtfOraclePolicy
@@ -27,9 +28,12 @@ from fastgpu.sim.engine import JobModel, SimResult, Simulation
 from fastgpu.sim.metrics import Metrics, compute
 from fastgpu.sim.trace import Trace
 
-#: The simulator's settings for our policy: same code as live, minus what the simulator does
-#: itself (ending jobs at their duration) or does not need (reasons on every waiting job).
-SIM_SETTINGS = FairShareSettings(explain=False, enforce_time_limits=False)
+#: The simulator's settings for our policy: the platform's defaults (a config's ``scheduler``
+#: section, as the live controller reads it), minus what the simulator does itself (ending
+#: jobs at their duration) or does not need (reasons on every waiting job).
+SIM_SETTINGS = FairShareSettings.from_config(
+    SchedulerSettings(), explain=False, enforce_time_limits=False
+)
 
 
 def _fairshare(settings: FairShareSettings) -> Callable[[], Policy]:
@@ -103,6 +107,7 @@ def run_side_by_side(
             make(),
             name=name,
             model=model,
+            half_life_s=SIM_SETTINGS.usage_half_life_s,
             bucket_s=bucket,
             skip_full_arrivals=name != "srtf",
         )

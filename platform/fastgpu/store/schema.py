@@ -35,6 +35,8 @@ tenants = Table(
     Column("spec", Text, nullable=False),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    # v4: the immutable id that leases and usage belong to (a re-created name is a new tenant).
+    Column("id", String(32)),
 )
 
 tokens = Table(
@@ -46,6 +48,11 @@ tokens = Table(
     Column("is_admin", Boolean, nullable=False),
     Column("created_at", Float, nullable=False),
     Index("ix_tokens_principal", "principal"),
+    # v4: a short public id (to list and revoke a token without showing it), when it stops
+    # working (rotation grace or a chosen expiry; null: never) and a free-form label.
+    Column("id", String(16)),
+    Column("expires_at", Float),
+    Column("label", String(64)),
 )
 
 leases = Table(
@@ -79,6 +86,8 @@ leases = Table(
     Column("last_checkpoint_at", Float),
     # v3
     Column("restarts", Integer, nullable=False, default=0),
+    # v4
+    Column("tenant_id", String(32)),
     UniqueConstraint("tenant", "request_id", name="uq_leases_tenant_request"),
     Index("ix_leases_state", "state"),
     Index("ix_leases_tenant", "tenant"),
@@ -110,6 +119,8 @@ usage = Table(
     Column("end", Float),
     Index("ix_usage_tenant", "tenant"),
     Index("ix_usage_lease", "lease_id"),
+    # v4
+    Column("tenant_id", String(32)),
 )
 
 # Idempotency keys of mutating calls other than lease requests (which key on the lease row).
@@ -121,10 +132,19 @@ requests = Table(
     Column("op", String(32), nullable=False),
     Column("target", String(128), nullable=False),
     Column("created_at", Float, nullable=False),
+    # v4: what the first call answered (JSON), so a retry answers the same.
+    Column("result", Text),
 )
 
 
-_LATER_COLUMNS = ("priority", "last_checkpoint_at", "restarts")
+_LATER_COLUMNS = ("priority", "last_checkpoint_at", "restarts", "tenant_id")
+#: Columns version 4 added to tables that version 1 created.
+_V4_COLUMNS = {
+    "tenants": ("id",),
+    "tokens": ("id", "expires_at", "label"),
+    "usage": ("tenant_id",),
+    "requests": ("result",),
+}
 
 
 def _v1(conn: Connection) -> None:
@@ -138,8 +158,16 @@ def _v1(conn: Connection) -> None:
         Index("ix_leases_state", "state"),
         Index("ix_leases_tenant", "tenant"),
     )
+    for table in (tenants, tokens, usage, requests):
+        later = _V4_COLUMNS.get(table.name, ())
+        Table(
+            table.name,
+            v1,
+            *(c._copy() for c in table.columns if c.name not in later),
+            *(Index(i.name, *[c.name for c in i.columns]) for i in table.indexes),
+        )
     v1.create_all(conn)
-    metadata.create_all(conn, tables=[tenants, tokens, lease_events, usage, requests])
+    metadata.create_all(conn, tables=[lease_events])
 
 
 def _v2(conn: Connection) -> None:
@@ -155,5 +183,37 @@ def _v3(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE leases ADD COLUMN restarts INTEGER NOT NULL DEFAULT 0"))
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
+def _v4(conn: Connection) -> None:
+    """Immutable tenant ids (leases and usage belong to the id, so a re-created tenant name
+    starts empty), token ids, expiry and labels, and stored results of idempotent calls."""
+    import uuid
+
+    conn.execute(text("ALTER TABLE tenants ADD COLUMN id VARCHAR(32)"))
+    for (name,) in conn.execute(text("SELECT name FROM tenants")).all():
+        conn.execute(
+            text("UPDATE tenants SET id = :id WHERE name = :name"),
+            {"id": uuid.uuid4().hex[:16], "name": name},
+        )
+    conn.execute(text("CREATE UNIQUE INDEX ix_tenants_id ON tenants (id)"))
+    for table in ("leases", "usage"):
+        conn.execute(text(f"ALTER TABLE {table} ADD COLUMN tenant_id VARCHAR(32)"))
+        conn.execute(
+            text(
+                f"UPDATE {table} SET tenant_id = "
+                f"(SELECT id FROM tenants WHERE tenants.name = {table}.tenant)"
+            )
+        )
+        conn.execute(text(f"CREATE INDEX ix_{table}_tenant_id ON {table} (tenant_id)"))
+    conn.execute(text("ALTER TABLE tokens ADD COLUMN id VARCHAR(16)"))
+    conn.execute(text("ALTER TABLE tokens ADD COLUMN expires_at FLOAT"))
+    conn.execute(text("ALTER TABLE tokens ADD COLUMN label VARCHAR(64)"))
+    for (token_hash,) in conn.execute(text("SELECT token_hash FROM tokens")).all():
+        conn.execute(
+            text("UPDATE tokens SET id = :id WHERE token_hash = :h"),
+            {"id": uuid.uuid4().hex[:12], "h": token_hash},
+        )
+    conn.execute(text("ALTER TABLE requests ADD COLUMN result TEXT"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -3,40 +3,88 @@
 Invariants:
 * every public mutating method is one transaction (all or nothing);
 * a lease's state only changes through :meth:`Store.transition`, a compare-and-set on the
-  current state that also writes the audit event and opens/closes the usage record, so a crash
-  can never leave a lease RESERVED without metering or metered after it ended;
-* lease requests are idempotent on ``(tenant, request_id)``.
+  current state that writes the audit event and runs the caller's *transaction hooks* in the
+  same transaction (metering is such a hook, :mod:`fastgpu.controller.metering`), so a crash can
+  never leave a lease RESERVED without metering or metered after it ended;
+* lease requests are idempotent on ``(tenant id, request_id)``;
+* leases and usage belong to a tenant's immutable id; the name is kept for display.
+
+Tenants, tokens and idempotency keys live in :mod:`fastgpu.store.accounts`.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    create_engine,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
-from fastgpu.config import TenantSpec
 from fastgpu.domain.lease import Lease, LeaseState, check_transition
-from fastgpu.errors import Conflict, FastGPUError, NotFound
+from fastgpu.errors import Conflict, FastGPUError
 from fastgpu.store import schema as t
+from fastgpu.store.accounts import AccountsMixin, TenantRecord, TokenRecord
 from fastgpu.store.schema import MIGRATIONS, SCHEMA_VERSION
 
-__all__ = ["SCHEMA_VERSION", "Store", "TenantRecord", "UsageRow", "open_store"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Store",
+    "StoreTx",
+    "TenantRecord",
+    "TokenRecord",
+    "TxHook",
+    "UsageRow",
+    "open_store",
+]
 
 
-@dataclass(frozen=True)
-class TenantRecord:
-    name: str
-    spec: TenantSpec
-    created_at: float
-    updated_at: float
+class StoreTx:
+    """What a transaction hook may write, inside the transition's transaction."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def open_usage(self, lease: Lease, now: float) -> None:
+        self._conn.execute(
+            insert(t.usage).values(
+                lease_id=lease.id,
+                tenant=lease.tenant,
+                tenant_id=lease.tenant_id,
+                gpu_type=lease.gpu_type,
+                gpus=lease.held_gpus or lease.gpus,
+                price_per_hour=lease.price_per_hour,
+                start=now,
+                end=None,
+            )
+        )
+
+    def close_usage(self, lease_id: str, now: float) -> None:
+        self._conn.execute(
+            update(t.usage)
+            .where((t.usage.c.lease_id == lease_id) & t.usage.c.end.is_(None))
+            .values(end=now)
+        )
+
+
+#: ``hook(tx, lease, prev, new, now)``; ``prev == new`` for a resize (same state, new size).
+TxHook = Callable[[StoreTx, Lease, LeaseState, LeaseState, float], None]
 
 
 @dataclass(frozen=True)
@@ -74,7 +122,7 @@ def _lease_to_row(lease: Lease) -> dict[str, Any]:
     return d
 
 
-class Store:
+class Store(AccountsMixin):
     """Durable platform state. Thread-safe; one instance per process."""
 
     def __init__(self, engine: Engine) -> None:
@@ -112,119 +160,6 @@ class Store:
     def close(self) -> None:
         self._engine.dispose()
 
-    # -- tokens ------------------------------------------------------------------------------
-    def add_token(self, token_hash: str, principal: str, is_admin: bool, now: float) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                insert(t.tokens).values(
-                    token_hash=token_hash, principal=principal, is_admin=is_admin, created_at=now
-                )
-            )
-
-    def lookup_token(self, token_hash: str) -> tuple[str, bool] | None:
-        with self._tx() as conn:
-            row = conn.execute(
-                select(t.tokens.c.principal, t.tokens.c.is_admin).where(
-                    t.tokens.c.token_hash == token_hash
-                )
-            ).first()
-        return (row.principal, bool(row.is_admin)) if row else None
-
-    def replace_tokens(self, principal: str, token_hash: str, now: float) -> None:
-        """Rotate: drop every token of a tenant and store the new one, atomically."""
-        with self._tx() as conn:
-            conn.execute(t.tokens.delete().where(t.tokens.c.principal == principal))
-            conn.execute(
-                insert(t.tokens).values(
-                    token_hash=token_hash, principal=principal, is_admin=False, created_at=now
-                )
-            )
-
-    # -- tenants -----------------------------------------------------------------------------
-    def create_tenant(
-        self, name: str, spec: TenantSpec, token_hash: str, now: float
-    ) -> TenantRecord:
-        with self._tx() as conn:
-            if conn.execute(select(t.tenants.c.name).where(t.tenants.c.name == name)).first():
-                raise Conflict(f"tenant {name!r} already exists; choose another name")
-            conn.execute(
-                insert(t.tenants).values(
-                    name=name, spec=spec.model_dump_json(), created_at=now, updated_at=now
-                )
-            )
-            conn.execute(
-                insert(t.tokens).values(
-                    token_hash=token_hash, principal=name, is_admin=False, created_at=now
-                )
-            )
-        return TenantRecord(name, spec, now, now)
-
-    def get_tenant(self, name: str) -> TenantRecord | None:
-        with self._tx() as conn:
-            row = conn.execute(select(t.tenants).where(t.tenants.c.name == name)).first()
-        return self._tenant(row) if row else None
-
-    def list_tenants(self) -> list[TenantRecord]:
-        with self._tx() as conn:
-            rows = conn.execute(select(t.tenants).order_by(t.tenants.c.name)).all()
-        return [self._tenant(r) for r in rows]
-
-    @staticmethod
-    def _tenant(row: Any) -> TenantRecord:
-        return TenantRecord(
-            row.name, TenantSpec.model_validate_json(row.spec), row.created_at, row.updated_at
-        )
-
-    def update_tenant(self, name: str, spec: TenantSpec, now: float) -> TenantRecord:
-        with self._tx() as conn:
-            res = conn.execute(
-                update(t.tenants)
-                .where(t.tenants.c.name == name)
-                .values(spec=spec.model_dump_json(), updated_at=now)
-            )
-            if res.rowcount == 0:
-                raise NotFound(f"tenant {name!r} not found")
-            row = conn.execute(select(t.tenants).where(t.tenants.c.name == name)).one()
-        return self._tenant(row)
-
-    def delete_tenant(self, name: str) -> None:
-        """Delete a tenant with no live lease; its usage history stays for billing."""
-        with self._tx() as conn:
-            live = conn.execute(
-                select(func.count())
-                .select_from(t.leases)
-                .where(t.leases.c.tenant == name)
-                .where(t.leases.c.state.in_([s.value for s in LeaseState if not s.is_terminal]))
-            ).scalar_one()
-            if live:
-                raise Conflict(
-                    f"tenant {name!r} has {live} live lease(s); release them before deleting it"
-                )
-            res = conn.execute(t.tenants.delete().where(t.tenants.c.name == name))
-            if res.rowcount == 0:
-                raise NotFound(f"tenant {name!r} not found")
-            conn.execute(t.tokens.delete().where(t.tokens.c.principal == name))
-
-    # -- idempotency of other mutations ----------------------------------------------------------
-    def remember_request(
-        self, principal: str, request_id: str, op: str, target: str, now: float
-    ) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                insert(t.requests).values(
-                    principal=principal, request_id=request_id, op=op, target=target, created_at=now
-                )
-            )
-
-    def recall_request(self, principal: str, request_id: str) -> tuple[str, str] | None:
-        with self._tx() as conn:
-            row = conn.execute(
-                select(t.requests.c.op, t.requests.c.target).where(
-                    (t.requests.c.principal == principal) & (t.requests.c.request_id == request_id)
-                )
-            ).first()
-        return (row.op, row.target) if row else None
-
     # -- leases ------------------------------------------------------------------------------
     def insert_lease(self, lease: Lease) -> tuple[Lease, bool]:
         """Insert a new lease; with a request id already used, return that lease instead.
@@ -235,7 +170,7 @@ class Store:
             if lease.request_id is not None:
                 row = conn.execute(
                     select(t.leases).where(
-                        (t.leases.c.tenant == lease.tenant)
+                        (t.leases.c.tenant_id == lease.tenant_id)
                         & (t.leases.c.request_id == lease.request_id)
                     )
                 ).first()
@@ -256,11 +191,11 @@ class Store:
             )
         return lease, True
 
-    def find_lease_by_request(self, tenant: str, request_id: str) -> Lease | None:
+    def find_lease_by_request(self, tenant_id: str, request_id: str) -> Lease | None:
         with self._tx() as conn:
             row = conn.execute(
                 select(t.leases).where(
-                    (t.leases.c.tenant == tenant) & (t.leases.c.request_id == request_id)
+                    (t.leases.c.tenant_id == tenant_id) & (t.leases.c.request_id == request_id)
                 )
             ).first()
         return _lease_from_row(row) if row else None
@@ -272,15 +207,25 @@ class Store:
 
     def list_leases(
         self,
-        tenant: str | None = None,
+        tenant_id: str | None = None,
         states: Iterable[LeaseState] | None = None,
         limit: int | None = None,
+        after: tuple[float, str] | None = None,
     ) -> list[Lease]:
+        """Leases in (created_at, id) order; ``after`` is the last key of the previous page."""
         q = select(t.leases)
-        if tenant is not None:
-            q = q.where(t.leases.c.tenant == tenant)
+        if tenant_id is not None:
+            q = q.where(t.leases.c.tenant_id == tenant_id)
         if states is not None:
             q = q.where(t.leases.c.state.in_([s.value for s in states]))
+        if after is not None:
+            at, lease_id = after
+            q = q.where(
+                or_(
+                    t.leases.c.created_at > at,
+                    and_(t.leases.c.created_at == at, t.leases.c.id > lease_id),
+                )
+            )
         q = q.order_by(t.leases.c.created_at, t.leases.c.id)
         if limit is not None:
             q = q.limit(limit)
@@ -294,15 +239,18 @@ class Store:
                 q = q.where(cond)
             return int(conn.execute(q).scalar_one())
 
-    def count_leases(self, tenant: str, states: Iterable[LeaseState]) -> int:
+    def count_leases(self, tenant_id: str, states: Iterable[LeaseState]) -> int:
         return self._count_leases(
-            t.leases.c.tenant == tenant, t.leases.c.state.in_([s.value for s in states])
+            t.leases.c.tenant_id == tenant_id, t.leases.c.state.in_([s.value for s in states])
         )
 
-    def count_preempted(self, tenant: str, workload: str, since: float) -> int:
-        """Leases of ``tenant`` bound to ``workload`` that were preempted after ``since``."""
+    def count_all_leases(self) -> int:
+        return self._count_leases()
+
+    def count_preempted(self, tenant_id: str, workload: str, since: float) -> int:
+        """Leases of the tenant bound to ``workload`` that were preempted after ``since``."""
         return self._count_leases(
-            t.leases.c.tenant == tenant,
+            t.leases.c.tenant_id == tenant_id,
             t.leases.c.workload == workload,
             t.leases.c.state == LeaseState.PREEMPTED.value,
             t.leases.c.ended_at >= since,
@@ -319,37 +267,59 @@ class Store:
             self._cas(conn, lease, expected_state)
 
     def transition(
-        self, lease: Lease, new: LeaseState, now: float, reason: str | None = None
+        self,
+        lease: Lease,
+        new: LeaseState,
+        now: float,
+        reason: str | None = None,
+        hooks: Sequence[TxHook] = (),
     ) -> Lease:
-        """Move ``lease`` to ``new`` (checked against the table), with its other field changes.
-
-        Opens a usage record when the lease starts holding reserved GPUs (RESERVED) and closes
-        it when it stops; all in one transaction with the state change.
-        """
+        """Move ``lease`` to ``new`` (checked against the table), with its other field changes,
+        the audit event and every hook, in one transaction."""
         prev = lease.state
         check_transition(lease.id, prev, new)
         lease.state = new
-        with self._tx() as conn:
-            self._cas(conn, lease, prev)
-            conn.execute(
-                insert(t.lease_events).values(
-                    lease_id=lease.id, at=now, prev=prev.value, new=new.value, reason=reason
+        try:
+            with self._tx() as conn:
+                self._cas(conn, lease, prev)
+                conn.execute(
+                    insert(t.lease_events).values(
+                        lease_id=lease.id, at=now, prev=prev.value, new=new.value, reason=reason
+                    )
                 )
-            )
-            metered_before = prev in (LeaseState.RESERVED, LeaseState.BOUND)
-            metered_after = new in (LeaseState.RESERVED, LeaseState.BOUND)
-            if metered_after and not metered_before:
-                self._open_usage(conn, lease, now)
-            elif metered_before and not metered_after:
-                self._close_usage(conn, lease.id, now)
+                tx = StoreTx(conn)
+                for hook in hooks:
+                    hook(tx, lease, prev, new, now)
+        except BaseException:
+            lease.state = prev
+            raise
         return lease
 
-    def resize_usage(self, lease: Lease, now: float) -> None:
-        """Close the lease's open usage record and open one at its new GPU count."""
+    def resize(self, lease: Lease, now: float, hooks: Sequence[TxHook] = ()) -> None:
+        """Write a lease whose size changed (same state); hooks see ``prev == new``."""
         with self._tx() as conn:
-            self._close_usage(conn, lease.id, now)
-            self._open_usage(conn, lease, now)
             self._cas(conn, lease, lease.state)
+            tx = StoreTx(conn)
+            for hook in hooks:
+                hook(tx, lease, lease.state, lease.state, now)
+
+    def purge_ended(self, before: float) -> int:
+        """Delete leases that ended before ``before`` and their events; usage stays."""
+        ended = [s.value for s in LeaseState if s.is_terminal]
+        with self._tx() as conn:
+            ids = [
+                r.id
+                for r in conn.execute(
+                    select(t.leases.c.id)
+                    .where(t.leases.c.state.in_(ended))
+                    .where(t.leases.c.ended_at < before)
+                    .limit(5000)
+                ).all()
+            ]
+            if ids:
+                conn.execute(t.lease_events.delete().where(t.lease_events.c.lease_id.in_(ids)))
+                conn.execute(t.leases.delete().where(t.leases.c.id.in_(ids)))
+        return len(ids)
 
     @staticmethod
     def _cas(conn: Connection, lease: Lease, expected: LeaseState) -> None:
@@ -362,28 +332,6 @@ class Store:
         )
         if res.rowcount != 1:
             raise Conflict(f"lease {lease.id} changed concurrently (expected {expected.value})")
-
-    @staticmethod
-    def _open_usage(conn: Connection, lease: Lease, now: float) -> None:
-        conn.execute(
-            insert(t.usage).values(
-                lease_id=lease.id,
-                tenant=lease.tenant,
-                gpu_type=lease.gpu_type,
-                gpus=lease.held_gpus or lease.gpus,
-                price_per_hour=lease.price_per_hour,
-                start=now,
-                end=None,
-            )
-        )
-
-    @staticmethod
-    def _close_usage(conn: Connection, lease_id: str, now: float) -> None:
-        conn.execute(
-            update(t.usage)
-            .where((t.usage.c.lease_id == lease_id) & t.usage.c.end.is_(None))
-            .values(end=now)
-        )
 
     def lease_events(self, lease_id: str) -> list[dict[str, Any]]:
         with self._tx() as conn:
@@ -398,14 +346,16 @@ class Store:
     def usage(
         self,
         now: float,
-        tenant: str | None = None,
+        tenant_id: str | None = None,
         since: float | None = None,
         until: float | None = None,
     ) -> list[UsageRow]:
         """GPU-seconds and cost per (tenant, GPU type), records clipped to [since, until]."""
         q = select(t.usage)
-        if tenant is not None:
-            q = q.where(t.usage.c.tenant == tenant)
+        if tenant_id is not None:
+            q = q.where(t.usage.c.tenant_id == tenant_id)
+        if since is not None:
+            q = q.where(or_(t.usage.c.end.is_(None), t.usage.c.end > since))
         with self._tx() as conn:
             rows = conn.execute(q).all()
         lo = since if since is not None else float("-inf")
@@ -426,7 +376,7 @@ class Store:
             for k, v in sorted(totals.items())
         ]
 
-    def decayed_usage(self, tenant: str, now: float, half_life_s: float) -> float:
+    def decayed_usage(self, tenant_id: str, now: float, half_life_s: float) -> float:
         """GPU-seconds of the tenant's usage records, each second weighted by
         ``2 ** -(age / half_life)``: the exact integral, so it needs no periodic state."""
         import math
@@ -434,7 +384,7 @@ class Store:
         with self._tx() as conn:
             rows = conn.execute(
                 select(t.usage.c.gpus, t.usage.c.start, t.usage.c.end).where(
-                    t.usage.c.tenant == tenant
+                    t.usage.c.tenant_id == tenant_id
                 )
             ).all()
         k = math.log(2.0) / half_life_s

@@ -1,0 +1,334 @@
+"""The controller: the one place that changes leases and drives Ray.
+
+Responsibilities: admit pending leases through the policy seam over an immutable snapshot;
+reserve admitted leases as placement groups; notice readiness, expiry, release and preemption
+deadlines; resize elastic leases; purge ended leases past their retention. Services
+(:mod:`fastgpu.service`) call its write methods; it authorizes nothing itself.
+
+Invariants:
+* the store is the source of truth; Ray is made to match it (never the other way round);
+* a state change is committed before Ray is touched, so a crash at any point leaves either an
+  orphan group (removed by reconcile) or a lease whose group is missing (re-created by
+  reconcile), never a lease that is half-written or a group nobody accounts for;
+* every state change goes through :meth:`Controller.transition`, which runs the transaction
+  hooks (metering) inside the store's transaction and then the after-commit hooks (waking
+  long-polls);
+* one lock (``_mu``) orders every write, so a scheduling pass sees a consistent store.
+
+The clock, store, backend and policy are injected, so tests can step :meth:`Controller.tick`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from fastgpu.config import PlatformConfig
+from fastgpu.controller.backend import Backend, NodeInfo, group_name
+from fastgpu.controller.metering import meter
+from fastgpu.controller.snapshot import UsageStats, build_snapshot
+from fastgpu.controller.watch import LeaseWatch
+from fastgpu.domain.lease import HOLDING_STATES, Lease, LeaseState, PendingReason
+from fastgpu.errors import Conflict, NotFound
+from fastgpu.scheduler import (
+    FairSharePolicy,
+    FairShareSettings,
+    Policy,
+    QuotaCapacityPolicy,
+    Snapshot,
+)
+from fastgpu.store import Store, TenantRecord, TxHook
+from fastgpu.timeutil import Clock, wall_clock
+
+log = logging.getLogger(__name__)
+
+_NODE_CACHE_S = 1.0
+#: Preemptions of a workload older than this do not lengthen its minimum runtime.
+RESTART_WINDOW_S = 24 * 3600.0
+LIVE_STATES = [s for s in LeaseState if not s.is_terminal]
+
+
+def new_lease_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def make_policy(config: PlatformConfig) -> Policy:
+    """The policy the config names, with its settings."""
+    if config.scheduler.policy == "quota":
+        return QuotaCapacityPolicy()
+    # The controller ends leases at expires_at itself (state EXPIRED); reasons are shown.
+    return FairSharePolicy(
+        FairShareSettings.from_config(config.scheduler, enforce_time_limits=False, explain=True)
+    )
+
+
+class Controller:
+    def __init__(
+        self,
+        config: PlatformConfig,
+        store: Store,
+        backend: Backend,
+        clock: Clock = wall_clock,
+        policy: Policy | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.backend = backend
+        self.clock = clock
+        self.policy: Policy = policy or make_policy(config)
+        self.watch = LeaseWatch()
+        #: Run inside each state change's transaction.
+        self.tx_hooks: list[TxHook] = [meter]
+        #: Run after each state change committed: ``hook(lease)``.
+        self.after_hooks: list[Callable[[Lease], None]] = [
+            lambda lease: self.watch.notify([lease.id])
+        ]
+        self._mu = threading.RLock()
+        self._nodes: list[NodeInfo] = []
+        self._nodes_at = -1e18
+        self._last_reconcile = -1e18
+        self._last_purge = -1e18
+        self._tenant_cache: list[TenantRecord] | None = None
+        self._stats = UsageStats(store, config)
+
+    @property
+    def lock(self) -> threading.RLock:
+        return self._mu
+
+    # ==== tenants (read-through cache of rows only the services write) ========================
+    def tenants(self) -> list[TenantRecord]:
+        cached = self._tenant_cache
+        if cached is None:
+            cached = self._tenant_cache = self.store.list_tenants()
+        return cached
+
+    def tenant(self, name: str) -> TenantRecord | None:
+        for rec in self.tenants():
+            if rec.name == name:
+                return rec
+        return None
+
+    def tenants_changed(self) -> None:
+        """A tenant was created, changed or deleted: drop caches and schedule again."""
+        with self._mu:
+            self._tenant_cache = None
+            self._stats = UsageStats(self.store, self.config)
+            self.schedule()
+
+    # ==== lease writes (the services authorize; these act) =====================================
+    def submit(self, lease: Lease) -> tuple[Lease, bool]:
+        """Store a new PENDING lease (or find the one with its request id) and schedule."""
+        with self._mu:
+            stored, created = self.store.insert_lease(lease)
+            if created:
+                self.schedule()
+            fresh = self.store.get_lease(stored.id)
+            assert fresh is not None
+            return fresh, created
+
+    def _current(self, lease_id: str) -> Lease:
+        lease = self.store.get_lease(lease_id)
+        if lease is None:
+            raise NotFound(f"lease {lease_id!r} not found")
+        return lease
+
+    def release(self, lease_id: str) -> Lease:
+        """End a lease at its holder's request (idempotent on an ended lease)."""
+        with self._mu:
+            lease = self._current(lease_id)
+            if not lease.state.is_terminal:
+                if lease.state == LeaseState.PENDING:
+                    self.end(lease, LeaseState.CANCELLED, "released while pending")
+                else:
+                    self.end(lease, LeaseState.RELEASED, "released by tenant")
+                self.schedule()
+            return lease
+
+    def bind(self, lease_id: str, workload: str) -> Lease:
+        """Hand a reserved lease's GPUs over to a library workload (Train, Tune, Serve).
+
+        The placement group is removed so the workload can create its own on the same nodes;
+        the GPUs stay assigned to the lease in the ledger, so nothing else is admitted there.
+        """
+        with self._mu:
+            lease = self._current(lease_id)
+            if lease.state == LeaseState.BOUND:
+                return lease
+            if lease.state != LeaseState.RESERVED:
+                raise Conflict(
+                    f"lease {lease_id} is {lease.state.value}; only a RESERVED lease can be bound"
+                )
+            now = self.clock()
+            lease.workload = workload
+            # A workload preempted before (it resumes from a checkpoint on this lease) gets a
+            # longer minimum runtime, doubled per recent preemption (the policy's backoff).
+            lease.restarts = self.store.count_preempted(
+                lease.tenant_id or "", workload, now - RESTART_WINDOW_S
+            )
+            self.transition(lease, LeaseState.BOUND, f"bound to {workload}")
+            if lease.placement_group:
+                self.backend.remove_group(lease.placement_group, lease.placement_group_id)
+            return lease
+
+    def checkpoint(self, lease_id: str) -> Lease:
+        """The workload saved a checkpoint now: preemption prefers leases that lose least."""
+        with self._mu:
+            lease = self._current(lease_id)
+            if lease.state not in HOLDING_STATES:
+                raise Conflict(f"lease {lease_id} is {lease.state.value}; it holds no GPUs")
+            lease.last_checkpoint_at = self.clock()
+            self.store.save_lease(lease, lease.state)
+            return lease
+
+    def mark_ready(self, lease_id: str) -> Lease | None:
+        """A waiter saw the lease's group ready before the loop did: record it now."""
+        with self._mu:
+            lease = self.store.get_lease(lease_id)
+            if lease is not None and lease.state == LeaseState.ADMITTED:
+                self._mark_reserved(lease)
+            return lease
+
+    # ==== one state change, its hooks ==========================================================
+    def transition(self, lease: Lease, new: LeaseState, why: str) -> None:
+        self.store.transition(lease, new, self.clock(), why, hooks=self.tx_hooks)
+        for hook in self.after_hooks:
+            hook(lease)
+
+    def end(self, lease: Lease, state: LeaseState, why: str) -> None:
+        """Move a lease to a terminal state; commit first, then free its group."""
+        lease.ended_at = self.clock()
+        if state not in (LeaseState.REJECTED, LeaseState.FAILED, LeaseState.PREEMPTED):
+            lease.reason = None
+            lease.reason_detail = None
+        held_group = lease.state in (LeaseState.ADMITTED, LeaseState.RESERVED)
+        self.transition(lease, state, why)
+        if lease.placement_group and held_group:
+            self.backend.remove_group(lease.placement_group, lease.placement_group_id)
+
+    def resize(self, lease: Lease, nodes: list[str], detail: str) -> None:
+        lease.nodes = nodes
+        lease.reason_detail = detail
+        self.store.resize(lease, self.clock(), hooks=self.tx_hooks)
+        for hook in self.after_hooks:
+            hook(lease)
+
+    def _mark_reserved(self, lease: Lease) -> None:
+        now = self.clock()
+        lease.reserved_at = now
+        lease.expires_at = now + lease.duration_s
+        lease.reason = None
+        lease.reason_detail = None
+        self.transition(lease, LeaseState.RESERVED, "placement group ready")
+
+    # ==== the loop =============================================================================
+    def tick(self) -> None:
+        """One pass: readiness, expiry, preemption deadlines, reconcile and purge when due,
+        scheduling."""
+        from fastgpu.controller.reconcile import reconcile
+
+        with self._mu:
+            now = self.clock()
+            self.poll_ready(timeout_s=0.0)
+            holding = self.store.list_leases(states=HOLDING_STATES)
+            for lease in holding:
+                if lease.expires_at is not None and lease.expires_at <= now:
+                    self.end(
+                        lease, LeaseState.EXPIRED, f"duration of {lease.duration_s:g} s is over"
+                    )
+                elif lease.preempt_at is not None and lease.preempt_at <= now:
+                    self.end(lease, LeaseState.PREEMPTED, lease.reason_detail or "preempted")
+            if now - self._last_reconcile >= self.config.controller.reconcile_interval_s:
+                self._last_reconcile = now
+                reconcile(self)
+            if now - self._last_purge >= self.config.controller.purge_interval_s:
+                self._last_purge = now
+                self.purge(now)
+            self.schedule()
+
+    def poll_ready(self, timeout_s: float) -> None:
+        admitted = self.store.list_leases(states=[LeaseState.ADMITTED])
+        names = [lease.placement_group for lease in admitted if lease.placement_group]
+        if not names:
+            return
+        ready = self.backend.ready(names, timeout_s)
+        for lease in admitted:
+            if lease.placement_group in ready:
+                self._mark_reserved(lease)
+
+    def purge(self, now: float) -> dict[str, int]:
+        """Forget ended leases past the retention period (usage records stay for billing),
+        expired tokens and old idempotency keys."""
+        retention = self.config.controller.lease_retention_s
+        done = {
+            "leases": self.store.purge_ended(now - retention),
+            "tokens": self.store.purge_tokens(now),
+            "requests": self.store.purge_requests(now - retention),
+        }
+        if any(done.values()):
+            log.info("purged %s", done)
+        return done
+
+    # ==== scheduling ===========================================================================
+    def cluster_nodes(self, force: bool = False) -> list[NodeInfo]:
+        now = time.monotonic()
+        if force or now - self._nodes_at > _NODE_CACHE_S:
+            self._nodes = self.backend.nodes()
+            self._nodes_at = now
+        return self._nodes
+
+    def snapshot(self, live: list[Lease] | None = None) -> Snapshot:
+        with self._mu:
+            now = self.clock()
+            tenants = self.tenants()
+            return build_snapshot(
+                now,
+                self.config,
+                self.cluster_nodes(),
+                tenants,
+                self._stats.get(tenants, now),
+                self.store.live_leases() if live is None else live,
+            )
+
+    def schedule(self) -> None:
+        """Run the policy over a snapshot and apply its decisions (caller may hold the lock)."""
+        from fastgpu.controller.apply import apply_decisions
+
+        with self._mu:
+            live = self.store.live_leases()
+            snap = self.snapshot(live)
+            if not snap.pending and not any(v.held_gpus < v.gpus for v in snap.running):
+                return  # nothing waits and nothing can grow: no decision to make
+            decisions = self.policy.schedule(snap)
+            apply_decisions(self, decisions, {lease.id: lease for lease in live})
+
+    def create_group(self, lease: Lease, may_exist: bool = True) -> None:
+        assert lease.placement_group is not None
+        spec = self.config.gpu_types[lease.gpu_type]
+        bundle: dict[str, float] = {"GPU": 1.0}
+        if spec.cpus_per_gpu:
+            bundle["CPU"] = spec.cpus_per_gpu
+        if spec.memory_per_gpu_gb:
+            bundle["memory"] = spec.memory_per_gpu_gb * 1024**3
+        group_id = self.backend.create_group(
+            lease.placement_group, bundle, list(lease.nodes), lease.strategy, may_exist
+        )
+        if lease.placement_group_id != group_id:
+            lease.placement_group_id = group_id
+            self.store.save_lease(lease, lease.state)
+
+    def admit(self, lease: Lease, nodes: list[str]) -> None:
+        lease.nodes = nodes
+        lease.placement_group = group_name(lease.id)
+        lease.admitted_at = self.clock()
+        lease.reason = PendingReason.RESERVING.value
+        lease.reason_detail = "placement group created; waiting for Ray to reserve it"
+        self.transition(lease, LeaseState.ADMITTED, "admitted")
+        self.create_group(lease, may_exist=False)
+
+    def describe(self) -> dict[str, Any]:
+        """Counters for health and metrics."""
+        return {"waiting_long_polls": self.watch.waiting()}

@@ -1,0 +1,219 @@
+"""``fastgpu server``: the control plane as one ordinary process, outside Ray.
+
+It holds the HTTP API (FastAPI on uvicorn), the controller loop, the store and the tokens, and
+drives Ray from outside as a plain driver; it runs no tenant code.
+
+Start-up, in order:
+1. open the store (migrating it) and take the **leader lock** (a PostgreSQL advisory lock, or
+   a file lock next to a SQLite store). Without it the server is a *standby*: it waits, serving
+   nothing, and takes over as soon as the leader's lock is freed (its process or its database
+   session died);
+2. connect to Ray, register the admin token (by hash) and **reconcile** the store with Ray;
+3. start the controller loop (a thread, ``controller.tick_interval_s``) and the API on a socket
+   bound here without SO_REUSEPORT: if the port is taken, start-up fails and names the holder.
+
+Fencing: before each pass the loop checks that the lock is still held; if it is not (the
+database session was lost), the server stops serving and exits non-zero, never acting as a
+second leader. A supervisor (``fastgpu up``, systemd) starts it again, as a standby.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from fastgpu.config import PlatformConfig
+from fastgpu.errors import FastGPUError
+
+log = logging.getLogger("fastgpu.server")
+
+EXIT_LOST_LEADERSHIP = 3
+
+
+def port_holder(host: str, port: int) -> str:
+    """Who listens on ``host:port``, as well as this user can tell."""
+    try:
+        import psutil
+
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == "LISTEN" and conn.laddr and conn.laddr.port == port:
+                if conn.pid:
+                    try:
+                        proc = psutil.Process(conn.pid)
+                        return f"pid {conn.pid} ({' '.join(proc.cmdline())[:160]})"
+                    except psutil.Error:
+                        return f"pid {conn.pid}"
+                return "another user's process"
+    except Exception:  # no permission to list sockets: say what we know
+        pass
+    return "an unknown process"
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``; no SO_REUSEPORT, so nobody shares it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    # SO_REUSEADDR only allows re-binding over TIME_WAIT; two listeners still conflict.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise FastGPUError(
+            f"cannot listen on {host}:{port}: {exc.strerror}; it is held by "
+            f"{port_holder(host, port)}. Stop that, or set api.port in the config"
+        ) from None
+    sock.listen(2048)
+    sock.set_inheritable(False)
+    return sock
+
+
+class Server:
+    """One control-plane process: build with :meth:`start`, stop with :meth:`stop`."""
+
+    def __init__(
+        self,
+        config: PlatformConfig,
+        ray_address: str | None,
+        dashboard_url: str | None = None,
+        admin_token_file: Path | None = None,
+    ) -> None:
+        self.config = config
+        self.ray_address = ray_address
+        self.dashboard_url = dashboard_url
+        self.admin_token_file = admin_token_file
+        self._stop = threading.Event()
+        self._lost = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._uvicorn: Any = None
+        self.controller: Any = None
+        self.lock: Any = None
+
+    # -- leadership --------------------------------------------------------------------------
+    def wait_for_leadership(self) -> bool:
+        from fastgpu.store.leader import leader_lock_for
+
+        self.lock = leader_lock_for(
+            self.config.resolved_store_url(), self.config.resolved_state_dir()
+        )
+        if self.lock.try_acquire():
+            log.info("leader lock taken (%r)", self.lock)
+            return True
+        log.info("standby: another server holds the leader lock; waiting for it")
+        got = bool(self.lock.acquire(self._stop, poll_s=0.5))
+        if got:
+            log.info("leader lock taken after waiting: taking over")
+        return got
+
+    # -- start ---------------------------------------------------------------------------------
+    def build(self) -> Any:
+        """Store, Ray connection, controller, services and the app (leader only)."""
+        import ray
+
+        from fastgpu.api.app import create_app
+        from fastgpu.api.limits import WaitSlots
+        from fastgpu.controller.backend import RayBackend
+        from fastgpu.controller.loop import Controller
+        from fastgpu.controller.reconcile import reconcile
+        from fastgpu.service import Services
+        from fastgpu.store import open_store
+
+        store = open_store(self.config.resolved_store_url())
+        if not ray.is_initialized():
+            ray.init(
+                address=self.ray_address,
+                namespace="fastgpu",
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+            )
+        self.controller = Controller(self.config, store, RayBackend())
+        services = Services.build(
+            self.controller,
+            dashboard_url=self.dashboard_url,
+            wait_slots=WaitSlots(self.config.api.max_waits_per_tenant),
+        )
+        if self.admin_token_file is not None and self.admin_token_file.exists():
+            services.auth.bootstrap_admin(self.admin_token_file.read_text().strip())
+        reconcile(self.controller)
+        return create_app(services, self.config.api, leader=self.is_leader)
+
+    def is_leader(self) -> bool:
+        return self.lock is not None and not self._lost.is_set()
+
+    def _loop(self) -> None:
+        interval = self.config.controller.tick_interval_s
+        while not self._stop.is_set():
+            if self.lock is not None and not self.lock.is_held():
+                log.error("the leader lock was lost; stopping (a standby takes over)")
+                self._lost.set()
+                self.shutdown()
+                return
+            try:
+                self.controller.tick()
+            except Exception:  # the loop must survive a bad pass; the next one retries
+                log.exception("controller pass failed")
+            self._stop.wait(interval)
+
+    def run(self) -> int:
+        """Serve until stopped; returns the exit code."""
+        import uvicorn
+
+        if not self.wait_for_leadership():
+            return 0
+        api = self.config.api
+        sock = bind_socket(api.host, api.port)
+        app = self.build()
+        loop = threading.Thread(target=self._loop, name="fastgpu-controller", daemon=True)
+        loop.start()
+        self._threads.append(loop)
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            timeout_keep_alive=30,
+            lifespan="off",
+        )
+        self._uvicorn = uvicorn.Server(config)
+        log.info("serving the API on http://%s:%d", api.host, api.port)
+        try:
+            self._uvicorn.run(sockets=[sock])
+        finally:
+            self._stop.set()
+            sock.close()
+            if self.lock is not None:
+                self.lock.release()
+        return EXIT_LOST_LEADERSHIP if self._lost.is_set() else 0
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+
+
+def main(config_path: str, ray_address: str | None, dashboard_url: str | None) -> int:
+    from fastgpu.config import load_config
+
+    logging.basicConfig(
+        level=os.environ.get("FASTGPU_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    config = load_config(config_path)
+    state_dir = config.resolved_state_dir()
+    server = Server(config, ray_address, dashboard_url, admin_token_file=state_dir / "admin_token")
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("signal %d: stopping", signum)
+        server.shutdown()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    started = time.monotonic()
+    code = server.run()
+    log.info("stopped after %.0f s (exit %d)", time.monotonic() - started, code)
+    return code

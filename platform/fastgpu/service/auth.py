@@ -1,0 +1,207 @@
+"""Authentication and tokens: who a bearer token is, and the token life cycle.
+
+Rules:
+* a token is stored as its SHA-256 only; the raw token is shown once (creation, rotation);
+* an unknown, expired or revoked token answers 401; a tenant's token never acts for another;
+* rotation issues a new token and lets the old ones work for a grace period (running jobs
+  hold them) or stops them at once (grace 0); revocation by token id is immediate;
+* the admin token rotates and revokes the same way; the last admin token cannot be revoked
+  (that would lock the operator out of its own platform).
+
+Principals are cached by token hash for ``CACHE_S`` (a revocation elsewhere, e.g. on a standby
+server that took over, is seen within that time; in this process at once).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from fastgpu.auth import ADMIN, Principal, hash_token, new_token
+from fastgpu.errors import AuthenticationError, Conflict, NotFound, PermissionDenied
+from fastgpu.service.models import TokenIssued, TokenOut, WhoAmI
+from fastgpu.store import TokenRecord
+from fastgpu.timeutil import iso
+from fastgpu.validation import parse_duration
+
+if TYPE_CHECKING:
+    from fastgpu.controller.loop import Controller
+
+CACHE_S = 2.0
+MAX_TOKEN_LIFETIME_S = 10 * 365 * 86400
+
+
+def token_out(rec: TokenRecord) -> TokenOut:
+    return TokenOut(
+        id=rec.id,
+        principal=rec.principal,
+        is_admin=rec.is_admin,
+        created_at=iso(rec.created_at),
+        expires_at=iso(rec.expires_at),
+        label=rec.label,
+    )
+
+
+def issued(rec: TokenRecord, token: str) -> TokenIssued:
+    return TokenIssued(**token_out(rec).model_dump(), token=token)
+
+
+def seconds(value: str | float | int | None, field: str, allow_zero: bool = False) -> float | None:
+    """A duration field ('90d', '1h', seconds); None stays None; 0 only where allowed."""
+    if value is None:
+        return None
+    if allow_zero and not isinstance(value, bool) and value in (0, "0", "0s"):
+        return 0.0
+    return parse_duration(value, field, max_s=MAX_TOKEN_LIFETIME_S)
+
+
+class AuthService:
+    def __init__(self, ctl: Controller) -> None:
+        self._ctl = ctl
+        self._store = ctl.store
+        self._cache: dict[str, tuple[float, Principal]] = {}
+
+    def forget(self) -> None:
+        """Drop cached principals (a token or tenant changed)."""
+        self._cache.clear()
+
+    def authenticate(self, token: str | None) -> Principal:
+        if not token or not isinstance(token, str) or len(token) > 256:
+            raise AuthenticationError("no token given; pass a bearer token (FASTGPU_TOKEN)")
+        digest = hash_token(token)
+        now_mono = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and now_mono - cached[0] < CACHE_S:
+            p = cached[1]
+            if p.token_expires_at is None or p.token_expires_at > self._ctl.clock():
+                return p
+        rec = self._store.lookup_token(digest, self._ctl.clock())
+        if rec is None:
+            self._cache.pop(digest, None)
+            raise AuthenticationError(
+                "the token is not valid (unknown, expired or revoked); check FASTGPU_TOKEN"
+            )
+        tenant_id = None
+        if not rec.is_admin:
+            tenant = self._ctl.tenant(rec.principal)
+            if tenant is None:
+                raise AuthenticationError("the token's tenant no longer exists")
+            tenant_id = tenant.id
+        p = Principal(rec.principal, rec.is_admin, tenant_id, rec.id, rec.expires_at)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (now_mono, p)
+        return p
+
+    @staticmethod
+    def require_admin(p: Principal) -> None:
+        if not p.is_admin:
+            raise PermissionDenied("this operation needs the admin token")
+
+    def bootstrap_admin(self, token: str) -> None:
+        """Register the admin token ``fastgpu up`` made (a no-op when it is known)."""
+        h = hash_token(token)
+        if self._store.lookup_token(h, self._ctl.clock()) is None:
+            try:
+                self._store.add_token(h, ADMIN, True, self._ctl.clock(), label="bootstrap")
+            except Exception:  # another server registered it first (same store)
+                if self._store.lookup_token(h, self._ctl.clock()) is None:
+                    raise
+
+    def whoami(self, p: Principal) -> WhoAmI:
+        out = WhoAmI(
+            principal=p.name,
+            is_admin=p.is_admin,
+            tenant=p.tenant,
+            tenant_id=p.tenant_id,
+            token_id=p.token_id,
+            token_expires_at=iso(p.token_expires_at),
+        )
+        if p.tenant:
+            root = self._ctl.config.resolved_storage_root()
+            out.storage_root = str(root)
+            out.runs_dir = str(root / p.tenant / "runs")
+        return out
+
+    # -- the token life cycle ------------------------------------------------------------------
+    def _owner(self, p: Principal, principal: str) -> tuple[str, bool]:
+        """Whose tokens a call is about: the admin may name any tenant or 'admin'; a tenant
+        only itself."""
+        if principal == ADMIN:
+            self.require_admin(p)
+            return ADMIN, True
+        if not p.is_admin and principal != p.name:
+            raise NotFound(f"tenant {principal!r} not found")
+        if self._ctl.tenant(principal) is None:
+            raise NotFound(f"tenant {principal!r} not found")
+        return principal, False
+
+    def list_tokens(self, p: Principal, principal: str) -> list[TokenOut]:
+        owner, _ = self._owner(p, principal)
+        return [token_out(r) for r in self._store.list_tokens(owner, self._ctl.clock())]
+
+    def rotate(
+        self,
+        p: Principal,
+        principal: str,
+        grace: str | float | int | None = None,
+        expires_in: str | float | int | None = None,
+        label: str | None = None,
+    ) -> TokenIssued:
+        """A new token for ``principal``; the old ones stop after the grace period."""
+        owner, is_admin = self._owner(p, principal)
+        if not p.is_admin:
+            raise PermissionDenied("tokens are rotated by the admin")
+        now = self._ctl.clock()
+        grace_s = seconds(grace, "grace", allow_zero=True)
+        if grace_s is None:
+            grace_s = self._ctl.config.api.token_grace_s
+        life = seconds(expires_in, "expires_in")
+        token = new_token()
+        rec = self._store.rotate_tokens(
+            owner,
+            is_admin,
+            hash_token(token),
+            now,
+            old_expire_at=now + grace_s,
+            expires_at=None if life is None else now + life,
+            label=label or "rotated",
+        )
+        self.forget()
+        return issued(rec, token)
+
+    def issue(
+        self,
+        p: Principal,
+        principal: str,
+        expires_in: str | float | int | None = None,
+        label: str | None = None,
+    ) -> TokenIssued:
+        """One more token for ``principal`` (the others keep working)."""
+        owner, is_admin = self._owner(p, principal)
+        if not p.is_admin:
+            raise PermissionDenied("tokens are issued by the admin")
+        now = self._ctl.clock()
+        life = seconds(expires_in, "expires_in")
+        token = new_token()
+        rec = self._store.add_token(
+            hash_token(token), owner, is_admin, now, None if life is None else now + life, label
+        )
+        return issued(rec, token)
+
+    def revoke(self, p: Principal, principal: str, token_id: str) -> TokenOut:
+        owner, is_admin = self._owner(p, principal)
+        now = self._ctl.clock()
+        mine = {r.id: r for r in self._store.list_tokens(owner, now)}
+        rec = mine.get(token_id)
+        if rec is None:
+            raise NotFound(f"token {token_id!r} of {owner} not found")
+        if is_admin and len(mine) == 1:
+            raise Conflict(
+                "that is the last admin token; rotate the admin token instead of revoking it"
+            )
+        if not p.is_admin and token_id == p.token_id and len(mine) == 1:
+            raise Conflict("that is your only token; ask the admin to rotate it instead")
+        self._store.revoke_token(owner, token_id)
+        self.forget()
+        return token_out(rec)

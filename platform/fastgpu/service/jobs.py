@@ -1,0 +1,145 @@
+"""Ray jobs for tenants: upload a working directory, submit, list, read status and logs, stop.
+
+Rules:
+* jobs are submitted with a tenant's token (never the admin's) and are visible to that tenant
+  only (another tenant's job id answers 404);
+* a working directory travels as a zip through ``POST /uploads`` (size-limited, regular files
+  only, checked entry by entry); the server keeps it under its own state dir by content hash
+  and unpacks it into a fresh folder it made itself for each submission: no path a tenant
+  names is ever read;
+* ``FASTGPU_*`` and ``RAY_*`` variables are the platform's; a job's lease is checked at submit
+  time with the same rules as any lease request;
+* a request id makes submission idempotent: the Ray submission id is derived from it, so a
+  retry (even after a server crash between Ray's answer and ours) finds the same job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fastgpu.auth import Principal
+from fastgpu.controller.jobs import JobGateway, lease_request_id
+from fastgpu.domain import bundle
+from fastgpu.errors import InvalidRequest, NotFound, PermissionDenied
+from fastgpu.service.leases import LeaseService
+from fastgpu.service.models import JobCreate, JobLogs, JobOut, LeaseOut, UploadOut
+
+if TYPE_CHECKING:
+    from fastgpu.controller.loop import Controller
+
+UPLOADS_DIR = "uploads"
+
+
+class JobService:
+    def __init__(self, ctl: Controller, gateway: JobGateway, leases: LeaseService) -> None:
+        self._ctl = ctl
+        self._gateway = gateway
+        self._leases = leases
+        self._uploads = ctl.config.resolved_state_dir() / UPLOADS_DIR
+
+    @staticmethod
+    def _tenant_only(p: Principal) -> str:
+        if p.is_admin or p.tenant_id is None:
+            raise PermissionDenied("jobs are submitted with a tenant's token, not the admin's")
+        return p.tenant_id
+
+    def _upload_path(self, tenant_id: str, sha256: str) -> Path:
+        return self._uploads / tenant_id / f"{sha256}.zip"
+
+    def upload(self, p: Principal, data: bytes) -> UploadOut:
+        """Check a zipped working directory entry by entry and keep it by its hash."""
+        tenant_id = self._tenant_only(p)
+        limit = self._ctl.config.api.max_upload_bytes
+        if len(data) > limit:
+            raise InvalidRequest(f"upload: {len(data)} bytes; expected at most {limit}")
+        with tempfile.TemporaryDirectory(prefix="fgup") as scratch:
+            info = bundle.unpack(data, Path(scratch) / "check", max_bytes=limit)
+        path = self._upload_path(tenant_id, info.sha256)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.chmod(0o600)
+        tmp.replace(path)
+        return UploadOut(sha256=info.sha256, bytes=len(data), files=info.files)
+
+    def submit(self, p: Principal, body: JobCreate) -> JobOut:
+        tenant_id = self._tenant_only(p)
+        for key in body.env:
+            if not key or key.startswith(("FASTGPU_", "RAY_")):
+                raise InvalidRequest(f"env.{key}: FASTGPU_* and RAY_* are set by the platform")
+        cfg = self._ctl.config
+        env = {"FASTGPU_ADDRESS": f"http://{cfg.api.host}:{cfg.api.port}"}
+        if body.lease is not None:
+            req = self._leases.resolve(body.lease, self._leases.owner(p, None))
+            env["FASTGPU_GPUS"] = (
+                f"{req.min_gpus}:{req.gpus}"
+                if req.min_gpus and req.min_gpus != req.gpus
+                else str(req.gpus)
+            )
+            env["FASTGPU_GPU_TYPE"] = req.gpu_type
+            env["FASTGPU_DURATION"] = str(int(req.duration_s))
+        submission_id = None
+        if body.request_id:
+            digest = hashlib.sha256(f"{tenant_id}:{body.request_id}".encode()).hexdigest()
+            submission_id = f"fgjob-{digest[:12]}"
+        spec: dict[str, object] = {"entrypoint": body.entrypoint, "env": dict(body.env)}
+        workdir: Path | None = None
+        try:
+            if body.upload is not None:
+                source = self._upload_path(tenant_id, body.upload)
+                if not source.is_file():
+                    raise NotFound(
+                        f"upload {body.upload} not found; POST the zipped folder to /uploads first"
+                    )
+                workdir = Path(tempfile.mkdtemp(prefix="fgjob")) / "wd"
+                bundle.unpack(source.read_bytes(), workdir, max_bytes=cfg.api.max_upload_bytes)
+                spec["working_dir"] = str(workdir)
+            # The job's own token travels in its environment until tenant clusters (issue 9).
+            env["FASTGPU_TOKEN"] = self._job_token(p)
+            job_id = self._gateway.submit(p.name, spec, env, submission_id)
+        finally:
+            if workdir is not None:
+                shutil.rmtree(workdir.parent, ignore_errors=True)
+        return self.status(p, job_id)
+
+    def _job_token(self, p: Principal) -> str:
+        """A token for the job to act as its tenant, issued for it: rotating the tenant's own
+        token does not break running jobs, and it expires with the longest lease."""
+        from fastgpu.auth import hash_token, new_token
+        from fastgpu.validation import MAX_DURATION_S
+
+        token = new_token()
+        now = self._ctl.clock()
+        self._ctl.store.add_token(
+            hash_token(token), p.name, False, now, now + MAX_DURATION_S, "job"
+        )
+        return token
+
+    def list(self, p: Principal, tenant: str | None = None) -> list[JobOut]:
+        scope = p.name if not p.is_admin else tenant
+        if not p.is_admin and tenant not in (None, p.name):
+            raise NotFound(f"tenant {tenant!r} not found")
+        return [JobOut(**row) for row in self._gateway.list(scope)]
+
+    def status(self, p: Principal, job_id: str) -> JobOut:
+        """Ray's view of the job plus the lease it asked for (state and pending reason)."""
+        row = self._gateway.get(p.tenant, job_id)
+        out = JobOut(**row)
+        owner = self._ctl.tenant(row["tenant"]) if row.get("tenant") else None
+        if owner is not None:
+            lease = self._ctl.store.find_lease_by_request(owner.id, lease_request_id(job_id))
+            out.lease = LeaseOut.of(lease) if lease else None
+        return out
+
+    def logs(self, p: Principal, job_id: str) -> JobLogs:
+        self._gateway.get(p.tenant, job_id)
+        return JobLogs(id=job_id, logs=self._gateway.logs(job_id))
+
+    def stop(self, p: Principal, job_id: str) -> JobOut:
+        self._gateway.get(p.tenant, job_id)
+        self._gateway.stop(job_id)
+        return self.status(p, job_id)

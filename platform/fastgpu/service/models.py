@@ -1,0 +1,318 @@
+"""Typed inputs and results of the services: one definition per shape, shared by the HTTP API
+(request bodies and response models, hence the OpenAPI schema), the SDK and the CLI.
+
+Inputs forbid unknown fields and use strict types (``true`` is not a count, ``"2"`` is not a
+number). Results are what the API returns as JSON; times are ISO 8601 strings (UTC).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+
+from fastgpu.config import BudgetSpec, QuotaSpec, TenantSpec
+from fastgpu.domain.lease import Lease, LeaseSpec
+from fastgpu.errors import InvalidRequest
+from fastgpu.timeutil import iso
+from fastgpu.validation import NAME_PATTERN, REQUEST_ID_PATTERN
+
+T = TypeVar("T")
+MAX_PAGE = 500
+DEFAULT_PAGE = 100
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+RequestId = Field(
+    default=None,
+    min_length=1,
+    max_length=128,
+    pattern=REQUEST_ID_PATTERN,
+    description="Idempotency key: a retry with the same key has the effect of one call.",
+)
+
+
+# ==== inputs ====================================================================================
+class TenantCreate(_In):
+    name: StrictStr = Field(pattern=NAME_PATTERN, description="Tenant name (unique, reusable).")
+    quotas: dict[str, QuotaSpec] = Field(default_factory=dict, description="Quota per GPU type.")
+    weight: StrictFloat | StrictInt = Field(
+        default=1.0, gt=0, le=1000, description="Fair-share weight."
+    )
+    priority: StrictInt = Field(default=0, ge=-1000, le=1000, description="Tenant priority.")
+    budget: BudgetSpec | None = Field(default=None, description="Spending cap per period.")
+    queueing: Literal["strict_fifo", "best_effort_fifo"] = Field(
+        default="best_effort_fifo", description="Queueing discipline within the tenant."
+    )
+    token_expires_in: StrictStr | StrictFloat | StrictInt | None = Field(
+        default=None, description="The tenant token stops working after this ('90d'); unset: never."
+    )
+    request_id: StrictStr | None = RequestId
+
+    def spec(self) -> TenantSpec:
+        return TenantSpec.model_validate(
+            self.model_dump(
+                mode="json", include={"quotas", "weight", "priority", "budget", "queueing"}
+            )
+        )
+
+
+class QuotaPatch(_In):
+    """A partial quota change: only the fields given change (null: no limit)."""
+
+    nominal: StrictInt | None = Field(default=None, ge=0, description="Guaranteed GPUs.")
+    borrowing_limit: StrictInt | None = Field(
+        default=None, ge=0, description="Most GPUs borrowed beyond nominal; null: no limit."
+    )
+    lending_limit: StrictInt | None = Field(
+        default=None, ge=0, description="Most idle nominal GPUs lent; null: all of them."
+    )
+
+
+class TenantUpdate(_In):
+    quotas: dict[str, QuotaPatch | None] | None = Field(
+        default=None,
+        description="Quota changes per GPU type, merged field by field (null removes one).",
+    )
+    weight: StrictFloat | StrictInt | None = Field(
+        default=None, gt=0, le=1000, description="Fair-share weight."
+    )
+    priority: StrictInt | None = Field(default=None, ge=-1000, le=1000, description="Priority.")
+    budget: BudgetSpec | None = Field(default=None, description="Spending cap per period.")
+    queueing: Literal["strict_fifo", "best_effort_fifo"] | None = Field(
+        default=None, description="Queueing discipline."
+    )
+
+
+class LeaseCreate(LeaseSpec):
+    """A lease request over HTTP: the lease, and for whom and how long to wait."""
+
+    tenant: StrictStr | None = Field(
+        default=None,
+        pattern=NAME_PATTERN,
+        description="The tenant the lease is for (admin only; tenants omit it).",
+    )
+    wait: StrictFloat | StrictInt = Field(
+        default=0, ge=0, le=3600, description="Seconds to wait for the GPUs before answering."
+    )
+
+
+class TokenCreate(_In):
+    label: StrictStr | None = Field(default=None, max_length=64, description="What it is for.")
+    expires_in: StrictStr | StrictFloat | StrictInt | None = Field(
+        default=None, description="The token stops working after this ('30d'); unset: never."
+    )
+    grace: StrictStr | StrictFloat | StrictInt | None = Field(
+        default=None,
+        description=(
+            "Rotation only: how long the old tokens keep working ('1h'; 0 revokes them now); "
+            "unset: the server's api.token_grace_s."
+        ),
+    )
+    request_id: StrictStr | None = RequestId
+
+
+class BindBody(_In):
+    workload: StrictStr = Field(min_length=1, max_length=256, description="What runs on it.")
+
+
+class JobCreate(_In):
+    entrypoint: StrictStr = Field(min_length=1, max_length=4096, description="Command to run.")
+    env: dict[str, StrictStr] = Field(
+        default_factory=dict, max_length=64, description="Extra environment variables."
+    )
+    upload: StrictStr | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="The working directory: the sha256 an earlier POST /uploads answered.",
+    )
+    lease: LeaseSpec | None = Field(default=None, description="The lease the job runs on.")
+    request_id: StrictStr | None = RequestId
+
+
+# ==== results ===================================================================================
+class Page(_Out, Generic[T]):
+    items: list[T] = Field(description="This page, oldest first.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null: this was the last."
+    )
+
+
+class LeaseOut(_Out):
+    id: str
+    tenant: str
+    state: str
+    gpus: int
+    min_gpus: int
+    held_gpus: int
+    gpu_type: str
+    strategy: str
+    duration_s: float
+    preemptible: bool
+    priority: int
+    placement_group: str | None
+    placement_group_id: str | None
+    nodes: list[str]
+    reason: str | None
+    reason_detail: str | None
+    request_id: str | None
+    created_at: str | None
+    admitted_at: str | None
+    reserved_at: str | None
+    expires_at: str | None
+    ended_at: str | None
+    preempt_at: str | None
+    workload: str | None
+    last_checkpoint_at: str | None
+    restarts: int
+
+    @classmethod
+    def of(cls, lease: Lease) -> LeaseOut:
+        return cls.model_validate(lease.to_dict())
+
+
+class TenantOut(_Out):
+    id: str
+    name: str
+    quotas: dict[str, QuotaSpec]
+    weight: float
+    priority: int
+    budget: BudgetSpec | None
+    queueing: str
+    created_at: str | None
+
+
+class TokenOut(_Out):
+    id: str
+    principal: str
+    is_admin: bool
+    created_at: str | None
+    expires_at: str | None
+    label: str | None
+
+
+class TokenIssued(TokenOut):
+    token: str = Field(description="The token itself: shown this once, stored hashed.")
+
+
+class TenantCreated(TenantOut):
+    token: str | None = Field(description="The tenant's token, shown this once.")
+    note: str | None = None
+
+
+class WhoAmI(_Out):
+    principal: str
+    is_admin: bool
+    tenant: str | None
+    tenant_id: str | None
+    token_id: str | None
+    token_expires_at: str | None
+    storage_root: str | None = None
+    runs_dir: str | None = None
+
+
+class UsageOut(_Out):
+    tenant: str
+    gpu_type: str
+    gpu_seconds: float
+    gpu_hours: float
+    cost: float
+
+
+class GpuTypeStatus(_Out):
+    gpu_type: str
+    price_per_hour: float
+    perf: float | None = None
+    total: int = 0
+    allocated: int = 0
+    pending: int = 0
+    free: int = 0
+    nodes: int = 0
+
+
+class TenantStatus(_Out):
+    tenant: str
+    gpu_type: str
+    nominal: int
+    borrowing_limit: int | None
+    lending_limit: int | None
+    allocated: int = 0
+    pending: int = 0
+    leases: int = 0
+
+
+class StatusOut(_Out):
+    time: str | None
+    gpu_types: list[GpuTypeStatus]
+    tenants: list[TenantStatus]
+
+
+class JobOut(_Out):
+    id: str
+    tenant: str | None
+    status: str
+    entrypoint: str | None
+    message: str | None
+    start_time: int | float | None
+    end_time: int | float | None
+    lease: LeaseOut | None = None
+
+
+class JobLogs(_Out):
+    id: str
+    logs: str
+
+
+class UploadOut(_Out):
+    sha256: str
+    bytes: int
+    files: int
+
+
+class Deleted(_Out):
+    name: str
+    deleted: bool
+
+
+class Health(_Out):
+    ok: bool
+    leader: bool
+    version: str
+
+
+# ==== helpers ===================================================================================
+def page_limit(limit: Any) -> int:
+    if limit is None:
+        return DEFAULT_PAGE
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+        raise InvalidRequest(f"limit: got {limit!r}; expected an integer from 1 to {MAX_PAGE}")
+    return limit
+
+
+def encode_cursor(key: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> Any:
+    if cursor is None:
+        return None
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        return json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (ValueError, TypeError):
+        raise InvalidRequest(
+            f"cursor: got {cursor[:40]!r}; expected the next_cursor of a previous page"
+        ) from None
+
+
+def iso_or_none(ts: float | None) -> str | None:
+    return iso(ts)
