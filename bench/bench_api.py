@@ -15,8 +15,9 @@ requests only create fake placement groups. The clients run in this process.
    (limit=100) against ``GET /hello`` of a bare FastAPI app, in interleaved rounds.
 2. Load: 200 concurrent asyncio clients over 20 tenants mixing reads, lease requests (with
    request ids, some re-sent) and releases; 50 long-polls held open on pending leases of two
-   tenants at quota without borrowing; a watcher tenant's whoami latency while they are open; then the store is
-   checked: every request id has exactly one lease.
+   tenants at quota without borrowing; a watcher tenant's whoami latency while they are open
+   (alone, then under the load); then the store is checked: every request id has exactly one
+   lease. The load's seconds include the clients' final releases.
 3. Memory: RSS of a server process holding 1,000 tenants and 10,000 ended leases.
 
 Results: a markdown table on stdout and JSON in ``bench/results/api.json``.
@@ -64,7 +65,7 @@ def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     s = sorted(values)
-    k = min(len(s) - 1, max(0, int(round(q / 100.0 * (len(s) - 1)))))
+    k = min(len(s) - 1, max(0, round(q / 100.0 * (len(s) - 1))))
     return s[k]
 
 
@@ -153,8 +154,13 @@ def _populate_big(store: Any, tenants: int, leases: int) -> None:
         )
         rows.append(_lease_to_row(lease))
         events.append(
-            {"lease_id": lease.id, "at": lease.created_at, "prev": None, "new": "PENDING",
-             "reason": None}
+            {
+                "lease_id": lease.id,
+                "at": lease.created_at,
+                "prev": None,
+                "new": "PENDING",
+                "reason": None,
+            }
         )
     with store._tx() as conn:
         for k in range(0, len(rows), 1000):
@@ -193,8 +199,10 @@ def serve_fastgpu(port: int, state_dir: Path, info_path: Path, memory: bool) -> 
         ids = []
         for i in range(150):
             out = services.leases.request(
-                pb, LeaseCreate.model_validate({"gpus": 1, "gpu_type": "A100",
-                                                "request_id": f"seed-{i}"})
+                pb,
+                LeaseCreate.model_validate(
+                    {"gpus": 1, "gpu_type": "A100", "request_id": f"seed-{i}"}
+                ),
             )
             ids.append(out.id)
         for lid in ids[:120]:
@@ -249,14 +257,25 @@ class Proc:
     def __init__(self, kind: str, state_dir: Path, memory: bool = False) -> None:
         self.port = free_port()
         self.info_path = state_dir / f"{kind}-{self.port}.json"
-        cmd = [sys.executable, __file__, "--serve", kind, "--port", str(self.port),
-               "--state-dir", str(state_dir), "--info", str(self.info_path)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--serve",
+            kind,
+            "--port",
+            str(self.port),
+            "--state-dir",
+            str(state_dir),
+            "--info",
+            str(self.info_path),
+        ]
         if memory:
             cmd.append("--memory")
         env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'platform'}"}
         self.log = open(state_dir / f"{kind}-{self.port}.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log, env=env,
-                                     stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log, stderr=self.log, env=env, stdin=subprocess.DEVNULL
+        )
         self.info: dict[str, Any] = {}
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -309,8 +328,12 @@ def probe_limit(fg: Proc) -> None:
     import httpx
 
     global LIST_PATH
-    r = httpx.get(fg.url + LIST_PATH, headers={"Authorization": f"Bearer {fg.info['bench']}"},
-                  trust_env=False, timeout=10)
+    r = httpx.get(
+        fg.url + LIST_PATH,
+        headers={"Authorization": f"Bearer {fg.info['bench']}"},
+        trust_env=False,
+        timeout=10,
+    )
     if r.status_code == 422:
         LIST_PATH = f"{V1}/leases"
         NOTES.append(
@@ -330,8 +353,10 @@ def bench_overhead(fg: Proc, hello: Proc, n: int, rounds: int = 10) -> dict[str,
         "lease_get": (fg.url, f"{V1}/leases/{lid}", bench_h),
         "lease_list_100": (fg.url, LIST_PATH, bench_h),
     }
-    clients = {k: httpx.Client(base_url=u, headers=h, trust_env=False, timeout=10)
-               for k, (u, _, h) in targets.items()}
+    clients = {
+        k: httpx.Client(base_url=u, headers=h, trust_env=False, timeout=10)
+        for k, (u, _, h) in targets.items()
+    }
     lat: dict[str, list[float]] = {k: [] for k in targets}
     errors = 0
     try:
@@ -341,7 +366,7 @@ def bench_overhead(fg: Proc, hello: Proc, n: int, rounds: int = 10) -> dict[str,
         per = max(1, n // rounds)
         order = list(targets)
         for r in range(rounds):
-            rot = order[r % len(order):] + order[: r % len(order)]
+            rot = order[r % len(order) :] + order[: r % len(order)]
             for k in rot:
                 c, path = clients[k], targets[k][1]
                 for _ in range(per):
@@ -356,15 +381,24 @@ def bench_overhead(fg: Proc, hello: Proc, n: int, rounds: int = 10) -> dict[str,
         for c in clients.values():
             c.close()
     hp50, hp99 = pct(lat["hello"], 50), pct(lat["hello"], 99)
-    out: dict[str, Any] = {"n_per_endpoint": per * rounds, "rounds": rounds, "errors": errors,
-                           "list_items": len(body.get("items", [])), "rows": {}}
+    out: dict[str, Any] = {
+        "n_per_endpoint": per * rounds,
+        "rounds": rounds,
+        "errors": errors,
+        "list_items": len(body.get("items", [])),
+        "rows": {},
+    }
     for k, v in lat.items():
         p50, p99 = pct(v, 50), pct(v, 99)
         budget = 1.5 * hp50 + 1.0
         out["rows"][k] = {
-            "p50_ms": p50, "p99_ms": p99, "mean_ms": statistics.fmean(v),
-            "ratio_p50": p50 / hp50, "ratio_p99": p99 / hp99,
-            "budget_p50_ms": budget, "p50_vs_budget": p50 / budget,
+            "p50_ms": p50,
+            "p99_ms": p99,
+            "mean_ms": statistics.fmean(v),
+            "ratio_p50": p50 / hp50,
+            "ratio_p99": p99 / hp99,
+            "budget_p50_ms": budget,
+            "p50_vs_budget": p50 / budget,
         }
     return out
 
@@ -389,9 +423,13 @@ async def _load(fg: Proc, seconds: float, clients: int, polls: int) -> dict[str,
         tok = tokens[i % len(tokens)]
         rnd = random.Random(i)
         mine: list[str] = []
-        async with httpx.AsyncClient(base_url=fg.url, trust_env=False, timeout=30,
-                                     limits=limits,
-                                     headers={"Authorization": f"Bearer {tok}"}) as c:
+        async with httpx.AsyncClient(
+            base_url=fg.url,
+            trust_env=False,
+            timeout=30,
+            limits=limits,
+            headers={"Authorization": f"Bearer {tok}"},
+        ) as c:
             while time.monotonic() < stop_at:
                 x = rnd.random()
                 t0 = time.perf_counter()
@@ -445,8 +483,12 @@ async def _load(fg: Proc, seconds: float, clients: int, polls: int) -> dict[str,
         nonlocal poll_open
         idle = fg.info["idle"][j % 2]
         lid = idle["leases"][(j // 2) % len(idle["leases"])]
-        async with httpx.AsyncClient(base_url=fg.url, trust_env=False, timeout=60,
-                                     headers={"Authorization": f"Bearer {idle['token']}"}) as c:
+        async with httpx.AsyncClient(
+            base_url=fg.url,
+            trust_env=False,
+            timeout=60,
+            headers={"Authorization": f"Bearer {idle['token']}"},
+        ) as c:
             while time.monotonic() < stop_at:
                 poll_open += 1
                 try:
@@ -462,8 +504,12 @@ async def _load(fg: Proc, seconds: float, clients: int, polls: int) -> dict[str,
     watch_load: list[float] = []
 
     async def watcher(into: list[float], until: float) -> None:
-        async with httpx.AsyncClient(base_url=fg.url, trust_env=False, timeout=30, headers={
-            "Authorization": f"Bearer {fg.info['watcher']}"}) as c:
+        async with httpx.AsyncClient(
+            base_url=fg.url,
+            trust_env=False,
+            timeout=30,
+            headers={"Authorization": f"Bearer {fg.info['watcher']}"},
+        ) as c:
             while time.monotonic() < until:
                 t0 = time.perf_counter()
                 r = await c.get(f"{V1}/whoami")
@@ -495,17 +541,32 @@ async def _load(fg: Proc, seconds: float, clients: int, polls: int) -> dict[str,
 
     total = sum(counts.values())  # a re-sent request counts twice
     return {
-        "clients": clients, "tenants": len(tokens), "seconds": elapsed, "requests": total,
-        "rps": total / elapsed, "counts": counts, "errors": len(errors),
-        "error_samples": errors[:10], "status_409": status_409,
-        "read_p50_ms": pct(read_lat, 50), "read_p99_ms": pct(read_lat, 99),
-        "write_p50_ms": pct(write_lat, 50), "write_p99_ms": pct(write_lat, 99),
-        "polls_held": polls, "polls_open_at_start": polls_opened,
+        "clients": clients,
+        "tenants": len(tokens),
+        "seconds": elapsed,
+        "requests": total,
+        "rps": total / elapsed,
+        "counts": counts,
+        "errors": len(errors),
+        "error_samples": errors[:10],
+        "status_409": status_409,
+        "read_p50_ms": pct(read_lat, 50),
+        "read_p99_ms": pct(read_lat, 99),
+        "write_p50_ms": pct(write_lat, 50),
+        "write_p99_ms": pct(write_lat, 99),
+        "polls_held": polls,
+        "polls_open_at_start": polls_opened,
         "poll_results": poll_results,
-        "watcher_quiet": {"n": len(watch_quiet), "p50_ms": pct(watch_quiet, 50),
-                          "max_ms": max(watch_quiet, default=float("nan"))},
-        "watcher_under_load": {"n": len(watch_load), "p50_ms": pct(watch_load, 50),
-                               "max_ms": max(watch_load, default=float("nan"))},
+        "watcher_quiet": {
+            "n": len(watch_quiet),
+            "p50_ms": pct(watch_quiet, 50),
+            "max_ms": max(watch_quiet, default=float("nan")),
+        },
+        "watcher_under_load": {
+            "n": len(watch_load),
+            "p50_ms": pct(watch_load, 50),
+            "max_ms": max(watch_load, default=float("nan")),
+        },
         "_sent": sent,
     }
 
@@ -535,9 +596,14 @@ def check_store(db: str, sent: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 doubled += 1
             elif got is not None:
                 unanswered_stored += 1
-    return {"request_ids": len(sent), "acknowledged": sum(1 for s in sent.values() if s["ok"]),
-            "lost": lost, "doubled": doubled, "id_mismatch": mismatched,
-            "unacknowledged_but_stored_once": unanswered_stored}
+    return {
+        "request_ids": len(sent),
+        "acknowledged": sum(1 for s in sent.values() if s["ok"]),
+        "lost": lost,
+        "doubled": doubled,
+        "id_mismatch": mismatched,
+        "unacknowledged_but_stored_once": unanswered_stored,
+    }
 
 
 def bench_memory(state_dir: Path) -> dict[str, Any]:
@@ -548,18 +614,29 @@ def bench_memory(state_dir: Path) -> dict[str, Any]:
         mem.wait_up(f"{V1}/healthz", timeout=300)
         h = {"Authorization": f"Bearer {mem.info['admin']}"}
         with httpx.Client(base_url=mem.url, headers=h, trust_env=False, timeout=30) as c:
-            for path in (f"{V1}/whoami", f"{V1}/tenants", f"{V1}/leases",
-                         f"{V1}/tenants/m0007", f"{V1}/leases/l-mem-000123",
-                         f"{V1}/leases?tenant=m0042", f"{V1}/status"):
+            for path in (
+                f"{V1}/whoami",
+                f"{V1}/tenants",
+                f"{V1}/leases",
+                f"{V1}/tenants/m0007",
+                f"{V1}/leases/l-mem-000123",
+                f"{V1}/leases?tenant=m0042",
+                f"{V1}/status",
+            ):
                 for _ in range(5):
                     r = c.get(path)
                     if not r.is_success:
                         raise RuntimeError(f"{path}: {r.status_code} {r.text[:200]}")
         time.sleep(0.5)  # a couple of controller passes
         rss = mem.rss_mb()
-        return {"tenants": 1000, "ended_leases": 10_000, "rss_mb": rss,
-                "rss_before_serving_mb": mem.info["rss_before_serving_mb"], "goal_mb": 300,
-                "ok": rss < 300}
+        return {
+            "tenants": 1000,
+            "ended_leases": 10_000,
+            "rss_mb": rss,
+            "rss_before_serving_mb": mem.info["rss_before_serving_mb"],
+            "goal_mb": 300,
+            "ok": rss < 300,
+        }
     finally:
         mem.stop()
 
@@ -594,9 +671,10 @@ def main() -> int:
         "mode": "quick" if args.quick else "full",
         "setup": {
             "servers": "uvicorn in subprocesses (this script --serve), 127.0.0.1, free ports",
-            "uvicorn": uvicorn.__version__, "uvicorn_settings": UVICORN_KW,
+            "uvicorn": uvicorn.__version__,
+            "uvicorn_settings": UVICORN_KW,
             "backend": "FakeBackend (tests/unit/fakes.py), no Ray; real SQLite file store, "
-                       "real controller loop thread, services and app",
+            "real controller loop thread, services and app",
             "rate_limits": {"rate_per_s": 1e6, "burst": 1_000_000},
             "cpus": os.cpu_count(),
         },
@@ -648,27 +726,37 @@ def main() -> int:
 
 def report(r: dict[str, Any]) -> None:
     print(f"## API benchmark ({r['mode']})\n")
-    print("Servers: real uvicorn in subprocesses on 127.0.0.1, same settings "
-          f"{r['setup']['uvicorn_settings']}; FastGPU over the FakeBackend (no Ray: these "
-          "reads never touch it), real SQLite store; rate limits raised.\n")
+    print(
+        "Servers: real uvicorn in subprocesses on 127.0.0.1, same settings "
+        f"{r['setup']['uvicorn_settings']}; FastGPU over the FakeBackend (no Ray: these "
+        "reads never touch it), real SQLite store; rate limits raised.\n"
+    )
     if "overhead" in r:
         o = r["overhead"]
-        print(f"### Overhead (sequential keep-alive httpx, {o['n_per_endpoint']} req/endpoint, "
-              f"{o['rounds']} interleaved rounds, errors {o['errors']})\n")
-        print("| endpoint | p50 ms | p99 ms | p50 / hello | p99 / hello | "
-              "goal 1.5x+1ms (ms) | p50 / goal |")
+        print(
+            f"### Overhead (sequential keep-alive httpx, {o['n_per_endpoint']} req/endpoint, "
+            f"{o['rounds']} interleaved rounds, errors {o['errors']})\n"
+        )
+        print(
+            "| endpoint | p50 ms | p99 ms | p50 / hello | p99 / hello | "
+            "goal 1.5x+1ms (ms) | p50 / goal |"
+        )
         print("|---|---|---|---|---|---|---|")
         for k, v in o["rows"].items():
             mark = "" if k == "hello" else (" ok" if v["p50_vs_budget"] <= 1 else " OVER")
-            print(f"| {k} | {fmt(v['p50_ms'])} | {fmt(v['p99_ms'])} | {v['ratio_p50']:.2f}x | "
-                  f"{v['ratio_p99']:.2f}x | {fmt(v['budget_p50_ms'])} | "
-                  f"{v['p50_vs_budget']:.2f}{mark} |")
+            print(
+                f"| {k} | {fmt(v['p50_ms'])} | {fmt(v['p99_ms'])} | {v['ratio_p50']:.2f}x | "
+                f"{v['ratio_p99']:.2f}x | {fmt(v['budget_p50_ms'])} | "
+                f"{v['p50_vs_budget']:.2f}{mark} |"
+            )
         print()
     if "load" in r:
         ld = r["load"]
         sc = ld["store_check"]
-        print(f"### Load ({ld['clients']} clients over {ld['tenants']} tenants, "
-              f"{ld['seconds']:.1f} s, {ld['polls_held']} long-polls held)\n")
+        print(
+            f"### Load ({ld['clients']} clients over {ld['tenants']} tenants, "
+            f"{ld['seconds']:.1f} s, {ld['polls_held']} long-polls held)\n"
+        )
         print("| metric | value |")
         print("|---|---|")
         rows = [
@@ -680,19 +768,26 @@ def report(r: dict[str, Any]) -> None:
             ("write p50 / p99 ms", f"{fmt(ld['write_p50_ms'])} / {fmt(ld['write_p99_ms'])}"),
             ("long-polls open at start", f"{ld['polls_open_at_start']} / {ld['polls_held']}"),
             ("long-poll answers", ", ".join(f"{k}: {v}" for k, v in ld["poll_results"].items())),
-            ("watcher whoami, polls open, no load: p50 / max ms",
-             f"{fmt(ld['watcher_quiet']['p50_ms'])} / {fmt(ld['watcher_quiet']['max_ms'])} "
-             f"(n={ld['watcher_quiet']['n']})"),
-            ("watcher whoami, polls open + load: p50 / max ms",
-             f"{fmt(ld['watcher_under_load']['p50_ms'])} / "
-             f"{fmt(ld['watcher_under_load']['max_ms'])} (n={ld['watcher_under_load']['n']})"),
+            (
+                "watcher whoami, polls open, no load: p50 / max ms",
+                f"{fmt(ld['watcher_quiet']['p50_ms'])} / {fmt(ld['watcher_quiet']['max_ms'])} "
+                f"(n={ld['watcher_quiet']['n']})",
+            ),
+            (
+                "watcher whoami, polls open + load: p50 / max ms",
+                f"{fmt(ld['watcher_under_load']['p50_ms'])} / "
+                f"{fmt(ld['watcher_under_load']['max_ms'])} (n={ld['watcher_under_load']['n']})",
+            ),
             ("request ids (acknowledged)", f"{sc['request_ids']} ({sc['acknowledged']})"),
-            ("lost / doubled / id mismatch", f"{sc['lost']} / {sc['doubled']} / "
-             f"{sc['id_mismatch']}"),
+            (
+                "lost / doubled / id mismatch",
+                f"{sc['lost']} / {sc['doubled']} / {sc['id_mismatch']}",
+            ),
             ("server RSS after load MB", f"{ld['server_rss_after_mb']:.0f}"),
-            ("CPU cores busy, server / client (of "
-             f"{r['setup']['cpus']})", f"{ld['cpu_share']['server']:.2f} / "
-             f"{ld['cpu_share']['client']:.2f}"),
+            (
+                f"CPU cores busy, server / client (of {r['setup']['cpus']})",
+                f"{ld['cpu_share']['server']:.2f} / {ld['cpu_share']['client']:.2f}",
+            ),
         ]
         for k, v in rows:
             print(f"| {k} | {v} |")
@@ -704,10 +799,12 @@ def report(r: dict[str, Any]) -> None:
     if "memory" in r:
         m = r["memory"]
         print("### Memory\n")
-        print(f"| server RSS, {m['tenants']} tenants + {m['ended_leases']} ended leases | "
-              f"{m['rss_mb']:.0f} MB (goal < {m['goal_mb']} MB: "
-              f"{'ok' if m['ok'] else 'OVER'}); before serving {m['rss_before_serving_mb']:.0f} "
-              "MB |")
+        print(
+            f"| server RSS, {m['tenants']} tenants + {m['ended_leases']} ended leases | "
+            f"{m['rss_mb']:.0f} MB (goal < {m['goal_mb']} MB: "
+            f"{'ok' if m['ok'] else 'OVER'}); before serving {m['rss_before_serving_mb']:.0f} "
+            "MB |"
+        )
         print("|---|---|")
 
 

@@ -57,19 +57,10 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=2)
     args = parser.parse_args()
 
-    import subprocess
-    import sys
-    import time
     from pathlib import Path
 
-    import httpx
-    import yaml
-
-    from fastgpu.auth import new_token, write_secret
-    from fastgpu.config import GpuTypeSpec, PlatformConfig
+    from _server import BenchServer
     from fastgpu.controller.backend import GPU_TYPE_LABEL
-    from fastgpu.local import free_port
-    from fastgpu.sdk import Client
 
     ray.init(
         num_cpus=2,
@@ -78,51 +69,9 @@ def main() -> None:
         labels={GPU_TYPE_LABEL: "A100"},
         log_to_driver=False,
     )
-    state = Path(os.environ["FASTGPU_HOME"])
-    state.mkdir(parents=True, exist_ok=True)
-    config = PlatformConfig(
-        gpu_types={"A100": GpuTypeSpec(price_per_hour=2.0)},
-        state_dir=str(state),
-        api={"port": free_port(), "rate_per_s": 10000, "burst": 10000},
-    )
-    (state / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    admin = new_token()
-    write_secret(state / "admin_token", admin)
     # The server is its own process, outside Ray, as `fastgpu up` runs it.
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fastgpu.cli.main",
-            "server",
-            "--config",
-            str(state / "config.yaml"),
-            "--ray-address",
-            ray.get_runtime_context().gcs_address,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{config.api.port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if (
-                httpx.get(
-                    f"{url}/api/v1/healthz",
-                    headers={"Authorization": f"Bearer {admin}"},
-                    trust_env=False,
-                ).status_code
-                == 200
-            ):
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit("the server did not come up")
-        time.sleep(0.2)
-    token = Client(token=admin, address=url).create_tenant("bench", {"A100": 8})["token"]
-    sdk = Client(token=token, address=url)
+    server = BenchServer(Path(os.environ["FASTGPU_HOME"]))
+    sdk = server.tenant_client("bench", 8)
     n = args.gpus
 
     def raw_grant() -> object:
@@ -170,8 +119,7 @@ def main() -> None:
         g50, r50 = statistics.median(g), statistics.median(r)
         cells = (g50, pct(g, 0.99), g50 / raw_g50, r50, pct(r, 0.99), r50 / raw_r50)
         print(f"{name:<22}" + "".join(f"{c:>13.2f}" for c in cells))
-    server.terminate()
-    server.wait(30)
+    server.stop()
     ray.shutdown()
     shutil.rmtree(_TMP, ignore_errors=True)
 

@@ -82,22 +82,10 @@ def _first_step_s(log: Path, submitted: float) -> float:
 
 
 def start_platform(root: Path) -> Any:
-    """The controller and the HTTP API on the running cluster; returns a tenant's SDK client."""
-    from fastgpu.api.serve import deploy_api
-    from fastgpu.auth import new_token
-    from fastgpu.config import GpuTypeSpec, PlatformConfig
-    from fastgpu.controller.actor import ControllerClient, start_controller
-    from fastgpu.sdk import Client
+    """The server beside the running cluster; returns a tenant's SDK client."""
+    from _server import BenchServer
 
-    config = PlatformConfig(
-        gpu_types={"A100": GpuTypeSpec(price_per_hour=2.0)}, state_dir=str(root / "platform")
-    )
-    admin = new_token()
-    start_controller(config, admin)
-    url = deploy_api(config)
-    spec = {"quotas": {"A100": {"nominal": 2}}}
-    token = ControllerClient().call("create_tenant", admin, "bench", spec)["token"]
-    return Client(token=token, address=url)
+    return BenchServer(root / "platform").tenant_client("bench", 2)
 
 
 def bench_startup(root: Path, repeats: int, client: Any) -> list[tuple[str, float]]:

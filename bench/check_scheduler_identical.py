@@ -9,7 +9,7 @@ Records (``--record FILE``) or checks (``--compare FILE``) every decision of:
 * ``mixed``: small random snapshots that reach every branch (two GPU types and one no node
   offers, dead nodes, elastic, non-preemptible, announced and restarted leases, checkpoints,
   budgets, strict FIFO, borrowing and lending limits) under a dozen settings, each run for
-  several cycles with the decisions carried out between them (reasons on);
+  five cycles with the decisions carried out between them;
 * ``trace``: one week of the Philly trace (2017-10-01 to 10-08, load 1.0) replayed by the
   simulator with the ``fairshare`` and ``elastic`` policies, and ``fairshare`` with reasons
   on: a digest of every cycle's decisions, every job's result and the metrics (wall-clock
@@ -17,6 +17,9 @@ Records (``--record FILE``) or checks (``--compare FILE``) every decision of:
 
 Every admit (with placement), queue (reason and detail text), reject, preempt and resize is
 kept, in order, with ``wake_at``. ``--compare`` prints each difference and exits 1 if any.
+Together the cases run every statement of ``scheduler/fairshare/`` but error paths and one
+unreachable fallback. The script uses only names that predate the split of the cycle into
+modules, so a record can be taken at an older revision.
 
     .venv/bin/python bench/check_scheduler_identical.py --record /tmp/golden.json
     .venv/bin/python bench/check_scheduler_identical.py --compare /tmp/golden.json

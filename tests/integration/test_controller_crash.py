@@ -172,7 +172,10 @@ def test_reconcile_removes_orphans_and_recreates_missing(platform: Platform) -> 
     remove_placement_group(lease.placement_group)
     wait_until(lambda: name not in _platform_groups())
     # The server's periodic reconcile (controller.reconcile_interval_s) repairs both.
-    wait_until(lambda: set(_platform_groups()) == {name}, timeout=15)
+    try:
+        wait_until(lambda: set(_platform_groups()) == {name}, timeout=15)
+    except AssertionError:
+        raise AssertionError(f"DEBUG {_platform_groups()} {name}\n{platform.log()}")
     got = client.get_lease(lease.id, wait=30)
     assert got.state == "RESERVED"
     assert _platform_groups() == {name: "CREATED"}

@@ -378,8 +378,8 @@ class Store(AccountsMixin):
 
     def decayed_usage(self, tenant_id: str, now: float, half_life_s: float) -> float:
         """GPU-seconds of the tenant's usage records, each second weighted by
-        ``2 ** -(age / half_life)``: the exact integral, so it needs no periodic state."""
-        import math
+        ``2 ** -(age / half_life)`` (:func:`fastgpu.domain.usage.decayed_gpu_seconds`)."""
+        from fastgpu.domain.usage import decayed_gpu_seconds
 
         with self._tx() as conn:
             rows = conn.execute(
@@ -387,13 +387,7 @@ class Store(AccountsMixin):
                     t.usage.c.tenant_id == tenant_id
                 )
             ).all()
-        k = math.log(2.0) / half_life_s
-        total = 0.0
-        for gpus, start, end in rows:
-            stop = now if end is None else min(end, now)
-            if stop > start:
-                total += gpus * (math.exp(-k * (now - stop)) - math.exp(-k * (now - start))) / k
-        return total
+        return decayed_gpu_seconds([tuple(r) for r in rows], now, half_life_s)
 
 
 def open_store(url: str) -> Store:
