@@ -164,14 +164,18 @@ class Client:
         request_id: str | None = None,
     ) -> dict[str, Any]:
         """Create a tenant; ``quotas`` maps GPU type to a nominal count or a quota mapping.
-        The result holds the tenant's token, shown this once."""
-        body: dict[str, Any] = {"name": name, "quotas": _quotas(quotas or {})}
+        The result holds the tenant's token, shown this once. Retries reuse the request id:
+        a retry that finds the tenant made answers it without the token (rotate to get one)."""
+        body: dict[str, Any] = {
+            "name": name,
+            "quotas": _quotas(quotas or {}),
+            "request_id": request_id or f"sdk-{uuid.uuid4().hex}",
+        }
         for key, value in (
             ("weight", weight),
             ("priority", priority),
             ("budget", budget),
             ("queueing", queueing),
-            ("request_id", request_id),
         ):
             if value is not None:
                 body[key] = value
@@ -211,6 +215,7 @@ class Client:
         """A new token for tenant ``name`` (or ``"admin"``); the old ones keep working for
         ``grace`` (the server's default when unset; 0 stops them now)."""
         body = {k: v for k, v in (("grace", grace), ("expires_in", expires_in)) if v is not None}
+        body["request_id"] = f"sdk-{uuid.uuid4().hex}"  # a retry does not rotate twice
         return dict(self._call("POST", f"/tenants/{_seg(name)}/rotate-token", json=body))
 
     def issue_token(
@@ -218,6 +223,7 @@ class Client:
     ) -> dict[str, Any]:
         """One more token for ``name`` (or ``"admin"``); the others keep working."""
         body = {k: v for k, v in (("label", label), ("expires_in", expires_in)) if v is not None}
+        body["request_id"] = f"sdk-{uuid.uuid4().hex}"  # a retry does not issue twice
         return dict(self._call("POST", f"/tenants/{_seg(name)}/tokens", json=body))
 
     def list_tokens(self, name: str) -> list[dict[str, Any]]:

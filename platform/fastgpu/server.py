@@ -41,8 +41,12 @@ def port_holder(host: str, port: int) -> str:
     try:
         import psutil
 
-        for conn in psutil.net_connections(kind="tcp"):
-            if conn.status == "LISTEN" and conn.laddr and conn.laddr.port == port:
+        conns = sorted(
+            psutil.net_connections(kind="tcp"), key=lambda c: c.status != psutil.CONN_LISTEN
+        )
+        for conn in conns:
+            # A listener first; else any socket bound to the port (bound, not yet listening).
+            if conn.laddr and conn.laddr.port == port and not conn.raddr:
                 if conn.pid:
                     try:
                         proc = psutil.Process(conn.pid)

@@ -10,6 +10,8 @@ usage from before the crash is intact.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -114,7 +116,8 @@ def test_kill_server_mid_burst(platform: Platform) -> None:
     assert not any(th.is_alive() for th in threads)
     assert not errors, errors
     assert len(results) == BURST
-    assert platform.proc is not None and platform.proc.pid != old_pid
+    assert platform.proc is not None
+    assert platform.proc.pid != old_pid
     # The kill really landed mid-burst: some request asked the old server and was answered
     # only after it died (by the new one, on a retry with the same request id).
     in_flight = [i for i, (b, e) in spans.items() if b < killed_at and e > dead_at]
@@ -160,25 +163,53 @@ def test_kill_server_mid_burst(platform: Platform) -> None:
     wait_until(lambda: _free_gpu_probe(8), timeout=15)
 
 
+_MAKE_ORPHAN = """
+import sys, ray
+from ray.util.placement_group import placement_group
+ray.init(address=sys.argv[1], namespace=sys.argv[2], log_to_driver=False)
+pg = placement_group([{"GPU": 1}], name=sys.argv[3], lifetime="detached")
+ray.get(pg.ready())
+"""
+
+
 def test_reconcile_removes_orphans_and_recreates_missing(platform: Platform) -> None:
     client = platform.client(platform.tenant("recon", A100=4))
     lease = client.request_lease(2, duration="10m", wait=True, timeout=30)
     name = lease.data["placement_group"]
-    # An orphan: a platform-named group no lease accounts for (e.g. created just before a crash).
-    orphan = placement_group([{"GPU": 1}], name=GROUP_PREFIX + "orphan", lifetime="detached")
-    ray.get(orphan.ready())
+    # Orphans: platform-named groups no lease accounts for. One as a crashed server leaves it
+    # (made in the server's Ray namespace, "fastgpu", by another process), one made in another
+    # namespace (this driver's): reconcile sees every platform-named group, in any namespace.
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _MAKE_ORPHAN,
+            platform.ray_address or "",
+            "fastgpu",
+            GROUP_PREFIX + "orphan-own",
+        ],
+        check=True,
+        timeout=120,
+    )
+    foreign = placement_group(
+        [{"GPU": 1}], name=GROUP_PREFIX + "orphan-foreign", lifetime="detached"
+    )
+    ray.get(foreign.ready())
+    assert {GROUP_PREFIX + "orphan-own", GROUP_PREFIX + "orphan-foreign"} <= set(_platform_groups())
     # A missing group: Ray lost the lease's reservation (found by id: the server made it in
     # its own Ray namespace).
     remove_placement_group(lease.placement_group)
     wait_until(lambda: name not in _platform_groups())
-    # The server's periodic reconcile (controller.reconcile_interval_s) repairs both.
+    # The server's periodic reconcile (controller.reconcile_interval_s) repairs all three.
     try:
         wait_until(lambda: set(_platform_groups()) == {name}, timeout=15)
     except AssertionError:
-        raise AssertionError(f"DEBUG {_platform_groups()} {name}\n{platform.log()}")
+        raise AssertionError(
+            f"groups in Ray: {_platform_groups()}; only {name} should be left.\n{platform.log()}"
+        ) from None
     got = client.get_lease(lease.id, wait=30)
     assert got.state == "RESERVED"
     assert _platform_groups() == {name: "CREATED"}
-    assert "groups_recreated" in platform.log()
+    assert "groups_recreated': 1" in platform.log()
     got.release()
     wait_until(lambda: not _platform_groups(), timeout=15)

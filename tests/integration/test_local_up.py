@@ -148,7 +148,16 @@ def _assert_all_down(up: Up) -> None:
     assert cluster_processes(up.home) == []
     held = {name: port for name, port in up.all_ports().items() if _listening(port)}
     assert held == {}, held
-    assert all(port_free(port) for port in up.all_ports().values())
+    # Each port can be listened on again (SO_REUSEADDR, as servers bind: the port may still
+    # have connections in TIME_WAIT from the clients of the stopped processes).
+    for name, port in up.all_ports().items():
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+                s.listen()
+            except OSError as exc:
+                raise AssertionError(f"{name}={port} still taken: {exc}") from None
 
 
 @pytest.fixture(scope="module")

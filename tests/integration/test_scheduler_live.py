@@ -38,9 +38,7 @@ def test_borrow_then_reclaim_with_grace(platform: Platform) -> None:
     borrower = platform.client(platform.tenant("borrower", borrowing_limit=4, A100=4))
 
     own = borrower.request_lease(4, duration="10m", wait=True, timeout=30).data
-    extra = borrower.request_lease(
-        4, duration="10m", preemptible=True, wait=True, timeout=30
-    ).data
+    extra = borrower.request_lease(4, duration="10m", preemptible=True, wait=True, timeout=30).data
     assert own["state"] == extra["state"] == "RESERVED"  # 4 nominal + 4 borrowed: all 8 GPUs
 
     asked = time.monotonic()

@@ -372,3 +372,31 @@ def test_perf_picks_the_cheapest_type_meeting_it(tmp_path: Path) -> None:
         w.request(p, gpus=1, perf=2000)
     with pytest.raises(InvalidRequest, match="gpu_type"):
         w.request(p, gpus=1)  # two types, two quotas: ambiguous
+
+
+# ==== retried token calls =======================================================================
+def test_a_retried_rotation_rotates_once_and_never_repeats_the_token(tmp_path: Path) -> None:
+    w = _world(tmp_path)
+    w.tenant("acme")
+    first = w.svc.auth.rotate(w.admin, "acme", grace=0, request_id="rot-1")
+    assert first.token
+    again = w.svc.auth.rotate(w.admin, "acme", grace=0, request_id="rot-1")
+    # The same token record, without the token (it is stored hashed; shown once).
+    assert again.id == first.id
+    assert again.token is None
+    assert again.note and "request id" in again.note
+    # The retry did not rotate again: the first new token still works.
+    assert w.auth(first.token).token_id == first.id
+    assert [t.id for t in w.svc.auth.list_tokens(w.admin, "acme")] == [first.id]
+    # The same id for another call is refused, not silently replayed.
+    with pytest.raises(Conflict):
+        w.svc.auth.issue(w.admin, "acme", request_id="rot-1")
+
+
+def test_a_retried_issue_issues_once(tmp_path: Path) -> None:
+    w = _world(tmp_path)
+    w.tenant("acme")
+    a = w.svc.auth.issue(w.admin, "acme", label="ci", request_id="iss-1")
+    b = w.svc.auth.issue(w.admin, "acme", label="ci", request_id="iss-1")
+    assert a.token and b.token is None and a.id == b.id
+    assert len(w.svc.auth.list_tokens(w.admin, "acme")) == 2  # the initial one and this one

@@ -52,7 +52,7 @@ from fastgpu.validation import NAME_PATTERN
 log = logging.getLogger(__name__)
 V1 = "/api/v1"
 UPLOAD_PATH = f"{V1}/uploads"
-LIMIT = Query(default=None, ge=1, le=500, strict=True, description="Page size (<= 500).")
+LIMIT = Query(default=None, ge=1, le=500, description="Page size (<= 500).")
 CURSOR = Query(default=None, max_length=200, description="next_cursor of the previous page.")
 TENANT_Q = Query(default=None, max_length=63, description="Tenant name (admin).")
 
@@ -192,12 +192,12 @@ def create_app(services: Services, settings: ApiSettings, leader: Any = None) ->
 
     @app.post(V1 + "/tenants/{name}/tokens", status_code=201)
     def issue_token(name: str, body: TokenCreate, p: Caller) -> TokenIssued:
-        return auth.issue(p, _who(name), body.expires_in, body.label)
+        return auth.issue(p, _who(name), body.expires_in, body.label, body.request_id)
 
     @app.post(V1 + "/tenants/{name}/rotate-token")
     def rotate_token(name: str, p: Caller, body: TokenCreate | None = None) -> TokenIssued:
         body = body or TokenCreate()
-        return auth.rotate(p, _who(name), body.grace, body.expires_in, body.label)
+        return auth.rotate(p, _who(name), body.grace, body.expires_in, body.label, body.request_id)
 
     @app.delete(V1 + "/tenants/{name}/tokens/{token_id}")
     def revoke_token(name: str, token_id: str, p: Caller) -> TokenOut:

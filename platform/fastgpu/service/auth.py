@@ -147,11 +147,52 @@ class AuthService:
         grace: str | float | int | None = None,
         expires_in: str | float | int | None = None,
         label: str | None = None,
+        request_id: str | None = None,
     ) -> TokenIssued:
         """A new token for ``principal``; the old ones stop after the grace period."""
         owner, is_admin = self._owner(p, principal)
         if not p.is_admin:
             raise PermissionDenied("tokens are rotated by the admin")
+        with self._ctl.lock:
+            again = self._replay(p, request_id, "rotate_token", owner)
+            if again is not None:
+                return again
+            out = self._rotate(owner, is_admin, grace, expires_in, label)
+            self._remember(p, request_id, "rotate_token", out)
+            return out
+
+    def _replay(
+        self, p: Principal, request_id: str | None, op: str, owner: str
+    ) -> TokenIssued | None:
+        """The token an earlier call with this request id issued (without the token)."""
+        if not request_id:
+            return None
+        seen = self._store.recall_request(p.name, request_id)
+        if seen is None:
+            return None
+        if seen[0] != op or not isinstance(seen[2], dict) or seen[2].get("principal") != owner:
+            raise Conflict(f"request id {request_id!r} was used for another call; use a new one")
+        return TokenIssued(
+            **{**seen[2], "token": None},
+            note=(
+                "already done by this request id; the token was shown once. Issue another "
+                "with a new request id if it was lost"
+            ),
+        )
+
+    def _remember(self, p: Principal, request_id: str | None, op: str, out: TokenIssued) -> None:
+        if request_id:
+            meta = out.model_dump(exclude={"token", "note"})
+            self._store.remember_request(p.name, request_id, op, out.id, self._ctl.clock(), meta)
+
+    def _rotate(
+        self,
+        owner: str,
+        is_admin: bool,
+        grace: str | float | int | None,
+        expires_in: str | float | int | None,
+        label: str | None,
+    ) -> TokenIssued:
         now = self._ctl.clock()
         grace_s = seconds(grace, "grace", allow_zero=True)
         if grace_s is None:
@@ -176,11 +217,27 @@ class AuthService:
         principal: str,
         expires_in: str | float | int | None = None,
         label: str | None = None,
+        request_id: str | None = None,
     ) -> TokenIssued:
         """One more token for ``principal`` (the others keep working)."""
         owner, is_admin = self._owner(p, principal)
         if not p.is_admin:
             raise PermissionDenied("tokens are issued by the admin")
+        with self._ctl.lock:
+            again = self._replay(p, request_id, "issue_token", owner)
+            if again is not None:
+                return again
+            out = self._issue(owner, is_admin, expires_in, label)
+            self._remember(p, request_id, "issue_token", out)
+            return out
+
+    def _issue(
+        self,
+        owner: str,
+        is_admin: bool,
+        expires_in: str | float | int | None,
+        label: str | None,
+    ) -> TokenIssued:
         now = self._ctl.clock()
         life = seconds(expires_in, "expires_in")
         token = new_token()

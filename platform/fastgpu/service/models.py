@@ -201,7 +201,10 @@ class TokenOut(_Out):
 
 
 class TokenIssued(TokenOut):
-    token: str = Field(description="The token itself: shown this once, stored hashed.")
+    token: str | None = Field(
+        description="The token itself: shown this once, stored hashed (null on a retry)."
+    )
+    note: str | None = None
 
 
 class TenantCreated(TenantOut):
