@@ -264,6 +264,15 @@ class ApiSettings(_Spec):
     max_waits_per_tenant: int = Field(
         default=32, ge=1, description="Open long-polls (waits) one tenant may hold at once."
     )
+    write_threads: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description=(
+            "Threads for calls that change state (they queue for the controller); reads have "
+            "their own, so they never wait behind writes."
+        ),
+    )
     token_grace_s: float = Field(
         default=3600,
         ge=0,

@@ -12,8 +12,11 @@ and limited per tenant. Sync routes run in the server's thread pool; waits hold 
 """
 
 import logging
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
+import anyio
+import anyio.to_thread
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -50,6 +53,7 @@ from fastgpu.service.models import (
 from fastgpu.validation import NAME_PATTERN
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 V1 = "/api/v1"
 UPLOAD_PATH = f"{V1}/uploads"
 LIMIT = Query(default=None, ge=1, le=500, description="Page size (<= 500).")
@@ -108,6 +112,12 @@ def create_app(services: Services, settings: ApiSettings, leader: Any = None) ->
     )
     bearer = HTTPBearer(auto_error=False)
     auth = services.auth
+    # Writes queue for the controller's lock; they get their own threads so that reads (and
+    # other tenants) never wait behind them in one pool.
+    writes = anyio.CapacityLimiter(settings.write_threads)
+
+    async def write(fn: Callable[..., T], *args: Any) -> T:
+        return await anyio.to_thread.run_sync(fn, *args, limiter=writes)
 
     def principal(cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
         if cred is None or not cred.credentials:
@@ -163,20 +173,20 @@ def create_app(services: Services, settings: ApiSettings, leader: Any = None) ->
         return services.tenants.list(p, limit, cursor)
 
     @app.post(f"{V1}/tenants", status_code=201)
-    def create_tenant(body: TenantCreate, p: Caller) -> TenantCreated:
-        return services.tenants.create(p, body)
+    async def create_tenant(body: TenantCreate, p: Caller) -> TenantCreated:
+        return await write(services.tenants.create, p, body)
 
     @app.get(V1 + "/tenants/{name}")
     def get_tenant(name: str, p: Caller) -> TenantOut:
         return services.tenants.get(p, name)
 
     @app.patch(V1 + "/tenants/{name}")
-    def update_tenant(name: str, body: TenantUpdate, p: Caller) -> TenantOut:
-        return services.tenants.update(p, name, body)
+    async def update_tenant(name: str, body: TenantUpdate, p: Caller) -> TenantOut:
+        return await write(services.tenants.update, p, name, body)
 
     @app.delete(V1 + "/tenants/{name}")
-    def delete_tenant(name: str, p: Caller) -> Deleted:
-        return services.tenants.delete(p, name)
+    async def delete_tenant(name: str, p: Caller) -> Deleted:
+        return await write(services.tenants.delete, p, name)
 
     # ---- tokens (a tenant's, or 'admin') ----------------------------------------------------
     def _who(name: str) -> str:
@@ -216,9 +226,7 @@ def create_app(services: Services, settings: ApiSettings, leader: Any = None) ->
 
     @app.post(f"{V1}/leases", status_code=201)
     async def request_lease(body: LeaseCreate, p: Caller) -> LeaseOut:
-        import asyncio
-
-        out = await asyncio.to_thread(services.leases.request, p, body)
+        out = await write(services.leases.request, p, body)
         if body.wait:
             return await services.leases.wait(p, out.id, float(body.wait))
         return out
@@ -232,30 +240,28 @@ def create_app(services: Services, settings: ApiSettings, leader: Any = None) ->
         return await services.leases.wait(p, lease_id, wait)
 
     @app.post(V1 + "/leases/{lease_id}/release")
-    def release_lease(lease_id: str, p: Caller) -> LeaseOut:
-        return services.leases.release(p, lease_id)
+    async def release_lease(lease_id: str, p: Caller) -> LeaseOut:
+        return await write(services.leases.release, p, lease_id)
 
     @app.post(V1 + "/leases/{lease_id}/bind")
-    def bind_lease(lease_id: str, body: BindBody, p: Caller) -> LeaseOut:
-        return services.leases.bind(p, lease_id, body.workload)
+    async def bind_lease(lease_id: str, body: BindBody, p: Caller) -> LeaseOut:
+        return await write(services.leases.bind, p, lease_id, body.workload)
 
     @app.post(V1 + "/leases/{lease_id}/checkpoint")
-    def report_checkpoint(lease_id: str, p: Caller) -> LeaseOut:
-        return services.leases.checkpoint(p, lease_id)
+    async def report_checkpoint(lease_id: str, p: Caller) -> LeaseOut:
+        return await write(services.leases.checkpoint, p, lease_id)
 
     # ---- jobs ---------------------------------------------------------------------------------
     @app.post(UPLOAD_PATH, status_code=201)
     async def upload(request: Request, p: Caller) -> UploadOut:
-        import asyncio
-
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/zip":
             raise InvalidRequest("content-type: expected application/zip (a zipped folder)")
         data = await request.body()
-        return await asyncio.to_thread(services.jobs.upload, p, data)
+        return await write(services.jobs.upload, p, data)
 
     @app.post(f"{V1}/jobs", status_code=201)
-    def submit_job(body: JobCreate, p: Caller) -> JobOut:
-        return services.jobs.submit(p, body)
+    async def submit_job(body: JobCreate, p: Caller) -> JobOut:
+        return await write(services.jobs.submit, p, body)
 
     @app.get(f"{V1}/jobs")
     def list_jobs(p: Caller, tenant: str | None = TENANT_Q) -> list[JobOut]:

@@ -13,7 +13,11 @@ Invariants:
 * every state change goes through :meth:`Controller.transition`, which runs the transaction
   hooks (metering) inside the store's transaction and then the after-commit hooks (waking
   long-polls);
-* one lock (``_mu``) orders every write, so a scheduling pass sees a consistent store.
+* one lock (``_mu``) orders every state change, so a scheduling pass sees a consistent store;
+* new requests and releases are committed first, then *join* a scheduling pass: a pass that
+  started after a write was committed covers it, so N concurrent requests cost one pass, not N
+  (like a database's group commit), and each caller still answers with the lease as a pass
+  that saw it left it.
 
 The clock, store, backend and policy are injected, so tests can step :meth:`Controller.tick`.
 """
@@ -88,6 +92,11 @@ class Controller:
             lambda lease: self.watch.notify([lease.id])
         ]
         self._mu = threading.RLock()
+        # Group commit of scheduling passes: writes are numbered; a pass records the number it
+        # started at, and a write already covered by a finished pass does not start another.
+        self._seq_mu = threading.Lock()
+        self._write_seq = 0
+        self._covered_seq = 0
         self._nodes: list[NodeInfo] = []
         self._nodes_at = -1e18
         self._last_reconcile = -1e18
@@ -120,13 +129,26 @@ class Controller:
             self.schedule()
 
     # ==== lease writes (the services authorize; these act) =====================================
+    def _wrote(self) -> int:
+        """Number a committed write (call after the commit)."""
+        with self._seq_mu:
+            self._write_seq += 1
+            return self._write_seq
+
+    def _join_pass(self, mine: int) -> dict[str, Lease]:
+        """Schedule unless a pass that started after write ``mine`` already ran (lock held)."""
+        if self._covered_seq >= mine:
+            return {}
+        return self.schedule()
+
     def submit(self, lease: Lease) -> tuple[Lease, bool]:
         """Store a new PENDING lease (or find the one with its request id) and schedule."""
+        stored, created = self.store.insert_lease(lease)
+        mine = self._wrote() if created else 0
         with self._mu:
-            stored, created = self.store.insert_lease(lease)
-            if created:
-                self.schedule()
-            fresh = self.store.get_lease(stored.id)
+            seen = self._join_pass(mine) if created else {}
+            # The pass read (and updated in place) every live lease: no second read needed.
+            fresh = seen.get(stored.id) or self.store.get_lease(stored.id)
             assert fresh is not None
             return fresh, created
 
@@ -140,13 +162,16 @@ class Controller:
         """End a lease at its holder's request (idempotent on an ended lease)."""
         with self._mu:
             lease = self._current(lease_id)
-            if not lease.state.is_terminal:
-                if lease.state == LeaseState.PENDING:
-                    self.end(lease, LeaseState.CANCELLED, "released while pending")
-                else:
-                    self.end(lease, LeaseState.RELEASED, "released by tenant")
-                self.schedule()
-            return lease
+            if lease.state.is_terminal:
+                return lease
+            if lease.state == LeaseState.PENDING:
+                self.end(lease, LeaseState.CANCELLED, "released while pending")
+            else:
+                self.end(lease, LeaseState.RELEASED, "released by tenant")
+        mine = self._wrote()
+        with self._mu:
+            self._join_pass(mine)
+        return lease
 
     def bind(self, lease_id: str, workload: str) -> Lease:
         """Hand a reserved lease's GPUs over to a library workload (Train, Tune, Serve).
@@ -293,17 +318,24 @@ class Controller:
                 self.store.live_leases() if live is None else live,
             )
 
-    def schedule(self) -> None:
-        """Run the policy over a snapshot and apply its decisions (caller may hold the lock)."""
+    def schedule(self) -> dict[str, Lease]:
+        """Run the policy over a snapshot and apply its decisions (caller may hold the lock).
+
+        Returns the live leases the pass read, as they are after it (keyed by id)."""
         from fastgpu.controller.apply import apply_decisions
 
         with self._mu:
+            with self._seq_mu:
+                started_at = self._write_seq
             live = self.store.live_leases()
+            self._covered_seq = max(self._covered_seq, started_at)
+            by_id = {lease.id: lease for lease in live}
             snap = self.snapshot(live)
             if not snap.pending and not any(v.held_gpus < v.gpus for v in snap.running):
-                return  # nothing waits and nothing can grow: no decision to make
+                return by_id  # nothing waits and nothing can grow: no decision to make
             decisions = self.policy.schedule(snap)
-            apply_decisions(self, decisions, {lease.id: lease for lease in live})
+            apply_decisions(self, decisions, by_id)
+            return by_id
 
     def create_group(self, lease: Lease, may_exist: bool = True) -> None:
         assert lease.placement_group is not None

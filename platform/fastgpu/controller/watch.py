@@ -8,8 +8,9 @@ wait holds no worker thread, so many open long-polls cost memory, not throughput
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 
 
 class LeaseWatch:
@@ -30,6 +31,24 @@ class LeaseWatch:
         with self._mu:
             ids = list(self._waiters)
         self.notify(ids)
+
+    @contextlib.asynccontextmanager
+    async def subscription(self, lease_id: str) -> AsyncIterator[asyncio.Event]:
+        """An event set at the next notification of ``lease_id``. Subscribe, *then* re-read
+        the lease, then wait: a change between the read and the wait is never missed."""
+        ev = asyncio.Event()
+        entry = (asyncio.get_running_loop(), ev)
+        with self._mu:
+            self._waiters.setdefault(lease_id, []).append(entry)
+        try:
+            yield ev
+        finally:
+            with self._mu:
+                waiters = self._waiters.get(lease_id)
+                if waiters and entry in waiters:
+                    waiters.remove(entry)
+                    if not waiters:
+                        del self._waiters[lease_id]
 
     async def changed(self, lease_id: str, timeout_s: float) -> bool:
         """Wait until ``lease_id`` is notified or ``timeout_s`` passes; True if notified."""

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import time
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
+import anyio.to_thread
 from pydantic import ValidationError
 
 from fastgpu.auth import Principal
@@ -131,35 +133,36 @@ class LeaseService:
         owner = self.owner(p, body.tenant)
         req = self.resolve(body, owner)
         cfg = self._ctl.config
-        with self._ctl.lock:
-            if req.request_id is not None:
-                seen = self._store.find_lease_by_request(owner.id, req.request_id)
-                if seen is not None:
-                    return LeaseOut.of(seen)
-            live = self._store.count_leases(owner.id, [s for s in LeaseState if not s.is_terminal])
-            if live >= cfg.controller.max_live_leases_per_tenant:
-                raise Conflict(
-                    f"tenant {owner.name} has {live} live leases, the most allowed; release some"
-                )
-            from fastgpu.controller.loop import new_lease_id
-
-            lease = Lease(
-                id=new_lease_id(),
-                tenant=owner.name,
-                tenant_id=owner.id,
-                state=LeaseState.PENDING,
-                gpus=req.gpus,
-                min_gpus=req.min_gpus or req.gpus,
-                gpu_type=req.gpu_type,
-                strategy=req.strategy,
-                duration_s=req.duration_s,
-                preemptible=req.preemptible,
-                priority=req.priority,
-                price_per_hour=cfg.gpu_types[req.gpu_type].price_per_hour,
-                created_at=self._ctl.clock(),
-                request_id=req.request_id,
+        if req.request_id is not None:
+            seen = self._store.find_lease_by_request(owner.id, req.request_id)
+            if seen is not None:
+                return LeaseOut.of(seen)
+        live = self._store.count_leases(owner.id, [s for s in LeaseState if not s.is_terminal])
+        if live >= cfg.controller.max_live_leases_per_tenant:
+            raise Conflict(
+                f"tenant {owner.name} has {live} live leases, the most allowed; release some"
             )
-            stored, _ = self._ctl.submit(lease)
+        from fastgpu.controller.loop import new_lease_id
+
+        lease = Lease(
+            id=new_lease_id(),
+            tenant=owner.name,
+            tenant_id=owner.id,
+            state=LeaseState.PENDING,
+            gpus=req.gpus,
+            min_gpus=req.min_gpus or req.gpus,
+            gpu_type=req.gpu_type,
+            strategy=req.strategy,
+            duration_s=req.duration_s,
+            preemptible=req.preemptible,
+            priority=req.priority,
+            price_per_hour=cfg.gpu_types[req.gpu_type].price_per_hour,
+            created_at=self._ctl.clock(),
+            request_id=req.request_id,
+        )
+        # The insert is idempotent on the request id by itself; the controller then runs (or
+        # joins) a scheduling pass that includes this lease.
+        stored, _ = self._ctl.submit(lease)
         return LeaseOut.of(stored)
 
     def get(self, p: Principal, lease_id: str) -> LeaseOut:
@@ -167,7 +170,7 @@ class LeaseService:
 
     async def wait(self, p: Principal, lease_id: str, wait_s: float) -> LeaseOut:
         """The lease once it holds its GPUs or ended, or as it is when ``wait_s`` ran out."""
-        lease = await asyncio.to_thread(self.visible, p, lease_id)
+        lease = await anyio.to_thread.run_sync(self.visible, p, lease_id)
         if wait_s <= 0 or _settled(lease):
             return LeaseOut.of(lease)
         if self._slots is None:
@@ -185,15 +188,19 @@ class LeaseService:
             if ready is not None:
                 try:
                     await asyncio.wait_for(asyncio.wrap_future(ready), min(left, _RECHECK_S))
-                    marked = await asyncio.to_thread(self._ctl.mark_ready, lease.id)
+                    marked = await anyio.to_thread.run_sync(self._ctl.mark_ready, lease.id)
                     if marked is not None:
                         lease = marked
                         continue
                 except (asyncio.TimeoutError, Exception):  # not ready yet, or the group went
                     pass
             else:
-                await self._ctl.watch.changed(lease.id, min(left, _RECHECK_S))
-            fresh = await asyncio.to_thread(self._store.get_lease, lease.id)
+                async with self._ctl.watch.subscription(lease.id) as changed:
+                    fresh = await anyio.to_thread.run_sync(self._store.get_lease, lease.id)
+                    if fresh is not None and fresh.state == lease.state:
+                        with contextlib.suppress(asyncio.TimeoutError):
+                            await asyncio.wait_for(changed.wait(), min(left, _RECHECK_S))
+            fresh = await anyio.to_thread.run_sync(self._store.get_lease, lease.id)
             if fresh is None:
                 return LeaseOut.of(lease)
             lease = fresh

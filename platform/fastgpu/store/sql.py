@@ -26,6 +26,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     and_,
+    bindparam,
     create_engine,
     event,
     func,
@@ -55,6 +56,19 @@ __all__ = [
 ]
 
 
+# Statements built once and executed with parameters: building a 30-column UPDATE per call
+# cost more than running it (SQLAlchemy coerces every value clause each time).
+_INSERT_LEASE = insert(t.leases)
+_GET_LEASE = select(t.leases).where(t.leases.c.id == bindparam("id"))
+_INSERT_EVENT = insert(t.lease_events)
+_INSERT_USAGE = insert(t.usage)
+_CAS_LEASE = (
+    update(t.leases)
+    .where((t.leases.c.id == bindparam("_id")) & (t.leases.c.state == bindparam("_expected")))
+    .values({c.name: bindparam(c.name) for c in t.leases.columns if c.name != "id"})
+)
+
+
 class StoreTx:
     """What a transaction hook may write, inside the transition's transaction."""
 
@@ -63,16 +77,17 @@ class StoreTx:
 
     def open_usage(self, lease: Lease, now: float) -> None:
         self._conn.execute(
-            insert(t.usage).values(
-                lease_id=lease.id,
-                tenant=lease.tenant,
-                tenant_id=lease.tenant_id,
-                gpu_type=lease.gpu_type,
-                gpus=lease.held_gpus or lease.gpus,
-                price_per_hour=lease.price_per_hour,
-                start=now,
-                end=None,
-            )
+            _INSERT_USAGE,
+            {
+                "lease_id": lease.id,
+                "tenant": lease.tenant,
+                "tenant_id": lease.tenant_id,
+                "gpu_type": lease.gpu_type,
+                "gpus": lease.held_gpus or lease.gpus,
+                "price_per_hour": lease.price_per_hour,
+                "start": now,
+                "end": None,
+            },
         )
 
     def close_usage(self, lease_id: str, now: float) -> None:
@@ -177,17 +192,18 @@ class Store(AccountsMixin):
                 if row:
                     return _lease_from_row(row), False
             try:
-                conn.execute(insert(t.leases).values(**_lease_to_row(lease)))
+                conn.execute(_INSERT_LEASE, _lease_to_row(lease))
             except IntegrityError:
                 raise Conflict(f"lease id {lease.id} already exists") from None
             conn.execute(
-                insert(t.lease_events).values(
-                    lease_id=lease.id,
-                    at=lease.created_at,
-                    prev=None,
-                    new=lease.state.value,
-                    reason=lease.reason,
-                )
+                _INSERT_EVENT,
+                {
+                    "lease_id": lease.id,
+                    "at": lease.created_at,
+                    "prev": None,
+                    "new": lease.state.value,
+                    "reason": lease.reason,
+                },
             )
         return lease, True
 
@@ -202,7 +218,7 @@ class Store(AccountsMixin):
 
     def get_lease(self, lease_id: str) -> Lease | None:
         with self._tx() as conn:
-            row = conn.execute(select(t.leases).where(t.leases.c.id == lease_id)).first()
+            row = conn.execute(_GET_LEASE, {"id": lease_id}).first()
         return _lease_from_row(row) if row else None
 
     def list_leases(
@@ -283,9 +299,14 @@ class Store(AccountsMixin):
             with self._tx() as conn:
                 self._cas(conn, lease, prev)
                 conn.execute(
-                    insert(t.lease_events).values(
-                        lease_id=lease.id, at=now, prev=prev.value, new=new.value, reason=reason
-                    )
+                    _INSERT_EVENT,
+                    {
+                        "lease_id": lease.id,
+                        "at": now,
+                        "prev": prev.value,
+                        "new": new.value,
+                        "reason": reason,
+                    },
                 )
                 tx = StoreTx(conn)
                 for hook in hooks:
@@ -324,12 +345,9 @@ class Store(AccountsMixin):
     @staticmethod
     def _cas(conn: Connection, lease: Lease, expected: LeaseState) -> None:
         row = _lease_to_row(lease)
-        row.pop("id")
-        res = conn.execute(
-            update(t.leases)
-            .where((t.leases.c.id == lease.id) & (t.leases.c.state == expected.value))
-            .values(**row)
-        )
+        row["_id"] = row.pop("id")
+        row["_expected"] = expected.value
+        res = conn.execute(_CAS_LEASE, row)
         if res.rowcount != 1:
             raise Conflict(f"lease {lease.id} changed concurrently (expected {expected.value})")
 
