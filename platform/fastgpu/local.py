@@ -100,7 +100,10 @@ def ray_temp_dir(state_dir: Path) -> Path:
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on ``port`` now (connections of processes that just
+    stopped, in TIME_WAIT, do not count: servers bind with SO_REUSEADDR)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
             return True
@@ -175,7 +178,8 @@ def start_ray(
 ) -> str:
     """Start this platform's Ray cluster on fixed, checked ports; return the GCS address."""
     r = config.ray
-    check_ports_free(r.ports())
+    # The API port too: finding it taken after Ray started would leave a cluster behind.
+    check_ports_free({**r.ports(), "api.port": config.api.port})
     env = _child_env(state_dir)
     per_node = gpus // nodes
     label = f"{GPU_TYPE_LABEL}={gpu_type}"

@@ -10,7 +10,7 @@ Every wait has a reason code and a detail.
 
 from __future__ import annotations
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fastgpu.config import QuotaSpec
@@ -297,6 +297,38 @@ OWNER_JOBS = st.lists(st.tuples(st.floats(0, 500), st.floats(10, 400)), max_size
     OWNER_JOBS,
     OWNER_JOBS,
     st.sampled_from([(1, 8), (2, 4)]),
+)
+# b1's 2-GPU request becomes owed only when b1's own 1-GPU job ends (t=10), after g2's request
+# (submitted t=1) made room; ranked by submit time it took the room and g2 waited 31 s.
+@example(
+    b1=[(0.0, 1, 10.0, False), (0.0, 2, 10.0, False)],
+    b2=[(0.0, 1, 22.0, True), (0.0, 1, 32.0, True), (0.0, 2, 32.0, False), (0.0, 3, 32.0, True)],
+    g1=[],
+    g2=[(1.0, 10.0)],
+    shape=(1, 8),
+)
+# The same through a victim: b1-1, preempted for g2 and requeued with its old submit time, is
+# owed again at once (b1 fell below nominal) and took the GPUs g2's second request waited for.
+@example(
+    b1=[
+        (0.0, 1, 62.0, True),
+        (0.0, 2, 72.0, True),
+        (1.0, 1, 10.0, False),
+        (1.0, 1, 10.0, False),
+        (1.0, 1, 10.0, False),
+    ],
+    b2=[
+        (0.0, 1, 10.0, False),
+        (0.0, 1, 10.0, False),
+        (0.0, 1, 10.0, False),
+        (0.0, 1, 10.0, False),
+        (0.0, 1, 72.0, True),
+        (0.0, 2, 32.0, False),
+        (0.0, 2, 72.0, True),
+    ],
+    g1=[],
+    g2=[(41.0, 10.0), (41.0, 10.0)],
+    shape=(1, 8),
 )
 def test_guarantees_hold_with_three_or_more_tenants(
     b1: list[tuple[float, int, float, bool]],

@@ -119,12 +119,19 @@ def create_app(services: Services, settings: ApiSettings, leader: Any = None) ->
     async def write(fn: Callable[..., T], *args: Any) -> T:
         return await anyio.to_thread.run_sync(fn, *args, limiter=writes)
 
-    def principal(cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
+    async def principal(
+        cred: HTTPAuthorizationCredentials | None = Depends(bearer),
+    ) -> Principal:
         if cred is None or not cred.credentials:
             raise AuthenticationError(
                 "no token given; send 'Authorization: Bearer <token>' (FASTGPU_TOKEN)"
             )
-        return auth.authenticate(cred.credentials)
+        # A token seen in the last seconds costs a dict look-up; else one store read, off the
+        # event loop.
+        hit = auth.cached(cred.credentials)
+        if hit is not None:
+            return hit
+        return await anyio.to_thread.run_sync(auth.authenticate, cred.credentials)
 
     Caller = Annotated[Principal, Depends(principal)]  # noqa: N806 - a type alias
 
@@ -226,10 +233,8 @@ def create_app(services: Services, settings: ApiSettings, leader: Any = None) ->
 
     @app.post(f"{V1}/leases", status_code=201)
     async def request_lease(body: LeaseCreate, p: Caller) -> LeaseOut:
-        out = await write(services.leases.request, p, body)
-        if body.wait:
-            return await services.leases.wait(p, out.id, float(body.wait))
-        return out
+        lease = await write(services.leases.submit, p, body)
+        return await services.leases.wait_on(p, lease, float(body.wait))
 
     @app.get(V1 + "/leases/{lease_id}")
     async def get_lease(

@@ -61,7 +61,7 @@ def reconcile(ctl: Controller) -> dict[str, int]:
                 done["groups_recreated"] += 1
         for name in groups:
             if name not in wanted:
-                ctl.backend.remove_group(name)
+                ctl.backend.remove_group(name, groups[name].group_id)
                 done["orphans_removed"] += 1
         if any(done.values()):
             log.warning("reconcile: %s", done)

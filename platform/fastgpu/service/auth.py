@@ -65,6 +65,16 @@ class AuthService:
         """Drop cached principals (a token or tenant changed)."""
         self._cache.clear()
 
+    def cached(self, token: str) -> Principal | None:
+        """The principal of a token seen within ``CACHE_S`` (no I/O), else None."""
+        hit = self._cache.get(hash_token(token)) if isinstance(token, str) else None
+        if hit is None or time.monotonic() - hit[0] >= CACHE_S:
+            return None
+        p = hit[1]
+        if p.token_expires_at is not None and p.token_expires_at <= self._ctl.clock():
+            return None
+        return p
+
     def authenticate(self, token: str | None) -> Principal:
         if not token or not isinstance(token, str) or len(token) > 256:
             raise AuthenticationError("no token given; pass a bearer token (FASTGPU_TOKEN)")

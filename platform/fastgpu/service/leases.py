@@ -130,13 +130,17 @@ class LeaseService:
 
     def request(self, p: Principal, body: LeaseCreate) -> LeaseOut:
         """Store the request and schedule (no waiting; see :meth:`wait`)."""
+        return LeaseOut.of(self.submit(p, body))
+
+    def submit(self, p: Principal, body: LeaseCreate) -> Lease:
+        """:meth:`request`, answering the stored lease itself (for :meth:`wait_on`)."""
         owner = self.owner(p, body.tenant)
         req = self.resolve(body, owner)
         cfg = self._ctl.config
         if req.request_id is not None:
             seen = self._store.find_lease_by_request(owner.id, req.request_id)
             if seen is not None:
-                return LeaseOut.of(seen)
+                return seen
         live = self._store.count_leases(owner.id, [s for s in LeaseState if not s.is_terminal])
         if live >= cfg.controller.max_live_leases_per_tenant:
             raise Conflict(
@@ -163,7 +167,7 @@ class LeaseService:
         # The insert is idempotent on the request id by itself; the controller then runs (or
         # joins) a scheduling pass that includes this lease.
         stored, _ = self._ctl.submit(lease)
-        return LeaseOut.of(stored)
+        return stored
 
     def get(self, p: Principal, lease_id: str) -> LeaseOut:
         return LeaseOut.of(self.visible(p, lease_id))
@@ -171,6 +175,10 @@ class LeaseService:
     async def wait(self, p: Principal, lease_id: str, wait_s: float) -> LeaseOut:
         """The lease once it holds its GPUs or ended, or as it is when ``wait_s`` ran out."""
         lease = await anyio.to_thread.run_sync(self.visible, p, lease_id)
+        return await self.wait_on(p, lease, wait_s)
+
+    async def wait_on(self, p: Principal, lease: Lease, wait_s: float) -> LeaseOut:
+        """:meth:`wait` for a lease the caller already read and may see."""
         if wait_s <= 0 or _settled(lease):
             return LeaseOut.of(lease)
         if self._slots is None:

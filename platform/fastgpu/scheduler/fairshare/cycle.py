@@ -15,7 +15,8 @@ its own module and reads and updates the cycle's shared :class:`CycleState`:
 
 Every reason a waiting or rejected request gets comes from one place, :mod:`.reasons`.
 
-Invariant: a cycle is used once; the snapshot is never changed.
+Invariant: a cycle is used once; the snapshot is never changed; the only state it carries to
+the next cycle is when each waiting request became owed its GPUs (``owed``, step 4).
 """
 
 from __future__ import annotations
@@ -37,14 +38,19 @@ from fastgpu.scheduler.snapshot import Snapshot
 class Cycle:
     """One scheduling cycle; :meth:`run` once."""
 
-    def __init__(self, snap: Snapshot, settings: FairShareSettings) -> None:
+    def __init__(
+        self, snap: Snapshot, settings: FairShareSettings, owed: dict[str, float] | None = None
+    ) -> None:
         self.snap = snap
         self.s = settings
+        #: Pending lease id -> owed since (step 4), the policy's memory between cycles; this
+        #: cycle reads and updates it.
+        self.owed = owed
 
     def run(self) -> Decisions:
         s = self.s
         state = index_snapshot(self.snap, s)  # 1
-        ranking = Ranking(state)
+        ranking = Ranking(state, self.owed)
         reasons = WaitReasons(state)
         room = MakeRoom(state)
         if s.enforce_time_limits:
@@ -52,6 +58,7 @@ class Cycle:
         queues, index = Gatekeeper(state, ranking, reasons).run()  # 3
         fit = FitTest(state, ranking, reasons, room)
         Admission(state, ranking, reasons, fit).run(queues, index)  # 4, each head 5-7
+        ranking.settle()
         if s.elastic:
             grow(state, ranking)  # 8
         return state.decisions(wake_at(state, room.young_until))  # 9
