@@ -144,7 +144,10 @@ class Server:
         )
         if self.admin_token_file is not None and self.admin_token_file.exists():
             services.auth.bootstrap_admin(self.admin_token_file.read_text().strip())
-        reconcile(self.controller)
+        try:
+            reconcile(self.controller)
+        except Exception:  # serve anyway: the loop reconciles again within seconds
+            log.exception("start-up reconcile failed; the loop retries it")
         return create_app(services, self.config.api, leader=self.is_leader)
 
     def is_leader(self) -> bool:
