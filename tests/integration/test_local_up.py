@@ -400,7 +400,7 @@ def test_up_fails_naming_the_holder_of_a_taken_api_port() -> None:
     try:
         out = _fastgpu(env, "up", "--gpus", "1", "--config", str(cfg), "-o", "json")
         assert out.returncode != 0, out.stdout
-        message = out.stderr + out.stdout
+        message = " ".join((out.stderr + out.stdout).split())  # rich wraps long lines
         assert str(ports["api"]["port"]) in message, message
         assert f"pid {os.getpid()}" in message, message  # this test process holds it
         # No server was started (the port is checked before it).

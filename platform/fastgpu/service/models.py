@@ -177,7 +177,8 @@ class LeaseOut(_Out):
 
     @classmethod
     def of(cls, lease: Lease) -> LeaseOut:
-        return cls.model_validate(lease.to_dict())
+        # Built from a stored lease, whose fields the domain already checked.
+        return cls.model_construct(**lease.to_dict())
 
 
 class TenantOut(_Out):
