@@ -227,7 +227,7 @@ class Client:
         return dict(self._call("POST", f"/tenants/{_seg(name)}/tokens", json=body))
 
     def list_tokens(self, name: str) -> list[dict[str, Any]]:
-        return list(self._call("GET", f"/tenants/{_seg(name)}/tokens"))
+        return self._pages(f"/tenants/{_seg(name)}/tokens")
 
     def revoke_token(self, name: str, token_id: str) -> dict[str, Any]:
         return dict(self._call("DELETE", f"/tenants/{_seg(name)}/tokens/{_seg(token_id)}"))
@@ -338,7 +338,7 @@ class Client:
         return dict(self._call("POST", "/jobs", json=body))
 
     def list_jobs(self) -> list[dict[str, Any]]:
-        return list(self._call("GET", "/jobs"))
+        return self._pages("/jobs")
 
     def job_status(self, job_id: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/jobs/{_seg(job_id)}"))
@@ -351,7 +351,7 @@ class Client:
 
     # -- usage -----------------------------------------------------------------------------
     def usage(self, tenant: str | None = None, since: str | None = None) -> list[dict[str, Any]]:
-        return list(self._call("GET", "/usage", params={"tenant": tenant, "since": since}))
+        return self._pages("/usage", params={"tenant": tenant, "since": since})
 
 
 class Lease:

@@ -73,4 +73,4 @@ def test_controller_on_postgres(postgres_url: str) -> None:
     ctl.tick()
     assert svc.leases.get(p, lease.id).state == "EXPIRED"
     assert svc.leases.get(p, queued.id).state == "ADMITTED"
-    assert svc.reads.usage(p)[0].gpu_seconds == pytest.approx(240)
+    assert svc.reads.usage(p).items[0].gpu_seconds == pytest.approx(240)

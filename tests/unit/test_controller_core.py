@@ -77,12 +77,12 @@ def test_expiry_is_exact_and_metered(world: World) -> None:
     w.ctl.tick()
     assert w.svc.leases.get(p, lease.id).state == "EXPIRED"
     assert lease.placement_group in w.backend.removed
-    (row,) = w.svc.reads.usage(p)
+    (row,) = w.svc.reads.usage(p).items
     assert row.gpu_seconds == pytest.approx(2 * 600)
     assert row.cost == pytest.approx(2 * 600 / 3600 * 3.6)
     # Usage keeps counting nothing once the lease ended.
     w.clock.advance(1000)
-    assert w.svc.reads.usage(p)[0].gpu_seconds == pytest.approx(2 * 600)
+    assert w.svc.reads.usage(p).items[0].gpu_seconds == pytest.approx(2 * 600)
 
 
 def test_usage_since_clips_records(world: World) -> None:
@@ -96,8 +96,8 @@ def test_usage_since_clips_records(world: World) -> None:
     w.clock.advance(50)
     w.svc.leases.release(p, lease.id)
     w.clock.advance(1000)
-    assert w.svc.reads.usage(p)[0].gpu_seconds == pytest.approx(150)
-    assert w.svc.reads.usage(p, since=midpoint)[0].gpu_seconds == pytest.approx(50)
+    assert w.svc.reads.usage(p).items[0].gpu_seconds == pytest.approx(150)
+    assert w.svc.reads.usage(p, since=midpoint).items[0].gpu_seconds == pytest.approx(50)
 
 
 def test_wait_returns_at_once_when_settled(world: World) -> None:
@@ -147,7 +147,7 @@ def test_admin_and_tenant_scoping(world: World) -> None:
     with pytest.raises(NotFound):
         w.svc.leases.bind(b, lease.id, "x")
     with pytest.raises(NotFound):
-        w.svc.reads.usage(b, tenant="alpha")
+        w.svc.reads.usage(b, tenant="alpha").items
     with pytest.raises(NotFound):
         w.request(b, gpus=1, tenant="alpha")
     with pytest.raises(NotFound):
@@ -232,7 +232,7 @@ def test_tenant_lifecycle_and_bad_input(world: World) -> None:
     with pytest.raises(NotFound):
         w.svc.tenants.get(w.admin, "team")
     # Usage history outlives the tenant, for billing.
-    assert w.svc.reads.usage(w.admin)[0].tenant == "team"
+    assert w.svc.reads.usage(w.admin).items[0].tenant == "team"
 
 
 def test_create_tenant_is_idempotent_with_request_id(world: World) -> None:

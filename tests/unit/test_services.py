@@ -87,7 +87,7 @@ def test_rotation_keeps_the_old_token_for_the_grace_period(world: World) -> None
     with pytest.raises(AuthenticationError):
         w.auth(old)
     assert w.auth(issued.token).name == "acme"
-    assert [t.id for t in w.svc.auth.list_tokens(w.admin, "acme")] == [issued.id]
+    assert [t.id for t in w.svc.auth.list_tokens(w.admin, "acme").items] == [issued.id]
 
 
 def test_rotation_with_grace_0_revokes_at_once(world: World) -> None:
@@ -123,19 +123,19 @@ def test_only_the_admin_rotates_and_issues(world: World) -> None:
     with pytest.raises(PermissionDenied):
         w.svc.auth.rotate(p, "admin")
     with pytest.raises(NotFound):
-        w.svc.auth.list_tokens(p, "beta")
+        w.svc.auth.list_tokens(p, "beta").items
     with pytest.raises(NotFound):
         w.svc.auth.rotate(w.admin, "nobody")
     with pytest.raises(InvalidRequest):
         w.svc.auth.rotate(w.admin, "acme", grace="soon")
-    assert [t.principal for t in w.svc.auth.list_tokens(p, "acme")] == ["acme"]
+    assert [t.principal for t in w.svc.auth.list_tokens(p, "acme").items] == ["acme"]
 
 
 def test_revoke_by_id(world: World) -> None:
     w = world
     w.tenant("acme")
     ci = w.svc.auth.issue(w.admin, "acme", label="ci")
-    assert {t.label for t in w.svc.auth.list_tokens(w.admin, "acme")} == {"initial", "ci"}
+    assert {t.label for t in w.svc.auth.list_tokens(w.admin, "acme").items} == {"initial", "ci"}
     p = w.auth(ci.token)
     assert p.token_id == ci.id
     out = w.svc.auth.revoke(w.admin, "acme", ci.id)
@@ -157,7 +157,7 @@ def test_revoke_by_id(world: World) -> None:
 
 def test_the_last_admin_token_cannot_be_revoked(world: World) -> None:
     w = world
-    (only,) = w.svc.auth.list_tokens(w.admin, "admin")
+    (only,) = w.svc.auth.list_tokens(w.admin, "admin").items
     assert only.is_admin
     with pytest.raises(Conflict, match="last admin token"):
         w.svc.auth.revoke(w.admin, "admin", only.id)
@@ -175,7 +175,7 @@ def test_admin_rotation(world: World) -> None:
     w = world
     tenant = w.tenant("acme")
     with pytest.raises(PermissionDenied):
-        w.svc.auth.list_tokens(tenant, "admin")
+        w.svc.auth.list_tokens(tenant, "admin").items
     new = w.svc.auth.rotate(w.admin, "admin", grace="1m")
     assert new.is_admin
     assert w.auth(new.token).is_admin
@@ -220,22 +220,22 @@ def test_a_recreated_tenant_name_inherits_no_leases_or_usage(world: World) -> No
     w.ctl.tick()
     w.clock.advance(100)
     w.svc.leases.release(first, lease.id)
-    assert w.svc.reads.usage(first)[0].gpu_seconds == pytest.approx(200)
+    assert w.svc.reads.usage(first).items[0].gpu_seconds == pytest.approx(200)
     w.svc.tenants.delete(w.admin, "acme")
     w.clock.advance(10)
     second = w.tenant("acme")
     assert second.tenant_id != first.tenant_id
     assert w.svc.leases.list(second).items == []
     assert w.svc.leases.list(w.admin, tenant="acme").items == []
-    assert w.svc.reads.usage(second) == []
-    assert w.svc.reads.usage(w.admin, tenant="acme") == []
+    assert w.svc.reads.usage(second).items == []
+    assert w.svc.reads.usage(w.admin, tenant="acme").items == []
     with pytest.raises(NotFound):
         w.svc.leases.get(second, lease.id)
     # The old request id means nothing to the new tenant: a new lease.
     again = w.request(second, gpus=1, request_id="r1")
     assert again.id != lease.id
     # The admin still sees the old usage, for billing.
-    assert sum(r.gpu_seconds for r in w.svc.reads.usage(w.admin)) == pytest.approx(200)
+    assert sum(r.gpu_seconds for r in w.svc.reads.usage(w.admin).items) == pytest.approx(200)
 
 
 def test_a_retried_create_answers_without_a_token(world: World) -> None:
@@ -335,7 +335,7 @@ def test_retention_purge_removes_ended_leases_but_keeps_usage(tmp_path: Path) ->
     with pytest.raises(NotFound):
         w.svc.leases.get(p, ended.id)
     assert w.svc.leases.get(p, live.id).state == "RESERVED"  # live leases are never purged
-    usage = w.svc.reads.usage(p)[0].gpu_seconds
+    usage = w.svc.reads.usage(p).items[0].gpu_seconds
     assert usage == pytest.approx(2 * 100 + 1 * (100 + 3599 + 60))
     assert w.ctl.purge(w.clock.now)["leases"] == 0
 
@@ -387,7 +387,7 @@ def test_a_retried_rotation_rotates_once_and_never_repeats_the_token(tmp_path: P
     assert again.note and "request id" in again.note
     # The retry did not rotate again: the first new token still works.
     assert w.auth(first.token).token_id == first.id
-    assert [t.id for t in w.svc.auth.list_tokens(w.admin, "acme")] == [first.id]
+    assert [t.id for t in w.svc.auth.list_tokens(w.admin, "acme").items] == [first.id]
     # The same id for another call is refused, not silently replayed.
     with pytest.raises(Conflict):
         w.svc.auth.issue(w.admin, "acme", request_id="rot-1")
@@ -399,4 +399,31 @@ def test_a_retried_issue_issues_once(tmp_path: Path) -> None:
     a = w.svc.auth.issue(w.admin, "acme", label="ci", request_id="iss-1")
     b = w.svc.auth.issue(w.admin, "acme", label="ci", request_id="iss-1")
     assert a.token and b.token is None and a.id == b.id
-    assert len(w.svc.auth.list_tokens(w.admin, "acme")) == 2  # the initial one and this one
+    assert len(w.svc.auth.list_tokens(w.admin, "acme").items) == 2  # the initial one and this one
+
+
+def test_every_list_pages_the_same_way(tmp_path: Path) -> None:
+    """Usage and tokens page like leases and tenants: ``limit`` + ``next_cursor``."""
+    w = _world(tmp_path)
+    for name in ("a1", "a2", "a3"):
+        p = w.tenant(name)
+        lease = w.request(p, gpus=1, duration="10m")
+        w.ctl.tick()
+        w.svc.leases.release(p, lease.id)
+    seen, cursor = [], None
+    while True:
+        page = w.svc.reads.usage(w.admin, limit=1, cursor=cursor)
+        seen += [(u.tenant, u.gpu_type) for u in page.items]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert seen == [("a1", "A100"), ("a2", "A100"), ("a3", "A100")]
+    for _ in range(2):
+        w.svc.auth.issue(w.admin, "a1")
+    first = w.svc.auth.list_tokens(w.admin, "a1", limit=2)
+    assert len(first.items) == 2 and first.next_cursor
+    rest = w.svc.auth.list_tokens(w.admin, "a1", limit=2, cursor=first.next_cursor)
+    assert len(rest.items) == 1 and rest.next_cursor is None
+    assert {t.id for t in first.items}.isdisjoint(t.id for t in rest.items)
+    with pytest.raises(InvalidRequest):
+        w.svc.reads.usage(w.admin, cursor="not-a-cursor")

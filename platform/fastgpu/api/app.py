@@ -204,8 +204,10 @@ def create_app(services: Services, settings: ApiSettings, leader: Any = None) ->
         return name
 
     @app.get(V1 + "/tenants/{name}/tokens")
-    def list_tokens(name: str, p: Caller) -> list[TokenOut]:
-        return auth.list_tokens(p, _who(name))
+    def list_tokens(
+        name: str, p: Caller, limit: int | None = LIMIT, cursor: str | None = CURSOR
+    ) -> Page[TokenOut]:
+        return auth.list_tokens(p, _who(name), limit, cursor)
 
     @app.post(V1 + "/tenants/{name}/tokens", status_code=201)
     def issue_token(name: str, body: TokenCreate, p: Caller) -> TokenIssued:
@@ -271,8 +273,13 @@ def create_app(services: Services, settings: ApiSettings, leader: Any = None) ->
         return await write(services.jobs.submit, p, body)
 
     @app.get(f"{V1}/jobs")
-    def list_jobs(p: Caller, tenant: str | None = TENANT_Q) -> list[JobOut]:
-        return services.jobs.list(p, tenant)
+    def list_jobs(
+        p: Caller,
+        tenant: str | None = TENANT_Q,
+        limit: int | None = LIMIT,
+        cursor: str | None = CURSOR,
+    ) -> Page[JobOut]:
+        return services.jobs.list(p, tenant, limit, cursor)
 
     @app.get(V1 + "/jobs/{job_id}")
     def job_status(job_id: str, p: Caller) -> JobOut:
@@ -292,7 +299,9 @@ def create_app(services: Services, settings: ApiSettings, leader: Any = None) ->
         p: Caller,
         tenant: str | None = TENANT_Q,
         since: str | None = Query(default=None, max_length=64, description="ISO 8601 time."),
-    ) -> list[UsageOut]:
-        return services.reads.usage(p, tenant, since)
+        limit: int | None = LIMIT,
+        cursor: str | None = CURSOR,
+    ) -> Page[UsageOut]:
+        return services.reads.usage(p, tenant, since, limit, cursor)
 
     return app

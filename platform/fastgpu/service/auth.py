@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from fastgpu.auth import ADMIN, Principal, hash_token, new_token
 from fastgpu.errors import AuthenticationError, Conflict, NotFound, PermissionDenied
-from fastgpu.service.models import TokenIssued, TokenOut, WhoAmI
+from fastgpu.service.models import Page, TokenIssued, TokenOut, WhoAmI, paginate
 from fastgpu.store import TokenRecord
 from fastgpu.timeutil import iso
 from fastgpu.validation import parse_duration
@@ -146,9 +146,16 @@ class AuthService:
             raise NotFound(f"tenant {principal!r} not found")
         return principal, False
 
-    def list_tokens(self, p: Principal, principal: str) -> list[TokenOut]:
+    def list_tokens(
+        self,
+        p: Principal,
+        principal: str,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> Page[TokenOut]:
         owner, _ = self._owner(p, principal)
-        return [token_out(r) for r in self._store.list_tokens(owner, self._ctl.clock())]
+        rows = [token_out(r) for r in self._store.list_tokens(owner, self._ctl.clock())]
+        return paginate(rows, lambda t: [t.created_at or "", t.id], limit, cursor)
 
     def rotate(
         self,
@@ -259,7 +266,7 @@ class AuthService:
     def revoke(self, p: Principal, principal: str, token_id: str) -> TokenOut:
         owner, is_admin = self._owner(p, principal)
         now = self._ctl.clock()
-        mine = {r.id: r for r in self._store.list_tokens(owner, now)}
+        mine = {r.id: r for r in self._store.list_tokens(owner, now)}  # all of them
         rec = mine.get(token_id)
         if rec is None:
             raise NotFound(f"token {token_id!r} of {owner} not found")

@@ -26,7 +26,15 @@ from fastgpu.controller.jobs import JobGateway, lease_request_id
 from fastgpu.domain import bundle
 from fastgpu.errors import InvalidRequest, NotFound, PermissionDenied
 from fastgpu.service.leases import LeaseService
-from fastgpu.service.models import JobCreate, JobLogs, JobOut, LeaseOut, UploadOut
+from fastgpu.service.models import (
+    JobCreate,
+    JobLogs,
+    JobOut,
+    LeaseOut,
+    Page,
+    UploadOut,
+    paginate,
+)
 
 if TYPE_CHECKING:
     from fastgpu.controller.loop import Controller
@@ -119,11 +127,18 @@ class JobService:
         )
         return token
 
-    def list(self, p: Principal, tenant: str | None = None) -> list[JobOut]:
+    def list(
+        self,
+        p: Principal,
+        tenant: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> Page[JobOut]:
         scope = p.name if not p.is_admin else tenant
         if not p.is_admin and tenant not in (None, p.name):
             raise NotFound(f"tenant {tenant!r} not found")
-        return [JobOut(**row) for row in self._gateway.list(scope)]
+        jobs = [JobOut(**row) for row in self._gateway.list(scope)]
+        return paginate(jobs, lambda j: [j.start_time or 0, j.id], limit, cursor)
 
     def status(self, p: Principal, job_id: str) -> JobOut:
         """Ray's view of the job plus the lease it asked for (state and pending reason)."""

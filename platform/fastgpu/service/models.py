@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
@@ -320,3 +321,20 @@ def decode_cursor(cursor: str | None) -> Any:
 
 def iso_or_none(ts: float | None) -> str | None:
     return iso(ts)
+
+
+def paginate(
+    items: list[T], key: Callable[[T], list[Any]], limit: int | None, cursor: str | None
+) -> Page[T]:
+    """A page of an in-memory list sorted by ``key`` (a JSON-able list), after ``cursor``."""
+    n = page_limit(limit)
+    after = decode_cursor(cursor)
+    if after is not None and not isinstance(after, list):
+        raise InvalidRequest("cursor: expected the next_cursor of a previous page")
+    ordered = sorted(items, key=key)
+    if after is not None:
+        ordered = [x for x in ordered if key(x) > after]
+    page = ordered[: n + 1]
+    more = len(page) > n
+    page = page[:n]
+    return Page[T](items=page, next_cursor=encode_cursor(key(page[-1])) if more else None)

@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING
 from fastgpu.auth import Principal
 from fastgpu.domain.lease import HOLDING_STATES
 from fastgpu.errors import NotFound
-from fastgpu.service.models import GpuTypeStatus, StatusOut, TenantStatus, UsageOut
+from fastgpu.service.models import (
+    GpuTypeStatus,
+    Page,
+    StatusOut,
+    TenantStatus,
+    UsageOut,
+    paginate,
+)
 from fastgpu.timeutil import iso, parse_iso
 
 if TYPE_CHECKING:
@@ -35,12 +42,19 @@ class ReadService:
         return p.tenant_id
 
     def usage(
-        self, p: Principal, tenant: str | None = None, since: str | None = None
-    ) -> list[UsageOut]:
+        self,
+        p: Principal,
+        tenant: str | None = None,
+        since: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> Page[UsageOut]:
+        """GPU-seconds and cost per (tenant, GPU type), a page at a time."""
         scope = self._scope(p, tenant)
         since_ts = parse_iso(since) if since is not None else None
         rows = self._ctl.store.usage(self._ctl.clock(), tenant_id=scope, since=since_ts)
-        return [UsageOut(**r.to_dict()) for r in rows]
+        out = [UsageOut(**r.to_dict()) for r in rows]
+        return paginate(out, lambda u: [u.tenant, u.gpu_type], limit, cursor)
 
     def status(self, p: Principal) -> StatusOut:
         ctl = self._ctl
