@@ -61,6 +61,16 @@ class RayBackend:
 
     def __init__(self) -> None:
         self._ready_refs: dict[str, Any] = {}
+        self._ids: dict[str, str] = {}
+
+    def group_id(self, name: str) -> str | None:
+        """The id of a group this backend created or found (None if unknown)."""
+        known = self._ids.get(name)
+        if known is None:
+            pg = self._lookup(name)
+            if pg is not None:
+                known = self._ids[name] = str(pg.id.hex())
+        return known
 
     def nodes(self) -> list[NodeInfo]:
         import ray
@@ -104,7 +114,8 @@ class RayBackend:
             bundle_label_selector=[{NODE_ID_LABEL: n} for n in node_ids],
         )
         self._ready_refs[name] = pg.ready()
-        return str(pg.id.hex())
+        self._ids[name] = str(pg.id.hex())
+        return self._ids[name]
 
     @staticmethod
     def _lookup(name: str) -> Any:
@@ -126,6 +137,8 @@ class RayBackend:
         from ray.util.placement_group import PlacementGroup, remove_placement_group
 
         self._ready_refs.pop(name, None)
+        group_id = group_id or self._ids.get(name)
+        self._ids.pop(name, None)
         pg = (
             PlacementGroup(PlacementGroupID(bytes.fromhex(group_id)))
             if group_id

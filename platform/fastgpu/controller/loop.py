@@ -141,9 +141,9 @@ class Controller:
             return {}
         return self.schedule()
 
-    def submit(self, lease: Lease) -> tuple[Lease, bool]:
+    def submit(self, lease: Lease, max_live: int | None = None) -> tuple[Lease, bool]:
         """Store a new PENDING lease (or find the one with its request id) and schedule."""
-        stored, created = self.store.insert_lease(lease)
+        stored, created = self.store.insert_lease(lease, max_live)
         mine = self._wrote() if created else 0
         with self._mu:
             seen = self._join_pass(mine) if created else {}
@@ -242,6 +242,9 @@ class Controller:
             hook(lease)
 
     def _mark_reserved(self, lease: Lease) -> None:
+        if lease.placement_group and not lease.placement_group_id:
+            known = getattr(self.backend, "group_id", None)
+            lease.placement_group_id = known(lease.placement_group) if known else None
         now = self.clock()
         lease.reserved_at = now
         lease.expires_at = now + lease.duration_s
@@ -350,7 +353,11 @@ class Controller:
         )
         if lease.placement_group_id != group_id:
             lease.placement_group_id = group_id
-            self.store.save_lease(lease, lease.state)
+            if may_exist:
+                self.store.save_lease(lease, lease.state)
+            # A fresh admission's group id is stored with its next state change (RESERVED;
+            # see _mark_reserved), saving a transaction on the grant's path; until then the
+            # group is found by its name.
 
     def admit(self, lease: Lease, nodes: list[str]) -> None:
         lease.nodes = nodes

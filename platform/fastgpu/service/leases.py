@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from fastgpu.auth import Principal
 from fastgpu.domain.gpu_choice import choose_gpu_type
 from fastgpu.domain.lease import Lease, LeaseRequest, LeaseSpec, LeaseState
-from fastgpu.errors import Conflict, InvalidRequest, NotFound
+from fastgpu.errors import InvalidRequest, NotFound
 from fastgpu.service.models import (
     LeaseCreate,
     LeaseOut,
@@ -137,15 +137,6 @@ class LeaseService:
         owner = self.owner(p, body.tenant)
         req = self.resolve(body, owner)
         cfg = self._ctl.config
-        if req.request_id is not None:
-            seen = self._store.find_lease_by_request(owner.id, req.request_id)
-            if seen is not None:
-                return seen
-        live = self._store.count_leases(owner.id, [s for s in LeaseState if not s.is_terminal])
-        if live >= cfg.controller.max_live_leases_per_tenant:
-            raise Conflict(
-                f"tenant {owner.name} has {live} live leases, the most allowed; release some"
-            )
         from fastgpu.controller.loop import new_lease_id
 
         lease = Lease(
@@ -164,9 +155,9 @@ class LeaseService:
             created_at=self._ctl.clock(),
             request_id=req.request_id,
         )
-        # The insert is idempotent on the request id by itself; the controller then runs (or
-        # joins) a scheduling pass that includes this lease.
-        stored, _ = self._ctl.submit(lease)
+        # One transaction checks the request id and the live-lease limit and inserts; the
+        # controller then runs (or joins) a scheduling pass that includes this lease.
+        stored, _ = self._ctl.submit(lease, max_live=cfg.controller.max_live_leases_per_tenant)
         return stored
 
     def get(self, p: Principal, lease_id: str) -> LeaseOut:

@@ -58,8 +58,24 @@ __all__ = [
 
 # Statements built once and executed with parameters: building a 30-column UPDATE per call
 # cost more than running it (SQLAlchemy coerces every value clause each time).
+_LIVE_VALUES = [s.value for s in LeaseState if not s.is_terminal]
 _INSERT_LEASE = insert(t.leases)
 _GET_LEASE = select(t.leases).where(t.leases.c.id == bindparam("id"))
+_BY_REQUEST = select(t.leases).where(
+    (t.leases.c.tenant_id == bindparam("tenant_id"))
+    & (t.leases.c.request_id == bindparam("request_id"))
+)
+_COUNT_LIVE = (
+    select(func.count())
+    .select_from(t.leases)
+    .where(t.leases.c.tenant_id == bindparam("tenant_id"))
+    .where(t.leases.c.state.in_(_LIVE_VALUES))
+)
+_LIVE_LEASES = (
+    select(t.leases)
+    .where(t.leases.c.state.in_(_LIVE_VALUES))
+    .order_by(t.leases.c.created_at, t.leases.c.id)
+)
 _INSERT_EVENT = insert(t.lease_events)
 _INSERT_USAGE = insert(t.usage)
 _CAS_LEASE = (
@@ -176,21 +192,25 @@ class Store(AccountsMixin):
         self._engine.dispose()
 
     # -- leases ------------------------------------------------------------------------------
-    def insert_lease(self, lease: Lease) -> tuple[Lease, bool]:
+    def insert_lease(self, lease: Lease, max_live: int | None = None) -> tuple[Lease, bool]:
         """Insert a new lease; with a request id already used, return that lease instead.
-
-        Returns ``(lease, created)``.
+        With ``max_live``, refuse (Conflict) when the tenant already has that many live leases.
+        One transaction. Returns ``(lease, created)``.
         """
         with self._tx() as conn:
             if lease.request_id is not None:
                 row = conn.execute(
-                    select(t.leases).where(
-                        (t.leases.c.tenant_id == lease.tenant_id)
-                        & (t.leases.c.request_id == lease.request_id)
-                    )
+                    _BY_REQUEST, {"tenant_id": lease.tenant_id, "request_id": lease.request_id}
                 ).first()
                 if row:
                     return _lease_from_row(row), False
+            if max_live is not None:
+                live = conn.execute(_COUNT_LIVE, {"tenant_id": lease.tenant_id}).scalar_one()
+                if live >= max_live:
+                    raise Conflict(
+                        f"tenant {lease.tenant} has {live} live leases, the most allowed; "
+                        "release some"
+                    )
             try:
                 conn.execute(_INSERT_LEASE, _lease_to_row(lease))
             except IntegrityError:
@@ -273,7 +293,8 @@ class Store(AccountsMixin):
         )
 
     def live_leases(self) -> list[Lease]:
-        return self.list_leases(states=[s for s in LeaseState if not s.is_terminal])
+        with self._tx() as conn:
+            return [_lease_from_row(r) for r in conn.execute(_LIVE_LEASES).all()]
 
     def save_lease(self, lease: Lease, expected_state: LeaseState) -> None:
         """Write fields of a lease whose state does not change (compare-and-set on state)."""
