@@ -158,14 +158,16 @@ def create_app(services: Services, settings: ApiSettings, leader: Any = None) ->
         return error_response(500, "internal", "internal error (a bug); see the server log")
 
     # ---- identity and health ----------------------------------------------------------------
+    # Answered on the event loop (no store access once the token is cached): they never
+    # queue for a thread.
     @app.get(f"{V1}/healthz")
-    def healthz(p: Caller) -> Health:
+    async def healthz(p: Caller) -> Health:
         from fastgpu import __version__
 
         return Health(ok=True, leader=bool(leader() if leader else True), version=__version__)
 
     @app.get(f"{V1}/whoami")
-    def whoami(p: Caller) -> WhoAmI:
+    async def whoami(p: Caller) -> WhoAmI:
         return auth.whoami(p)
 
     @app.get(f"{V1}/status")

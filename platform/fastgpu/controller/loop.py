@@ -14,6 +14,10 @@ Invariants:
   hooks (metering) inside the store's transaction and then the after-commit hooks (waking
   long-polls);
 * one lock (``_mu``) orders every state change, so a scheduling pass sees a consistent store;
+* the controller keeps the live leases in memory (``_live``), loaded from the store once and
+  updated after every committed write it makes (it is the only writer of leases while it
+  leads); any failed write drops the copy, which is then reloaded. Readers outside the
+  controller (the services' reads) always read the store;
 * new requests and releases are committed first, then *join* a scheduling pass: a pass that
   started after a write was committed covers it, so N concurrent requests cost one pass, not N
   (like a database's group commit), and each caller still answers with the lease as a pass
@@ -102,6 +106,7 @@ class Controller:
         self._last_reconcile = -1e18
         self._last_purge = -1e18
         self._tenant_cache: list[TenantRecord] | None = None
+        self._live: dict[str, Lease] | None = None
         self._stats = UsageStats(store, config)
 
     @property
@@ -128,6 +133,26 @@ class Controller:
             self._stats = UsageStats(self.store, self.config)
             self.schedule()
 
+    # ==== the live leases in memory ==========================================================
+    def live(self) -> list[Lease]:
+        """The live leases, oldest first (caller holds the lock)."""
+        if self._live is None:
+            self._live = {lease.id: lease for lease in self.store.live_leases()}
+        return sorted(self._live.values(), key=lambda lease: (lease.created_at, lease.id))
+
+    def _track(self, lease: Lease) -> None:
+        """Record a committed write of ``lease`` in the in-memory live set."""
+        if self._live is None:
+            return
+        if lease.state.is_terminal:
+            self._live.pop(lease.id, None)
+        else:
+            self._live[lease.id] = lease
+
+    def forget_live(self) -> None:
+        """Drop the in-memory live set (reloaded from the store at the next use)."""
+        self._live = None
+
     # ==== lease writes (the services authorize; these act) =====================================
     def _wrote(self) -> int:
         """Number a committed write (call after the commit)."""
@@ -146,6 +171,8 @@ class Controller:
         stored, created = self.store.insert_lease(lease, max_live)
         mine = self._wrote() if created else 0
         with self._mu:
+            if created:
+                self._track(stored)
             seen = self._join_pass(mine) if created else {}
             # The pass read (and updated in place) every live lease: no second read needed.
             fresh = seen.get(stored.id) or self.store.get_lease(stored.id)
@@ -207,6 +234,7 @@ class Controller:
                 raise Conflict(f"lease {lease_id} is {lease.state.value}; it holds no GPUs")
             lease.last_checkpoint_at = self.clock()
             self.store.save_lease(lease, lease.state)
+            self._track(lease)
             return lease
 
     def mark_ready(self, lease_id: str) -> Lease | None:
@@ -219,7 +247,12 @@ class Controller:
 
     # ==== one state change, its hooks ==========================================================
     def transition(self, lease: Lease, new: LeaseState, why: str) -> None:
-        self.store.transition(lease, new, self.clock(), why, hooks=self.tx_hooks)
+        try:
+            self.store.transition(lease, new, self.clock(), why, hooks=self.tx_hooks)
+        except BaseException:
+            self.forget_live()
+            raise
+        self._track(lease)
         for hook in self.after_hooks:
             hook(lease)
 
@@ -237,7 +270,12 @@ class Controller:
     def resize(self, lease: Lease, nodes: list[str], detail: str) -> None:
         lease.nodes = nodes
         lease.reason_detail = detail
-        self.store.resize(lease, self.clock(), hooks=self.tx_hooks)
+        try:
+            self.store.resize(lease, self.clock(), hooks=self.tx_hooks)
+        except BaseException:
+            self.forget_live()
+            raise
+        self._track(lease)
         for hook in self.after_hooks:
             hook(lease)
 
@@ -261,7 +299,7 @@ class Controller:
         with self._mu:
             now = self.clock()
             self.poll_ready(timeout_s=0.0)
-            holding = self.store.list_leases(states=HOLDING_STATES)
+            holding = [lease for lease in self.live() if lease.state in HOLDING_STATES]
             for lease in holding:
                 if lease.expires_at is not None and lease.expires_at <= now:
                     self.end(
@@ -278,7 +316,7 @@ class Controller:
             self.schedule()
 
     def poll_ready(self, timeout_s: float) -> None:
-        admitted = self.store.list_leases(states=[LeaseState.ADMITTED])
+        admitted = [lease for lease in self.live() if lease.state == LeaseState.ADMITTED]
         names = [lease.placement_group for lease in admitted if lease.placement_group]
         if not names:
             return
@@ -318,7 +356,7 @@ class Controller:
                 self.cluster_nodes(),
                 tenants,
                 self._stats.get(tenants, now),
-                self.store.live_leases() if live is None else live,
+                self.live() if live is None else live,
             )
 
     def schedule(self) -> dict[str, Lease]:
@@ -330,14 +368,18 @@ class Controller:
         with self._mu:
             with self._seq_mu:
                 started_at = self._write_seq
-            live = self.store.live_leases()
+            live = self.live()
             self._covered_seq = max(self._covered_seq, started_at)
             by_id = {lease.id: lease for lease in live}
             snap = self.snapshot(live)
             if not snap.pending and not any(v.held_gpus < v.gpus for v in snap.running):
                 return by_id  # nothing waits and nothing can grow: no decision to make
             decisions = self.policy.schedule(snap)
-            apply_decisions(self, decisions, by_id)
+            try:
+                apply_decisions(self, decisions, by_id)
+            except BaseException:
+                self.forget_live()  # a lease may be half-changed in memory: reload
+                raise
             return by_id
 
     def create_group(self, lease: Lease, may_exist: bool = True) -> None:

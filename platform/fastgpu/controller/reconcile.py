@@ -63,6 +63,8 @@ def reconcile(ctl: Controller) -> dict[str, int]:
             if name not in wanted:
                 ctl.backend.remove_group(name, groups[name].group_id)
                 done["orphans_removed"] += 1
+        # Leases were read from the store here: the controller reloads its live set.
+        ctl.forget_live()
         if any(done.values()):
             log.warning("reconcile: %s", done)
         return done

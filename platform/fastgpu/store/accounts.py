@@ -63,6 +63,9 @@ class AccountsMixin:
     def _tx(self) -> AbstractContextManager[Connection]:  # pragma: no cover - provided by Store
         raise NotImplementedError
 
+    def _read(self) -> AbstractContextManager[Connection]:  # pragma: no cover - provided by Store
+        raise NotImplementedError
+
     # -- tokens ------------------------------------------------------------------------------
     @staticmethod
     def _insert_token(
@@ -108,14 +111,14 @@ class AccountsMixin:
 
     def lookup_token(self, token_hash: str, now: float) -> TokenRecord | None:
         """The token's record, unless it is unknown or expired."""
-        with self._tx() as conn:
+        with self._read() as conn:
             row = conn.execute(select(t.tokens).where(t.tokens.c.token_hash == token_hash)).first()
         if row is None or (row.expires_at is not None and row.expires_at <= now):
             return None
         return self._token(row)
 
     def list_tokens(self, principal: str, now: float) -> list[TokenRecord]:
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 select(t.tokens)
                 .where(t.tokens.c.principal == principal)
@@ -189,12 +192,12 @@ class AccountsMixin:
         return rec, token
 
     def get_tenant(self, name: str) -> TenantRecord | None:
-        with self._tx() as conn:
+        with self._read() as conn:
             row = conn.execute(select(t.tenants).where(t.tenants.c.name == name)).first()
         return self._tenant(row) if row else None
 
     def list_tenants(self) -> list[TenantRecord]:
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(select(t.tenants).order_by(t.tenants.c.name)).all()
         return [self._tenant(r) for r in rows]
 
@@ -202,11 +205,11 @@ class AccountsMixin:
         q = select(t.tenants).order_by(t.tenants.c.name).limit(limit)
         if after is not None:
             q = q.where(t.tenants.c.name > after)
-        with self._tx() as conn:
+        with self._read() as conn:
             return [self._tenant(r) for r in conn.execute(q).all()]
 
     def count_tenants(self) -> int:
-        with self._tx() as conn:
+        with self._read() as conn:
             return int(conn.execute(select(func.count()).select_from(t.tenants)).scalar_one())
 
     @staticmethod
@@ -280,7 +283,7 @@ class AccountsMixin:
 
     def recall_request(self, principal: str, request_id: str) -> tuple[str, str, Any] | None:
         """``(op, target, result)`` of an earlier call with this key, if any."""
-        with self._tx() as conn:
+        with self._read() as conn:
             row = conn.execute(
                 select(t.requests.c.op, t.requests.c.target, t.requests.c.result).where(
                     (t.requests.c.principal == principal) & (t.requests.c.request_id == request_id)

@@ -159,12 +159,26 @@ class Store(AccountsMixin):
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._lock = threading.RLock()  # SQLite allows one writer; keep ours in line.
+        self._shared_connection = isinstance(engine.pool, StaticPool)
         self._migrate()
 
     # -- plumbing --------------------------------------------------------------------------
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
+        """A write transaction; writers go one at a time (SQLite allows one writer)."""
         with self._lock, self._engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A read-only transaction, without the writers' lock: readers never queue behind
+        writers (SQLite's WAL and PostgreSQL's MVCC give each a consistent snapshot). An
+        in-memory SQLite store has one shared connection, so there reads take the lock too."""
+        if self._shared_connection:
+            with self._lock, self._engine.connect() as conn:
+                yield conn
+            return
+        with self._engine.connect() as conn:
             yield conn
 
     def _migrate(self) -> None:
@@ -185,7 +199,7 @@ class Store(AccountsMixin):
                 conn.execute(update(t.schema_version).values(version=version + 1))
 
     def schema_version(self) -> int:
-        with self._tx() as conn:
+        with self._read() as conn:
             return int(conn.execute(select(t.schema_version.c.version)).scalar_one())
 
     def close(self) -> None:
@@ -228,7 +242,7 @@ class Store(AccountsMixin):
         return lease, True
 
     def find_lease_by_request(self, tenant_id: str, request_id: str) -> Lease | None:
-        with self._tx() as conn:
+        with self._read() as conn:
             row = conn.execute(
                 select(t.leases).where(
                     (t.leases.c.tenant_id == tenant_id) & (t.leases.c.request_id == request_id)
@@ -237,7 +251,7 @@ class Store(AccountsMixin):
         return _lease_from_row(row) if row else None
 
     def get_lease(self, lease_id: str) -> Lease | None:
-        with self._tx() as conn:
+        with self._read() as conn:
             row = conn.execute(_GET_LEASE, {"id": lease_id}).first()
         return _lease_from_row(row) if row else None
 
@@ -265,11 +279,11 @@ class Store(AccountsMixin):
         q = q.order_by(t.leases.c.created_at, t.leases.c.id)
         if limit is not None:
             q = q.limit(limit)
-        with self._tx() as conn:
+        with self._read() as conn:
             return [_lease_from_row(r) for r in conn.execute(q).all()]
 
     def _count_leases(self, *where: Any) -> int:
-        with self._tx() as conn:
+        with self._read() as conn:
             q = select(func.count()).select_from(t.leases)
             for cond in where:
                 q = q.where(cond)
@@ -293,7 +307,7 @@ class Store(AccountsMixin):
         )
 
     def live_leases(self) -> list[Lease]:
-        with self._tx() as conn:
+        with self._read() as conn:
             return [_lease_from_row(r) for r in conn.execute(_LIVE_LEASES).all()]
 
     def save_lease(self, lease: Lease, expected_state: LeaseState) -> None:
@@ -373,7 +387,7 @@ class Store(AccountsMixin):
             raise Conflict(f"lease {lease.id} changed concurrently (expected {expected.value})")
 
     def lease_events(self, lease_id: str) -> list[dict[str, Any]]:
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 select(t.lease_events)
                 .where(t.lease_events.c.lease_id == lease_id)
@@ -395,7 +409,7 @@ class Store(AccountsMixin):
             q = q.where(t.usage.c.tenant_id == tenant_id)
         if since is not None:
             q = q.where(or_(t.usage.c.end.is_(None), t.usage.c.end > since))
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(q).all()
         lo = since if since is not None else float("-inf")
         hi = min(until, now) if until is not None else now
@@ -420,7 +434,7 @@ class Store(AccountsMixin):
         ``2 ** -(age / half_life)`` (:func:`fastgpu.domain.usage.decayed_gpu_seconds`)."""
         from fastgpu.domain.usage import decayed_gpu_seconds
 
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 select(t.usage.c.gpus, t.usage.c.start, t.usage.c.end).where(
                     t.usage.c.tenant_id == tenant_id
