@@ -147,7 +147,7 @@ def test_admin_and_tenant_scoping(world: World) -> None:
     with pytest.raises(NotFound):
         w.svc.leases.bind(b, lease.id, "x")
     with pytest.raises(NotFound):
-        w.svc.reads.usage(b, tenant="alpha").items
+        w.svc.reads.usage(b, tenant="alpha")
     with pytest.raises(NotFound):
         w.request(b, gpus=1, tenant="alpha")
     with pytest.raises(NotFound):

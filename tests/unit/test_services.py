@@ -123,7 +123,7 @@ def test_only_the_admin_rotates_and_issues(world: World) -> None:
     with pytest.raises(PermissionDenied):
         w.svc.auth.rotate(p, "admin")
     with pytest.raises(NotFound):
-        w.svc.auth.list_tokens(p, "beta").items
+        w.svc.auth.list_tokens(p, "beta")
     with pytest.raises(NotFound):
         w.svc.auth.rotate(w.admin, "nobody")
     with pytest.raises(InvalidRequest):
@@ -175,7 +175,7 @@ def test_admin_rotation(world: World) -> None:
     w = world
     tenant = w.tenant("acme")
     with pytest.raises(PermissionDenied):
-        w.svc.auth.list_tokens(tenant, "admin").items
+        w.svc.auth.list_tokens(tenant, "admin")
     new = w.svc.auth.rotate(w.admin, "admin", grace="1m")
     assert new.is_admin
     assert w.auth(new.token).is_admin
@@ -384,7 +384,8 @@ def test_a_retried_rotation_rotates_once_and_never_repeats_the_token(tmp_path: P
     # The same token record, without the token (it is stored hashed; shown once).
     assert again.id == first.id
     assert again.token is None
-    assert again.note and "request id" in again.note
+    assert again.note
+    assert "request id" in again.note
     # The retry did not rotate again: the first new token still works.
     assert w.auth(first.token).token_id == first.id
     assert [t.id for t in w.svc.auth.list_tokens(w.admin, "acme").items] == [first.id]
@@ -398,7 +399,9 @@ def test_a_retried_issue_issues_once(tmp_path: Path) -> None:
     w.tenant("acme")
     a = w.svc.auth.issue(w.admin, "acme", label="ci", request_id="iss-1")
     b = w.svc.auth.issue(w.admin, "acme", label="ci", request_id="iss-1")
-    assert a.token and b.token is None and a.id == b.id
+    assert a.token
+    assert b.token is None
+    assert a.id == b.id
     assert len(w.svc.auth.list_tokens(w.admin, "acme").items) == 2  # the initial one and this one
 
 
@@ -421,9 +424,11 @@ def test_every_list_pages_the_same_way(tmp_path: Path) -> None:
     for _ in range(2):
         w.svc.auth.issue(w.admin, "a1")
     first = w.svc.auth.list_tokens(w.admin, "a1", limit=2)
-    assert len(first.items) == 2 and first.next_cursor
+    assert len(first.items) == 2
+    assert first.next_cursor
     rest = w.svc.auth.list_tokens(w.admin, "a1", limit=2, cursor=first.next_cursor)
-    assert len(rest.items) == 1 and rest.next_cursor is None
+    assert len(rest.items) == 1
+    assert rest.next_cursor is None
     assert {t.id for t in first.items}.isdisjoint(t.id for t in rest.items)
     with pytest.raises(InvalidRequest):
         w.svc.reads.usage(w.admin, cursor="not-a-cursor")
