@@ -195,7 +195,8 @@ def test_reconcile_removes_orphans_and_recreates_missing(platform: Platform) -> 
         [{"GPU": 1}], name=GROUP_PREFIX + "orphan-foreign", lifetime="detached"
     )
     ray.get(foreign.ready())
-    assert {GROUP_PREFIX + "orphan-own", GROUP_PREFIX + "orphan-foreign"} <= set(_platform_groups())
+    # (Not asserted present here: the server's periodic reconcile may already have removed the
+    # first orphan while the second was being made.)
     # A missing group: Ray lost the lease's reservation (found by id: the server made it in
     # its own Ray namespace).
     remove_placement_group(lease.placement_group)
@@ -211,5 +212,6 @@ def test_reconcile_removes_orphans_and_recreates_missing(platform: Platform) -> 
     assert got.state == "RESERVED"
     assert _platform_groups() == {name: "CREATED"}
     assert "groups_recreated': 1" in platform.log()
+    assert "orphans_removed': 1" in platform.log() or "orphans_removed': 2" in platform.log()
     got.release()
     wait_until(lambda: not _platform_groups(), timeout=15)
