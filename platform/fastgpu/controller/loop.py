@@ -247,8 +247,15 @@ class Controller:
 
     # ==== one state change, its hooks ==========================================================
     def transition(self, lease: Lease, new: LeaseState, why: str) -> None:
+        self._written(
+            lease, lambda: self.store.transition(lease, new, self.clock(), why, self.tx_hooks)
+        )
+
+    def _written(self, lease: Lease, write: Callable[[], object]) -> None:
+        """Run a store write of ``lease``; then track it in memory and run the after-hooks (a
+        failed write drops the in-memory live set instead: the lease may be half-changed)."""
         try:
-            self.store.transition(lease, new, self.clock(), why, hooks=self.tx_hooks)
+            write()
         except BaseException:
             self.forget_live()
             raise
@@ -270,14 +277,7 @@ class Controller:
     def resize(self, lease: Lease, nodes: list[str], detail: str) -> None:
         lease.nodes = nodes
         lease.reason_detail = detail
-        try:
-            self.store.resize(lease, self.clock(), hooks=self.tx_hooks)
-        except BaseException:
-            self.forget_live()
-            raise
-        self._track(lease)
-        for hook in self.after_hooks:
-            hook(lease)
+        self._written(lease, lambda: self.store.resize(lease, self.clock(), self.tx_hooks))
 
     def _mark_reserved(self, lease: Lease) -> None:
         if lease.placement_group and not lease.placement_group_id:

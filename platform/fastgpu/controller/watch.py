@@ -52,22 +52,12 @@ class LeaseWatch:
 
     async def changed(self, lease_id: str, timeout_s: float) -> bool:
         """Wait until ``lease_id`` is notified or ``timeout_s`` passes; True if notified."""
-        ev = asyncio.Event()
-        entry = (asyncio.get_running_loop(), ev)
-        with self._mu:
-            self._waiters.setdefault(lease_id, []).append(entry)
-        try:
-            await asyncio.wait_for(ev.wait(), timeout_s)
-            return True
-        except asyncio.TimeoutError:
-            return False
-        finally:
-            with self._mu:
-                waiters = self._waiters.get(lease_id)
-                if waiters and entry in waiters:
-                    waiters.remove(entry)
-                    if not waiters:
-                        del self._waiters[lease_id]
+        async with self.subscription(lease_id) as ev:
+            try:
+                await asyncio.wait_for(ev.wait(), timeout_s)
+                return True
+            except asyncio.TimeoutError:
+                return False
 
     def waiting(self) -> int:
         with self._mu:

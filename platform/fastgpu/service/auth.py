@@ -15,6 +15,7 @@ server that took over, is seen within that time; in this process at once).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fastgpu.auth import ADMIN, Principal, hash_token, new_token
@@ -170,12 +171,29 @@ class AuthService:
         owner, is_admin = self._owner(p, principal)
         if not p.is_admin:
             raise PermissionDenied("tokens are rotated by the admin")
+        return self._once(
+            p,
+            request_id,
+            "rotate_token",
+            owner,
+            lambda: self._rotate(owner, is_admin, grace, expires_in, label),
+        )
+
+    def _once(
+        self,
+        p: Principal,
+        request_id: str | None,
+        op: str,
+        owner: str,
+        make: Callable[[], TokenIssued],
+    ) -> TokenIssued:
+        """``make()`` once per request id: a retry answers the record, not the token."""
         with self._ctl.lock:
-            again = self._replay(p, request_id, "rotate_token", owner)
+            again = self._replay(p, request_id, op, owner)
             if again is not None:
                 return again
-            out = self._rotate(owner, is_admin, grace, expires_in, label)
-            self._remember(p, request_id, "rotate_token", out)
+            out = make()
+            self._remember(p, request_id, op, out)
             return out
 
     def _replay(
@@ -240,13 +258,13 @@ class AuthService:
         owner, is_admin = self._owner(p, principal)
         if not p.is_admin:
             raise PermissionDenied("tokens are issued by the admin")
-        with self._ctl.lock:
-            again = self._replay(p, request_id, "issue_token", owner)
-            if again is not None:
-                return again
-            out = self._issue(owner, is_admin, expires_in, label)
-            self._remember(p, request_id, "issue_token", out)
-            return out
+        return self._once(
+            p,
+            request_id,
+            "issue_token",
+            owner,
+            lambda: self._issue(owner, is_admin, expires_in, label),
+        )
 
     def _issue(
         self,
