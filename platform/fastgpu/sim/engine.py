@@ -29,12 +29,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fastgpu.config import QuotaSpec
-from fastgpu.domain.usage import decay_step
 from fastgpu.scheduler.decisions import Decisions
 from fastgpu.scheduler.index import PendingIndex, RunningIndex
 from fastgpu.scheduler.policy import Policy
 from fastgpu.scheduler.snapshot import LeaseView, NodeView, Snapshot, TenantView
 from fastgpu.sim.cluster import ClusterSpec
+from fastgpu.sim.meter import UsageMeter
 from fastgpu.sim.trace import Job, Trace
 
 PENDING, RUNNING, LEAVING, DONE, REJECTED = range(5)
@@ -176,7 +176,6 @@ class Simulation:
         self.policy = policy
         self.name = name
         self.model = model or JobModel()
-        self.half_life_s = half_life_s
         self.bucket_s = bucket_s
         self.weights = weights or {}
         self._clock = clock
@@ -207,15 +206,9 @@ class Simulation:
         self.demand = dict.fromkeys(tenants, 0)
         #: Tenant -> {min GPUs of a pending job: how many such jobs}.
         self.pending_sizes: dict[str, dict[int, int]] = {t: {} for t in tenants}
-        self.decayed = dict.fromkeys(tenants, 0.0)
-        self.tenant_gpu_s = dict.fromkeys(tenants, 0.0)
-        self.violation = dict.fromkeys(tenants, 0.0)
         self.nominal = {t: quotas[t].nominal if t in quotas else 0 for t in tenants}
-        self.busy = 0.0
-        self.busy_window = 0.0
         self.held_total = 0
-        self.util_buckets: list[float] = []
-        self.share_buckets = {t: [] for t in tenants}  # type: dict[str, list[float]]
+        self.meter = UsageMeter(tenants, self.nominal, half_life_s, bucket_s, trace.end)
         self.cycles = 0
         self.wake_at: float | None = None
 
@@ -225,44 +218,9 @@ class Simulation:
         heapq.heappush(self.events, (t, kind, self._seq, job_id, version))
 
     def _advance(self, t: float) -> None:
-        dt = t - self.now
-        if dt <= 0:
+        if t <= self.now:
             return
-        held = self.held_total
-        self.busy += held * dt
-        if self.now < self.trace.end:
-            self.busy_window += held * (min(t, self.trace.end) - self.now)
-        # Decayed usage (fastgpu.domain.usage): the step's factors once for every tenant.
-        keep, gain = decay_step(dt, self.half_life_s)
-        for tenant, u in self.used.items():
-            self.decayed[tenant] = self.decayed[tenant] * keep + u * gain
-            if u:
-                self.tenant_gpu_s[tenant] += u * dt
-            d = self.demand[tenant]
-            if d:
-                # Only demand the guarantee covers: a pending job that fits in what is left
-                # of the tenant's nominal (a job wider than that would be borrowing).
-                room = self.nominal[tenant] - u
-                sizes = self.pending_sizes[tenant]
-                if room > 0 and sizes and min(sizes) <= room:
-                    self.violation[tenant] += min(room, d) * dt
-        # Buckets: allocated GPU-seconds per bucket (utilisation and per-tenant share).
-        b0 = int(self.now // self.bucket_s)
-        b1 = int(t // self.bucket_s)
-        need = b1 + 1
-        if len(self.util_buckets) < need:
-            extra = need - len(self.util_buckets)
-            self.util_buckets.extend([0.0] * extra)
-            for series in self.share_buckets.values():
-                series.extend([0.0] * extra)
-        for b in range(b0, b1 + 1):
-            lo = max(self.now, b * self.bucket_s)
-            hi = min(t, (b + 1) * self.bucket_s)
-            if hi > lo and held:
-                self.util_buckets[b] += held * (hi - lo)
-                for tenant, u in self.used.items():
-                    if u:
-                        self.share_buckets[tenant][b] += u * (hi - lo)
+        self.meter.advance(self.now, t, self.held_total, self.used, self.demand, self.pending_sizes)
         self.now = t
 
     # -- job state changes -------------------------------------------------------------------
@@ -433,7 +391,7 @@ class Simulation:
                 name=t,
                 quotas={self.cluster.gpu_type: q},
                 weight=self.weights.get(t, 1.0),
-                decayed_usage_gpu_s=self.decayed.get(t, 0.0),
+                decayed_usage_gpu_s=self.meter.decayed.get(t, 0.0),
             )
             for t, q in self.quotas.items()
         }
@@ -572,15 +530,15 @@ class Simulation:
             cluster=self.cluster,
             nominal=dict(self.nominal),
             jobs=results,
-            busy_gpu_s=self.busy,
-            busy_window_gpu_s=self.busy_window,
-            tenant_gpu_s=dict(self.tenant_gpu_s),
-            violation_gpu_s=dict(self.violation),
+            busy_gpu_s=self.meter.busy,
+            busy_window_gpu_s=self.meter.busy_window,
+            tenant_gpu_s=dict(self.meter.tenant_gpu_s),
+            violation_gpu_s=dict(self.meter.violation),
             bucket_s=self.bucket_s,
-            util_series=[b / (self.bucket_s * self.cluster.capacity) for b in self.util_buckets],
+            util_series=self.meter.series(self.meter.util_buckets, self.cluster.capacity),
             share_series={
-                t: [b / (self.bucket_s * self.cluster.capacity) for b in s]
-                for t, s in self.share_buckets.items()
+                t: self.meter.series(s, self.cluster.capacity)
+                for t, s in self.meter.share_buckets.items()
             },
             cycles=self.cycles,
             wall_s=clock() - t0,
