@@ -33,7 +33,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 from fastgpu.config import PlatformConfig
 from fastgpu.controller.backend import Backend, NodeInfo, group_name
@@ -57,7 +56,6 @@ log = logging.getLogger(__name__)
 _NODE_CACHE_S = 1.0
 #: Preemptions of a workload older than this do not lengthen its minimum runtime.
 RESTART_WINDOW_S = 24 * 3600.0
-LIVE_STATES = [s for s in LeaseState if not s.is_terminal]
 
 
 def new_lease_id() -> str:
@@ -409,7 +407,3 @@ class Controller:
         lease.reason_detail = "placement group created; waiting for Ray to reserve it"
         self.transition(lease, LeaseState.ADMITTED, "admitted")
         self.create_group(lease, may_exist=False)
-
-    def describe(self) -> dict[str, Any]:
-        """Counters for health and metrics."""
-        return {"waiting_long_polls": self.watch.waiting()}

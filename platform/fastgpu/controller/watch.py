@@ -27,11 +27,6 @@ class LeaseWatch:
             except RuntimeError:  # the loop closed (server stopping): nobody to wake
                 pass
 
-    def notify_all(self) -> None:
-        with self._mu:
-            ids = list(self._waiters)
-        self.notify(ids)
-
     @contextlib.asynccontextmanager
     async def subscription(self, lease_id: str) -> AsyncIterator[asyncio.Event]:
         """An event set at the next notification of ``lease_id``. Subscribe, *then* re-read
@@ -58,7 +53,3 @@ class LeaseWatch:
                 return True
             except asyncio.TimeoutError:
                 return False
-
-    def waiting(self) -> int:
-        with self._mu:
-            return sum(len(v) for v in self._waiters.values())

@@ -78,6 +78,8 @@ TERMINAL_STATES = frozenset(
     }
 )
 HOLDING_STATES = frozenset({LeaseState.ADMITTED, LeaseState.RESERVED, LeaseState.BOUND})
+#: Not ended yet: pending or holding GPUs.
+LIVE_STATES = frozenset(s for s in LeaseState if s not in TERMINAL_STATES)
 _ENDINGS = {LeaseState.RELEASED, LeaseState.EXPIRED, LeaseState.PREEMPTED, LeaseState.FAILED}
 
 TRANSITIONS: dict[LeaseState, frozenset[LeaseState]] = {

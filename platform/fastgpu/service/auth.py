@@ -168,31 +168,32 @@ class AuthService:
         request_id: str | None = None,
     ) -> TokenIssued:
         """A new token for ``principal``; the old ones stop after the grace period."""
-        owner, is_admin = self._owner(p, principal)
-        if not p.is_admin:
-            raise PermissionDenied("tokens are rotated by the admin")
         return self._once(
             p,
+            principal,
             request_id,
             "rotate_token",
-            owner,
-            lambda: self._rotate(owner, is_admin, grace, expires_in, label),
+            lambda owner, is_admin: self._rotate(owner, is_admin, grace, expires_in, label),
         )
 
     def _once(
         self,
         p: Principal,
+        principal: str,
         request_id: str | None,
         op: str,
-        owner: str,
-        make: Callable[[], TokenIssued],
+        make: Callable[[str, bool], TokenIssued],
     ) -> TokenIssued:
-        """``make()`` once per request id: a retry answers the record, not the token."""
+        """``make(owner, is_admin)`` for the admin, once per request id: a retry answers the
+        token's record, never the token again."""
+        owner, is_admin = self._owner(p, principal)
+        if not p.is_admin:
+            raise PermissionDenied("tokens are issued and rotated by the admin")
         with self._ctl.lock:
             again = self._replay(p, request_id, op, owner)
             if again is not None:
                 return again
-            out = make()
+            out = make(owner, is_admin)
             self._remember(p, request_id, op, out)
             return out
 
@@ -255,15 +256,12 @@ class AuthService:
         request_id: str | None = None,
     ) -> TokenIssued:
         """One more token for ``principal`` (the others keep working)."""
-        owner, is_admin = self._owner(p, principal)
-        if not p.is_admin:
-            raise PermissionDenied("tokens are issued by the admin")
         return self._once(
             p,
+            principal,
             request_id,
             "issue_token",
-            owner,
-            lambda: self._issue(owner, is_admin, expires_in, label),
+            lambda owner, is_admin: self._issue(owner, is_admin, expires_in, label),
         )
 
     def _issue(

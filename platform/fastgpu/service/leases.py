@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from fastgpu.auth import Principal
 from fastgpu.domain.gpu_choice import choose_gpu_type
-from fastgpu.domain.lease import Lease, LeaseRequest, LeaseSpec, LeaseState
+from fastgpu.domain.lease import LIVE_STATES, Lease, LeaseRequest, LeaseSpec, LeaseState
 from fastgpu.errors import InvalidRequest, NotFound
 from fastgpu.service.models import (
     LeaseCreate,
@@ -228,7 +228,7 @@ class LeaseService:
             if not (isinstance(after, list) and len(after) == 2):
                 raise InvalidRequest("cursor: expected the next_cursor of a previous page")
             after = (float(after[0]), str(after[1]))
-        states = [s for s in LeaseState if not s.is_terminal] if live else None
+        states = LIVE_STATES if live else None
         rows = self._store.list_leases(tenant_id=tenant_id, states=states, limit=n + 1, after=after)
         more = len(rows) > n
         rows = rows[:n]

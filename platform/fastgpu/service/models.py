@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, Stric
 from fastgpu.config import BudgetSpec, QuotaSpec, TenantSpec
 from fastgpu.domain.lease import Lease, LeaseSpec
 from fastgpu.errors import InvalidRequest
-from fastgpu.timeutil import iso
 from fastgpu.validation import NAME_PATTERN, REQUEST_ID_PATTERN
 
 T = TypeVar("T")
@@ -317,10 +316,6 @@ def decode_cursor(cursor: str | None) -> Any:
         raise InvalidRequest(
             f"cursor: got {cursor[:40]!r}; expected the next_cursor of a previous page"
         ) from None
-
-
-def iso_or_none(ts: float | None) -> str | None:
-    return iso(ts)
 
 
 def paginate(

@@ -4,16 +4,8 @@ SQLite file is the embedded default; PostgreSQL by URL for production; ``sqlite:
 for fast tests. Every state change is one transaction. See :mod:`fastgpu.store.sql`.
 """
 
-from fastgpu.store.sql import (
-    SCHEMA_VERSION,
-    Store,
-    StoreTx,
-    TenantRecord,
-    TokenRecord,
-    TxHook,
-    UsageRow,
-    open_store,
-)
+from fastgpu.store.accounts import TenantRecord, TokenRecord
+from fastgpu.store.sql import SCHEMA_VERSION, Store, StoreTx, TxHook, UsageRow, open_store
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 from sqlalchemy import Connection, func, insert, or_, select, update
 
 from fastgpu.config import TenantSpec
-from fastgpu.domain.lease import LeaseState
+from fastgpu.domain.lease import LIVE_STATES
 from fastgpu.errors import Conflict, NotFound
 from fastgpu.store import schema as t
 
@@ -54,17 +55,15 @@ class TokenRecord:
     label: str | None
 
 
-_LIVE = [s.value for s in LeaseState if not s.is_terminal]
+_LIVE = sorted(s.value for s in LIVE_STATES)
 
 
 class AccountsMixin:
-    """Mixed into :class:`~fastgpu.store.sql.Store`, which provides ``_tx``."""
+    """Mixed into :class:`~fastgpu.store.sql.Store`, which provides the two transactions."""
 
-    def _tx(self) -> AbstractContextManager[Connection]:  # pragma: no cover - provided by Store
-        raise NotImplementedError
-
-    def _read(self) -> AbstractContextManager[Connection]:  # pragma: no cover - provided by Store
-        raise NotImplementedError
+    #: A write transaction (writers one at a time) and a read without the writers' lock.
+    _tx: Callable[[], AbstractContextManager[Connection]]
+    _read: Callable[[], AbstractContextManager[Connection]]
 
     # -- tokens ------------------------------------------------------------------------------
     @staticmethod
@@ -207,10 +206,6 @@ class AccountsMixin:
             q = q.where(t.tenants.c.name > after)
         with self._read() as conn:
             return [self._tenant(r) for r in conn.execute(q).all()]
-
-    def count_tenants(self) -> int:
-        with self._read() as conn:
-            return int(conn.execute(select(func.count()).select_from(t.tenants)).scalar_one())
 
     @staticmethod
     def _tenant(row: Any) -> TenantRecord:

@@ -225,7 +225,8 @@ class PostgresAdvisoryLock(LeaderLock):
                 try:
                     self._conn.execute(_UNLOCK, {"key": self._key})
                 except DBAPIError:
-                    pass  # the connection is gone, and the lock with it
+                    # The connection is gone, and PostgreSQL freed the lock with it.
+                    log.info("%r: the lock's connection was already gone", self)
                 log.info("%r: released the leader lock", self)
             self._drop()
 

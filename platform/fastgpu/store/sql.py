@@ -38,27 +38,15 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
-from fastgpu.domain.lease import Lease, LeaseState, check_transition
+from fastgpu.domain.lease import LIVE_STATES, Lease, LeaseState, check_transition
 from fastgpu.errors import Conflict, FastGPUError
 from fastgpu.store import schema as t
-from fastgpu.store.accounts import AccountsMixin, TenantRecord, TokenRecord
+from fastgpu.store.accounts import AccountsMixin
 from fastgpu.store.schema import MIGRATIONS, SCHEMA_VERSION
-
-__all__ = [
-    "SCHEMA_VERSION",
-    "Store",
-    "StoreTx",
-    "TenantRecord",
-    "TokenRecord",
-    "TxHook",
-    "UsageRow",
-    "open_store",
-]
-
 
 # Statements built once and executed with parameters: building a 30-column UPDATE per call
 # cost more than running it (SQLAlchemy coerces every value clause each time).
-_LIVE_VALUES = [s.value for s in LeaseState if not s.is_terminal]
+_LIVE_VALUES = sorted(s.value for s in LIVE_STATES)
 _INSERT_LEASE = insert(t.leases)
 _GET_LEASE = select(t.leases).where(t.leases.c.id == bindparam("id"))
 _BY_REQUEST = select(t.leases).where(
@@ -288,14 +276,6 @@ class Store(AccountsMixin):
             for cond in where:
                 q = q.where(cond)
             return int(conn.execute(q).scalar_one())
-
-    def count_leases(self, tenant_id: str, states: Iterable[LeaseState]) -> int:
-        return self._count_leases(
-            t.leases.c.tenant_id == tenant_id, t.leases.c.state.in_([s.value for s in states])
-        )
-
-    def count_all_leases(self) -> int:
-        return self._count_leases()
 
     def count_preempted(self, tenant_id: str, workload: str, since: float) -> int:
         """Leases of the tenant bound to ``workload`` that were preempted after ``since``."""
