@@ -432,3 +432,42 @@ def test_every_list_pages_the_same_way(tmp_path: Path) -> None:
     assert {t.id for t in first.items}.isdisjoint(t.id for t in rest.items)
     with pytest.raises(InvalidRequest):
         w.svc.reads.usage(w.admin, cursor="not-a-cursor")
+
+
+# ==== working-directory uploads =================================================================
+def _zip_of(files: dict[str, bytes]) -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_an_upload_is_unpacked_once_by_its_hash(tmp_path: Path) -> None:
+    from fastgpu.domain.bundle import content_hash
+    from fastgpu.service.models import JobCreate
+
+    w = _world(tmp_path)
+    p = w.tenant("acme")
+    data = _zip_of({"train.py": b"print('hi')\n", "lib/util.py": b"X = 1\n"})
+    first = w.svc.jobs.upload(p, data)
+    assert first.sha256 == content_hash(data)
+    assert first.files == 2
+    folder = tmp_path / "uploads" / p.tenant_id / first.sha256  # type: ignore[operator]
+    assert (folder / "lib" / "util.py").read_bytes() == b"X = 1\n"
+    # The same content again: the same folder, nothing left half-written beside it.
+    assert w.svc.jobs.upload(p, data).sha256 == first.sha256
+    assert sorted(x.name for x in folder.parent.iterdir()) == [first.sha256]
+    # A hostile zip is refused and leaves nothing behind.
+    with pytest.raises(InvalidRequest):
+        w.svc.jobs.upload(p, _zip_of({"../escape.py": b"x"}))
+    assert sorted(x.name for x in folder.parent.iterdir()) == [first.sha256]
+    # A job may only name an upload of its own tenant (checked before Ray is asked).
+    other = w.tenant("beta")
+    with pytest.raises(NotFound):
+        w.svc.jobs.submit(other, JobCreate(entrypoint="python train.py", upload=first.sha256))
+    with pytest.raises(PermissionDenied):
+        w.svc.jobs.upload(w.admin, data)

@@ -105,6 +105,9 @@ class Controller:
         self._last_purge = -1e18
         self._tenant_cache: list[TenantRecord] | None = None
         self._live: dict[str, Lease] | None = None
+        #: Leases inserted (outside ``_mu``) but not yet in ``_live``; taken together with the
+        #: write number, so a pass that covers a write also sees its lease.
+        self._inbox: list[Lease] = []
         self._stats = UsageStats(store, config)
 
     @property
@@ -134,9 +137,22 @@ class Controller:
     # ==== the live leases in memory ==========================================================
     def live(self) -> list[Lease]:
         """The live leases, oldest first (caller holds the lock)."""
-        if self._live is None:
-            self._live = {lease.id: lease for lease in self.store.live_leases()}
+        self._sync_live()
+        assert self._live is not None
         return sorted(self._live.values(), key=lambda lease: (lease.created_at, lease.id))
+
+    def _sync_live(self) -> int:
+        """Bring the new inserts into the live set; return the number of the last write they
+        include (caller holds the lock)."""
+        with self._seq_mu:
+            seq, inbox, self._inbox = self._write_seq, self._inbox, []
+        if self._live is None:
+            # Committed before ``seq`` was read: the store has every one of them.
+            self._live = {lease.id: lease for lease in self.store.live_leases()}
+        else:
+            for lease in inbox:
+                self._live.setdefault(lease.id, lease)
+        return seq
 
     def _track(self, lease: Lease) -> None:
         """Record a committed write of ``lease`` in the in-memory live set."""
@@ -152,10 +168,12 @@ class Controller:
         self._live = None
 
     # ==== lease writes (the services authorize; these act) =====================================
-    def _wrote(self) -> int:
-        """Number a committed write (call after the commit)."""
+    def _wrote(self, inserted: Lease | None = None) -> int:
+        """Number a committed write (call after the commit), with the lease it inserted."""
         with self._seq_mu:
             self._write_seq += 1
+            if inserted is not None:
+                self._inbox.append(inserted)
             return self._write_seq
 
     def _join_pass(self, mine: int) -> dict[str, Lease]:
@@ -167,18 +185,23 @@ class Controller:
     def submit(self, lease: Lease, max_live: int | None = None) -> tuple[Lease, bool]:
         """Store a new PENDING lease (or find the one with its request id) and schedule."""
         stored, created = self.store.insert_lease(lease, max_live)
-        mine = self._wrote() if created else 0
+        mine = self._wrote(stored) if created else 0
         with self._mu:
-            if created:
-                self._track(stored)
             seen = self._join_pass(mine) if created else {}
             # The pass read (and updated in place) every live lease: no second read needed.
             fresh = seen.get(stored.id) or self.store.get_lease(stored.id)
             assert fresh is not None
             return fresh, created
 
+    def _lookup(self, lease_id: str) -> Lease | None:
+        """The lease as the controller knows it: the live set's object (the one every later
+        write must change), else the store's row of an ended lease (caller holds the lock)."""
+        self._sync_live()
+        assert self._live is not None
+        return self._live.get(lease_id) or self.store.get_lease(lease_id)
+
     def _current(self, lease_id: str) -> Lease:
-        lease = self.store.get_lease(lease_id)
+        lease = self._lookup(lease_id)
         if lease is None:
             raise NotFound(f"lease {lease_id!r} not found")
         return lease
@@ -238,7 +261,7 @@ class Controller:
     def mark_ready(self, lease_id: str) -> Lease | None:
         """A waiter saw the lease's group ready before the loop did: record it now."""
         with self._mu:
-            lease = self.store.get_lease(lease_id)
+            lease = self._lookup(lease_id)
             if lease is not None and lease.state == LeaseState.ADMITTED:
                 self._mark_reserved(lease)
             return lease
@@ -364,8 +387,7 @@ class Controller:
         from fastgpu.controller.apply import apply_decisions
 
         with self._mu:
-            with self._seq_mu:
-                started_at = self._write_seq
+            started_at = self._sync_live()
             live = self.live()
             self._covered_seq = max(self._covered_seq, started_at)
             by_id = {lease.id: lease for lease in live}

@@ -4,9 +4,8 @@ Rules:
 * jobs are submitted with a tenant's token (never the admin's) and are visible to that tenant
   only (another tenant's job id answers 404);
 * a working directory travels as a zip through ``POST /uploads`` (size-limited, regular files
-  only, checked entry by entry); the server keeps it under its own state dir by content hash
-  and unpacks it into a fresh folder it made itself for each submission: no path a tenant
-  names is ever read;
+  only, checked entry by entry); the server unpacks it once into a folder of its own state dir
+  named by content hash, and jobs name that hash: no path a tenant names is ever read;
 * ``FASTGPU_*`` and ``RAY_*`` variables are the platform's; a job's lease is checked at submit
   time with the same rules as any lease request;
 * a request id makes submission idempotent: the Ray submission id is derived from it, so a
@@ -55,23 +54,30 @@ class JobService:
             raise PermissionDenied("jobs are submitted with a tenant's token, not the admin's")
         return p.tenant_id
 
-    def _upload_path(self, tenant_id: str, sha256: str) -> Path:
-        return self._uploads / tenant_id / f"{sha256}.zip"
+    def _upload_dir(self, tenant_id: str, sha256: str) -> Path:
+        return self._uploads / tenant_id / sha256
 
     def upload(self, p: Principal, data: bytes) -> UploadOut:
-        """Check a zipped working directory entry by entry and keep it by its hash."""
+        """Check a zipped working directory entry by entry and keep it unpacked, by its hash
+        (the same folder serves every job that names it; nothing writes to it again)."""
         tenant_id = self._tenant_only(p)
         limit = self._ctl.config.api.max_upload_bytes
         if len(data) > limit:
             raise InvalidRequest(f"upload: {len(data)} bytes; expected at most {limit}")
-        with tempfile.TemporaryDirectory(prefix="fgup") as scratch:
-            info = bundle.unpack(data, Path(scratch) / "check", max_bytes=limit)
-        path = self._upload_path(tenant_id, info.sha256)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        tmp.chmod(0o600)
-        tmp.replace(path)
+        parent = self._uploads / tenant_id
+        parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        staging = Path(tempfile.mkdtemp(prefix=".up-", dir=parent))
+        try:
+            info = bundle.unpack(data, staging / "wd", max_bytes=limit)
+            final = self._upload_dir(tenant_id, info.sha256)
+            if not final.exists():
+                try:
+                    (staging / "wd").rename(final)
+                except OSError:  # the same content landed meanwhile: keep that one
+                    if not final.is_dir():
+                        raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return UploadOut(sha256=info.sha256, bytes=len(data), files=info.files)
 
     def submit(self, p: Principal, body: JobCreate) -> JobOut:
@@ -95,23 +101,16 @@ class JobService:
             digest = hashlib.sha256(f"{tenant_id}:{body.request_id}".encode()).hexdigest()
             submission_id = f"fgjob-{digest[:12]}"
         spec: dict[str, object] = {"entrypoint": body.entrypoint, "env": dict(body.env)}
-        workdir: Path | None = None
-        try:
-            if body.upload is not None:
-                source = self._upload_path(tenant_id, body.upload)
-                if not source.is_file():
-                    raise NotFound(
-                        f"upload {body.upload} not found; POST the zipped folder to /uploads first"
-                    )
-                workdir = Path(tempfile.mkdtemp(prefix="fgjob")) / "wd"
-                bundle.unpack(source.read_bytes(), workdir, max_bytes=cfg.api.max_upload_bytes)
-                spec["working_dir"] = str(workdir)
-            # The job's own token travels in its environment until tenant clusters (issue 9).
-            env["FASTGPU_TOKEN"] = self._job_token(p)
-            job_id = self._gateway.submit(p.name, spec, env, submission_id)
-        finally:
-            if workdir is not None:
-                shutil.rmtree(workdir.parent, ignore_errors=True)
+        if body.upload is not None:
+            workdir = self._upload_dir(tenant_id, body.upload)
+            if not workdir.is_dir():
+                raise NotFound(
+                    f"upload {body.upload} not found; POST the zipped folder to /uploads first"
+                )
+            spec["working_dir"] = str(workdir)
+        # The job's own token travels in its environment until tenant clusters (issue 9).
+        env["FASTGPU_TOKEN"] = self._job_token(p)
+        job_id = self._gateway.submit(p.name, spec, env, submission_id)
         return self.status(p, job_id)
 
     def _job_token(self, p: Principal) -> str:
