@@ -402,20 +402,36 @@ def up(
     }
 
 
+def _signal(procs: list[Any], kill: bool) -> None:
+    import psutil
+
+    for proc in procs:
+        try:
+            proc.kill() if kill else proc.terminate()
+        except psutil.Error:
+            pass
+
+
+def stop_processes(procs: list[Any], grace_s: float) -> None:
+    """SIGTERM, then SIGKILL whatever is still there after ``grace_s`` (0: SIGKILL at once)."""
+    import psutil
+
+    _signal(procs, kill=grace_s <= 0)
+    _, alive = psutil.wait_procs(procs, timeout=max(grace_s, 0.1))
+    if alive:
+        _signal(alive, kill=True)
+        psutil.wait_procs(alive, timeout=10)
+
+
 def _stop_pid(pid: int, grace_s: float = 15.0) -> bool:
     import psutil
 
     try:
         proc = psutil.Process(pid)
-        proc.terminate()
-        try:
-            proc.wait(grace_s)
-        except psutil.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        return True
     except psutil.Error:
         return False
+    stop_processes([proc], grace_s)
+    return True
 
 
 def _fds_under(pid: int, marker: str) -> bool:
@@ -461,32 +477,14 @@ def cluster_processes(state_dir: Path) -> list[Any]:
 
 def down(state_dir: Path | None = None) -> dict[str, Any]:
     """Stop the server and the local Ray cluster; the store stays."""
-    import psutil
-
     sd = state_dir or default_config().resolved_state_dir()
     server = _pid_alive(sd / SERVER_PID_FILE)
     stopped_server = _stop_pid(server) if server is not None else False
     procs = cluster_processes(sd)
-    for proc in procs:
-        try:
-            proc.terminate()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=10)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=10)
+    stop_processes(procs, grace_s=10)
     # Anything started meanwhile by a dying raylet (a worker, a job driver): once more.
     late = cluster_processes(sd)
-    for proc in late:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(late, timeout=10)
+    stop_processes(late, grace_s=0)
     for name in (RAY_ADDRESS_FILE, ADDRESS_FILE, SERVER_PID_FILE):
         (sd / name).unlink(missing_ok=True)
     return {

@@ -212,17 +212,18 @@ def create_app(services: Services, settings: ApiSettings, leader: Any = None) ->
         return auth.list_tokens(p, _who(name), limit, cursor)
 
     @app.post(V1 + "/tenants/{name}/tokens", status_code=201)
-    def issue_token(name: str, body: TokenCreate, p: Caller) -> TokenIssued:
-        return auth.issue(p, _who(name), body.expires_in, body.label, body.request_id)
+    async def issue_token(name: str, body: TokenCreate, p: Caller) -> TokenIssued:
+        who = _who(name)
+        return await write(auth.issue, p, who, body.expires_in, body.label, body.request_id)
 
     @app.post(V1 + "/tenants/{name}/rotate-token")
-    def rotate_token(name: str, p: Caller, body: TokenCreate | None = None) -> TokenIssued:
-        body = body or TokenCreate()
-        return auth.rotate(p, _who(name), body.grace, body.expires_in, body.label, body.request_id)
+    async def rotate_token(name: str, p: Caller, body: TokenCreate | None = None) -> TokenIssued:
+        b, who = body or TokenCreate(), _who(name)
+        return await write(auth.rotate, p, who, b.grace, b.expires_in, b.label, b.request_id)
 
     @app.delete(V1 + "/tenants/{name}/tokens/{token_id}")
-    def revoke_token(name: str, token_id: str, p: Caller) -> TokenOut:
-        return auth.revoke(p, _who(name), token_id)
+    async def revoke_token(name: str, token_id: str, p: Caller) -> TokenOut:
+        return await write(auth.revoke, p, _who(name), token_id)
 
     # ---- leases -------------------------------------------------------------------------------
     @app.get(f"{V1}/leases", response_model=Page[LeaseOut])
@@ -292,8 +293,8 @@ def create_app(services: Services, settings: ApiSettings, leader: Any = None) ->
         return services.jobs.logs(p, job_id)
 
     @app.post(V1 + "/jobs/{job_id}/stop")
-    def stop_job(job_id: str, p: Caller) -> JobOut:
-        return services.jobs.stop(p, job_id)
+    async def stop_job(job_id: str, p: Caller) -> JobOut:
+        return await write(services.jobs.stop, p, job_id)
 
     # ---- usage --------------------------------------------------------------------------------
     @app.get(f"{V1}/usage")

@@ -85,9 +85,10 @@ class LeaseService:
                 f"{cfg.controller.min_duration_s:g} s"
             )
         gpu_type = spec.gpu_type
+        # The types the tenant has a guarantee for.
+        mine = [g for g, q in owner.spec.quotas.items() if q.nominal > 0]
         if gpu_type is None and spec.perf is None:
             # Unambiguous defaults only: the cluster's one type, or the tenant's one quota.
-            mine = [g for g, q in owner.spec.quotas.items() if q.nominal > 0]
             if len(cfg.gpu_types) == 1:
                 gpu_type = next(iter(cfg.gpu_types))
             elif len(mine) == 1:
@@ -98,9 +99,8 @@ class LeaseService:
                     "(or a minimum perf)"
                 )
         elif spec.perf is not None or gpu_type not in cfg.gpu_types:
-            allowed = [g for g, q in owner.spec.quotas.items() if q.nominal > 0] or None
             gpu_type = choose_gpu_type(
-                cfg.gpu_types, gpu_type=gpu_type, perf=spec.perf, allowed=allowed
+                cfg.gpu_types, gpu_type=gpu_type, perf=spec.perf, allowed=mine or None
             )
         limit = cfg.controller.max_gpus_per_lease
         if spec.gpus > limit:
