@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -413,6 +414,29 @@ def test_up_fails_naming_the_holder_of_a_taken_api_port() -> None:
     assert down.returncode == 0, down.stderr
     probe = Up(env, home, root / "user", {}, cfg, ports)
     _assert_all_down(probe)
+
+
+def test_the_admin_token_rotates_and_the_local_cli_follows(up: Up) -> None:
+    """`fastgpu admin rotate-token --grace 0`: the old admin token stops at once, the new one
+    is saved (0600) where the CLI finds it, and the last admin token cannot be revoked."""
+    old = (up.home / "admin_token").read_text().strip()
+    out = _fastgpu(up.env, "admin", "rotate-token", "--grace", "0", "-o", "json")
+    assert out.returncode == 0, out.stderr
+    new = json.loads(out.stdout)
+    saved = (up.home / "admin_token").read_text().strip()
+    assert saved == new["token"] != old
+    assert stat.S_IMODE((up.home / "admin_token").stat().st_mode) == 0o600
+    with httpx.Client(base_url=up.first["api"], trust_env=False) as http:
+        refused = http.get("/api/v1/whoami", headers={"Authorization": f"Bearer {old}"})
+        assert refused.status_code == 401
+    who = json.loads(_fastgpu(up.env, "whoami", "-o", "json").stdout)  # the saved token
+    assert who["is_admin"] is True
+    assert who["token_id"] == new["id"]
+    tokens = json.loads(_fastgpu(up.env, "admin", "tokens", "-o", "json").stdout)
+    assert [t["id"] for t in tokens] == [new["id"]]
+    last = _fastgpu(up.env, "admin", "revoke-token", new["id"])
+    assert last.returncode == 1
+    assert "last admin token" in " ".join((last.stderr + last.stdout).split())
 
 
 def test_down_stops_everything(up: Up) -> None:
