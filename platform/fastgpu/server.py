@@ -94,7 +94,6 @@ class Server:
         self.admin_token_file = admin_token_file
         self._stop = threading.Event()
         self._lost = threading.Event()
-        self._threads: list[threading.Thread] = []
         self._uvicorn: Any = None
         self.controller: Any = None
         self.lock: Any = None
@@ -178,7 +177,6 @@ class Server:
         app = self.build()
         loop = threading.Thread(target=self._loop, name="fastgpu-controller", daemon=True)
         loop.start()
-        self._threads.append(loop)
         config = uvicorn.Config(
             app,
             log_level="warning",

@@ -167,7 +167,7 @@ def test_upgrade_from_an_older_version_keeps_data(tmp_path: Path, version: int) 
     assert [x.id for x in store.list_leases(tenant_id=tenant.id)] == ["old"]
     (row,) = store.usage(now=100.0, tenant_id=tenant.id)
     assert row.gpu_seconds == pytest.approx(120)
-    assert store.decayed_usage(tenant.id, now=60.0, half_life_s=1e9) == pytest.approx(120)
+    assert store.decayed_usage(now=60.0, half_life_s=1e9)[tenant.id] == pytest.approx(120)
     tok = store.lookup_token("a" * 64, 1.0)
     assert tok is not None
     assert tok.principal == "t"
@@ -211,10 +211,10 @@ def test_decayed_usage_halves_after_a_half_life() -> None:
     store.transition(lease, LeaseState.ADMITTED, 0.0, hooks=[meter])
     store.transition(lease, LeaseState.RESERVED, 0.0, hooks=[meter])
     store.transition(lease, LeaseState.RELEASED, 10.0, hooks=[meter])
-    fresh = store.decayed_usage(TID, now=10.0, half_life_s=3600.0)
+    fresh = store.decayed_usage(now=10.0, half_life_s=3600.0)[TID]
     assert fresh == pytest.approx(20.0, rel=1e-3)  # 2 GPUs x 10 s, barely decayed
-    assert store.decayed_usage(TID, now=3610.0, half_life_s=3600.0) == pytest.approx(fresh / 2)
-    assert store.decayed_usage("someone-else", now=10.0, half_life_s=3600.0) == 0.0
+    assert store.decayed_usage(now=3610.0, half_life_s=3600.0)[TID] == pytest.approx(fresh / 2)
+    assert "someone-else" not in store.decayed_usage(now=10.0, half_life_s=3600.0)
 
 
 def _metered(store: Store, lid: str, start: float, end: float, tenant_id: str = TID) -> Lease:

@@ -26,7 +26,8 @@ class TenantStats:
 
 
 class UsageStats:
-    """Per-tenant decayed usage and this budget period's spend, refreshed now and then."""
+    """Per-tenant decayed usage (one read for all tenants) and this budget period's spend (a
+    read per tenant with a budget), refreshed every ``scheduler.usage_refresh_s``."""
 
     def __init__(self, store: Store, config: PlatformConfig) -> None:
         self._store = store
@@ -37,17 +38,16 @@ class UsageStats:
     def get(self, tenants: list[TenantRecord], now: float) -> dict[str, TenantStats]:
         if now - self._at < self._config.scheduler.usage_refresh_s:
             return self._stats
-        half_life = self._config.scheduler.usage_half_life_s
+        decayed = self._store.decayed_usage(now, self._config.scheduler.usage_half_life_s)
         out: dict[str, TenantStats] = {}
         for rec in tenants:
-            decayed = self._store.decayed_usage(rec.id, now, half_life)
             gpu_h, money = 0.0, 0.0
             if rec.spec.budget is not None:
                 start = period_start(now, rec.spec.budget.period)
                 for row in self._store.usage(now, tenant_id=rec.id, since=start):
                     gpu_h += row.gpu_seconds / 3600
                     money += row.cost
-            out[rec.id] = TenantStats(decayed, gpu_h, money)
+            out[rec.id] = TenantStats(decayed.get(rec.id, 0.0), gpu_h, money)
         self._stats, self._at = out, now
         return out
 

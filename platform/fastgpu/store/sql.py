@@ -409,18 +409,20 @@ class Store(AccountsMixin):
             for k, v in sorted(totals.items())
         ]
 
-    def decayed_usage(self, tenant_id: str, now: float, half_life_s: float) -> float:
-        """GPU-seconds of the tenant's usage records, each second weighted by
-        ``2 ** -(age / half_life)`` (:func:`fastgpu.domain.usage.decayed_gpu_seconds`)."""
+    def decayed_usage(self, now: float, half_life_s: float) -> dict[str, float]:
+        """Per tenant id: GPU-seconds of its usage records, each second weighted by
+        ``2 ** -(age / half_life)`` (:func:`fastgpu.domain.usage.decayed_gpu_seconds`); one
+        read for every tenant."""
         from fastgpu.domain.usage import decayed_gpu_seconds
 
         with self._read() as conn:
             rows = conn.execute(
-                select(t.usage.c.gpus, t.usage.c.start, t.usage.c.end).where(
-                    t.usage.c.tenant_id == tenant_id
-                )
+                select(t.usage.c.tenant_id, t.usage.c.gpus, t.usage.c.start, t.usage.c.end)
             ).all()
-        return decayed_gpu_seconds([tuple(r) for r in rows], now, half_life_s)
+        per: dict[str, list[tuple[float, float, float | None]]] = {}
+        for tenant_id, gpus, start, end in rows:
+            per.setdefault(tenant_id, []).append((gpus, start, end))
+        return {tid: decayed_gpu_seconds(iv, now, half_life_s) for tid, iv in per.items()}
 
 
 def open_store(url: str) -> Store:
