@@ -506,8 +506,10 @@ def test_long_polls_hold_no_thread(api: Api) -> None:
     assert not errors, errors
     assert [code for code, _ in results] == [200] * 45
     assert max(elapsed for _, elapsed in results) < 19, results
-    assert client.get_lease(pending.id).state == "RESERVED"
-    client.release_lease(pending.id)
+    for _, client, _, pending, _ in pollers:
+        assert client.get_lease(pending.id).state == "RESERVED"
+        client.release_lease(pending.id)
+    assert api.admin.list_leases(live=True) == []
 
 
 def test_jobs_take_uploads_never_server_paths(api: Api, tmp_path: Path) -> None:
