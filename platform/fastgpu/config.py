@@ -318,6 +318,85 @@ class RaySettings(_Spec):
         return {k: v for k, v in self.model_dump().items() if k.endswith("_port")}
 
 
+class HostSpec(_Spec):
+    """One GPU host of the pool: its GPU type and the device ids it lends to tenants."""
+
+    name: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9-]{0,30}$",
+        description="Host name, unique in the pool; the raylets' `fastgpu.io/host` label.",
+    )
+    gpu_type: str = Field(description="The GPU type of every device on this host.")
+    devices: list[int] = Field(
+        min_length=1,
+        max_length=64,
+        description=(
+            "Device ids lent to tenants (CUDA ids on a GPU host; logical ids otherwise); "
+            "disjoint between hosts of this machine."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _distinct(self) -> HostSpec:
+        if len(set(self.devices)) != len(self.devices) or min(self.devices) < 0:
+            raise ValueError(f"host {self.name}: device ids must be distinct and >= 0")
+        return self
+
+
+class PoolSpec(_Spec):
+    """The GPU hosts tenants' clusters are carved from (issue 9). Unset: the hosts that
+    `fastgpu up --gpus N --nodes M --gpu-type T` describes."""
+
+    hosts: list[HostSpec] = Field(min_length=1, description="The hosts of this machine's pool.")
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> PoolSpec:
+        names = [h.name for h in self.hosts]
+        if len(set(names)) != len(names):
+            raise ValueError("pool.hosts: host names must be unique")
+        seen: set[int] = set()
+        for host in self.hosts:
+            if seen & set(host.devices):
+                raise ValueError(
+                    f"pool.hosts: host {host.name} reuses device ids "
+                    f"{sorted(seen & set(host.devices))}; each device belongs to one host"
+                )
+            seen |= set(host.devices)
+        return self
+
+
+class TenantClusterSettings(_Spec):
+    """How tenants' own Ray clusters are run."""
+
+    isolation: Literal["auto", "os_users", "single_user"] = Field(
+        default="auto",
+        description=(
+            "os_users: each tenant's processes run as its own system user (needs root); "
+            "single_user: as the server's user, which isolates far less (said at start-up); "
+            "auto: os_users when the server runs as root."
+        ),
+    )
+    idle_timeout_s: float = Field(
+        default=600.0, ge=0, description="Stop a tenant's cluster after it held no lease this long."
+    )
+    head_cpus: int = Field(
+        default=1, ge=0, le=64, description="Logical CPUs of a tenant's head (job drivers)."
+    )
+    root: str | None = Field(
+        default=None,
+        description=(
+            "Where tenants' cluster dirs (Ray token, temp dir) live; short, as Ray's socket "
+            "paths are length-limited. Unset: $RAY_TMPDIR or /tmp, then fgt-<platform id>."
+        ),
+    )
+    python: str | None = Field(
+        default=None,
+        description=(
+            "An interpreter tenants' users can execute (same minor version as the server's); "
+            "unset: the server's own in single_user mode, /usr/bin/python3.<minor> otherwise."
+        ),
+    )
+
+
 class PlatformConfig(_Spec):
     """The whole platform configuration file."""
 
@@ -353,6 +432,12 @@ class PlatformConfig(_Spec):
     scheduler: SchedulerSettings = Field(
         default_factory=SchedulerSettings, description="Admission policy and its settings."
     )
+    pool: PoolSpec | None = Field(
+        default=None, description="GPU hosts tenants' clusters use; unset: from `fastgpu up`."
+    )
+    tenant_clusters: TenantClusterSettings = Field(
+        default_factory=TenantClusterSettings, description="Tenants' own Ray clusters."
+    )
 
     @model_validator(mode="after")
     def _names(self) -> PlatformConfig:
@@ -374,6 +459,12 @@ class PlatformConfig(_Spec):
                         f"tenant {tname!r} quota for GPU type {gname!r}, which is not in "
                         f"gpu_types ({', '.join(sorted(self.gpu_types))})"
                     )
+        for host in self.pool.hosts if self.pool else []:
+            if host.gpu_type not in self.gpu_types:
+                raise ValueError(
+                    f"pool host {host.name!r} has GPU type {host.gpu_type!r}, which is not in "
+                    f"gpu_types ({', '.join(sorted(self.gpu_types))})"
+                )
         return self
 
     # -- derived paths -------------------------------------------------------------------
@@ -442,9 +533,12 @@ __all__ = [
     "BudgetSpec",
     "ControllerSettings",
     "GpuTypeSpec",
+    "HostSpec",
     "PlatformConfig",
+    "PoolSpec",
     "QuotaSpec",
     "SchedulerSettings",
+    "TenantClusterSettings",
     "TenantSpec",
     "config_json_schema",
     "default_config",

@@ -38,6 +38,7 @@ from fastgpu.config import (
 )
 from fastgpu.controller.backend import GPU_TYPE_LABEL
 from fastgpu.errors import ConfigError, FastGPUError, InvalidRequest
+from fastgpu.pool.processes import stop_processes
 from fastgpu.sdk import ADDRESS_FILE, ADMIN_TOKEN_FILE
 
 RAY_TOKEN_FILE = "ray_auth_token"
@@ -400,27 +401,6 @@ def up(
         "dashboard": f"http://127.0.0.1:{config.ray.dashboard_port}",
         "new_tenant_tokens": new_tokens,
     }
-
-
-def _signal(procs: list[Any], kill: bool) -> None:
-    import psutil
-
-    for proc in procs:
-        try:
-            proc.kill() if kill else proc.terminate()
-        except psutil.Error:
-            pass
-
-
-def stop_processes(procs: list[Any], grace_s: float) -> None:
-    """SIGTERM, then SIGKILL whatever is still there after ``grace_s`` (0: SIGKILL at once)."""
-    import psutil
-
-    _signal(procs, kill=grace_s <= 0)
-    _, alive = psutil.wait_procs(procs, timeout=max(grace_s, 0.1))
-    if alive:
-        _signal(alive, kill=True)
-        psutil.wait_procs(alive, timeout=10)
 
 
 def _stop_pid(pid: int, grace_s: float = 15.0) -> bool:

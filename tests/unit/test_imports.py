@@ -2,7 +2,7 @@
 
 Layers, lowest first::
 
-    base + domain  <-  scheduler, planner, sim  <-  store  <-  controller  <-  service  <-  api
+    base + domain  <-  scheduler, planner, sim  <-  store, pool  <-  controller  <-  service  <- api
                                                    sdk (HTTP only)  <-  cli, train, tune, serve
 
 *base* is the modules every layer may use: ``errors``, ``validation``, ``timeutil``, ``config``,
@@ -13,6 +13,8 @@ Layers, lowest first::
   that nothing below ``sim`` imports ``sim`` (the simulator replays the policies, not the other
   way round); no ``ray``, no ``fastgpu.store``;
 * ``store`` imports only domain and base (no scheduler, controller, ..., no ``ray``);
+* ``pool`` (hosts, tenants' Ray processes) imports only domain and base; Ray is its business;
+* only ``controller`` and the entry modules (``local``, ``server``) import ``pool``;
 * ``controller`` imports no ``service``, ``api``, ``sdk``, ``cli``;
 * ``service`` imports no ``api``, ``sdk``, ``cli``; of ``fastgpu.store`` it may import record
   types only (:data:`STORE_RECORD_TYPES`, e.g. ``from fastgpu.store import TenantRecord``),
@@ -52,7 +54,7 @@ KNOWN = (
     BASE
     | PURE
     | INTEGRATIONS
-    | {"domain", "store", "controller", "service", "api", "sdk", "cli"}
+    | {"domain", "store", "pool", "controller", "service", "api", "sdk", "cli"}
     | {"allocator", "cli_sim", "demo", "local", "server"}
 )
 #: Violations the code has today, each to be fixed and then removed from this list (the test
@@ -168,6 +170,8 @@ def violation(imp: Import) -> str | None:
         return None
     if target == layer and target != "":
         return None  # within a layer
+    if target == "pool" and layer not in {"controller", "local", "server"}:
+        return "only the controller (and the entry modules) drive the pool"
 
     if layer == "domain" or layer in BASE:
         if is_ray:
@@ -186,6 +190,9 @@ def violation(imp: Import) -> str | None:
             return "store does not use Ray"
         if target not in BASE | {"domain"}:
             return "store imports only domain and base"
+    elif layer == "pool":
+        if target not in BASE | {"domain"} and not is_ray:
+            return "pool imports only domain and base"
     elif layer == "controller":
         if target in {"service", "api", "sdk", "cli", ""}:
             return "controller is below service, api, sdk and cli"
@@ -266,6 +273,9 @@ def _check(tmp_path: Path, module: str, code: str) -> list[str]:
         ("store.x", "from fastgpu.controller.loop import Controller\n", ["1"]),
         ("controller.x", "from fastgpu.store import Store\nfrom fastgpu.service import S\n", ["2"]),
         ("controller.x", "import fastgpu\n", ["1"]),
+        ("pool.x", "import ray\nfrom fastgpu.config import X\nfrom fastgpu.store import S", ["3"]),
+        ("service.x", "from fastgpu.pool.hosts import Host\n", ["1"]),
+        ("controller.x", "from fastgpu.pool.hosts import Host\n", []),
         (
             "service.x",
             "from fastgpu.store import TenantRecord, TokenRecord\n"

@@ -1,0 +1,137 @@
+"""The keeper: a small Ray driver inside one tenant's cluster, serving the server on a pipe.
+
+One process can be a Ray driver of one cluster only, so the server cannot create placement
+groups in many tenants' clusters itself. Each tenant cluster gets a keeper, started by the
+server as the tenant's own user (it holds nothing but that tenant's token; killing it hurts
+only that tenant, and the server starts another). Protocol: one JSON object per line on stdin,
+one answer per line on stdout, in order::
+
+    {"op": "create_group", "name": "...", "gpus": 2, "lease": "<id>", "cpus_per_gpu": 1}
+    {"op": "remove_group", "name": "..."}
+    {"op": "ready", "name": "...", "timeout_s": 0}
+    {"op": "nodes"}
+    -> {"ok": true, "result": ...} | {"ok": false, "error": "..."}
+
+The keeper exits when stdin closes (the server stopped or died); detached groups stay. Group
+names live in the Ray namespace :data:`NAMESPACE`; tenants' code finds a group by its id (the
+SDK's ``lease.scheduling_strategy``), which needs no namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+LEASE_LABEL = "fastgpu.io/lease"
+GPU_TYPE_LABEL = "fastgpu.io/gpu-type"
+HOST_LABEL = "fastgpu.io/host"
+NAMESPACE = "fastgpu"
+
+
+def _group(name: str) -> Any:
+    from ray.util import get_placement_group
+    from ray.util.placement_group import placement_group_table
+
+    try:
+        pg = get_placement_group(name)
+    except ValueError:
+        return None
+    info = placement_group_table(pg)
+    return None if not info or info.get("state") == "REMOVED" else pg
+
+
+def create_group(name: str, gpus: int, lease: str, cpus_per_gpu: float = 0.0) -> str:
+    """The lease's group: one bundle per GPU, only on the lease's raylets (idempotent)."""
+    from ray.util.placement_group import placement_group
+
+    existing = _group(name)
+    if existing is not None:
+        return str(existing.id.hex())
+    bundle: dict[str, float] = {"GPU": 1.0}
+    if cpus_per_gpu:
+        bundle["CPU"] = float(cpus_per_gpu)
+    pg = placement_group(
+        [dict(bundle) for _ in range(gpus)],
+        strategy="PACK",
+        name=name,
+        lifetime="detached",
+        bundle_label_selector=[{LEASE_LABEL: lease} for _ in range(gpus)],
+    )
+    return str(pg.id.hex())
+
+
+def remove_group(name: str) -> bool:
+    from ray.util.placement_group import remove_placement_group
+
+    pg = _group(name)
+    if pg is None:
+        return False
+    remove_placement_group(pg)
+    return True
+
+
+def ready(name: str, timeout_s: float) -> bool:
+    import ray
+
+    pg = _group(name)
+    if pg is None:
+        return False
+    done, _ = ray.wait([pg.ready()], timeout=timeout_s)
+    return bool(done)
+
+
+def nodes() -> list[dict[str, Any]]:
+    import ray
+
+    out = []
+    for n in ray.nodes():
+        labels = n.get("Labels") or {}
+        out.append(
+            {
+                "node_id": n["NodeID"],
+                "alive": bool(n.get("Alive")),
+                "gpus": int((n.get("Resources") or {}).get("GPU", 0)),
+                "lease": labels.get(LEASE_LABEL),
+                "host": labels.get(HOST_LABEL),
+            }
+        )
+    return out
+
+
+def handle(request: dict[str, Any]) -> Any:
+    op = request.get("op")
+    if op == "create_group":
+        return create_group(
+            request["name"], int(request["gpus"]), request["lease"], request.get("cpus_per_gpu", 0)
+        )
+    if op == "remove_group":
+        return remove_group(request["name"])
+    if op == "ready":
+        return ready(request["name"], float(request.get("timeout_s", 0)))
+    if op == "nodes":
+        return nodes()
+    raise ValueError(f"unknown op {op!r}")
+
+
+def main() -> None:
+    import ray
+
+    address = sys.argv[1]
+    # A fixed namespace: group names are scoped to it, and a restarted keeper must find them.
+    ray.init(address=address, namespace=NAMESPACE, logging_level=logging.ERROR, log_to_driver=False)
+    out = sys.stdout
+    print(json.dumps({"ok": True, "result": "ready"}), file=out, flush=True)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            answer = {"ok": True, "result": handle(json.loads(line))}
+        except Exception as exc:  # reported to the server, which raises it there
+            answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        print(json.dumps(answer), file=out, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""Starting, finding and stopping the Ray processes of one node, on this machine.
+
+A node is one ``ray start --block`` process and everything it starts (GCS, raylet, dashboard
+and its agents, workers). Every node process carries :data:`MARKER_ENV` = ``<cluster>/<node>``
+in its environment, so a restarted server finds them (Ray's workers rename themselves and
+overwrite their environment, but they are children of the raylet, so the process tree finds
+them). Stopping a node stops its tree: SIGTERM, then SIGKILL after a grace (Ray's agents
+ignore SIGTERM).
+
+Nothing here knows about tenants or leases: :mod:`fastgpu.pool.tenant_cluster` decides what
+to start.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastgpu.errors import FastGPUError
+
+MARKER_ENV = "FASTGPU_NODE"
+#: What ``ray start --block`` prints once the node is up.
+READY_TEXT = "block forever"
+
+
+@dataclass(frozen=True)
+class OsUser:
+    """Who a tenant's processes run as; ``None`` in the runtime means the server's own user."""
+
+    name: str
+    uid: int
+    gid: int
+
+
+def spawn(
+    cmd: list[str], env: dict[str, str], cwd: Path, log: Path, user: OsUser | None
+) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` as ``user`` (or as this process's user), output to ``log``, in a new
+    session (a signal to the server's process group does not reach it)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        if user is not None:
+            os.chown(log, user.uid, user.gid)
+        return subprocess.Popen(
+            cmd,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            user=user.uid if user else None,
+            group=user.gid if user else None,
+            extra_groups=[] if user else None,
+            umask=0o077,
+        )
+
+
+def wait_started(proc: subprocess.Popen[bytes], log: Path, what: str, timeout_s: float) -> None:
+    """Wait until ``ray start --block`` says the node is up; raise with its log if it exits or
+    takes longer than ``timeout_s`` (and stop what it started)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        if READY_TEXT in text:
+            return
+        code = proc.poll()
+        if code is not None or time.monotonic() > deadline:
+            stop_tree(proc.pid, grace_s=2.0)
+            why = f"exited with code {code}" if code is not None else f"not up in {timeout_s:.0f} s"
+            raise FastGPUError(f"{what}: `ray start` {why}; its log ends:\n{text[-3000:]}")
+        time.sleep(0.05)
+
+
+def _signal(procs: list[Any], kill: bool) -> None:
+    import psutil
+
+    for proc in procs:
+        try:
+            proc.kill() if kill else proc.terminate()
+        except psutil.Error:
+            pass
+
+
+def stop_processes(procs: list[Any], grace_s: float) -> None:
+    """SIGTERM, then SIGKILL whatever is still there after ``grace_s`` (0: SIGKILL at once)."""
+    import psutil
+
+    if not procs:
+        return
+    _signal(procs, kill=grace_s <= 0)
+    _, alive = psutil.wait_procs(procs, timeout=max(grace_s, 0.1))
+    if alive:
+        _signal(alive, kill=True)
+        psutil.wait_procs(alive, timeout=10)
+
+
+def tree(pid: int | None) -> list[Any]:
+    """The process and all its descendants (empty if it is gone or ``pid`` is None)."""
+    import psutil
+
+    if pid is None:
+        return []
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def marked(prefix: str) -> dict[str, list[Any]]:
+    """Live processes whose :data:`MARKER_ENV` starts with ``prefix``, by marker value."""
+    import psutil
+
+    out: dict[str, list[Any]] = {}
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            value = proc.environ().get(MARKER_ENV)
+        except (psutil.Error, OSError):
+            continue
+        if value is not None and value.startswith(prefix):
+            out.setdefault(value, []).append(proc)
+    return out
+
+
+def node_tree(marker: str) -> list[Any]:
+    """Every process of the node ``marker``: the marked ones and their descendants."""
+    seen: dict[int, Any] = {}
+    for proc in marked(marker).get(marker, []):
+        for p in tree(proc.pid):
+            seen[p.pid] = p
+    return list(seen.values())
+
+
+def stop_tree(pid: int | None, grace_s: float, marker: str | None = None) -> int:
+    """Stop the process ``pid``, its descendants and (with ``marker``) every process carrying
+    that marker; then once more for anything a dying raylet started meanwhile. Returns how many
+    processes were signalled."""
+    procs = {p.pid: p for p in tree(pid)}
+    if marker is not None:
+        procs |= {p.pid: p for p in node_tree(marker)}
+    # Descendants first collected: a raylet's workers re-parent to init once it dies.
+    stop_processes(list(procs.values()), grace_s)
+    late = node_tree(marker) if marker is not None else []
+    stop_processes(late, 0)
+    return len(procs) + len(late)

@@ -1,0 +1,330 @@
+"""One tenant's own Ray cluster on this machine: a CPU-only head, one raylet per (lease, host),
+and a keeper driver; each process run as the tenant's user.
+
+Layout of a cluster's home (``<root>/<tenant id>``, 0700, owned by the tenant's user)::
+
+    ray_token     the cluster's Ray token (0600): RAY_AUTH_TOKEN_PATH, never in an environment
+    cluster.json  the head's ports, so a restarted server reconnects
+    r/            Ray's temp dir (short: Ray's socket paths are length-limited)
+    logs/         what each ``ray start`` printed
+    tmp/          TMPDIR of every process
+
+Invariants: every port is chosen here (free, on 127.0.0.1) and passed explicitly; every process
+carries the marker ``<platform>/<tenant>/<role>`` (:mod:`fastgpu.pool.processes`), role being
+``head``, ``keeper`` or ``raylet/<lease>/<host>``; environments are built from nothing (the
+server's variables never reach tenants' processes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastgpu.errors import FastGPUError
+from fastgpu.pool import processes
+from fastgpu.pool.hosts import Host
+from fastgpu.pool.keeper import GPU_TYPE_LABEL, HOST_LABEL, LEASE_LABEL
+from fastgpu.pool.processes import MARKER_ENV, OsUser
+from fastgpu.pool.runtime import TenantPython, private_dir, write_private
+
+HEAD_PORTS = (
+    "gcs",
+    "dashboard",
+    "dashboard_agent_listen",
+    "dashboard_agent_grpc",
+    "runtime_env_agent",
+    "metrics_export",
+    "ray_client_server",
+    "node_manager",
+    "object_manager",
+)
+NODE_PORTS = HEAD_PORTS[2:6] + HEAD_PORTS[7:]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports free on 127.0.0.1 now (held open together while choosing)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """What the pool needs to run one tenant's cluster."""
+
+    platform_id: str
+    tenant_id: str
+    home: Path
+    storage: Path
+    python: TenantPython
+    user: OsUser | None
+    head_cpus: int = 1
+    start_timeout_s: float = 90.0
+
+
+class TenantCluster:
+    """Start, use and stop one tenant's Ray cluster. Thread-safe; slow calls (seconds) are
+    ``start_head`` and ``add_raylet``."""
+
+    def __init__(self, spec: ClusterSpec) -> None:
+        self.spec = spec
+        self._lock = threading.RLock()
+        self._ports: dict[str, int] = {}
+        self._head: subprocess.Popen[bytes] | None = None
+        self._raylets: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
+        self._keeper: subprocess.Popen[bytes] | None = None
+        self._keeper_lock = threading.Lock()
+
+    # -- paths and environment -----------------------------------------------------------
+    @property
+    def token_path(self) -> Path:
+        return self.spec.home / "ray_token"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self._ports['gcs']}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self._ports['dashboard']}"
+
+    def marker(self, role: str) -> str:
+        return f"{self.spec.platform_id}/{self.spec.tenant_id}/{role}"
+
+    def env(self, role: str, devices: tuple[int, ...] = ()) -> dict[str, str]:
+        home = self.spec.home
+        return {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(home),
+            "TMPDIR": str(home / "tmp"),
+            "LANG": "C.UTF-8",
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(self.token_path),
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "FASTGPU_STORAGE": str(self.spec.storage),
+            "CUDA_VISIBLE_DEVICES": ",".join(str(d) for d in devices),
+            MARKER_ENV: self.marker(role),
+        }
+
+    def _prepare(self) -> None:
+        import secrets
+
+        user = self.spec.user
+        home = private_dir(self.spec.home, user)
+        for sub in ("r", "logs", "tmp"):
+            private_dir(home / sub, user)
+        private_dir(self.spec.storage, user)
+        if not self.token_path.exists():
+            write_private(self.token_path, secrets.token_hex(32), user)
+
+    # -- head ------------------------------------------------------------------------------
+    def running(self) -> bool:
+        return self._head is not None and self._head.poll() is None
+
+    def start_head(self) -> None:
+        """Start the head (idempotent); return once its GCS and dashboard are up."""
+        with self._lock:
+            if self.running():
+                return
+            self._prepare()
+            self._ports = dict(zip(HEAD_PORTS, free_ports(len(HEAD_PORTS)), strict=True))
+            p = self._ports
+            args = [
+                "start",
+                "--head",
+                "--block",
+                "--node-ip-address=127.0.0.1",
+                "--dashboard-host=127.0.0.1",
+                f"--port={p['gcs']}",
+                f"--dashboard-port={p['dashboard']}",
+                f"--ray-client-server-port={p['ray_client_server']}",
+                *self._node_port_args(p),
+                "--num-gpus=0",
+                f"--num-cpus={self.spec.head_cpus}",
+                f"--temp-dir={self.spec.home / 'r'}",
+                "--disable-usage-stats",
+            ]
+            log = self.spec.home / "logs" / "head.log"
+            self._head = processes.spawn(
+                self.spec.python.ray(*args),
+                self.env("head"),
+                self.spec.home,
+                log,
+                self.spec.user,
+            )
+            processes.wait_started(
+                self._head, log, f"tenant {self.spec.tenant_id}'s head", self.spec.start_timeout_s
+            )
+            (self.spec.home / "cluster.json").write_text(json.dumps({"ports": self._ports}))
+
+    @staticmethod
+    def _node_port_args(p: dict[str, int]) -> list[str]:
+        return [
+            f"--dashboard-agent-listen-port={p['dashboard_agent_listen']}",
+            f"--dashboard-agent-grpc-port={p['dashboard_agent_grpc']}",
+            f"--runtime-env-agent-port={p['runtime_env_agent']}",
+            f"--metrics-export-port={p['metrics_export']}",
+            f"--node-manager-port={p['node_manager']}",
+            f"--object-manager-port={p['object_manager']}",
+            # Workers bind random free ports: no range to collide with other clusters'.
+            "--min-worker-port=0",
+            "--max-worker-port=0",
+        ]
+
+    # -- raylets ---------------------------------------------------------------------------
+    def add_raylet(
+        self, lease_id: str, host: Host, devices: tuple[int, ...], cpus: int | None = None
+    ) -> None:
+        """Join a raylet holding ``devices`` of ``host`` for the lease (idempotent)."""
+        if not devices:
+            raise ValueError("a raylet needs at least one device")
+        with self._lock:
+            if not self.running():
+                raise FastGPUError(f"tenant {self.spec.tenant_id}'s cluster is not running")
+            key = (lease_id, host.name)
+            known = self._raylets.get(key)
+            if known is not None and known.poll() is None:
+                return
+            ports = dict(zip(NODE_PORTS, free_ports(len(NODE_PORTS)), strict=True))
+            address = self.address
+        labels = ",".join(
+            f"{k}={v}"
+            for k, v in (
+                (LEASE_LABEL, lease_id),
+                (GPU_TYPE_LABEL, host.gpu_type),
+                (HOST_LABEL, host.name),
+            )
+        )
+        args = [
+            "start",
+            "--block",
+            f"--address={address}",
+            "--node-ip-address=127.0.0.1",
+            *self._node_port_args(ports),
+            f"--num-gpus={len(devices)}",
+            f"--num-cpus={cpus if cpus is not None else len(devices)}",
+            f"--labels={labels}",
+            "--disable-usage-stats",
+        ]
+        role = f"raylet/{lease_id}/{host.name}"
+        log = self.spec.home / "logs" / f"raylet-{lease_id}-{host.name}.log"
+        env = self.env(role, devices)
+        proc = processes.spawn(
+            self.spec.python.ray(*args), env, self.spec.home, log, self.spec.user
+        )
+        with self._lock:
+            self._raylets[key] = proc
+        processes.wait_started(proc, log, f"raylet of lease {lease_id}", self.spec.start_timeout_s)
+
+    def remove_raylet(self, lease_id: str, host_name: str, grace_s: float = 5.0) -> int:
+        """Stop the lease's raylet on ``host_name`` and everything it runs."""
+        with self._lock:
+            proc = self._raylets.pop((lease_id, host_name), None)
+        role = f"raylet/{lease_id}/{host_name}"
+        pid = proc.pid if proc is not None else None
+        n = processes.stop_tree(pid, grace_s, marker=self.marker(role))
+        if proc is not None:
+            proc.wait(timeout=10)
+        return n
+
+    def raylets(self) -> set[tuple[str, str]]:
+        """(lease, host) of every live raylet of this cluster, as the processes say."""
+        out = set()
+        prefix = self.marker("raylet/")
+        for value in processes.marked(prefix):
+            lease, _, host = value[len(prefix) :].partition("/")
+            out.add((lease, host))
+        return out
+
+    # -- keeper ----------------------------------------------------------------------------
+    def call(self, op: str, **args: Any) -> Any:
+        """Ask the keeper (started on first use) and return its result."""
+        with self._keeper_lock:
+            keeper = self._ensure_keeper()
+            assert keeper.stdin is not None
+            assert keeper.stdout is not None
+            try:
+                keeper.stdin.write((json.dumps({"op": op, **args}) + "\n").encode())
+                keeper.stdin.flush()
+                line = keeper.stdout.readline()
+            except OSError:
+                line = b""
+            if not line:
+                self._stop_keeper()
+                raise FastGPUError(f"tenant {self.spec.tenant_id}'s keeper stopped")
+            answer = json.loads(line)
+        if not answer["ok"]:
+            raise FastGPUError(f"keeper of tenant {self.spec.tenant_id}: {answer['error']}")
+        return answer["result"]
+
+    def _ensure_keeper(self) -> subprocess.Popen[bytes]:
+        if self._keeper is not None and self._keeper.poll() is None:
+            return self._keeper
+        if not self.running():
+            raise FastGPUError(f"tenant {self.spec.tenant_id}'s cluster is not running")
+        log = self.spec.home / "logs" / "keeper.log"
+        with open(log, "ab") as err:
+            if self.spec.user is not None:
+                os.chown(log, self.spec.user.uid, self.spec.user.gid)
+            user = self.spec.user
+            keeper = subprocess.Popen(
+                [self.spec.python.executable, "-m", "fastgpu.pool.keeper", self.address],
+                env=self.env("keeper"),
+                cwd=self.spec.home,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                start_new_session=True,
+                user=user.uid if user else None,
+                group=user.gid if user else None,
+                extra_groups=[] if user else None,
+                umask=0o077,
+            )
+        assert keeper.stdout is not None
+        first = keeper.stdout.readline()
+        if not first:
+            keeper.wait(timeout=10)
+            raise FastGPUError(
+                f"tenant {self.spec.tenant_id}'s keeper did not start; see {log}: "
+                + log.read_text(errors="replace")[-1500:]
+            )
+        self._keeper = keeper
+        return keeper
+
+    def _stop_keeper(self) -> None:
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            processes.stop_tree(keeper.pid, 2.0, marker=self.marker("keeper"))
+            keeper.wait(timeout=10)
+
+    # -- stop ------------------------------------------------------------------------------
+    def stop(self, grace_s: float = 5.0) -> int:
+        """Stop every process of this cluster (keeper, raylets, head); the dirs stay."""
+        with self._keeper_lock:
+            self._stop_keeper()
+        with self._lock:
+            raylets = list(self._raylets)
+        n = sum(self.remove_raylet(lease, host, grace_s) for lease, host in raylets)
+        for value, procs in processes.marked(self.marker("raylet/")).items():
+            n += processes.stop_tree(procs[0].pid, grace_s, marker=value)
+        with self._lock:
+            head, self._head = self._head, None
+            pid = head.pid if head else None
+            n += processes.stop_tree(pid, grace_s, marker=self.marker("head"))
+            if head is not None:
+                head.wait(timeout=10)
+        return n
