@@ -19,7 +19,10 @@ from fastgpu.local import free_port
 
 
 class BenchServer:
-    def __init__(self, state: Path, **config: Any) -> None:
+    """``ray_address``: the shared cluster (default: the one this driver is connected to);
+    None with tenant clusters on (``tenant_clusters={"enabled": True}`` and a ``pool``)."""
+
+    def __init__(self, state: Path, ray_address: str | None = "", **config: Any) -> None:
         state.mkdir(parents=True, exist_ok=True)
         self.config = PlatformConfig(
             gpu_types={"A100": GpuTypeSpec(price_per_hour=2.0, perf=312)},
@@ -31,9 +34,12 @@ class BenchServer:
         self.admin = new_token()
         write_secret(state / "admin_token", self.admin)
         self.url = f"http://127.0.0.1:{self.config.api.port}"
-        address = ray.get_runtime_context().gcs_address
+        if ray_address == "":
+            ray_address = ray.get_runtime_context().gcs_address
         cmd = [sys.executable, "-m", "fastgpu.cli.main", "server", "--config"]
-        cmd += [str(state / "config.yaml"), "--ray-address", address]
+        cmd += [str(state / "config.yaml")]
+        if ray_address is not None:
+            cmd += ["--ray-address", ray_address]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 90
         while not self._healthy():

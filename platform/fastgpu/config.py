@@ -367,6 +367,14 @@ class PoolSpec(_Spec):
 class TenantClusterSettings(_Spec):
     """How tenants' own Ray clusters are run."""
 
+    enabled: bool = Field(
+        default=False,
+        description=(
+            "Run each tenant's leases in its own Ray cluster carved from `pool` (issue 9). "
+            "Off: the one shared cluster `fastgpu up` starts (v1), until jobs and training "
+            "run on tenant clusters too; then this becomes the only mode."
+        ),
+    )
     isolation: Literal["auto", "os_users", "single_user"] = Field(
         default="auto",
         description=(
@@ -385,7 +393,7 @@ class TenantClusterSettings(_Spec):
         default=None,
         description=(
             "Where tenants' cluster dirs (Ray token, temp dir) live; short, as Ray's socket "
-            "paths are length-limited. Unset: $RAY_TMPDIR or /tmp, then fgt-<platform id>."
+            "paths are length-limited. Unset: $RAY_TMPDIR or /tmp, then fg<platform id>."
         ),
     )
     python: str | None = Field(
@@ -459,6 +467,8 @@ class PlatformConfig(_Spec):
                         f"tenant {tname!r} quota for GPU type {gname!r}, which is not in "
                         f"gpu_types ({', '.join(sorted(self.gpu_types))})"
                     )
+        if self.tenant_clusters.enabled and self.pool is None:
+            raise ValueError("tenant_clusters.enabled needs pool.hosts (the GPUs to carve)")
         for host in self.pool.hosts if self.pool else []:
             if host.gpu_type not in self.gpu_types:
                 raise ValueError(

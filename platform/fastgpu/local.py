@@ -16,7 +16,6 @@ SIGKILL after a grace period.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 import socket
@@ -37,7 +36,10 @@ from fastgpu.config import (
     load_config,
 )
 from fastgpu.controller.backend import GPU_TYPE_LABEL
+from fastgpu.controller.clusters import platform_id
 from fastgpu.errors import ConfigError, FastGPUError, InvalidRequest
+from fastgpu.pool import processes
+from fastgpu.pool.hosts import default_pool_spec
 from fastgpu.pool.processes import stop_processes
 from fastgpu.sdk import ADDRESS_FILE, ADMIN_TOKEN_FILE
 
@@ -60,7 +62,8 @@ def ray_env(state_dir: Path) -> dict[str, str]:
 
 
 def cluster_id(state_dir: Path) -> str:
-    return hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:10]
+    """This platform's id: names its shared cluster's processes and its tenants' users."""
+    return platform_id(state_dir)
 
 
 def _child_env(state_dir: Path) -> dict[str, str]:
@@ -264,22 +267,19 @@ def _pid_alive(pid_file: Path) -> int | None:
     return None
 
 
-def start_server(config: PlatformConfig, state_dir: Path, address: str) -> int:
-    """Start ``fastgpu server`` in the background (pid file and log in the state dir)."""
+def start_server(config: PlatformConfig, state_dir: Path, address: str | None) -> int:
+    """Start ``fastgpu server`` in the background (pid file and log in the state dir); with
+    tenant clusters there is no shared cluster (``address`` None)."""
     config_file = state_dir / CONFIG_FILE
     log_path = state_dir / SERVER_LOG_FILE
-    cmd = [
-        sys.executable,
-        "-m",
-        "fastgpu.cli.main",
-        "server",
-        "--config",
-        str(config_file),
-        "--ray-address",
-        address,
-        "--dashboard-url",
-        f"http://127.0.0.1:{config.ray.dashboard_port}",
-    ]
+    cmd = [sys.executable, "-m", "fastgpu.cli.main", "server", "--config", str(config_file)]
+    if address is not None:
+        cmd += [
+            "--ray-address",
+            address,
+            "--dashboard-url",
+            f"http://127.0.0.1:{config.ray.dashboard_port}",
+        ]
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         proc = subprocess.Popen(
@@ -326,8 +326,13 @@ def up(
     nodes: int = 1,
     config_path: str | None = None,
     cpus: int | None = None,
+    tenant_clusters: bool = False,
 ) -> dict[str, Any]:
-    """Start (or check) the local platform; returns what runs and any new tenant tokens."""
+    """Start (or check) the local platform; returns what runs and any new tenant tokens.
+
+    With tenant clusters (the config's ``tenant_clusters.enabled`` or ``tenant_clusters``
+    here) no shared cluster starts: the server starts each tenant's own when it needs one, on
+    the config's ``pool`` (or the hosts ``gpus``/``nodes``/``gpu_type`` describe)."""
     if gpus < 1 or gpus > 1024:
         raise InvalidRequest(f"--gpus: got {gpus}; expected 1..1024")
     if nodes < 1 or nodes > 16 or gpus % nodes:
@@ -335,26 +340,34 @@ def up(
             f"--nodes: got {nodes}; expected 1..16 dividing --gpus ({gpus}) evenly"
         )
     config = effective_config(config_path, gpu_type, None)
+    if tenant_clusters and not config.tenant_clusters.enabled:
+        settings = config.tenant_clusters.model_copy(update={"enabled": True})
+        config = config.model_copy(update={"tenant_clusters": settings})
+    pooled = config.tenant_clusters.enabled
+    if pooled and config.pool is None:
+        config = config.model_copy(update={"pool": default_pool_spec(gpus, nodes, gpu_type)})
     state_dir = config.resolved_state_dir()
     state_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(state_dir, 0o700)
+    # Tenants' users pass through the state dir to their storage (its files stay 0600).
+    os.chmod(state_dir, 0o711 if pooled else 0o700)
     if not config.state_dir:
         config = config.model_copy(update={"state_dir": str(state_dir)})
-    (state_dir / CONFIG_FILE).write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    # 0600: store_url may hold a password, and tenants pass through the state dir.
+    write_secret(state_dir / CONFIG_FILE, yaml.safe_dump(config.model_dump(mode="json")))
     admin_path = state_dir / ADMIN_TOKEN_FILE
     admin = admin_path.read_text().strip() if admin_path.exists() else new_token()
     write_secret(admin_path, admin)
 
-    address = _ray_alive(state_dir)
-    started_ray = address is None
     pid = _pid_alive(state_dir / SERVER_PID_FILE)
+    address = None if pooled else _ray_alive(state_dir)
+    started_ray = not pooled and address is None
     if started_ray:
         if pid is not None:  # a server without its cluster: start both afresh
             _stop_pid(pid)
             pid = None
         address = start_ray(config, state_dir, gpus, gpu_type, nodes, cpus)
-    assert address is not None
-    check_ray_health(config, state_dir)
+    if not pooled:
+        check_ray_health(config, state_dir)
     started_server = pid is None
     if pid is None:
         from fastgpu.server import port_holder
@@ -398,7 +411,8 @@ def up(
         "gpu_type": gpu_type,
         "nodes": nodes,
         "admin_token_file": str(admin_path),
-        "dashboard": f"http://127.0.0.1:{config.ray.dashboard_port}",
+        "dashboard": None if pooled else f"http://127.0.0.1:{config.ray.dashboard_port}",
+        "tenant_clusters": pooled,
         "new_tenant_tokens": new_tokens,
     }
 
@@ -462,6 +476,10 @@ def down(state_dir: Path | None = None) -> dict[str, Any]:
     stopped_server = _stop_pid(server) if server is not None else False
     procs = cluster_processes(sd)
     stop_processes(procs, grace_s=10)
+    # Tenants' own clusters (each process carries the platform's marker).
+    tenants = 0
+    for marker, marked in processes.marked(f"{platform_id(sd)}/").items():
+        tenants += processes.stop_tree(marked[0].pid, grace_s=5, marker=marker)
     # Anything started meanwhile by a dying raylet (a worker, a job driver): once more.
     late = cluster_processes(sd)
     stop_processes(late, grace_s=0)
@@ -469,6 +487,6 @@ def down(state_dir: Path | None = None) -> dict[str, Any]:
         (sd / name).unlink(missing_ok=True)
     return {
         "stopped_server": stopped_server,
-        "stopped_processes": len(procs) + len(late),
+        "stopped_processes": len(procs) + len(late) + tenants,
         "state_dir": str(sd),
     }

@@ -3,10 +3,11 @@ interface (``Allocator``, ``Device``) builds on them in :mod:`fastgpu.allocator`
 to the control API, so it works from a laptop, a Ray job or a notebook alike; running work
 *inside* a lease needs a Ray connection (``ray.init``).
 
-Caller identity: ``token`` or ``$FASTGPU_TOKEN``, else the local admin token that ``fastgpu up``
-wrote. Address: ``address`` or ``$FASTGPU_ADDRESS``, else the local API's address. Lease
-requests carry a request id, and retries after connection errors reuse it, so a retry never
-books twice.
+Caller identity: ``token`` or ``$FASTGPU_TOKEN``, else the file ``$FASTGPU_TOKEN_FILE`` names (how
+a job in a tenant's own cluster gets its token: never as a value in its environment), else the
+local admin token that ``fastgpu up`` wrote. Address: ``address`` or ``$FASTGPU_ADDRESS``, else
+the local API's address. Lease requests carry a request id, and retries after connection errors
+reuse it, so a retry never books twice.
 """
 
 from __future__ import annotations
@@ -44,6 +45,18 @@ def local_admin_token(state_dir: Path | None = None) -> str | None:
         return None
 
 
+def _token_from_file() -> str | None:
+    path = os.environ.get("FASTGPU_TOKEN_FILE")
+    if not path:
+        return None
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError as exc:
+        raise AuthenticationError(
+            f"FASTGPU_TOKEN_FILE={path} cannot be read ({exc.strerror})"
+        ) from None
+
+
 def local_address(state_dir: Path | None = None) -> str:
     path = (state_dir or default_state_dir()) / ADDRESS_FILE
     try:
@@ -64,10 +77,13 @@ class Client:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         """``transport`` replaces the network (tests pass ``httpx.MockTransport``)."""
-        self.token = token or os.environ.get("FASTGPU_TOKEN") or local_admin_token()
+        self.token = (
+            token or os.environ.get("FASTGPU_TOKEN") or _token_from_file() or local_admin_token()
+        )
         if not self.token:
             raise AuthenticationError(
-                "no token: pass token=, set FASTGPU_TOKEN, or run `fastgpu up` on this machine"
+                "no token: pass token=, set FASTGPU_TOKEN (or FASTGPU_TOKEN_FILE), or run "
+                "`fastgpu up` on this machine"
             )
         self.address = (address or os.environ.get("FASTGPU_ADDRESS") or local_address()).rstrip("/")
         self._retries = retries
@@ -150,6 +166,12 @@ class Client:
 
     def status(self) -> dict[str, Any]:
         return dict(self._call("GET", "/status"))
+
+    def cluster(self, tenant: str | None = None) -> dict[str, Any]:
+        """The caller's own Ray cluster (started if needed): ``address``, ``dashboard_url``,
+        ``ray_token``. Keep the token in a 0600 file (``fastgpu connect`` does)."""
+        params = {"tenant": tenant} if tenant else None
+        return dict(self._call("GET", "/cluster", params=params, timeout=180))
 
     # -- tenants (admin) -------------------------------------------------------------------
     def create_tenant(

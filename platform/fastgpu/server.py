@@ -96,6 +96,7 @@ class Server:
         self._lost = threading.Event()
         self._uvicorn: Any = None
         self.controller: Any = None
+        self.backend: Any = None
         self.lock: Any = None
 
     # -- leadership --------------------------------------------------------------------------
@@ -128,14 +129,23 @@ class Server:
         from fastgpu.store import open_store
 
         store = open_store(self.config.resolved_store_url())
-        if not ray.is_initialized():
-            ray.init(
-                address=self.ray_address,
-                namespace="fastgpu",
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-            )
-        self.controller = Controller(self.config, store, RayBackend())
+        backend: Any
+        if self.config.tenant_clusters.enabled:
+            from fastgpu.controller.pool_backend import PoolBackend
+            from fastgpu.pool.hosts import hosts_from_spec
+
+            assert self.config.pool is not None  # checked by the config
+            backend = self.backend = PoolBackend(self.config, hosts_from_spec(self.config.pool))
+        else:
+            if not ray.is_initialized():
+                ray.init(
+                    address=self.ray_address,
+                    namespace="fastgpu",
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,
+                )
+            backend = RayBackend()
+        self.controller = Controller(self.config, store, backend)
         services = Services.build(
             self.controller,
             dashboard_url=self.dashboard_url,
@@ -191,6 +201,8 @@ class Server:
         finally:
             self._stop.set()
             sock.close()
+            if self.backend is not None:
+                self.backend.close()  # tenants' clusters run on; the next server adopts them
             if self.lock is not None:
                 self.lock.release()
         return EXIT_LOST_LEADERSHIP if self._lost.is_set() else 0
@@ -208,6 +220,9 @@ def main(config_path: str, ray_address: str | None, dashboard_url: str | None) -
         level=os.environ.get("FASTGPU_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Every file the server makes (store, logs, uploads) is its own: tenants' users pass
+    # through the state dir to their storage, so nothing in it may be readable by others.
+    os.umask(0o077)
     config = load_config(config_path)
     state_dir = config.resolved_state_dir()
     server = Server(config, ray_address, dashboard_url, admin_token_file=state_dir / "admin_token")

@@ -232,11 +232,15 @@ def test_a_restarted_server_finds_and_stops_raylets_by_marker(pair: Pair) -> Non
     """A new TenantCluster object (the server after a crash) sees alpha's raylet through the
     process markers, and stopping the lease's raylet by marker removes its GPUs."""
     adopted = TenantCluster(pair.alpha.spec)
-    assert adopted.raylets() == {("la", "host-0")}
+    assert adopted.adopt() is True
+    assert adopted.running()
+    assert adopted.address == pair.alpha.address
+    assert adopted.raylets() == {("la", "host-0"): (1, 3)}
     pair.alpha.add_raylet("la2", HOST0, (0,))
-    assert adopted.raylets() == {("la", "host-0"), ("la2", "host-0")}
+    assert adopted.raylets() == {("la", "host-0"): (1, 3), ("la2", "host-0"): (0,)}
+    adopted.add_raylet("la2", HOST0, (0,))  # already running: nothing started
     assert adopted.remove_raylet("la2", "host-0", grace_s=2) > 0
-    assert adopted.raylets() == {("la", "host-0")}
+    assert adopted.raylets() == {("la", "host-0"): (1, 3)}
     out = run_as(
         pair.alpha,
         """

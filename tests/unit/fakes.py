@@ -42,6 +42,7 @@ class FakeBackend:
         node_ids: list[str],
         strategy: str,
         may_exist: bool = True,
+        tenant: str = "",
     ) -> str:
         if self.fail_next_create:
             self.fail_next_create = False
@@ -51,9 +52,16 @@ class FakeBackend:
             self.created.append(name)
         return self.group_table[name].group_id
 
-    def remove_group(self, name: str, group_id: str | None = None) -> None:
+    def remove_group(
+        self, name: str, group_id: str | None = None, handed_over: bool = False
+    ) -> None:
+        if handed_over:
+            return
         if self.group_table.pop(name, None) is not None:
             self.removed.append(name)
+
+    def hand_over(self, name: str, group_id: str | None = None) -> None:
+        self.remove_group(name, group_id)
 
     def groups(self) -> dict[str, GroupInfo]:
         return dict(self.group_table)

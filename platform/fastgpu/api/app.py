@@ -30,6 +30,7 @@ from fastgpu.errors import AuthenticationError, FastGPUError, InvalidRequest
 from fastgpu.service import Services
 from fastgpu.service.models import (
     BindBody,
+    ClusterOut,
     Deleted,
     Health,
     JobCreate,
@@ -295,6 +296,12 @@ def create_app(services: Services, settings: ApiSettings, leader: Any = None) ->
     @app.post(V1 + "/jobs/{job_id}/stop")
     async def stop_job(job_id: str, p: Caller) -> JobOut:
         return await write(services.jobs.stop, p, job_id)
+
+    # ---- the tenant's own Ray cluster ---------------------------------------------------------
+    @app.get(f"{V1}/cluster")
+    async def cluster(p: Caller, tenant: str | None = TENANT_Q) -> ClusterOut:
+        # Starting a cold cluster takes seconds: a write thread, never the event loop.
+        return await write(services.clusters.connect, p, tenant)
 
     # ---- usage --------------------------------------------------------------------------------
     @app.get(f"{V1}/usage")

@@ -121,13 +121,22 @@ def up(
     gpu_type: str = typer.Option("A100", "--gpu-type", help="GPU type of those GPUs."),
     nodes: int = typer.Option(1, "--nodes", help="Ray nodes to split the GPUs over."),
     config: str = typer.Option(None, "--config", help="Platform config YAML."),
+    tenant_clusters: bool = typer.Option(
+        False, "--tenant-clusters", help="One Ray cluster per tenant (issue 9; off: shared)."
+    ),
     output: Output = OutputOpt,
 ) -> None:
     """Start a local cluster, the controller and the API (idempotent)."""
     from fastgpu.local import up as do_up
 
     with render.err_console.status("starting the local FastGPU platform..."):
-        result = do_up(gpus=gpus, gpu_type=gpu_type, nodes=nodes, config_path=config)
+        result = do_up(
+            gpus=gpus,
+            gpu_type=gpu_type,
+            nodes=nodes,
+            config_path=config,
+            tenant_clusters=tenant_clusters,
+        )
     if output == Output.json:
         render.emit_json(result)
         return
@@ -184,6 +193,41 @@ def whoami(output: Output = OutputOpt) -> None:
     """Who the current token belongs to."""
     data = _client().whoami()
     _show(data, output, "caller")
+
+
+@app.command()
+def connect(
+    tenant: str = typer.Option(None, "--tenant", help="The tenant (admin only)."),
+    token_file: str = typer.Option(
+        None, "--token-file", help="Where to keep the Ray token (0600); default in FASTGPU_HOME."
+    ),
+    output: Output = OutputOpt,
+) -> None:
+    """Your own Ray cluster: saves its Ray token to a 0600 file and prints the variables
+    that make `ray job submit` and `ray.init()` use it (the token never on a command line)."""
+    from pathlib import Path
+
+    from fastgpu.auth import write_secret
+    from fastgpu.config import default_state_dir
+
+    data = _client().cluster(tenant)
+    path = Path(token_file) if token_file else default_state_dir() / f"ray_token.{data['tenant']}"
+    write_secret(path, data.pop("ray_token"))
+    env = {
+        "RAY_ADDRESS": data["address"],
+        "RAY_API_SERVER_ADDRESS": data["dashboard_url"],
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(path.resolve()),
+    }
+    if output == Output.json:
+        render.emit_json({**data, "ray_token_file": str(path.resolve()), "env": env})
+        return
+    for key, value in env.items():
+        print(f"export {key}={value}")
+    if data.get("isolation") == "single_user":
+        print(
+            "# warning: this platform runs tenants without isolation (single_user)", file=sys.stderr
+        )
 
 
 # -- tenants ------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from fastgpu.config import GpuTypeSpec
+
 GROUP_PREFIX = "fastgpu-lease-"
 GPU_TYPE_LABEL = "fastgpu.io/gpu-type"
 NODE_ID_LABEL = "ray.io/node-id"
@@ -20,6 +22,17 @@ NODE_ID_LABEL = "ray.io/node-id"
 
 def group_name(lease_id: str) -> str:
     return GROUP_PREFIX + lease_id
+
+
+def gpu_bundle(spec: GpuTypeSpec | None) -> dict[str, float]:
+    """One GPU's bundle of a lease's group: the GPU, plus the CPUs and memory its type
+    reserves beside it."""
+    bundle: dict[str, float] = {"GPU": 1.0}
+    if spec is not None and spec.cpus_per_gpu:
+        bundle["CPU"] = spec.cpus_per_gpu
+    if spec is not None and spec.memory_per_gpu_gb:
+        bundle["memory"] = spec.memory_per_gpu_gb * 1024**3
+    return bundle
 
 
 @dataclass(frozen=True)
@@ -34,9 +47,10 @@ class NodeInfo:
 class GroupInfo:
     name: str
     group_id: str
-    #: Ray's state: PENDING, CREATED, REMOVED or RESCHEDULING.
+    #: Ray's state: PENDING, CREATED, REMOVED or RESCHEDULING; FAILED: it could not be made
+    #: (the pool's backend: a raylet did not start).
     state: str
-    #: INFEASIBLE, NO_RESOURCES, ... while pending.
+    #: INFEASIBLE, NO_RESOURCES, ... while pending; the error when state is FAILED.
     scheduling_state: str
     bundle_nodes: tuple[str, ...]
 
@@ -50,8 +64,12 @@ class Backend(Protocol):
         node_ids: list[str],
         strategy: str,
         may_exist: bool = True,
+        tenant: str = "",
     ) -> str: ...
-    def remove_group(self, name: str, group_id: str | None = None) -> None: ...
+    def remove_group(
+        self, name: str, group_id: str | None = None, handed_over: bool = False
+    ) -> None: ...
+    def hand_over(self, name: str, group_id: str | None = None) -> None: ...
     def groups(self) -> dict[str, GroupInfo]: ...
     def ready(self, names: list[str], timeout_s: float = 0.0) -> set[str]: ...
 
@@ -94,8 +112,10 @@ class RayBackend:
         node_ids: list[str],
         strategy: str,
         may_exist: bool = True,
+        tenant: str = "",
     ) -> str:
         """Create the named group unless it exists already (idempotent); return its id.
+        (``tenant`` is unused: one shared cluster.)
 
         ``may_exist=False`` skips the look-up (two GCS round trips) for a lease admitted just
         now, whose group cannot exist yet; reconcile passes True.
@@ -131,12 +151,17 @@ class RayBackend:
             return None
         return pg
 
-    def remove_group(self, name: str, group_id: str | None = None) -> None:
-        """Remove the group (no-op if gone). With its id known, skip the look-up by name."""
+    def remove_group(
+        self, name: str, group_id: str | None = None, handed_over: bool = False
+    ) -> None:
+        """Remove the group (no-op if gone or ``handed_over``: a workload's own groups are its
+        business). With its id known, skip the look-up by name."""
         from ray._raylet import PlacementGroupID
         from ray.util.placement_group import PlacementGroup, remove_placement_group
 
         self._ready_refs.pop(name, None)
+        if handed_over:
+            return
         group_id = group_id or self._ids.get(name)
         self._ids.pop(name, None)
         pg = (
@@ -146,6 +171,10 @@ class RayBackend:
         )
         if pg is not None:
             remove_placement_group(pg)
+
+    def hand_over(self, name: str, group_id: str | None = None) -> None:
+        """A workload takes the lease's GPUs: remove the group so it can make its own there."""
+        self.remove_group(name, group_id)
 
     def groups(self) -> dict[str, GroupInfo]:
         from ray.util.placement_group import placement_group_table

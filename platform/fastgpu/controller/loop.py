@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Callable
 
 from fastgpu.config import PlatformConfig
-from fastgpu.controller.backend import Backend, NodeInfo, group_name
+from fastgpu.controller.backend import Backend, NodeInfo, gpu_bundle, group_name
 from fastgpu.controller.metering import meter
 from fastgpu.controller.snapshot import UsageStats, build_snapshot
 from fastgpu.controller.watch import LeaseWatch
@@ -244,7 +244,7 @@ class Controller:
             )
             self.transition(lease, LeaseState.BOUND, f"bound to {workload}")
             if lease.placement_group:
-                self.backend.remove_group(lease.placement_group, lease.placement_group_id)
+                self.backend.hand_over(lease.placement_group, lease.placement_group_id)
             return lease
 
     def checkpoint(self, lease_id: str) -> Lease:
@@ -290,10 +290,14 @@ class Controller:
         if state not in (LeaseState.REJECTED, LeaseState.FAILED, LeaseState.PREEMPTED):
             lease.reason = None
             lease.reason_detail = None
-        held_group = lease.state in (LeaseState.ADMITTED, LeaseState.RESERVED)
+        holding, bound = lease.state in HOLDING_STATES, lease.state == LeaseState.BOUND
         self.transition(lease, state, why)
-        if lease.placement_group and held_group:
-            self.backend.remove_group(lease.placement_group, lease.placement_group_id)
+        if lease.placement_group and holding:
+            # A bound lease's group was handed over; the pool's backend still holds its
+            # raylets, which this stops.
+            self.backend.remove_group(
+                lease.placement_group, lease.placement_group_id, handed_over=bound
+            )
 
     def resize(self, lease: Lease, nodes: list[str], detail: str) -> None:
         lease.nodes = nodes
@@ -335,6 +339,9 @@ class Controller:
                 self._last_purge = now
                 self.purge(now)
             self.schedule()
+        housekeeping = getattr(self.backend, "housekeeping", None)
+        if housekeeping is not None:
+            housekeeping()
 
     def poll_ready(self, timeout_s: float) -> None:
         admitted = [lease for lease in self.live() if lease.state == LeaseState.ADMITTED]
@@ -345,6 +352,12 @@ class Controller:
         for lease in admitted:
             if lease.placement_group in ready:
                 self._mark_reserved(lease)
+        failures = getattr(self.backend, "failures", None)
+        for name, error in (failures(names) if failures else {}).items():
+            failed = next((x for x in admitted if x.placement_group == name), None)
+            if failed is not None and failed.state == LeaseState.ADMITTED:
+                failed.reason, failed.reason_detail = "reservation_failed", error
+                self.end(failed, LeaseState.FAILED, f"reserving failed: {error}")
 
     def purge(self, now: float) -> dict[str, int]:
         """Forget ended leases past the retention period (usage records stay for billing),
@@ -404,14 +417,14 @@ class Controller:
 
     def create_group(self, lease: Lease, may_exist: bool = True) -> None:
         assert lease.placement_group is not None
-        spec = self.config.gpu_types[lease.gpu_type]
-        bundle: dict[str, float] = {"GPU": 1.0}
-        if spec.cpus_per_gpu:
-            bundle["CPU"] = spec.cpus_per_gpu
-        if spec.memory_per_gpu_gb:
-            bundle["memory"] = spec.memory_per_gpu_gb * 1024**3
+        bundle = gpu_bundle(self.config.gpu_types[lease.gpu_type])
         group_id = self.backend.create_group(
-            lease.placement_group, bundle, list(lease.nodes), lease.strategy, may_exist
+            lease.placement_group,
+            bundle,
+            list(lease.nodes),
+            lease.strategy,
+            may_exist,
+            tenant=lease.tenant_id or "",
         )
         if lease.placement_group_id != group_id:
             lease.placement_group_id = group_id

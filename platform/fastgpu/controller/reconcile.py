@@ -42,6 +42,12 @@ def reconcile(ctl: Controller) -> dict[str, int]:
                 )
                 done["leases_shrunk"] += 1
                 continue
+            if group is not None and group.state == "FAILED":
+                lease.reason = "reservation_failed"
+                lease.reason_detail = group.scheduling_state or "its raylets did not start"
+                ctl.end(lease, LeaseState.FAILED, lease.reason_detail)
+                done["leases_failed"] += 1
+                continue
             if lost or (group is not None and group.state == "RESCHEDULING"):
                 lease.reason = "node_lost"
                 lease.reason_detail = f"node(s) {', '.join(lost) or '?'} died"
@@ -49,6 +55,9 @@ def reconcile(ctl: Controller) -> dict[str, int]:
                 done["leases_failed"] += 1
                 continue
             if lease.state == LeaseState.BOUND:
+                # Its group was handed over; what the backend still reports for it (the pool's
+                # raylets) is wanted.
+                wanted.add(lease.placement_group or "")
                 continue
             assert lease.placement_group is not None
             wanted.add(lease.placement_group)

@@ -6,7 +6,7 @@ server as the tenant's own user (it holds nothing but that tenant's token; killi
 only that tenant, and the server starts another). Protocol: one JSON object per line on stdin,
 one answer per line on stdout, in order::
 
-    {"op": "create_group", "name": "...", "gpus": 2, "lease": "<id>", "cpus_per_gpu": 1}
+    {"op": "create_group", "name": "...", "gpus": 2, "lease": "<id>", "bundle": {"GPU": 1}}
     {"op": "remove_group", "name": "..."}
     {"op": "ready", "name": "...", "timeout_s": 0}
     {"op": "nodes"}
@@ -42,16 +42,15 @@ def _group(name: str) -> Any:
     return None if not info or info.get("state") == "REMOVED" else pg
 
 
-def create_group(name: str, gpus: int, lease: str, cpus_per_gpu: float = 0.0) -> str:
-    """The lease's group: one bundle per GPU, only on the lease's raylets (idempotent)."""
+def create_group(name: str, gpus: int, lease: str, bundle: dict[str, float] | None = None) -> str:
+    """The lease's group: ``gpus`` bundles (default one GPU each), only on the lease's
+    raylets (idempotent)."""
     from ray.util.placement_group import placement_group
 
     existing = _group(name)
     if existing is not None:
         return str(existing.id.hex())
-    bundle: dict[str, float] = {"GPU": 1.0}
-    if cpus_per_gpu:
-        bundle["CPU"] = float(cpus_per_gpu)
+    bundle = dict(bundle or {"GPU": 1.0})
     pg = placement_group(
         [dict(bundle) for _ in range(gpus)],
         strategy="PACK",
@@ -104,7 +103,7 @@ def handle(request: dict[str, Any]) -> Any:
     op = request.get("op")
     if op == "create_group":
         return create_group(
-            request["name"], int(request["gpus"]), request["lease"], request.get("cpus_per_gpu", 0)
+            request["name"], int(request["gpus"]), request["lease"], request.get("bundle")
         )
     if op == "remove_group":
         return remove_group(request["name"])

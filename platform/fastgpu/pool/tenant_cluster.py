@@ -4,6 +4,7 @@ and a keeper driver; each process run as the tenant's user.
 Layout of a cluster's home (``<root>/<tenant id>``, 0700, owned by the tenant's user)::
 
     ray_token     the cluster's Ray token (0600): RAY_AUTH_TOKEN_PATH, never in an environment
+    secrets/      other 0600 files for the tenant's processes (a job's FastGPU token)
     cluster.json  the head's ports, so a restarted server reconnects
     r/            Ray's temp dir (short: Ray's socket paths are length-limited)
     logs/         what each ``ray start`` printed
@@ -61,6 +62,21 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def node_port_args(p: dict[str, int]) -> list[str]:
+    """The ports flags every node of a tenant cluster takes (head and raylets)."""
+    return [
+        f"--dashboard-agent-listen-port={p['dashboard_agent_listen']}",
+        f"--dashboard-agent-grpc-port={p['dashboard_agent_grpc']}",
+        f"--runtime-env-agent-port={p['runtime_env_agent']}",
+        f"--metrics-export-port={p['metrics_export']}",
+        f"--node-manager-port={p['node_manager']}",
+        f"--object-manager-port={p['object_manager']}",
+        # Workers bind random free ports: no range to collide with other clusters'.
+        "--min-worker-port=0",
+        "--max-worker-port=0",
+    ]
+
+
 @dataclass(frozen=True)
 class ClusterSpec:
     """What the pool needs to run one tenant's cluster."""
@@ -87,6 +103,8 @@ class TenantCluster:
         self._raylets: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
         self._keeper: subprocess.Popen[bytes] | None = None
         self._keeper_lock = threading.Lock()
+        #: The head's pid when this object adopted a head another server process started.
+        self._adopted_head: int | None = None
 
     # -- paths and environment -----------------------------------------------------------
     @property
@@ -107,7 +125,8 @@ class TenantCluster:
     def env(self, role: str, devices: tuple[int, ...] = ()) -> dict[str, str]:
         home = self.spec.home
         return {
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            # `python` in a job's entrypoint is the tenants' interpreter.
+            "PATH": f"{Path(self.spec.python.executable).parent}:/usr/local/bin:/usr/bin:/bin",
             "HOME": str(home),
             "TMPDIR": str(home / "tmp"),
             "LANG": "C.UTF-8",
@@ -131,9 +150,36 @@ class TenantCluster:
         if not self.token_path.exists():
             write_private(self.token_path, secrets.token_hex(32), user)
 
+    def write_secret(self, name: str, value: str) -> Path:
+        """A 0600 file of the tenant's user under ``secrets/`` of its home."""
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"secret file name {name!r}: a plain file name expected")
+        folder = private_dir(self.spec.home / "secrets", self.spec.user)
+        path = folder / name
+        write_private(path, value, self.spec.user)
+        return path
+
     # -- head ------------------------------------------------------------------------------
     def running(self) -> bool:
-        return self._head is not None and self._head.poll() is None
+        if self._head is not None:
+            return self._head.poll() is None
+        if self._adopted_head is not None:
+            return bool(processes.marked(self.marker("head")))
+        return False
+
+    def adopt(self) -> bool:
+        """Take over a head left running by a previous server process (its ports are in
+        ``cluster.json``); True if there is one."""
+        with self._lock:
+            if self.running():
+                return True
+            heads = processes.marked(self.marker("head")).get(self.marker("head"), [])
+            state = self.spec.home / "cluster.json"
+            if not heads or not state.exists():
+                return False
+            self._ports = {k: int(v) for k, v in json.loads(state.read_text())["ports"].items()}
+            self._adopted_head = heads[0].pid
+            return True
 
     def start_head(self) -> None:
         """Start the head (idempotent); return once its GCS and dashboard are up."""
@@ -152,7 +198,7 @@ class TenantCluster:
                 f"--port={p['gcs']}",
                 f"--dashboard-port={p['dashboard']}",
                 f"--ray-client-server-port={p['ray_client_server']}",
-                *self._node_port_args(p),
+                *node_port_args(p),
                 "--num-gpus=0",
                 f"--num-cpus={self.spec.head_cpus}",
                 f"--temp-dir={self.spec.home / 'r'}",
@@ -171,20 +217,6 @@ class TenantCluster:
             )
             (self.spec.home / "cluster.json").write_text(json.dumps({"ports": self._ports}))
 
-    @staticmethod
-    def _node_port_args(p: dict[str, int]) -> list[str]:
-        return [
-            f"--dashboard-agent-listen-port={p['dashboard_agent_listen']}",
-            f"--dashboard-agent-grpc-port={p['dashboard_agent_grpc']}",
-            f"--runtime-env-agent-port={p['runtime_env_agent']}",
-            f"--metrics-export-port={p['metrics_export']}",
-            f"--node-manager-port={p['node_manager']}",
-            f"--object-manager-port={p['object_manager']}",
-            # Workers bind random free ports: no range to collide with other clusters'.
-            "--min-worker-port=0",
-            "--max-worker-port=0",
-        ]
-
     # -- raylets ---------------------------------------------------------------------------
     def add_raylet(
         self, lease_id: str, host: Host, devices: tuple[int, ...], cpus: int | None = None
@@ -198,6 +230,8 @@ class TenantCluster:
             key = (lease_id, host.name)
             known = self._raylets.get(key)
             if known is not None and known.poll() is None:
+                return
+            if key in self.raylets():  # adopted: started by a previous server process
                 return
             ports = dict(zip(NODE_PORTS, free_ports(len(NODE_PORTS)), strict=True))
             address = self.address
@@ -214,7 +248,7 @@ class TenantCluster:
             "--block",
             f"--address={address}",
             "--node-ip-address=127.0.0.1",
-            *self._node_port_args(ports),
+            *node_port_args(ports),
             f"--num-gpus={len(devices)}",
             f"--num-cpus={cpus if cpus is not None else len(devices)}",
             f"--labels={labels}",
@@ -241,13 +275,20 @@ class TenantCluster:
             proc.wait(timeout=10)
         return n
 
-    def raylets(self) -> set[tuple[str, str]]:
-        """(lease, host) of every live raylet of this cluster, as the processes say."""
-        out = set()
+    def raylets(self) -> dict[tuple[str, str], tuple[int, ...]]:
+        """(lease, host) -> device ids of every live raylet of this cluster, as the processes
+        say (their marker and ``CUDA_VISIBLE_DEVICES``)."""
+        out: dict[tuple[str, str], tuple[int, ...]] = {}
         prefix = self.marker("raylet/")
-        for value in processes.marked(prefix):
+        for value, procs in processes.marked(prefix).items():
             lease, _, host = value[len(prefix) :].partition("/")
-            out.add((lease, host))
+            for proc in procs:  # any of them: a worker may have exited meanwhile
+                try:
+                    visible = proc.environ().get("CUDA_VISIBLE_DEVICES", "")
+                except Exception:
+                    continue
+                out[(lease, host)] = tuple(int(d) for d in visible.split(",") if d.strip())
+                break
         return out
 
     # -- keeper ----------------------------------------------------------------------------
@@ -323,6 +364,7 @@ class TenantCluster:
             n += processes.stop_tree(procs[0].pid, grace_s, marker=value)
         with self._lock:
             head, self._head = self._head, None
+            self._adopted_head = None
             pid = head.pid if head else None
             n += processes.stop_tree(pid, grace_s, marker=self.marker("head"))
             if head is not None:

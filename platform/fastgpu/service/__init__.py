@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fastgpu.controller.jobs import JobGateway
+from fastgpu.controller.jobs import JobGateway, TenantJobGateway
+from fastgpu.errors import NotFound
 from fastgpu.service.auth import AuthService
+from fastgpu.service.clusters import ClusterService
 from fastgpu.service.jobs import JobService
 from fastgpu.service.leases import LeaseService, WaitLimiter
 from fastgpu.service.reads import ReadService
@@ -22,6 +24,35 @@ if TYPE_CHECKING:
     from fastgpu.controller.loop import Controller
 
 
+def _job_gateway(ctl: Controller, dashboard_url: str | None) -> JobGateway:
+    """The shared cluster's Jobs API, or each tenant's own (tenant clusters on)."""
+    from fastgpu.controller.pool_backend import PoolBackend
+
+    backend = ctl.backend
+    if not isinstance(backend, PoolBackend):
+        return JobGateway(dashboard_url)
+
+    def tenant_id(name: str) -> str:
+        rec = ctl.tenant(name)
+        if rec is None:
+            raise NotFound(f"tenant {name!r} not found")
+        return rec.id
+
+    names: dict[str, str] = {}
+
+    def running() -> list[str]:
+        ids = backend.clusters.running_tenants()
+        for rec in ctl.tenants():
+            names[rec.id] = rec.name
+        return [names[i] for i in sorted(ids) if i in names]
+
+    return TenantJobGateway(
+        connect=lambda name: backend.connect(tenant_id(name), name),
+        secret=lambda name, file, value: backend.secret(tenant_id(name), file, value),
+        running=running,
+    )
+
+
 @dataclass(frozen=True)
 class Services:
     auth: AuthService
@@ -29,6 +60,7 @@ class Services:
     leases: LeaseService
     jobs: JobService
     reads: ReadService
+    clusters: ClusterService
 
     @classmethod
     def build(
@@ -43,13 +75,15 @@ class Services:
             auth=auth,
             tenants=TenantService(ctl, auth),
             leases=leases,
-            jobs=JobService(ctl, JobGateway(dashboard_url), leases),
+            jobs=JobService(ctl, _job_gateway(ctl, dashboard_url), leases),
             reads=ReadService(ctl),
+            clusters=ClusterService(ctl),
         )
 
 
 __all__ = [
     "AuthService",
+    "ClusterService",
     "JobService",
     "LeaseService",
     "ReadService",

@@ -108,9 +108,8 @@ class JobService:
                     f"upload {body.upload} not found; POST the zipped folder to /uploads first"
                 )
             spec["working_dir"] = str(workdir)
-        # The job's own token travels in its environment until tenant clusters (issue 9).
-        env["FASTGPU_TOKEN"] = self._job_token(p)
-        job_id = self._gateway.submit(p.name, spec, env, submission_id)
+        # The gateway decides how the job gets its own token (a file in a tenant cluster).
+        job_id = self._gateway.submit(p.name, spec, env, submission_id, self._job_token(p))
         return self.status(p, job_id)
 
     def _job_token(self, p: Principal) -> str:
@@ -150,10 +149,10 @@ class JobService:
         return out
 
     def logs(self, p: Principal, job_id: str) -> JobLogs:
-        self._gateway.get(p.tenant, job_id)
-        return JobLogs(id=job_id, logs=self._gateway.logs(job_id))
+        row = self._gateway.get(p.tenant, job_id)
+        return JobLogs(id=job_id, logs=self._gateway.logs(row["tenant"], job_id))
 
     def stop(self, p: Principal, job_id: str) -> JobOut:
-        self._gateway.get(p.tenant, job_id)
-        self._gateway.stop(job_id)
+        row = self._gateway.get(p.tenant, job_id)
+        self._gateway.stop(row["tenant"], job_id)
         return self.status(p, job_id)

@@ -224,6 +224,18 @@ class WhoAmI(_Out):
     runs_dir: str | None = None
 
 
+class ClusterOut(_Out):
+    """How a tenant reaches its own Ray cluster (``fastgpu connect``)."""
+
+    tenant: str
+    address: str = Field(description="The cluster's GCS address, for RAY_ADDRESS.")
+    dashboard_url: str = Field(description="Its dashboard and Jobs API (`ray job submit`).")
+    ray_token: str = Field(
+        description="Its Ray token (valid on this cluster only); keep it in a 0600 file."
+    )
+    isolation: str = Field(description="os_users, or single_user (tenants not isolated).")
+
+
 class UsageOut(_Out):
     tenant: str
     gpu_type: str

@@ -1,0 +1,167 @@
+"""Tenants' own Ray clusters, as the controller keeps them: one :class:`TenantCluster` per
+tenant id, made on first need, adopted after a server restart, stopped when idle.
+
+Where things live (see ``docs/design/tenant-clusters.md``):
+
+* a tenant's cluster home: ``<tenant_clusters.root>/<start of tenant id>`` (short: Ray's socket
+  paths);
+* its storage dir: ``<storage root>/<tenant id>``, 0700 and owned by the tenant's user; the
+  storage root itself is 0711 (passable, not listable);
+* its OS user: ``fg<hash>`` in ``os_users`` mode (:mod:`fastgpu.pool.runtime`).
+
+Thread-safety: :meth:`get` and :meth:`ensure` may be called from any thread; a cluster's own
+calls serialize on the cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from fastgpu.config import PlatformConfig
+from fastgpu.errors import ConfigError
+from fastgpu.pool import processes
+from fastgpu.pool.runtime import (
+    SINGLE_USER_WARNING,
+    Isolation,
+    TenantPython,
+    ensure_user,
+    resolve_isolation,
+    tenant_python,
+    traversable_dir,
+    user_name,
+)
+from fastgpu.pool.tenant_cluster import ClusterSpec, TenantCluster
+
+log = logging.getLogger(__name__)
+
+
+def platform_id(state_dir: Path) -> str:
+    """A short id of this platform (its state dir): names its processes and tenants' users."""
+    return hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:10]
+
+
+#: A tenant's home is named by the start of its id: Ray's socket paths (under the home) must
+#: stay within 107 bytes.
+HOME_NAME_CHARS = 8
+#: What Ray adds under a cluster's home: ``/r/session_<date>_<time>_<us>_<pid>/sockets/
+#: plasma_store``.
+_RAY_SOCKET_SUFFIX = 66
+
+
+def clusters_root(config: PlatformConfig) -> Path:
+    setting = config.tenant_clusters.root
+    if setting:
+        return Path(setting)
+    base = Path(os.environ.get("RAY_TMPDIR") or "/tmp")
+    return base / f"fg{platform_id(config.resolved_state_dir())[:8]}"
+
+
+class TenantClusters:
+    def __init__(self, config: PlatformConfig) -> None:
+        self.config = config
+        self.platform = platform_id(config.resolved_state_dir())
+        self.isolation: Isolation = resolve_isolation(config.tenant_clusters.isolation)
+        if self.isolation == "single_user":
+            log.warning(SINGLE_USER_WARNING)
+        self.root = clusters_root(config)
+        longest = len(str(self.root)) + 1 + HOME_NAME_CHARS + _RAY_SOCKET_SUFFIX
+        if longest > 107:
+            raise ConfigError(
+                f"tenant_clusters.root {self.root} is too long for Ray's socket paths "
+                f"({longest} > 107 bytes); choose a root of at most "
+                f"{107 - 1 - HOME_NAME_CHARS - _RAY_SOCKET_SUFFIX} characters"
+            )
+        self._python: TenantPython | None = None
+        self._mu = threading.Lock()
+        self._clusters: dict[str, TenantCluster] = {}
+        self._idle_since: dict[str, float] = {}
+
+    def _prepare_roots(self) -> TenantPython:
+        if self._python is None:
+            traversable_dir(self.root)
+            state = self.config.resolved_state_dir()
+            storage = self.config.resolved_storage_root()
+            if storage.is_relative_to(state):
+                traversable_dir(state)  # its files are 0600: the server runs with umask 077
+            traversable_dir(storage)
+            self._python = tenant_python(
+                self.isolation, self.config.tenant_clusters.python, self.root / "runtime"
+            )
+        return self._python
+
+    def spec(self, tenant_id: str, tenant_name: str = "") -> ClusterSpec:
+        python = self._prepare_roots()
+        user = None
+        if self.isolation == "os_users":
+            comment = f"fastgpu {self.platform} tenant {tenant_name or tenant_id}"
+            user = ensure_user(user_name(self.platform, tenant_id), comment)
+        return ClusterSpec(
+            platform_id=self.platform,
+            tenant_id=tenant_id,
+            home=self.root / tenant_id[:HOME_NAME_CHARS],
+            storage=self.config.resolved_storage_root() / tenant_id,
+            python=python,
+            user=user,
+            head_cpus=self.config.tenant_clusters.head_cpus,
+        )
+
+    def get(self, tenant_id: str, tenant_name: str = "") -> TenantCluster:
+        """The tenant's cluster object (its processes may not run yet)."""
+        with self._mu:
+            cluster = self._clusters.get(tenant_id)
+            if cluster is None:
+                cluster = TenantCluster(self.spec(tenant_id, tenant_name))
+                cluster.adopt()
+                self._clusters[tenant_id] = cluster
+            return cluster
+
+    def ensure(self, tenant_id: str, tenant_name: str = "") -> TenantCluster:
+        """The tenant's cluster, its head started if needed (seconds when cold)."""
+        cluster = self.get(tenant_id, tenant_name)
+        cluster.start_head()
+        self._idle_since.pop(tenant_id, None)
+        return cluster
+
+    def touch(self, tenant_id: str) -> None:
+        """The tenant used its cluster now: its idle time starts again."""
+        self._idle_since[tenant_id] = time.monotonic()
+
+    def known(self) -> dict[str, TenantCluster]:
+        with self._mu:
+            return dict(self._clusters)
+
+    def running_tenants(self) -> set[str]:
+        """Tenant ids with a live head on this machine (whether this server started it)."""
+        prefix = f"{self.platform}/"
+        out = set()
+        for marker in processes.marked(prefix):
+            tenant, _, role = marker[len(prefix) :].partition("/")
+            if role == "head":
+                out.add(tenant)
+        return out
+
+    def stop_idle(self, busy: set[str], now: float | None = None) -> list[str]:
+        """Stop clusters of tenants not in ``busy`` once idle ``idle_timeout_s``; return them."""
+        now = time.monotonic() if now is None else now
+        timeout = self.config.tenant_clusters.idle_timeout_s
+        stopped = []
+        for tenant_id, cluster in self.known().items():
+            if tenant_id in busy or not cluster.running():
+                self._idle_since.pop(tenant_id, None)
+                continue
+            since = self._idle_since.setdefault(tenant_id, now)
+            if now - since >= timeout:
+                log.info("tenant %s's cluster idle for %.0f s: stopping it", tenant_id, now - since)
+                cluster.stop()
+                self._idle_since.pop(tenant_id, None)
+                stopped.append(tenant_id)
+        return stopped
+
+    def stop_all(self) -> None:
+        for cluster in self.known().values():
+            cluster.stop()

@@ -1,0 +1,270 @@
+"""The controller's backend over the pool: a lease's "placement group" is its raylets in the
+tenant's own cluster plus the group the keeper makes on them.
+
+Same interface as :class:`~fastgpu.controller.backend.RayBackend` (nodes, create_group,
+remove_group, groups, ready), so the controller's rules stay in one place; what differs is
+that reserving takes seconds (a head, raylets), so it runs on worker threads and
+:meth:`ready` reports it done. Node ids are host names.
+
+A reservation's life: ``starting`` (head, raylets, group being made) -> ``ready`` (the group
+is ready in the tenant's cluster) or ``failed`` (reported by :meth:`groups` as state FAILED,
+with the error, for reconcile to end the lease). Removal cancels a start in progress, then
+stops the lease's raylets (everything running on them stops with them).
+
+Invariants: no device is in two reservations (checked by :func:`pick_devices`); after a server
+restart the reservations are rebuilt from the raylets that run (their marker and devices), so
+the store and the processes are reconciled, never assumed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import math
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+from fastgpu.config import PlatformConfig
+from fastgpu.controller.backend import GROUP_PREFIX, GroupInfo, NodeInfo, gpu_bundle
+from fastgpu.controller.clusters import TenantClusters
+from fastgpu.pool.hosts import Host, pick_devices
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 120.0
+
+
+@dataclass
+class Reservation:
+    lease_id: str
+    tenant_id: str
+    devices: dict[str, tuple[int, ...]]
+    gpu_type: str
+    state: str = "starting"  # starting | ready | failed
+    group_id: str = ""
+    error: str = ""
+    cancelled: bool = False
+    done: cf.Future[bool] = field(default_factory=cf.Future)
+
+    @property
+    def name(self) -> str:
+        return GROUP_PREFIX + self.lease_id
+
+
+class PoolBackend:
+    def __init__(self, config: PlatformConfig, hosts: list[Host], workers: int = 8) -> None:
+        self.config = config
+        self.hosts = {h.name: h for h in hosts}
+        self.clusters = TenantClusters(config)
+        self._mu = threading.Lock()
+        self._res: dict[str, Reservation] = {}
+        self._pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="fastgpu-pool")
+        self._adopted = False
+
+    # -- the policy's view -----------------------------------------------------------------
+    def nodes(self) -> list[NodeInfo]:
+        return [NodeInfo(h.name, h.gpu_type, h.total_gpus, h.alive) for h in self.hosts.values()]
+
+    # -- reserve ---------------------------------------------------------------------------
+    def create_group(
+        self,
+        name: str,
+        bundle: dict[str, float],
+        node_ids: list[str],
+        strategy: str,
+        may_exist: bool = True,
+        tenant: str = "",
+    ) -> str:
+        """Start reserving (returns at once; :meth:`ready` says when it is done)."""
+        lease_id = name.removeprefix(GROUP_PREFIX)
+        self._adopt_once()
+        with self._mu:
+            known = self._res.get(lease_id)
+            if known is not None and known.state != "failed":
+                return known.group_id
+            taken = self._taken(exclude=lease_id)
+            devices = pick_devices(self.hosts, Counter(node_ids), taken)
+            gpu_type = self.hosts[node_ids[0]].gpu_type if node_ids else ""
+            res = Reservation(lease_id, tenant, devices, gpu_type)
+            self._res[lease_id] = res
+        self._pool.submit(self._start, res, dict(bundle))
+        return ""
+
+    def _taken(self, exclude: str) -> dict[str, set[int]]:
+        taken: dict[str, set[int]] = {}
+        for res in self._res.values():
+            if res.lease_id == exclude:
+                continue
+            for host, ids in res.devices.items():
+                taken.setdefault(host, set()).update(ids)
+        return taken
+
+    def _start(self, res: Reservation, bundle: dict[str, float]) -> None:
+        # The raylet is the tenant's whole node: at least a CPU per GPU, so that a Train
+        # worker (1 CPU + 1 GPU by default) fits on every GPU.
+        cpus_per_gpu = max(1, math.ceil(bundle.get("CPU", 0)))
+        try:
+            cluster = self.clusters.ensure(res.tenant_id)
+            for host, ids in sorted(res.devices.items()):
+                if res.cancelled:
+                    return
+                cpus = cpus_per_gpu * len(ids)
+                cluster.add_raylet(res.lease_id, self.hosts[host], ids, cpus=cpus)
+            if res.cancelled:
+                return
+            gpus = sum(len(ids) for ids in res.devices.values())
+            res.group_id = cluster.call(
+                "create_group", name=res.name, gpus=gpus, lease=res.lease_id, bundle=bundle
+            )
+            if not cluster.call("ready", name=res.name, timeout_s=READY_TIMEOUT_S):
+                raise TimeoutError(f"group not ready after {READY_TIMEOUT_S:.0f} s")
+            res.state = "ready"
+            if not res.done.done():
+                res.done.set_result(True)
+            log.info("lease %s reserved on %s", res.lease_id, res.devices)
+        except Exception as exc:  # the lease fails through reconcile, with this reason
+            log.exception("reserving lease %s failed", res.lease_id)
+            res.state, res.error = "failed", str(exc) or type(exc).__name__
+            if not res.done.done():
+                res.done.set_result(False)
+
+    # -- release ---------------------------------------------------------------------------
+    def remove_group(
+        self, name: str, group_id: str | None = None, handed_over: bool = False
+    ) -> None:
+        """Stop the lease's raylets (in the background; a start in progress is cancelled),
+        whether or not a workload took the lease over: what runs there stops with them."""
+        lease_id = name.removeprefix(GROUP_PREFIX)
+        with self._mu:
+            res = self._res.pop(lease_id, None)
+        if res is None:
+            return
+        res.cancelled = True
+        self._pool.submit(self._stop, res)
+
+    def _stop(self, res: Reservation) -> None:
+        cluster = self.clusters.get(res.tenant_id)
+        for host in res.devices:
+            try:
+                cluster.remove_raylet(res.lease_id, host)
+            except Exception:
+                log.exception("stopping lease %s's raylet on %s failed", res.lease_id, host)
+        # A start still running may have added a raylet after the loop above: once more.
+        for lease, host in list(cluster.raylets()):
+            if lease == res.lease_id:
+                cluster.remove_raylet(lease, host)
+        if not res.done.done():
+            res.done.set_result(False)
+
+    # -- observe ---------------------------------------------------------------------------
+    def _adopt_once(self) -> None:
+        """After a restart: rebuild reservations from the raylets that run on this machine."""
+        if self._adopted:
+            return
+        self._adopted = True
+        for tenant_id in self.clusters.running_tenants():
+            cluster = self.clusters.get(tenant_id)
+            for (lease_id, host), ids in cluster.raylets().items():
+                with self._mu:
+                    res = self._res.setdefault(
+                        lease_id,
+                        Reservation(
+                            lease_id,
+                            tenant_id,
+                            {},
+                            self.hosts[host].gpu_type if host in self.hosts else "",
+                        ),
+                    )
+                    res.devices[host] = ids
+        for res in list(self._res.values()):
+            if res.state == "starting" and not res.done.done():
+                self._pool.submit(
+                    self._start, res, gpu_bundle(self.config.gpu_types.get(res.gpu_type))
+                )
+
+    def groups(self) -> dict[str, GroupInfo]:
+        self._adopt_once()
+        with self._mu:
+            reservations = list(self._res.values())
+        out = {}
+        for res in reservations:
+            state = {"starting": "PENDING", "ready": "CREATED", "failed": "FAILED"}[res.state]
+            nodes = tuple(h for h, ids in sorted(res.devices.items()) for _ in ids)
+            out[res.name] = GroupInfo(res.name, res.group_id, state, res.error, nodes)
+        return out
+
+    def hand_over(self, name: str, group_id: str | None = None) -> None:
+        """A workload (Train, Tune, Serve) takes the lease: remove only the keeper's group, so
+        the workload makes its own on the lease's raylets; the raylets stay."""
+        res = self._res.get(name.removeprefix(GROUP_PREFIX))
+        if res is not None:
+            self.clusters.get(res.tenant_id).call("remove_group", name=name)
+
+    def failures(self, names: list[str]) -> dict[str, str]:
+        """The errors of reservations among ``names`` that failed."""
+        out = {}
+        for name in names:
+            res = self._res.get(name.removeprefix(GROUP_PREFIX))
+            if res is not None and res.state == "failed":
+                out[name] = res.error
+        return out
+
+    def group_id(self, name: str) -> str | None:
+        res = self._res.get(name.removeprefix(GROUP_PREFIX))
+        return res.group_id or None if res else None
+
+    def ready(self, names: list[str], timeout_s: float = 0.0) -> set[str]:
+        with self._mu:
+            wanted = [
+                self._res[n.removeprefix(GROUP_PREFIX)]
+                for n in names
+                if n.removeprefix(GROUP_PREFIX) in self._res
+            ]
+        if timeout_s > 0 and wanted:
+            cf.wait([r.done for r in wanted], timeout=timeout_s)
+        return {r.name for r in wanted if r.state == "ready"}
+
+    def ready_future(self, name: str) -> cf.Future[bool] | None:
+        """A new future per caller, done with the reservation (a waiter that gives up cancels
+        its own future, never the reservation's)."""
+        res = self._res.get(name.removeprefix(GROUP_PREFIX))
+        if res is None:
+            return None
+        mine: cf.Future[bool] = cf.Future()
+
+        def relay(done: cf.Future[bool]) -> None:
+            if mine.set_running_or_notify_cancel():
+                mine.set_result(done.result())
+
+        res.done.add_done_callback(relay)
+        return mine
+
+    def connect(self, tenant_id: str, tenant_name: str) -> dict[str, str]:
+        """The tenant's cluster, started if needed (seconds when cold): its GCS address, its
+        dashboard (Jobs API) and its Ray token, valid on that cluster only."""
+        cluster = self.clusters.ensure(tenant_id, tenant_name)
+        with self._mu:
+            busy = any(r.tenant_id == tenant_id for r in self._res.values())
+        if not busy:
+            self.clusters.touch(tenant_id)  # idle time counts from now, not from its start
+        return {
+            "address": cluster.address,
+            "dashboard_url": cluster.dashboard_url,
+            "ray_token": cluster.token_path.read_text().strip(),
+            "isolation": self.clusters.isolation,
+        }
+
+    def secret(self, tenant_id: str, name: str, value: str) -> str:
+        """Keep ``value`` in a 0600 file of the tenant's user in its cluster home (how a job
+        gets its FastGPU token: the path travels, the value never does); return the path."""
+        return str(self.clusters.get(tenant_id).write_secret(name, value))
+
+    def housekeeping(self) -> None:
+        """Stop tenants' clusters that held no reservation for ``idle_timeout_s``."""
+        with self._mu:
+            busy = {r.tenant_id for r in self._res.values()}
+        self.clusters.stop_idle(busy)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

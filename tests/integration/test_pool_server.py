@@ -1,0 +1,398 @@
+"""The server with tenant clusters on (issue 9, step 2): leases become raylets in each
+tenant's own Ray cluster, run as the tenant's OS user, on the devices the pool assigned.
+
+One server process per module, no shared Ray cluster: a pool of two hosts (host-0: devices
+0-1, host-1: devices 2-3) of logical A100s. Tenants reach their cluster through
+``GET /cluster`` (what ``fastgpu connect`` prints) and submit Ray jobs to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import yaml
+
+from fastgpu.auth import new_token, write_secret
+from fastgpu.controller.clusters import TenantClusters, platform_id
+from fastgpu.pool import processes
+from fastgpu.pool.hosts import Host
+from fastgpu.pool.runtime import remove_user
+from fastgpu.sdk import Client
+from tests.integration.platform_fixtures import Platform, free_port, make_config, wait_until
+
+pytestmark = [
+    pytest.mark.ray,
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="tenants' own OS users need root"),
+]
+
+POOL = {
+    "hosts": [
+        {"name": "host-0", "gpu_type": "A100", "devices": [0, 1]},
+        {"name": "host-1", "gpu_type": "A100", "devices": [2, 3]},
+    ]
+}
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    base = Path(os.environ["RAY_TMPDIR"])
+    base.chmod(0o711)  # tenants pass through the test's temp dir to their own dirs
+    state = tmp_path_factory.mktemp("pool-state")
+    config = make_config(
+        state,
+        pool=POOL,
+        storage_root=str(base / f"storage-{os.getpid()}"),
+        tenant_clusters={"enabled": True, "idle_timeout_s": 3600},
+        controller={"min_duration_s": 1.0, "tick_interval_s": 0.25},
+    )
+    (state / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    admin = new_token()
+    write_secret(state / "admin_token", admin)
+    platform = Platform(config, admin, state, None)
+    platform.start_server()
+    try:
+        yield platform
+    finally:
+        platform.stop_server()
+        clusters = TenantClusters(config)
+        prefix = f"{clusters.platform}/"
+        for marker, procs in processes.marked(prefix).items():
+            processes.stop_tree(procs[0].pid, 2.0, marker=marker)
+        remove_users(clusters.platform)
+        remove_users(platform_id(Path(os.environ["RAY_TMPDIR"]) / f"up{os.getpid()}" / "h"))
+
+
+def remove_users(platform: str) -> None:
+    """The tenants' users a platform made (their comment names the platform)."""
+    for line in Path("/etc/passwd").read_text().splitlines():
+        name = line.split(":", 1)[0]
+        if f"fastgpu {platform} tenant" in line:
+            remove_user(name)
+
+
+def raylets(platform: Platform) -> dict[str, dict[str, Any]]:
+    """lease id -> {host, devices, user} of every raylet of this platform's tenants."""
+    prefix = f"{TenantClusters(platform.config).platform}/"
+    out = {}
+    for marker, procs in processes.marked(prefix).items():
+        tenant, _, role = marker[len(prefix) :].partition("/")
+        if not role.startswith("raylet/"):
+            continue
+        _, lease, host = role.split("/")
+        try:
+            env, user = procs[0].environ(), procs[0].username()
+        except psutil.Error:  # it stopped meanwhile
+            continue
+        out[lease] = {
+            "tenant": tenant,
+            "host": host,
+            "devices": env["CUDA_VISIBLE_DEVICES"],
+            "user": user,
+            "pid": procs[0].pid,
+        }
+    return out
+
+
+def ray_job(cluster: dict[str, Any], tmp: Path, code: str, timeout: float = 180) -> Any:
+    """Run ``code`` as a Ray job in the tenant's cluster with `ray job submit`, as a user
+    would after `fastgpu connect`; return the JSON it printed last."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    token = tmp / "ray_token"
+    write_secret(token, cluster["ray_token"])
+    (tmp / "wd").mkdir(exist_ok=True)
+    (tmp / "wd" / "job.py").write_text(code)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
+        "RAY_API_SERVER_ADDRESS": cluster["dashboard_url"],
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token),
+    }
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("ray")),
+            "job",
+            "submit",
+            "--working-dir",
+            str(tmp / "wd"),
+            "--",
+            "python",
+            "job.py",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith(("{", "["))]
+    return json.loads(lines[-1])
+
+
+GPU_PROBE = """
+import json, os, ray
+from ray._raylet import PlacementGroupID
+from ray.util.placement_group import PlacementGroup
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy as S
+ray.init()
+pg = PlacementGroup(PlacementGroupID(bytes.fromhex(os.environ.get("PG", "") or "{pg}")))
+@ray.remote(num_gpus=1, num_cpus=0)
+def where():
+    return os.environ["CUDA_VISIBLE_DEVICES"], os.getuid()
+out = ray.get([where.options(scheduling_strategy=S(pg, i)).remote() for i in range({n})])
+print(json.dumps({{"seen": sorted(d for d, _ in out), "uids": sorted({{u for _, u in out}}),
+                  "gpus": ray.cluster_resources().get("GPU", 0)}}))
+"""
+
+
+def test_a_lease_is_raylets_in_the_tenant_cluster(pool: Platform, tmp_path: Path) -> None:
+    token = pool.tenant("alpha", A100=4)
+    alpha = pool.client(token)
+    lease = alpha.request_lease(2, "A100", "10m", wait=True, timeout=180)
+    assert lease.state == "RESERVED", lease
+    mine = raylets(pool)
+    assert set(mine) == {lease.id}
+    info = mine[lease.id]
+    assert info["user"].startswith("fg")  # the tenant's own OS user, not root
+    devices = sorted(int(d) for d in info["devices"].split(","))
+    assert len(devices) == 2
+    cluster = alpha.cluster()
+    assert cluster["isolation"] == "os_users"
+    out = ray_job(
+        cluster,
+        tmp_path,
+        GPU_PROBE.format(pg=lease.data["placement_group_id"], n=2),
+    )
+    assert out["seen"] == [str(d) for d in devices]
+    assert out["gpus"] == 2  # the tenant's Ray sees its lease, nothing more
+    alpha.release_lease(lease.id)
+    wait_until(lambda: lease.id not in raylets(pool), timeout=30)
+
+
+def test_two_tenants_get_disjoint_devices_in_separate_clusters(
+    pool: Platform, tmp_path: Path
+) -> None:
+    alpha = pool.client(pool.tenant("a2", A100=2))
+    beta = pool.client(pool.tenant("b2", A100=2))
+    la = alpha.request_lease(2, "A100", "10m", wait=True, timeout=180)
+    lb = beta.request_lease(2, "A100", "10m", wait=True, timeout=180)
+    assert (la.state, lb.state) == ("RESERVED", "RESERVED")
+    seen = raylets(pool)
+    da = set(seen[la.id]["devices"].split(","))
+    db = set(seen[lb.id]["devices"].split(","))
+    assert da.isdisjoint(db)
+    assert seen[la.id]["user"] != seen[lb.id]["user"]
+    ca, cb = alpha.cluster(), beta.cluster()
+    assert ca["address"] != cb["address"]
+    assert ca["ray_token"] != cb["ray_token"]
+    # The pool is full: a third lease waits for capacity, it does not overcommit a device.
+    pending = alpha.request_lease(1, "A100", "10m")
+    assert pending.state == "PENDING"
+    out = ray_job(cb, tmp_path, GPU_PROBE.format(pg=lb.data["placement_group_id"], n=2))
+    assert sorted(out["seen"]) == sorted(db)
+    alpha.release_lease(pending.id)
+    alpha.release_lease(la.id)
+    beta.release_lease(lb.id)
+    wait_until(lambda: not ({la.id, lb.id} & set(raylets(pool))), timeout=30)
+
+
+def test_expiry_stops_the_raylet(pool: Platform) -> None:
+    alpha = pool.client(pool.tenant("short", A100=1))
+    lease = alpha.request_lease(1, "A100", "3s", wait=True, timeout=180)
+    assert lease.state == "RESERVED"
+    assert lease.id in raylets(pool)
+    wait_until(lambda: alpha.get_lease(lease.id).state == "EXPIRED", timeout=30)
+    wait_until(lambda: lease.id not in raylets(pool), timeout=30)
+
+
+def test_a_restarted_server_adopts_raylets_and_stops_orphans(pool: Platform) -> None:
+    alpha = pool.client(pool.tenant("crash", A100=2))
+    lease = alpha.request_lease(1, "A100", "10m", wait=True, timeout=180)
+    before = raylets(pool)[lease.id]
+    pool.kill_server()
+    # While the server is down, a raylet appears that no lease accounts for.
+    clusters = TenantClusters(pool.config)
+    tenant_id = before["tenant"]
+    cluster = clusters.get(tenant_id)
+    assert cluster.running()
+    free = {"host-0": {0, 1}, "host-1": {2, 3}}
+    host = next(h for h, ids in free.items() if h != before["host"])
+    cluster.add_raylet("orphan", Host(host, "A100", tuple(sorted(free[host]))), (min(free[host]),))
+    assert "orphan" in raylets(pool)
+    pool.start_server()
+    wait_until(lambda: "orphan" not in raylets(pool), timeout=60)
+    after = raylets(pool)
+    assert after[lease.id]["pid"] == before["pid"]  # adopted, not restarted
+    fresh = pool.client(pool.admin).get_lease(lease.id)
+    assert fresh.state == "RESERVED"
+    alpha.release_lease(lease.id)
+    wait_until(lambda: lease.id not in raylets(pool), timeout=30)
+
+
+def test_cluster_access_is_per_tenant(pool: Platform) -> None:
+    token = pool.tenant("viewer", A100=1)
+    client = pool.client(token)
+    with pytest.raises(Exception, match="not found"):
+        client.cluster("alpha")
+    admin = pool.client()
+    with pytest.raises(Exception, match="must name the tenant"):
+        admin.cluster()
+    assert admin.cluster("viewer")["address"] == client.cluster()["address"]
+
+
+@pytest.fixture(autouse=True)
+def _server_log_on_failure(request: pytest.FixtureRequest, pool: Platform) -> Iterator[None]:
+    failed = request.session.testsfailed
+    yield
+    if request.session.testsfailed > failed:
+        print("---- server log ----\n" + (pool.state_dir / "server.log").read_text())
+
+
+JOB_SCRIPT = Path(__file__).parent / "job_scripts" / "isolated_job.py"
+
+
+def test_a_job_runs_in_its_tenant_cluster_and_reaches_nothing_else(
+    pool: Platform, tmp_path: Path
+) -> None:
+    """`fastgpu job submit` sends the job to alpha's own cluster; there it takes its lease
+    with a token it reads from a file, and fails to reach beta, the server and its state."""
+    alpha = pool.client(pool.tenant("jobs-a", A100=2))
+    beta = pool.client(pool.tenant("jobs-b", A100=2))
+    beta.cluster()  # beta's cluster runs: a target
+    beta_id = beta.whoami()["tenant_id"]
+    beta_spec = TenantClusters(pool.config).spec(beta_id)
+    beta_head = processes.marked(f"{beta_spec.platform_id}/{beta_id}/head")
+    beta_pid = next(iter(beta_head.values()))[0].pid
+    assert pool.proc is not None
+    targets = [
+        str(pool.state_dir),
+        str(pool.state_dir / "fastgpu.db"),
+        str(pool.state_dir / "admin_token"),
+        str(pool.state_dir / "config.yaml"),
+        str(beta_spec.home),
+        str(beta_spec.home / "ray_token"),
+        str(beta_spec.storage),
+    ]
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    (wd / "isolated_job.py").write_text(JOB_SCRIPT.read_text())
+    job = alpha.submit_job(
+        "python isolated_job.py",
+        gpus=2,
+        gpu_type="A100",
+        duration="5m",
+        working_dir=wd,
+        env={
+            "PROBE_PATHS": json.dumps(targets),
+            "PROBE_PIDS": json.dumps([beta_pid, pool.proc.pid]),
+        },
+    )
+    final = wait_until(
+        lambda: (
+            (s := alpha.job_status(job["id"]))["status"] in ("SUCCEEDED", "FAILED", "STOPPED") and s
+        ),
+        timeout=300,
+        interval=1.0,
+    )
+    logs = alpha.job_logs(job["id"])
+    assert final["status"] == "SUCCEEDED", logs[-3000:]
+    out = json.loads([line for line in logs.splitlines() if line.startswith("{")][-1])
+    assert out["state"] == "RESERVED"
+    assert len(out["devices"]) == 2
+    assert out["cluster_gpus"] == 2
+    assert out["token_in_env"] is False
+    assert out["uid"] != 0
+    assert set(out["probes"].values()) == {"PermissionError"}, out["probes"]
+    # The job is alpha's: beta cannot see it, in the API or in its own cluster.
+    assert [j["id"] for j in alpha.list_jobs()] == [job["id"]]
+    assert beta.list_jobs() == []
+    with pytest.raises(Exception, match="not found"):
+        beta.job_status(job["id"])
+
+
+def test_no_token_in_any_log_environment_or_command_line(pool: Platform) -> None:
+    """Every token this module made (tenants' API tokens, jobs' tokens, clusters' Ray tokens)
+    is found only in its own 0600 file: not in a log, an environment or a command line."""
+    clusters = TenantClusters(pool.config)
+    secrets_files = {
+        p
+        for p in clusters.root.rglob("*")
+        if p.is_file() and (p.name == "ray_token" or p.parent.name == "secrets")
+    }
+    tokens = {p.read_text().strip() for p in secrets_files}
+    tokens |= {c.token for c in pool.clients} - {pool.admin}
+    assert len(tokens) >= 6, tokens
+    for path in [*clusters.root.rglob("*"), *pool.state_dir.rglob("*")]:
+        if path in secrets_files or not path.is_file() or path.is_socket():
+            continue
+        data = path.read_bytes()
+        leaked = [t[:6] for t in tokens if t.encode() in data]
+        assert not leaked, f"{path} holds tokens starting {leaked}"
+    for procs in processes.marked(f"{clusters.platform}/").values():
+        for proc in procs:
+            try:
+                text = " ".join(proc.cmdline()) + str(proc.environ())
+            except psutil.Error:
+                continue
+            assert not any(t in text for t in tokens), proc.cmdline()
+
+
+def test_up_connect_and_down_with_tenant_clusters() -> None:
+    """`fastgpu up --tenant-clusters` starts no shared Ray; `fastgpu connect` writes a 0600
+    token file and prints only its path; `fastgpu down` stops every tenant process."""
+    base = Path(os.environ["RAY_TMPDIR"]) / f"up{os.getpid()}"
+    home = base / "h"
+    base.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH_TOKEN", "FASTGPU_"))}
+    env |= {"FASTGPU_HOME": str(home), "HOME": str(base)}
+    cfg = base / "fastgpu.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "gpu_types": {"A100": {"price_per_hour": 2.0}},
+                "tenants": {"team": {"quotas": {"A100": {"nominal": 2}}}},
+                "api": {"port": free_port()},
+            }
+        )
+    )
+
+    def fastgpu(*args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
+        extra = {"FASTGPU_TOKEN": token} if token else {}
+        return subprocess.run(
+            [sys.executable, "-m", "fastgpu.cli.main", *args],
+            env=env | extra, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    out = fastgpu("up", "--tenant-clusters", "--gpus", "2", "--config", str(cfg), "-o", "json")
+    try:
+        assert out.returncode == 0, out.stdout + out.stderr
+        info = json.loads(out.stdout)
+        assert info["tenant_clusters"] is True
+        assert info["ray_address"] is None  # no shared cluster
+        token = info["new_tenant_tokens"]["team"]
+        printed = fastgpu("connect", token=token)
+        assert printed.returncode == 0, printed.stderr
+        assert token not in printed.stdout
+        exports = dict(
+            line.removeprefix("export ").split("=", 1) for line in printed.stdout.splitlines()
+        )
+        token_file = Path(exports["RAY_AUTH_TOKEN_PATH"])
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        assert exports["RAY_ADDRESS"].startswith("127.0.0.1:")
+        team = Client(token=token, address=info["api"])
+        lease = team.request_lease(2, "A100", "5m", wait=True, timeout=180)
+        assert lease.state == "RESERVED"
+        team.close()
+        assert processes.marked(f"{platform_id(home)}/")
+    finally:
+        down = fastgpu("down", "-o", "json")
+    assert down.returncode == 0, down.stderr
+    assert processes.marked(f"{platform_id(home)}/") == {}
