@@ -7,7 +7,7 @@
    server's HTTP API until RESERVED (a raylet joined, the keeper's group ready) against the raw
    floor: a raylet joining a live head (`ray start --block --address`) plus a placement group
    on it, made by a driver already connected.
-3. Memory: the RSS of an idle tenant cluster (head, its agents, keeper) and of one lease's
+3. Memory: the PSS of an idle tenant cluster (head, its agents, keeper) and of one lease's
    raylet.
 
 Runs alternate raw and platform, so drift in the machine's load hits both. Needs root for
@@ -54,11 +54,12 @@ from fastgpu.pool.tenant_cluster import (  # noqa: E402
 POOL = {"hosts": [{"name": "host-0", "gpu_type": "A100", "devices": [0, 1, 2, 3]}]}
 
 
-def rss_mb(procs: list[Any]) -> float:
+def pss_mb(procs: list[Any]) -> float:
+    """Proportional set size: shared pages (the dashboard's forked modules) counted once."""
     total = 0
     for p in procs:
         try:
-            total += p.memory_info().rss
+            total += p.memory_full_info().pss
         except psutil.Error:
             pass
     return total / 2**20
@@ -136,13 +137,13 @@ def cold_starts(runs: int, clusters: TenantClusters) -> tuple[list[float], list[
         head = RawHead(Path(_TMP) / f"raw{i}")
         raw.append(head.start())
         head.stop()
-        cluster = TenantCluster(clusters.spec(f"bench{i:04d}"))
+        cluster = TenantCluster(clusters.spec(f"{i:02d}bench{os.getpid()}"))
         t0 = time.perf_counter()
         cluster.start_head()
         ours.append(time.perf_counter() - t0)
         cluster.call("nodes")  # the keeper too, as a lease would start it
         time.sleep(2)
-        idle_mb = rss_mb(processes.node_tree(cluster.marker("head"))) + rss_mb(
+        idle_mb = pss_mb(processes.node_tree(cluster.marker("head"))) + pss_mb(
             processes.node_tree(cluster.marker("keeper"))
         )
         cluster.stop()
@@ -199,7 +200,7 @@ def platform_grants(runs: int, state: Path) -> tuple[list[float], float]:
             assert lease.state == "RESERVED", lease
             markers = processes.marked(f"{clusters.platform}/")
             raylet = [m for m in markers if m.endswith(f"raylet/{lease.id}/host-0")]
-            raylet_mb = rss_mb(processes.node_tree(raylet[0])) if raylet else 0.0
+            raylet_mb = pss_mb(processes.node_tree(raylet[0])) if raylet else 0.0
             client.release_lease(lease.id)
             deadline = time.monotonic() + 30
             while raylet and raylet[0] in processes.marked(raylet[0]):
@@ -245,8 +246,8 @@ def main() -> int:
     ]
     for name, raw, ours in rows:
         print(f"{name:<44}{med(raw):>11.2f}{med(ours):>15.2f}{med(ours) / med(raw):>7.2f}x")
-    print(f"idle tenant cluster (head + agents + keeper) RSS: {idle_mb:.0f} MB")
-    print(f"one lease's raylet (1 GPU, idle) RSS: {raylet_mb:.0f} MB")
+    print(f"idle tenant cluster (head, agents, dashboard, keeper) PSS: {idle_mb:.0f} MB")
+    print(f"one lease's raylet (1 GPU, idle) PSS: {raylet_mb:.0f} MB")
     return 0
 
 

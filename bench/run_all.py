@@ -16,6 +16,7 @@ RUNS = [
     ["bench_api.py", "--quick"],
     ["bench_scheduler.py"],
     ["bench_train.py"],
+    ["bench_tenant_clusters.py", "--runs", "3"],
 ]
 
 

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="tenants' own OS users need root"),
 ]
 
+IDLE_S = 10.0
 POOL = {
     "hosts": [
         {"name": "host-0", "gpu_type": "A100", "devices": [0, 1]},
@@ -51,7 +53,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         state,
         pool=POOL,
         storage_root=str(base / f"storage-{os.getpid()}"),
-        tenant_clusters={"enabled": True, "idle_timeout_s": 3600},
+        tenant_clusters={"enabled": True, "idle_timeout_s": IDLE_S},
         controller={"min_duration_s": 1.0, "tick_interval_s": 0.25},
     )
     (state / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
@@ -266,7 +268,8 @@ def test_a_job_runs_in_its_tenant_cluster_and_reaches_nothing_else(
     with a token it reads from a file, and fails to reach beta, the server and its state."""
     alpha = pool.client(pool.tenant("jobs-a", A100=2))
     beta = pool.client(pool.tenant("jobs-b", A100=2))
-    beta.cluster()  # beta's cluster runs: a target
+    # beta holds a lease, so its cluster runs (a target) and is not idle.
+    beta_lease = beta.request_lease(1, "A100", "10m", wait=True, timeout=180)
     beta_id = beta.whoami()["tenant_id"]
     beta_spec = TenantClusters(pool.config).spec(beta_id)
     beta_head = processes.marked(f"{beta_spec.platform_id}/{beta_id}/head")
@@ -316,6 +319,40 @@ def test_a_job_runs_in_its_tenant_cluster_and_reaches_nothing_else(
     assert beta.list_jobs() == []
     with pytest.raises(Exception, match="not found"):
         beta.job_status(job["id"])
+    beta.release_lease(beta_lease.id)
+
+
+def head_running(pool: Platform, client: Any) -> bool:
+    prefix = f"{TenantClusters(pool.config).platform}/{client.whoami()['tenant_id']}/head"
+    return bool(processes.marked(prefix))
+
+
+SLEEPER = "import ray, time; ray.init(); time.sleep({s}); print('slept')"
+
+
+def test_an_idle_cluster_stops_and_a_running_job_keeps_it(pool: Platform, tmp_path: Path) -> None:
+    """No lease and no driver for idle_timeout_s: the tenant's cluster stops (it starts again
+    on the next need). A job running without a lease keeps it up."""
+    idle = pool.client(pool.tenant("idler", A100=1))
+    first = idle.cluster()
+    assert head_running(pool, idle)
+    wait_until(lambda: not head_running(pool, idle), timeout=IDLE_S + 30, interval=0.5)
+    again = idle.cluster()  # the next need starts it again
+    assert head_running(pool, idle)
+    assert again["ray_token"] == first["ray_token"]  # its token file stays
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    (wd / "sleeper.py").write_text(SLEEPER.format(s=IDLE_S * 2.5))
+    job = idle.submit_job("python sleeper.py", working_dir=wd)
+    wait_until(lambda: idle.job_status(job["id"])["status"] == "RUNNING", timeout=60)
+    time.sleep(IDLE_S * 1.5)
+    assert idle.job_status(job["id"])["status"] == "RUNNING"
+    assert head_running(pool, idle)  # busy: a driver runs there
+    final = wait_until(
+        lambda: (s := idle.job_status(job["id"]))["status"] in ("SUCCEEDED", "FAILED") and s,
+        timeout=120,
+    )
+    assert final["status"] == "SUCCEEDED", idle.job_logs(job["id"])[-2000:]
 
 
 def test_no_token_in_any_log_environment_or_command_line(pool: Platform) -> None:

@@ -145,22 +145,27 @@ class TenantClusters:
                 out.add(tenant)
         return out
 
-    def stop_idle(self, busy: set[str], now: float | None = None) -> list[str]:
-        """Stop clusters of tenants not in ``busy`` once idle ``idle_timeout_s``; return them."""
+    def idle(self, busy: set[str], now: float | None = None) -> list[TenantCluster]:
+        """Running clusters of tenants not in ``busy`` (tenants holding leases) that had no
+        lease and no driver for ``idle_timeout_s``: the ones to stop now."""
         now = time.monotonic() if now is None else now
         timeout = self.config.tenant_clusters.idle_timeout_s
-        stopped = []
+        out = []
         for tenant_id, cluster in self.known().items():
             if tenant_id in busy or not cluster.running():
                 self._idle_since.pop(tenant_id, None)
                 continue
             since = self._idle_since.setdefault(tenant_id, now)
-            if now - since >= timeout:
-                log.info("tenant %s's cluster idle for %.0f s: stopping it", tenant_id, now - since)
-                cluster.stop()
-                self._idle_since.pop(tenant_id, None)
-                stopped.append(tenant_id)
-        return stopped
+            if now - since < timeout:
+                continue
+            if cluster.busy():  # a job or a session runs there: idle from now on, at most
+                self._idle_since[tenant_id] = now
+                continue
+            out.append(cluster)
+        return out
+
+    def stopped(self, tenant_id: str) -> None:
+        self._idle_since.pop(tenant_id, None)
 
     def stop_all(self) -> None:
         for cluster in self.known().values():

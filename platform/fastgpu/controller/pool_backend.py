@@ -61,6 +61,10 @@ class PoolBackend:
         self._res: dict[str, Reservation] = {}
         self._pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="fastgpu-pool")
         self._adopted = False
+        self._housekeeping = threading.Lock()
+        #: Tenants whose idle cluster is being stopped; starts wait for it (``_stopped``).
+        self._stopping: set[str] = set()
+        self._stopped = threading.Condition(self._mu)
 
     # -- the policy's view -----------------------------------------------------------------
     def nodes(self) -> list[NodeInfo]:
@@ -105,6 +109,7 @@ class PoolBackend:
         # worker (1 CPU + 1 GPU by default) fits on every GPU.
         cpus_per_gpu = max(1, math.ceil(bundle.get("CPU", 0)))
         try:
+            self._wait_not_stopping(res.tenant_id)
             cluster = self.clusters.ensure(res.tenant_id)
             for host, ids in sorted(res.devices.items()):
                 if res.cancelled:
@@ -243,6 +248,7 @@ class PoolBackend:
     def connect(self, tenant_id: str, tenant_name: str) -> dict[str, str]:
         """The tenant's cluster, started if needed (seconds when cold): its GCS address, its
         dashboard (Jobs API) and its Ray token, valid on that cluster only."""
+        self._wait_not_stopping(tenant_id)
         cluster = self.clusters.ensure(tenant_id, tenant_name)
         with self._mu:
             busy = any(r.tenant_id == tenant_id for r in self._res.values())
@@ -261,10 +267,41 @@ class PoolBackend:
         return str(self.clusters.get(tenant_id).write_secret(name, value))
 
     def housekeeping(self) -> None:
-        """Stop tenants' clusters that held no reservation for ``idle_timeout_s``."""
+        """Stop tenants' clusters idle for ``idle_timeout_s`` (no lease, no driver), on a
+        worker thread: the controller's pass never waits for it."""
+        if self._housekeeping.locked():
+            return
         with self._mu:
             busy = {r.tenant_id for r in self._res.values()}
-        self.clusters.stop_idle(busy)
+        if not self.clusters.known().keys() - busy:
+            return
+        self._pool.submit(self._stop_idle, busy)
+
+    def _stop_idle(self, busy: set[str]) -> None:
+        if not self._housekeeping.acquire(blocking=False):
+            return
+        try:
+            for cluster in self.clusters.idle(busy):
+                tenant = cluster.spec.tenant_id
+                with self._mu:
+                    if any(r.tenant_id == tenant for r in self._res.values()):
+                        continue  # a lease arrived meanwhile
+                    self._stopping.add(tenant)
+                try:
+                    log.info("tenant %s's cluster is idle: stopping it", tenant)
+                    cluster.stop()
+                    self.clusters.stopped(tenant)
+                finally:
+                    with self._mu:
+                        self._stopping.discard(tenant)
+                        self._stopped.notify_all()
+        finally:
+            self._housekeeping.release()
+
+    def _wait_not_stopping(self, tenant_id: str) -> None:
+        """A cluster being stopped finishes stopping before anything starts it again."""
+        with self._mu:
+            self._stopped.wait_for(lambda: tenant_id not in self._stopping, timeout=120)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -10,6 +10,7 @@ one answer per line on stdout, in order::
     {"op": "remove_group", "name": "..."}
     {"op": "ready", "name": "...", "timeout_s": 0}
     {"op": "nodes"}
+    {"op": "drivers"}
     -> {"ok": true, "result": ...} | {"ok": false, "error": "..."}
 
 The keeper exits when stdin closes (the server stopped or died); detached groups stay. Group
@@ -99,6 +100,15 @@ def nodes() -> list[dict[str, Any]]:
     return out
 
 
+def drivers() -> int:
+    """Live drivers in the cluster other than the keeper (jobs, `ray.init` sessions)."""
+    import ray
+    from ray._private.state import jobs
+
+    me = ray.get_runtime_context().get_job_id()
+    return sum(1 for job in jobs() if not job["IsDead"] and job["JobID"] != me)
+
+
 def handle(request: dict[str, Any]) -> Any:
     op = request.get("op")
     if op == "create_group":
@@ -111,6 +121,8 @@ def handle(request: dict[str, Any]) -> Any:
         return ready(request["name"], float(request.get("timeout_s", 0)))
     if op == "nodes":
         return nodes()
+    if op == "drivers":
+        return drivers()
     raise ValueError(f"unknown op {op!r}")
 
 

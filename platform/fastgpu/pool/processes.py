@@ -23,6 +23,8 @@ from typing import Any
 from fastgpu.errors import FastGPUError
 
 MARKER_ENV = "FASTGPU_NODE"
+#: Where each log's output of the latest :func:`spawn` starts.
+_log_start: dict[Path, int] = {}
 #: What ``ray start --block`` prints once the node is up.
 READY_TEXT = "block forever"
 
@@ -39,10 +41,11 @@ class OsUser:
 def spawn(
     cmd: list[str], env: dict[str, str], cwd: Path, log: Path, user: OsUser | None
 ) -> subprocess.Popen[bytes]:
-    """Start ``cmd`` as ``user`` (or as this process's user), output to ``log``, in a new
-    session (a signal to the server's process group does not reach it)."""
+    """Start ``cmd`` as ``user`` (or as this process's user), output appended to ``log``, in
+    a new session (a signal to the server's process group does not reach it)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
+        _log_start[log] = out.tell()
         if user is not None:
             os.chown(log, user.uid, user.gid)
         return subprocess.Popen(
@@ -64,8 +67,9 @@ def wait_started(proc: subprocess.Popen[bytes], log: Path, what: str, timeout_s:
     """Wait until ``ray start --block`` says the node is up; raise with its log if it exits or
     takes longer than ``timeout_s`` (and stop what it started)."""
     deadline = time.monotonic() + timeout_s
+    start = _log_start.pop(log, 0)  # what earlier runs appended does not count
     while True:
-        text = log.read_text(errors="replace") if log.exists() else ""
+        text = log.read_bytes()[start:].decode(errors="replace") if log.exists() else ""
         if READY_TEXT in text:
             return
         code = proc.poll()

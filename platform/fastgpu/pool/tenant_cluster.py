@@ -352,6 +352,14 @@ class TenantCluster:
             processes.stop_tree(keeper.pid, 2.0, marker=self.marker("keeper"))
             keeper.wait(timeout=10)
 
+    def busy(self) -> bool:
+        """Whether a driver (a job, a `ray.init` session) runs in the cluster; True when the
+        keeper cannot tell (never stop a cluster on a guess)."""
+        try:
+            return int(self.call("drivers")) > 0
+        except FastGPUError:
+            return True
+
     # -- stop ------------------------------------------------------------------------------
     def stop(self, grace_s: float = 5.0) -> int:
         """Stop every process of this cluster (keeper, raylets, head); the dirs stay."""
