@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     import fastgpu.train as ft
 
     run_name = args.run_name or time.strftime("digits-%Y%m%d-%H%M%S")
-    use_lease = bool(os.environ.get("FASTGPU_TOKEN")) and not args.no_lease
+    has_token = os.environ.get("FASTGPU_TOKEN") or os.environ.get("FASTGPU_TOKEN_FILE")
+    use_lease = bool(has_token) and not args.no_lease
     workers: int | tuple[int, int] = args.gpus
     if args.cpu_only:
         workers = args.num_workers if args.num_workers is not None else 2
@@ -120,9 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             tenant=lease.tenant,
             storage_root=lease.storage_root,
             workers=lease.workers,
-            node_ids=lease.node_ids,
-            max_gpus=lease.gpus,
             stop_at=lease.expires_at,
+            **lease.placement(),
         )
     if workers != 0:
         import ray

@@ -494,6 +494,12 @@ class PlatformConfig(_Spec):
         return f"sqlite:///{self.resolved_state_dir() / 'fastgpu.db'}"
 
 
+def tenant_storage_key(tenant_id: str) -> str:
+    """The folder under the storage root of a tenant with tenant clusters: named by its
+    immutable id (a re-created name never inherits files), shaped like a tenant name."""
+    return f"t-{tenant_id}"
+
+
 def default_state_dir() -> Path:
     home = os.environ.get("FASTGPU_HOME")
     return Path(home).expanduser() if home else Path.home() / ".fastgpu"

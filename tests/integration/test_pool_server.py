@@ -433,3 +433,41 @@ def test_up_connect_and_down_with_tenant_clusters() -> None:
         down = fastgpu("down", "-o", "json")
     assert down.returncode == 0, down.stderr
     assert processes.marked(f"{platform_id(home)}/") == {}
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_training_job_runs_on_its_lease_raylets(pool: Platform) -> None:
+    """jobs/train_classifier.py under `fastgpu job submit --gpus 2`: the job takes its lease,
+    Ray Train's workers run on the lease's raylets (label fastgpu.io/lease) in the tenant's
+    cluster, and the run's files are the tenant user's, in its storage folder."""
+    ml = pool.client(pool.tenant("ml", A100=2))
+    me = ml.whoami()
+    assert me["tenant_clusters"] is True
+    assert me["storage_key"] == f"t-{me['tenant_id']}"
+    job = ml.submit_job(
+        "python train_classifier.py --epochs 1 --run-name pooled --cpus-per-worker 0.25",
+        gpus=2,
+        gpu_type="A100",
+        duration="10m",
+        working_dir=REPO / "jobs",
+    )
+    final = wait_until(
+        lambda: (
+            (s := ml.job_status(job["id"]))["status"] in ("SUCCEEDED", "FAILED", "STOPPED") and s
+        ),
+        timeout=400,
+        interval=2.0,
+    )
+    logs = ml.job_logs(job["id"])
+    assert final["status"] == "SUCCEEDED", logs[-4000:]
+    result = json.loads(next(x for x in reversed(logs.splitlines()) if x.startswith("{")))
+    run_dir = Path(result["run_dir"])
+    assert run_dir == Path(me["storage_root"]) / me["storage_key"] / "runs" / "pooled"
+    assert result["checkpoint"]
+    assert result["metrics"]["test_accuracy"] > 0.5
+    assert run_dir.stat().st_uid != 0  # written by the tenant's user, not the platform's
+    assert final["lease"]["workload"] == "train:pooled"
+    assert final["lease"]["state"] == "RELEASED"
+    assert final["lease"]["gpus"] == 2

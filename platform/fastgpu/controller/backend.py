@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fastgpu.config import GpuTypeSpec
+from fastgpu.domain.lease import GPU_TYPE_LABEL
 
 GROUP_PREFIX = "fastgpu-lease-"
-GPU_TYPE_LABEL = "fastgpu.io/gpu-type"
 NODE_ID_LABEL = "ray.io/node-id"
 
 

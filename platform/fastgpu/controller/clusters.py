@@ -5,7 +5,7 @@ Where things live (see ``docs/design/tenant-clusters.md``):
 
 * a tenant's cluster home: ``<tenant_clusters.root>/<start of tenant id>`` (short: Ray's socket
   paths);
-* its storage dir: ``<storage root>/<tenant id>``, 0700 and owned by the tenant's user; the
+* its storage dir: ``<storage root>/t-<tenant id>``, 0700 and owned by the tenant's user; the
   storage root itself is 0711 (passable, not listable);
 * its OS user: ``fg<hash>`` in ``os_users`` mode (:mod:`fastgpu.pool.runtime`).
 
@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from fastgpu.config import PlatformConfig
+from fastgpu.config import PlatformConfig, tenant_storage_key
 from fastgpu.errors import ConfigError
 from fastgpu.pool import processes
 from fastgpu.pool.runtime import (
@@ -104,7 +104,7 @@ class TenantClusters:
             platform_id=self.platform,
             tenant_id=tenant_id,
             home=self.root / tenant_id[:HOME_NAME_CHARS],
-            storage=self.config.resolved_storage_root() / tenant_id,
+            storage=self.config.resolved_storage_root() / tenant_storage_key(tenant_id),
             python=python,
             user=user,
             head_cpus=self.config.tenant_clusters.head_cpus,

@@ -391,6 +391,7 @@ class Controller:
                 tenants,
                 self._stats.get(tenants, now),
                 self.live() if live is None else live,
+                resizable=getattr(self.backend, "resizable", True),
             )
 
     def schedule(self) -> dict[str, Lease]:

@@ -53,6 +53,10 @@ class Reservation:
 
 
 class PoolBackend:
+    #: Elastic resize of a bound lease would add or stop raylets; not built yet, so the policy
+    #: sees every lease at its size (issue 9, next step).
+    resizable = False
+
     def __init__(self, config: PlatformConfig, hosts: list[Host], workers: int = 8) -> None:
         self.config = config
         self.hosts = {h.name: h for h in hosts}

@@ -44,6 +44,12 @@ from fastgpu.validation import (
     REQUEST_ID_PATTERN,
 )
 
+#: Ray node labels of a tenant cluster's lease raylets (set by the pool; workloads select on
+#: them): the lease, its GPU type, the host.
+LEASE_LABEL = "fastgpu.io/lease"
+GPU_TYPE_LABEL = "fastgpu.io/gpu-type"
+HOST_LABEL = "fastgpu.io/host"
+
 
 class LeaseState(str, enum.Enum):
     PENDING = "PENDING"

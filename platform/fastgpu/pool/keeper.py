@@ -25,9 +25,8 @@ import logging
 import sys
 from typing import Any
 
-LEASE_LABEL = "fastgpu.io/lease"
-GPU_TYPE_LABEL = "fastgpu.io/gpu-type"
-HOST_LABEL = "fastgpu.io/host"
+from fastgpu.domain.lease import HOST_LABEL, LEASE_LABEL
+
 NAMESPACE = "fastgpu"
 
 

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fastgpu.domain.lease import GPU_TYPE_LABEL, HOST_LABEL, LEASE_LABEL
 from fastgpu.errors import FastGPUError
 from fastgpu.pool import processes
 from fastgpu.pool.hosts import Host
-from fastgpu.pool.keeper import GPU_TYPE_LABEL, HOST_LABEL, LEASE_LABEL
 from fastgpu.pool.processes import MARKER_ENV, OsUser
 from fastgpu.pool.runtime import TenantPython, private_dir, write_private
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fastgpu.auth import ADMIN, Principal, hash_token, new_token
+from fastgpu.config import tenant_storage_key
 from fastgpu.errors import AuthenticationError, Conflict, NotFound, PermissionDenied
 from fastgpu.service.models import Page, TokenIssued, TokenOut, WhoAmI, paginate
 from fastgpu.store import TokenRecord
@@ -128,10 +129,15 @@ class AuthService:
             token_id=p.token_id,
             token_expires_at=iso(p.token_expires_at),
         )
+        pooled = self._ctl.config.tenant_clusters.enabled
+        out.tenant_clusters = pooled
         if p.tenant:
             root = self._ctl.config.resolved_storage_root()
             out.storage_root = str(root)
-            out.runs_dir = str(root / p.tenant / "runs")
+            out.storage_key = (
+                tenant_storage_key(p.tenant_id) if pooled and p.tenant_id else p.tenant
+            )
+            out.runs_dir = str(root / out.storage_key / "runs")
         return out
 
     # -- the token life cycle ------------------------------------------------------------------

@@ -221,7 +221,13 @@ class WhoAmI(_Out):
     token_id: str | None
     token_expires_at: str | None
     storage_root: str | None = None
+    #: The tenant's folder under storage_root: its id with tenant clusters (a re-created name
+    #: never inherits files), its name on the shared cluster.
+    storage_key: str | None = None
     runs_dir: str | None = None
+    #: Whether this platform runs each tenant's work in its own Ray cluster (workloads then
+    #: select a lease's raylets by the label fastgpu.io/lease).
+    tenant_clusters: bool = False
 
 
 class ClusterOut(_Out):

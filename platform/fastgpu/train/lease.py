@@ -1,5 +1,10 @@
 """Training on a platform lease: request, hand over (bind), train pinned to its nodes, release.
 
+With tenant clusters (issue 9) the lease is raylets in the tenant's own cluster labelled
+``fastgpu.io/lease=<id>``: the run selects them by that label, its files go to the tenant's
+storage folder (named by tenant id), and nothing outside the tenant's cluster can take the
+GPUs between the hand-over and the run's start. On the shared cluster (v1):
+
 The hand-over: Ray Train creates its own placement group, which cannot nest inside the lease's.
 So the lease is *bound* first: the controller removes the lease's group but keeps its GPUs in
 its ledger (nothing else is admitted into them), and the run starts with
@@ -18,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from fastgpu.domain.lease import LEASE_LABEL
 from fastgpu.errors import FastGPUError
 from fastgpu.sdk import Client, Lease
 from fastgpu.timeutil import parse_iso
@@ -37,6 +43,14 @@ class LeaseBinding:
     gpus: int
     min_gpus: int
     expires_at: float | None
+    #: With tenant clusters: the label that selects the lease's raylets (node_ids unused).
+    label_selector: dict[str, str] | None = None
+
+    def placement(self) -> dict[str, Any]:
+        """How the run's workers find the lease's GPUs (``run``'s keyword arguments)."""
+        if self.label_selector is not None:
+            return {"label_selector": self.label_selector, "max_gpus": self.gpus}
+        return {"node_ids": self.node_ids, "max_gpus": self.gpus}
 
     def release(self) -> None:
         if self.lease.refresh().held or self.lease.state in ("PENDING", "ADMITTED"):
@@ -76,14 +90,16 @@ def acquire_lease(
         lease.release()
         raise
     expires = lease.expires_at
+    pooled = bool(me.get("tenant_clusters"))
     return LeaseBinding(
         lease=lease,
-        tenant=str(me["tenant"]),
+        tenant=str(me.get("storage_key") or me["tenant"]),
         storage_root=str(me["storage_root"]),
         node_ids=list(lease.nodes),
         gpus=lease.held_gpus,
         min_gpus=min(low, lease.held_gpus),
         expires_at=parse_iso(expires, "expires_at") if expires else None,
+        label_selector={LEASE_LABEL: lease.id} if pooled else None,
     )
 
 
@@ -189,9 +205,8 @@ def run_on_lease(
                     tenant=binding.tenant,
                     storage_root=binding.storage_root,
                     workers=binding.workers,
-                    node_ids=binding.node_ids,
-                    max_gpus=binding.gpus,
                     stop_at=binding.expires_at,
+                    **binding.placement(),
                     **spec,
                 )
             finally:
