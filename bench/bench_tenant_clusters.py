@@ -42,7 +42,7 @@ from _server import BenchServer  # noqa: E402
 from fastgpu.auth import write_secret  # noqa: E402
 from fastgpu.controller.clusters import TenantClusters  # noqa: E402
 from fastgpu.pool import processes  # noqa: E402
-from fastgpu.pool.runtime import TenantPython, remove_user  # noqa: E402
+from fastgpu.pool.runtime import TenantPython, remove_platform_users  # noqa: E402
 from fastgpu.pool.tenant_cluster import (  # noqa: E402
     HEAD_PORTS,
     NODE_PORTS,
@@ -147,8 +147,6 @@ def cold_starts(runs: int, clusters: TenantClusters) -> tuple[list[float], list[
             processes.node_tree(cluster.marker("keeper"))
         )
         cluster.stop()
-        if cluster.spec.user is not None:
-            remove_user(cluster.spec.user.name)
     return raw, ours, idle_mb
 
 
@@ -212,6 +210,7 @@ def platform_grants(runs: int, state: Path) -> tuple[list[float], float]:
         clusters = TenantClusters(server.config)
         for marker, procs in processes.marked(f"{clusters.platform}/").items():
             processes.stop_tree(procs[0].pid, 2.0, marker=marker)
+        remove_platform_users(clusters.platform)
     return out, raylet_mb
 
 
@@ -236,6 +235,7 @@ def main() -> int:
         raw_grant = raw_grants(args.runs)
         our_grant, raylet_mb = platform_grants(args.runs, state)
     finally:
+        remove_platform_users(clusters.platform)
         shutil.rmtree(_TMP, ignore_errors=True)
     med = statistics.median
     print(f"\ntenant clusters vs raw Ray ({args.runs} runs each, isolation={clusters.isolation})")

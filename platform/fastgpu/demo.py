@@ -5,7 +5,9 @@ server, a plain process outside Ray serving the HTTP API on 127.0.0.1),
 then, through the public SDK over HTTP: creates two tenants, runs Ray tasks inside a lease,
 fills a quota so the next request queues with its reason, lets a short lease expire and shows
 its GPUs come back, shows that one tenant cannot see the other's lease, and prints usage and
-cost. It stops the cluster at the end (the store stays in the demo's state dir).
+cost. It stops the cluster at the end (the store stays in the demo's state dir). Then
+:mod:`fastgpu.demo_isolation` runs a second platform with tenant clusters (issue 9): a tenant's
+job in its own cluster fails to reach the other tenant and the platform.
 """
 
 from __future__ import annotations
@@ -153,6 +155,11 @@ def main() -> None:
         ray.shutdown()
         _step("10. Stop the cluster")
         down(state)
+
+    from fastgpu import demo_isolation
+
+    _step("11. Tenant clusters: each tenant its own Ray cluster; a job attacks the other")
+    demo_isolation.run(console, base)
     console.print("[bold green]demo finished[/]")
 
 

@@ -25,7 +25,7 @@ from fastgpu.auth import new_token, write_secret
 from fastgpu.controller.clusters import TenantClusters, platform_id
 from fastgpu.pool import processes
 from fastgpu.pool.hosts import Host
-from fastgpu.pool.runtime import remove_user
+from fastgpu.pool.runtime import remove_platform_users
 from fastgpu.sdk import Client
 from tests.integration.platform_fixtures import Platform, free_port, make_config, wait_until
 
@@ -69,16 +69,10 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         prefix = f"{clusters.platform}/"
         for marker, procs in processes.marked(prefix).items():
             processes.stop_tree(procs[0].pid, 2.0, marker=marker)
-        remove_users(clusters.platform)
-        remove_users(platform_id(Path(os.environ["RAY_TMPDIR"]) / f"up{os.getpid()}" / "h"))
-
-
-def remove_users(platform: str) -> None:
-    """The tenants' users a platform made (their comment names the platform)."""
-    for line in Path("/etc/passwd").read_text().splitlines():
-        name = line.split(":", 1)[0]
-        if f"fastgpu {platform} tenant" in line:
-            remove_user(name)
+        remove_platform_users(clusters.platform)
+        remove_platform_users(
+            platform_id(Path(os.environ["RAY_TMPDIR"]) / f"up{os.getpid()}" / "h")
+        )
 
 
 def raylets(platform: Platform) -> dict[str, dict[str, Any]]:

@@ -33,6 +33,7 @@ from fastgpu.pool.runtime import (
     resolve_isolation,
     tenant_python,
     traversable_dir,
+    user_comment,
     user_name,
 )
 from fastgpu.pool.tenant_cluster import ClusterSpec, TenantCluster
@@ -81,7 +82,9 @@ class TenantClusters:
         self._clusters: dict[str, TenantCluster] = {}
         self._idle_since: dict[str, float] = {}
 
-    def _prepare_roots(self) -> TenantPython:
+    def prepare(self) -> TenantPython:
+        """Make the roots and the tenants' interpreter (once); raise ConfigError when tenants'
+        users could not run it (the server calls this at start-up: fail fast)."""
         if self._python is None:
             traversable_dir(self.root)
             state = self.config.resolved_state_dir()
@@ -95,10 +98,10 @@ class TenantClusters:
         return self._python
 
     def spec(self, tenant_id: str, tenant_name: str = "") -> ClusterSpec:
-        python = self._prepare_roots()
+        python = self.prepare()
         user = None
         if self.isolation == "os_users":
-            comment = f"fastgpu {self.platform} tenant {tenant_name or tenant_id}"
+            comment = user_comment(self.platform, tenant_name or tenant_id)
             user = ensure_user(user_name(self.platform, tenant_id), comment)
         return ClusterSpec(
             platform_id=self.platform,

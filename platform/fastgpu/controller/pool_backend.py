@@ -9,7 +9,10 @@ that reserving takes seconds (a head, raylets), so it runs on worker threads and
 A reservation's life: ``starting`` (head, raylets, group being made) -> ``ready`` (the group
 is ready in the tenant's cluster) or ``failed`` (reported by :meth:`groups` as state FAILED,
 with the error, for reconcile to end the lease). Removal cancels a start in progress, then
-stops the lease's raylets (everything running on them stops with them).
+stops the lease's raylets (everything running on them stops with them). After a restart, the
+raylets found running are ``adopted``: their group is left alone (a bound lease's workload owns
+its GPUs), unless the controller asks whether the lease is ready (it is still ADMITTED), which
+finishes the start.
 
 Invariants: no device is in two reservations (checked by :func:`pick_devices`); after a server
 restart the reservations are rebuilt from the raylets that run (their marker and devices), so
@@ -29,6 +32,7 @@ from fastgpu.config import PlatformConfig
 from fastgpu.controller.backend import GROUP_PREFIX, GroupInfo, NodeInfo, gpu_bundle
 from fastgpu.controller.clusters import TenantClusters
 from fastgpu.pool.hosts import Host, pick_devices
+from fastgpu.pool.tenant_cluster import running_raylets
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +45,7 @@ class Reservation:
     tenant_id: str
     devices: dict[str, tuple[int, ...]]
     gpu_type: str
-    state: str = "starting"  # starting | ready | failed
+    state: str = "starting"  # starting | ready | failed | adopted
     group_id: str = ""
     error: str = ""
     cancelled: bool = False
@@ -57,10 +61,18 @@ class PoolBackend:
     #: sees every lease at its size (issue 9, next step).
     resizable = False
 
-    def __init__(self, config: PlatformConfig, hosts: list[Host], workers: int = 8) -> None:
+    def __init__(
+        self,
+        config: PlatformConfig,
+        hosts: list[Host],
+        workers: int = 8,
+        clusters: TenantClusters | None = None,
+    ) -> None:
+        """``clusters`` replaces the tenants' clusters (unit tests pass a stand-in)."""
         self.config = config
         self.hosts = {h.name: h for h in hosts}
-        self.clusters = TenantClusters(config)
+        self.clusters = clusters or TenantClusters(config)
+        self.clusters.prepare()
         self._mu = threading.Lock()
         self._res: dict[str, Reservation] = {}
         self._pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="fastgpu-pool")
@@ -117,10 +129,11 @@ class PoolBackend:
             cluster = self.clusters.ensure(res.tenant_id)
             for host, ids in sorted(res.devices.items()):
                 if res.cancelled:
-                    return
+                    break
                 cpus = cpus_per_gpu * len(ids)
                 cluster.add_raylet(res.lease_id, self.hosts[host], ids, cpus=cpus)
-            if res.cancelled:
+            if res.cancelled:  # released meanwhile: what this start added goes too
+                self._stop(res)
                 return
             gpus = sum(len(ids) for ids in res.devices.values())
             res.group_id = cluster.call(
@@ -148,7 +161,9 @@ class PoolBackend:
         with self._mu:
             res = self._res.pop(lease_id, None)
         if res is None:
-            return
+            res = self._orphans().get(lease_id)  # raylets nobody accounts for
+            if res is None:
+                return
         res.cancelled = True
         self._pool.submit(self._stop, res)
 
@@ -167,38 +182,44 @@ class PoolBackend:
             res.done.set_result(False)
 
     # -- observe ---------------------------------------------------------------------------
+    def _running(self) -> dict[str, Reservation]:
+        """What runs on this machine, as reservations: lease -> tenant, hosts and devices."""
+        out: dict[str, Reservation] = {}
+        found = running_raylets(f"{self.clusters.platform}/")
+        for (tenant_id, lease_id, host), ids in found.items():
+            gpu_type = self.hosts[host].gpu_type if host in self.hosts else ""
+            res = out.setdefault(
+                lease_id, Reservation(lease_id, tenant_id, {}, gpu_type, state="adopted")
+            )
+            res.devices[host] = ids
+        return out
+
+    def _orphans(self) -> dict[str, Reservation]:
+        with self._mu:
+            known = set(self._res)
+        return {k: v for k, v in self._running().items() if k not in known}
+
     def _adopt_once(self) -> None:
         """After a restart: rebuild reservations from the raylets that run on this machine."""
         if self._adopted:
             return
         self._adopted = True
-        for tenant_id in self.clusters.running_tenants():
-            cluster = self.clusters.get(tenant_id)
-            for (lease_id, host), ids in cluster.raylets().items():
-                with self._mu:
-                    res = self._res.setdefault(
-                        lease_id,
-                        Reservation(
-                            lease_id,
-                            tenant_id,
-                            {},
-                            self.hosts[host].gpu_type if host in self.hosts else "",
-                        ),
-                    )
-                    res.devices[host] = ids
-        for res in list(self._res.values()):
-            if res.state == "starting" and not res.done.done():
-                self._pool.submit(
-                    self._start, res, gpu_bundle(self.config.gpu_types.get(res.gpu_type))
-                )
+        found = self._running()
+        with self._mu:
+            for lease_id, res in found.items():
+                self._res.setdefault(lease_id, res)
 
     def groups(self) -> dict[str, GroupInfo]:
+        """Every reservation, and raylets no reservation accounts for (reconcile stops those:
+        a start cancelled at the wrong moment must not leak a raylet)."""
         self._adopt_once()
         with self._mu:
             reservations = list(self._res.values())
+        reservations += self._orphans().values()
         out = {}
+        states = {"starting": "PENDING", "ready": "CREATED", "failed": "FAILED"}
         for res in reservations:
-            state = {"starting": "PENDING", "ready": "CREATED", "failed": "FAILED"}[res.state]
+            state = states.get(res.state, "CREATED")
             nodes = tuple(h for h, ids in sorted(res.devices.items()) for _ in ids)
             out[res.name] = GroupInfo(res.name, res.group_id, state, res.error, nodes)
         return out
@@ -224,7 +245,15 @@ class PoolBackend:
         return res.group_id or None if res else None
 
     def ready(self, names: list[str], timeout_s: float = 0.0) -> set[str]:
+        """Which of these (ADMITTED leases') reservations are ready; an adopted one is asked
+        about only when its lease never became RESERVED: its start is finished now."""
         with self._mu:
+            for n in names:
+                res = self._res.get(n.removeprefix(GROUP_PREFIX))
+                if res is not None and res.state == "adopted":
+                    res.state = "starting"
+                    bundle = gpu_bundle(self.config.gpu_types.get(res.gpu_type))
+                    self._pool.submit(self._start, res, bundle)
             wanted = [
                 self._res[n.removeprefix(GROUP_PREFIX)]
                 for n in names

@@ -104,6 +104,22 @@ def remove_user(name: str) -> None:
     subprocess.run(["userdel", name], capture_output=True, timeout=60, check=False)
 
 
+def user_comment(platform_id: str, tenant: str) -> str:
+    """The comment (GECOS) of a tenant's user: names its platform, so one platform's users can
+    be found and removed without touching another's."""
+    return f"fastgpu {platform_id} tenant {tenant}"
+
+
+def remove_platform_users(platform_id: str) -> list[str]:
+    """Delete every tenant user of the platform (after its processes stopped); their names."""
+    removed = []
+    for entry in pwd.getpwall():
+        if entry.pw_gecos.startswith(f"fastgpu {platform_id} tenant "):
+            remove_user(entry.pw_name)
+            removed.append(entry.pw_name)
+    return removed
+
+
 def private_dir(path: Path, user: OsUser | None) -> Path:
     """``path`` as a 0700 dir owned by ``user`` (created if missing; re-owned if not)."""
     path.mkdir(parents=True, exist_ok=True)

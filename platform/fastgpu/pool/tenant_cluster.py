@@ -77,6 +77,27 @@ def node_port_args(p: dict[str, int]) -> list[str]:
     ]
 
 
+def running_raylets(prefix: str) -> dict[tuple[str, str, str], tuple[int, ...]]:
+    """(tenant, lease, host) -> device ids of every live raylet whose marker starts with
+    ``prefix`` (``<platform>/`` for all of a platform's, ``<platform>/<tenant>/raylet/`` for
+    one tenant's), in one scan of the processes."""
+    out: dict[tuple[str, str, str], tuple[int, ...]] = {}
+    for value, procs in processes.marked(prefix).items():
+        platform_tenant, sep, rest = value.partition("/raylet/")
+        if not sep:
+            continue
+        tenant = platform_tenant.rpartition("/")[2]
+        lease, _, host = rest.partition("/")
+        for proc in procs:  # any of them: a worker may have exited meanwhile
+            try:
+                visible = proc.environ().get("CUDA_VISIBLE_DEVICES", "")
+            except Exception:
+                continue
+            out[(tenant, lease, host)] = tuple(int(d) for d in visible.split(",") if d.strip())
+            break
+    return out
+
+
 @dataclass(frozen=True)
 class ClusterSpec:
     """What the pool needs to run one tenant's cluster."""
@@ -278,18 +299,8 @@ class TenantCluster:
     def raylets(self) -> dict[tuple[str, str], tuple[int, ...]]:
         """(lease, host) -> device ids of every live raylet of this cluster, as the processes
         say (their marker and ``CUDA_VISIBLE_DEVICES``)."""
-        out: dict[tuple[str, str], tuple[int, ...]] = {}
-        prefix = self.marker("raylet/")
-        for value, procs in processes.marked(prefix).items():
-            lease, _, host = value[len(prefix) :].partition("/")
-            for proc in procs:  # any of them: a worker may have exited meanwhile
-                try:
-                    visible = proc.environ().get("CUDA_VISIBLE_DEVICES", "")
-                except Exception:
-                    continue
-                out[(lease, host)] = tuple(int(d) for d in visible.split(",") if d.strip())
-                break
-        return out
+        found = running_raylets(self.marker("raylet/"))
+        return {(lease, host): ids for (_, lease, host), ids in found.items()}
 
     # -- keeper ----------------------------------------------------------------------------
     def call(self, op: str, **args: Any) -> Any:
