@@ -48,6 +48,7 @@ from fastgpu.pool.tenant_cluster import (  # noqa: E402
     NODE_PORTS,
     TenantCluster,
     free_ports,
+    head_args,
     node_port_args,
 )
 
@@ -86,21 +87,8 @@ class RawHead:
     def start(self) -> float:
         p = dict(zip(HEAD_PORTS, free_ports(len(HEAD_PORTS)), strict=True))
         self.gcs = p["gcs"]
-        args = [
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            "--dashboard-host=127.0.0.1",
-            f"--port={p['gcs']}",
-            f"--dashboard-port={p['dashboard']}",
-            f"--ray-client-server-port={p['ray_client_server']}",
-            *node_port_args(p),
-            "--num-gpus=0",
-            "--num-cpus=1",
-            f"--temp-dir={self.home / 'r'}",
-            "--disable-usage-stats",
-        ]
+        # The same flags as a tenant's head: only the user and the platform around it differ.
+        args = head_args(p, 1, self.home / "r")
         log = self.home / "head.log"
         t0 = time.perf_counter()
         self.proc = processes.spawn(self.python.ray(*args), self.env, self.home, log, None)

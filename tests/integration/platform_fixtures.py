@@ -159,6 +159,16 @@ def platform_on_running_ray(
     """A server process for the Ray cluster this test process is connected to."""
     if ray_address is None:
         ray_address = str(ray.get_runtime_context().gcs_address)
+    platform = start_platform(state_dir, ray_address, **config_extra)
+    try:
+        yield platform
+    finally:
+        platform.stop_server()
+
+
+def start_platform(state_dir: Path, ray_address: str | None, **config_extra: Any) -> Platform:
+    """Write the config and the admin token into ``state_dir`` and start a server process
+    (``ray_address`` None: tenant clusters, no shared cluster)."""
     config = make_config(state_dir, **config_extra)
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
@@ -166,10 +176,7 @@ def platform_on_running_ray(
     write_secret(state_dir / "admin_token", admin)
     platform = Platform(config, admin, state_dir, ray_address)
     platform.start_server()
-    try:
-        yield platform
-    finally:
-        platform.stop_server()
+    return platform
 
 
 def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:

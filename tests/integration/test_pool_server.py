@@ -21,13 +21,13 @@ import psutil
 import pytest
 import yaml
 
-from fastgpu.auth import new_token, write_secret
+from fastgpu.auth import write_secret
 from fastgpu.controller.clusters import TenantClusters, platform_id
 from fastgpu.pool import processes
 from fastgpu.pool.hosts import Host
 from fastgpu.pool.runtime import remove_platform_users
 from fastgpu.sdk import Client
-from tests.integration.platform_fixtures import Platform, free_port, make_config, wait_until
+from tests.integration.platform_fixtures import Platform, free_port, start_platform, wait_until
 
 pytestmark = [
     pytest.mark.ray,
@@ -49,18 +49,15 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     base = Path(os.environ["RAY_TMPDIR"])
     base.chmod(0o711)  # tenants pass through the test's temp dir to their own dirs
     state = tmp_path_factory.mktemp("pool-state")
-    config = make_config(
+    platform = start_platform(
         state,
+        None,
         pool=POOL,
         storage_root=str(base / f"storage-{os.getpid()}"),
         tenant_clusters={"enabled": True, "idle_timeout_s": IDLE_S},
         controller={"min_duration_s": 1.0, "tick_interval_s": 0.25},
     )
-    (state / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    admin = new_token()
-    write_secret(state / "admin_token", admin)
-    platform = Platform(config, admin, state, None)
-    platform.start_server()
+    config = platform.config
     try:
         yield platform
     finally:

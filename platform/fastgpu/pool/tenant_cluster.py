@@ -98,6 +98,25 @@ def running_raylets(prefix: str) -> dict[tuple[str, str, str], tuple[int, ...]]:
     return out
 
 
+def head_args(p: dict[str, int], cpus: int, temp_dir: Path) -> list[str]:
+    """``ray start`` arguments of a tenant's CPU-only head on the ports ``p``."""
+    return [
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        f"--port={p['gcs']}",
+        f"--dashboard-port={p['dashboard']}",
+        f"--ray-client-server-port={p['ray_client_server']}",
+        *node_port_args(p),
+        "--num-gpus=0",
+        f"--num-cpus={cpus}",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+    ]
+
+
 @dataclass(frozen=True)
 class ClusterSpec:
     """What the pool needs to run one tenant's cluster."""
@@ -209,22 +228,7 @@ class TenantCluster:
                 return
             self._prepare()
             self._ports = dict(zip(HEAD_PORTS, free_ports(len(HEAD_PORTS)), strict=True))
-            p = self._ports
-            args = [
-                "start",
-                "--head",
-                "--block",
-                "--node-ip-address=127.0.0.1",
-                "--dashboard-host=127.0.0.1",
-                f"--port={p['gcs']}",
-                f"--dashboard-port={p['dashboard']}",
-                f"--ray-client-server-port={p['ray_client_server']}",
-                *node_port_args(p),
-                "--num-gpus=0",
-                f"--num-cpus={self.spec.head_cpus}",
-                f"--temp-dir={self.spec.home / 'r'}",
-                "--disable-usage-stats",
-            ]
+            args = head_args(self._ports, self.spec.head_cpus, self.spec.home / "r")
             log = self.spec.home / "logs" / "head.log"
             self._head = processes.spawn(
                 self.spec.python.ray(*args),
