@@ -1,11 +1,11 @@
 """Tenant clusters against raw Ray, side by side in one run (issue 9).
 
 1. Cold start: a tenant's head (:class:`TenantCluster.start_head`: its user, dirs, token,
-   ports, `ray start --head --block`) against a raw `ray start --head --block` with the same
+   ports, `ray start --head`) against a raw `ray start --head` with the same
    flags, as this user, until each says it is up.
 2. Lease grant with the tenant's head running: ``request_lease(1, wait=True)`` through the
    server's HTTP API until RESERVED (a raylet joined, the keeper's group ready) against the raw
-   floor: a raylet joining a live head (`ray start --block --address`) plus a placement group
+   floor: a raylet joining a live head (`ray start --address`) plus a placement group
    on it, made by a driver already connected.
 3. Memory: the PSS of an idle tenant cluster (head, its agents, keeper) and of one lease's
    raylet.
@@ -67,7 +67,7 @@ def pss_mb(procs: list[Any]) -> float:
 
 
 class RawHead:
-    """`ray start --head --block` as this user, the same flags as a tenant's head."""
+    """`ray start --head` as this user, the same flags as a tenant's head."""
 
     def __init__(self, home: Path) -> None:
         self.home = home
@@ -82,6 +82,7 @@ class RawHead:
             "RAY_USAGE_STATS_ENABLED": "0",
             processes.MARKER_ENV: f"raw/{home.name}",
         }
+        self.marker = f"raw/{home.name}"
         self.python = TenantPython(sys.executable)
 
     def start(self) -> float:
@@ -91,15 +92,14 @@ class RawHead:
         args = head_args(p, 1, self.home / "r")
         log = self.home / "head.log"
         t0 = time.perf_counter()
-        self.proc = processes.spawn(self.python.ray(*args), self.env, self.home, log, None)
-        processes.wait_started(self.proc, log, "raw head", 120)
+        proc = processes.spawn(self.python.ray(*args), self.env, self.home, log, None)
+        processes.wait_started(proc, log, "raw head", 120, self.marker)
         return time.perf_counter() - t0
 
-    def join_raylet(self, name: str) -> tuple[Any, float]:
+    def join_raylet(self, name: str) -> tuple[str, float]:
         p = dict(zip(NODE_PORTS, free_ports(len(NODE_PORTS)), strict=True))
         args = [
             "start",
-            "--block",
             f"--address=127.0.0.1:{self.gcs}",
             "--node-ip-address=127.0.0.1",
             *node_port_args(p),
@@ -109,14 +109,14 @@ class RawHead:
             "--disable-usage-stats",
         ]
         log = self.home / f"{name}.log"
-        env = {**self.env, "CUDA_VISIBLE_DEVICES": "0"}
+        env = {**self.env, "CUDA_VISIBLE_DEVICES": "0", processes.MARKER_ENV: f"raw/{name}"}
         t0 = time.perf_counter()
         proc = processes.spawn(self.python.ray(*args), env, self.home, log, None)
-        processes.wait_started(proc, log, "raw raylet", 120)
-        return proc, time.perf_counter() - t0
+        processes.wait_started(proc, log, "raw raylet", 120, env[processes.MARKER_ENV])
+        return env[processes.MARKER_ENV], time.perf_counter() - t0
 
     def stop(self) -> None:
-        processes.stop_tree(self.proc.pid, 2.0, marker=f"raw/{self.home.name}")
+        processes.stop_tree(None, 2.0, marker=self.marker)
 
 
 def cold_starts(runs: int, clusters: TenantClusters) -> tuple[list[float], list[float], float]:
@@ -150,14 +150,14 @@ def raw_grants(runs: int) -> list[float]:
     try:
         for i in range(runs):
             t0 = time.perf_counter()
-            proc, _ = head.join_raylet(f"raw{i}")
+            raylet, _ = head.join_raylet(f"raw{i}")
             pg = placement_group(
                 [{"GPU": 1}], bundle_label_selector=[{"fastgpu.io/lease": f"raw{i}"}]
             )
             ray.get(pg.ready())
             out.append(time.perf_counter() - t0)
             remove_placement_group(pg)
-            processes.stop_tree(proc.pid, 2.0)
+            processes.stop_tree(None, 2.0, marker=raylet)
     finally:
         ray.shutdown()
         os.environ.pop("RAY_AUTH_TOKEN_PATH", None)

@@ -1,11 +1,12 @@
 """Starting, finding and stopping the Ray processes of one node, on this machine.
 
-A node is one ``ray start --block`` process and everything it starts (GCS, raylet, dashboard
-and its agents, workers). Every node process carries :data:`MARKER_ENV` = ``<cluster>/<node>``
-in its environment, so a restarted server finds them (Ray's workers rename themselves and
+A node is what one ``ray start`` starts (GCS, raylet, dashboard and its agents, workers); the
+command itself exits once the node is up (``--block`` would keep a ~140 MB Python monitor per
+node). Every node process carries :data:`MARKER_ENV` = ``<cluster>/<node>`` in its environment,
+so the server (and a restarted server) finds them; Ray's workers rename themselves and
 overwrite their environment, but they are children of the raylet, so the process tree finds
-them). Stopping a node stops its tree: SIGTERM, then SIGKILL after a grace (Ray's agents
-ignore SIGTERM).
+them. Stopping a node stops its tree: SIGTERM, then SIGKILL after a grace (Ray's agents ignore
+SIGTERM).
 
 Nothing here knows about tenants or leases: :mod:`fastgpu.pool.tenant_cluster` decides what
 to start.
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,6 @@ from fastgpu.errors import FastGPUError
 MARKER_ENV = "FASTGPU_NODE"
 #: Where each log's output of the latest :func:`spawn` starts.
 _log_start: dict[Path, int] = {}
-#: What ``ray start --block`` prints once the node is up.
-READY_TEXT = "block forever"
 
 
 @dataclass(frozen=True)
@@ -63,21 +61,46 @@ def spawn(
         )
 
 
-def wait_started(proc: subprocess.Popen[bytes], log: Path, what: str, timeout_s: float) -> None:
-    """Wait until ``ray start --block`` says the node is up; raise with its log if it exits or
-    takes longer than ``timeout_s`` (and stop what it started)."""
-    deadline = time.monotonic() + timeout_s
+def wait_started(
+    proc: subprocess.Popen[bytes], log: Path, what: str, timeout_s: float, marker: str
+) -> None:
+    """Wait until ``ray start`` exits; raise with its log (and stop what it started, by
+    ``marker``) if it failed or took longer than ``timeout_s``."""
     start = _log_start.pop(log, 0)  # what earlier runs appended does not count
-    while True:
-        text = log.read_bytes()[start:].decode(errors="replace") if log.exists() else ""
-        if READY_TEXT in text:
-            return
-        code = proc.poll()
-        if code is not None or time.monotonic() > deadline:
-            stop_tree(proc.pid, grace_s=2.0)
-            why = f"exited with code {code}" if code is not None else f"not up in {timeout_s:.0f} s"
-            raise FastGPUError(f"{what}: `ray start` {why}; its log ends:\n{text[-3000:]}")
-        time.sleep(0.05)
+    try:
+        code: int | None = proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        code = None
+    if code == 0:
+        return
+    stop_tree(proc.pid, grace_s=2.0, marker=marker)
+    proc.wait(timeout=10)
+    text = log.read_bytes()[start:].decode(errors="replace") if log.exists() else ""
+    why = f"exited with code {code}" if code is not None else f"not up in {timeout_s:.0f} s"
+    raise FastGPUError(f"{what}: `ray start` {why}; its log ends:\n{text[-3000:]}")
+
+
+def node_pid(marker: str, name: str) -> int | None:
+    """The pid of the node's process called ``name`` (``gcs_server``, ``raylet``)."""
+    for proc in marked(marker).get(marker, []):
+        try:
+            if proc.name() == name:
+                return int(proc.pid)
+        except Exception:
+            continue
+    return None
+
+
+def alive(pid: int | None) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    import psutil
+
+    if pid is None:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _signal(procs: list[Any], kill: bool) -> None:

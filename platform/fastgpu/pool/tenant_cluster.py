@@ -1,5 +1,6 @@
 """One tenant's own Ray cluster on this machine: a CPU-only head, one raylet per (lease, host),
-and a keeper driver; each process run as the tenant's user.
+and a keeper driver; each process run as the tenant's user. ``ray start`` exits once a node is
+up; the node's processes are then known by their marker (and the GCS server's or raylet's pid).
 
 Layout of a cluster's home (``<root>/<tenant id>``, 0700, owned by the tenant's user)::
 
@@ -103,7 +104,6 @@ def head_args(p: dict[str, int], cpus: int, temp_dir: Path) -> list[str]:
     return [
         "start",
         "--head",
-        "--block",
         "--node-ip-address=127.0.0.1",
         "--dashboard-host=127.0.0.1",
         f"--port={p['gcs']}",
@@ -139,12 +139,11 @@ class TenantCluster:
         self.spec = spec
         self._lock = threading.RLock()
         self._ports: dict[str, int] = {}
-        self._head: subprocess.Popen[bytes] | None = None
-        self._raylets: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
+        #: The head's GCS server and each raylet, by pid (found by marker once started).
+        self._head: int | None = None
+        self._raylets: dict[tuple[str, str], int] = {}
         self._keeper: subprocess.Popen[bytes] | None = None
         self._keeper_lock = threading.Lock()
-        #: The head's pid when this object adopted a head another server process started.
-        self._adopted_head: int | None = None
 
     # -- paths and environment -----------------------------------------------------------
     @property
@@ -201,11 +200,7 @@ class TenantCluster:
 
     # -- head ------------------------------------------------------------------------------
     def running(self) -> bool:
-        if self._head is not None:
-            return self._head.poll() is None
-        if self._adopted_head is not None:
-            return bool(processes.marked(self.marker("head")))
-        return False
+        return processes.alive(self._head)
 
     def adopt(self) -> bool:
         """Take over a head left running by a previous server process (its ports are in
@@ -213,12 +208,12 @@ class TenantCluster:
         with self._lock:
             if self.running():
                 return True
-            heads = processes.marked(self.marker("head")).get(self.marker("head"), [])
+            pid = processes.node_pid(self.marker("head"), "gcs_server")
             state = self.spec.home / "cluster.json"
-            if not heads or not state.exists():
+            if pid is None or not state.exists():
                 return False
             self._ports = {k: int(v) for k, v in json.loads(state.read_text())["ports"].items()}
-            self._adopted_head = heads[0].pid
+            self._head = pid
             return True
 
     def start_head(self) -> None:
@@ -230,16 +225,13 @@ class TenantCluster:
             self._ports = dict(zip(HEAD_PORTS, free_ports(len(HEAD_PORTS)), strict=True))
             args = head_args(self._ports, self.spec.head_cpus, self.spec.home / "r")
             log = self.spec.home / "logs" / "head.log"
-            self._head = processes.spawn(
-                self.spec.python.ray(*args),
-                self.env("head"),
-                self.spec.home,
-                log,
-                self.spec.user,
+            marker = self.marker("head")
+            proc = processes.spawn(
+                self.spec.python.ray(*args), self.env("head"), self.spec.home, log, self.spec.user
             )
-            processes.wait_started(
-                self._head, log, f"tenant {self.spec.tenant_id}'s head", self.spec.start_timeout_s
-            )
+            what = f"tenant {self.spec.tenant_id}'s head"
+            processes.wait_started(proc, log, what, self.spec.start_timeout_s, marker)
+            self._head = processes.node_pid(marker, "gcs_server")
             (self.spec.home / "cluster.json").write_text(json.dumps({"ports": self._ports}))
 
     # -- raylets ---------------------------------------------------------------------------
@@ -253,8 +245,7 @@ class TenantCluster:
             if not self.running():
                 raise FastGPUError(f"tenant {self.spec.tenant_id}'s cluster is not running")
             key = (lease_id, host.name)
-            known = self._raylets.get(key)
-            if known is not None and known.poll() is None:
+            if processes.alive(self._raylets.get(key)):
                 return
             if key in self.raylets():  # adopted: started by a previous server process
                 return
@@ -270,7 +261,6 @@ class TenantCluster:
         )
         args = [
             "start",
-            "--block",
             f"--address={address}",
             "--node-ip-address=127.0.0.1",
             *node_port_args(ports),
@@ -285,20 +275,19 @@ class TenantCluster:
         proc = processes.spawn(
             self.spec.python.ray(*args), env, self.spec.home, log, self.spec.user
         )
+        what = f"raylet of lease {lease_id}"
+        processes.wait_started(proc, log, what, self.spec.start_timeout_s, self.marker(role))
+        pid = processes.node_pid(self.marker(role), "raylet")
         with self._lock:
-            self._raylets[key] = proc
-        processes.wait_started(proc, log, f"raylet of lease {lease_id}", self.spec.start_timeout_s)
+            if pid is not None:
+                self._raylets[key] = pid
 
     def remove_raylet(self, lease_id: str, host_name: str, grace_s: float = 5.0) -> int:
         """Stop the lease's raylet on ``host_name`` and everything it runs."""
         with self._lock:
-            proc = self._raylets.pop((lease_id, host_name), None)
+            pid = self._raylets.pop((lease_id, host_name), None)
         role = f"raylet/{lease_id}/{host_name}"
-        pid = proc.pid if proc is not None else None
-        n = processes.stop_tree(pid, grace_s, marker=self.marker(role))
-        if proc is not None:
-            proc.wait(timeout=10)
-        return n
+        return processes.stop_tree(pid, grace_s, marker=self.marker(role))
 
     def raylets(self) -> dict[tuple[str, str], tuple[int, ...]]:
         """(lease, host) -> device ids of every live raylet of this cluster, as the processes
@@ -386,10 +375,6 @@ class TenantCluster:
         for value, procs in processes.marked(self.marker("raylet/")).items():
             n += processes.stop_tree(procs[0].pid, grace_s, marker=value)
         with self._lock:
-            head, self._head = self._head, None
-            self._adopted_head = None
-            pid = head.pid if head else None
+            pid, self._head = self._head, None
             n += processes.stop_tree(pid, grace_s, marker=self.marker("head"))
-            if head is not None:
-                head.wait(timeout=10)
         return n
