@@ -462,3 +462,25 @@ def test_training_job_runs_on_its_lease_raylets(pool: Platform) -> None:
     assert final["lease"]["workload"] == "train:pooled"
     assert final["lease"]["state"] == "RELEASED"
     assert final["lease"]["gpus"] == 2
+
+
+def test_a_raylet_that_dies_fails_its_lease_and_frees_its_gpus(pool: Platform) -> None:
+    """The lease's raylet is killed (a crash, an OOM kill, its host gone): reconcile ends the
+    lease as node_lost, what was left of that node stops, and its GPUs are leased again."""
+    client = pool.client(pool.tenant("fragile", A100=2))
+    lease = client.request_lease(2, "A100", "10m", wait=True, timeout=180)
+    info = raylets(pool)[lease.id]
+    platform = TenantClusters(pool.config).platform
+    marker = f"{platform}/{info['tenant']}/raylet/{lease.id}/{info['host']}"
+    pid = processes.node_pid(marker, "raylet")
+    assert pid is not None
+    os.kill(pid, 9)
+    failed = wait_until(
+        lambda: (x := client.get_lease(lease.id)).state == "FAILED" and x, timeout=30
+    )
+    assert failed.data["reason"] == "node_lost"
+    assert info["host"] in failed.data["reason_detail"]
+    wait_until(lambda: not processes.node_tree(marker), timeout=30)
+    again = client.request_lease(2, "A100", "10m", wait=True, timeout=180)
+    assert again.state == "RESERVED"
+    client.release_lease(again.id)

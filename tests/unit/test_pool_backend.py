@@ -74,6 +74,13 @@ class FakeClusters:
     def running_tenants(self) -> set[str]:
         return set()
 
+    def running_raylets(self) -> dict[tuple[str, str, str], tuple[int, ...]]:
+        return {
+            (tenant, lease, host): ids
+            for tenant, cluster in self.clusters.items()
+            for (lease, host), ids in cluster.raylets().items()
+        }
+
 
 @pytest.fixture
 def backend() -> tuple[PoolBackend, FakeClusters]:
@@ -116,6 +123,18 @@ def test_leases_get_disjoint_devices_and_a_full_host_is_a_conflict(backend: Any)
     assert groups["fastgpu-lease-b"].state == "CREATED"
     assert groups["fastgpu-lease-b"].bundle_nodes == ("host-0", "host-1")
     assert b.group_id("fastgpu-lease-c") == "gid-fastgpu-lease-c"
+
+
+def test_a_reservation_whose_raylet_died_is_reported_lost(backend: Any) -> None:
+    b, clusters = backend
+    b.create_group("fastgpu-lease-d", BUNDLE, ["host-0", "host-1"], "PACK", tenant="t1")
+    assert wait_ready(b, "fastgpu-lease-d")
+    assert b.groups()["fastgpu-lease-d"].state == "CREATED"
+    cluster = clusters.get("t1")
+    cluster.started = [x for x in cluster.started if x[1] != "host-1"]  # its raylet died
+    lost = b.groups()["fastgpu-lease-d"]
+    assert lost.state == "RESCHEDULING"
+    assert lost.detail == "its raylet on host-1 stopped"
 
 
 def test_a_failed_start_is_reported_with_its_error(backend: Any) -> None:

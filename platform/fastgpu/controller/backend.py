@@ -48,11 +48,13 @@ class GroupInfo:
     name: str
     group_id: str
     #: Ray's state: PENDING, CREATED, REMOVED or RESCHEDULING; FAILED: it could not be made
-    #: (the pool's backend: a raylet did not start).
+    #: (the pool's backend: a raylet did not start; RESCHEDULING there: a raylet died).
     state: str
-    #: INFEASIBLE, NO_RESOURCES, ... while pending; the error when state is FAILED.
+    #: INFEASIBLE, NO_RESOURCES, ... while pending.
     scheduling_state: str
     bundle_nodes: tuple[str, ...]
+    #: Why it is FAILED or RESCHEDULING, in words (the pool's backend says; Ray does not).
+    detail: str = ""
 
 
 class Backend(Protocol):

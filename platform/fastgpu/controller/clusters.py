@@ -36,7 +36,7 @@ from fastgpu.pool.runtime import (
     user_comment,
     user_name,
 )
-from fastgpu.pool.tenant_cluster import ClusterSpec, TenantCluster
+from fastgpu.pool.tenant_cluster import ClusterSpec, TenantCluster, running_raylets
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,10 @@ class TenantClusters:
     def known(self) -> dict[str, TenantCluster]:
         with self._mu:
             return dict(self._clusters)
+
+    def running_raylets(self) -> dict[tuple[str, str, str], tuple[int, ...]]:
+        """(tenant, lease, host) -> devices of every live raylet of this platform's tenants."""
+        return running_raylets(f"{self.platform}/")
 
     def running_tenants(self) -> set[str]:
         """Tenant ids with a live head on this machine (whether this server started it)."""

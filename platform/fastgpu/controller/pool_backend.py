@@ -32,7 +32,6 @@ from fastgpu.config import PlatformConfig
 from fastgpu.controller.backend import GROUP_PREFIX, GroupInfo, NodeInfo, gpu_bundle
 from fastgpu.controller.clusters import TenantClusters
 from fastgpu.pool.hosts import Host, pick_devices
-from fastgpu.pool.tenant_cluster import running_raylets
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +184,7 @@ class PoolBackend:
     def _running(self) -> dict[str, Reservation]:
         """What runs on this machine, as reservations: lease -> tenant, hosts and devices."""
         out: dict[str, Reservation] = {}
-        found = running_raylets(f"{self.clusters.platform}/")
+        found = self.clusters.running_raylets()
         for (tenant_id, lease_id, host), ids in found.items():
             gpu_type = self.hosts[host].gpu_type if host in self.hosts else ""
             res = out.setdefault(
@@ -194,10 +193,11 @@ class PoolBackend:
             res.devices[host] = ids
         return out
 
-    def _orphans(self) -> dict[str, Reservation]:
+    def _orphans(self, running: dict[str, Reservation] | None = None) -> dict[str, Reservation]:
         with self._mu:
             known = set(self._res)
-        return {k: v for k, v in self._running().items() if k not in known}
+        running = self._running() if running is None else running
+        return {k: v for k, v in running.items() if k not in known}
 
     def _adopt_once(self) -> None:
         """After a restart: rebuild reservations from the raylets that run on this machine."""
@@ -211,17 +211,25 @@ class PoolBackend:
 
     def groups(self) -> dict[str, GroupInfo]:
         """Every reservation, and raylets no reservation accounts for (reconcile stops those:
-        a start cancelled at the wrong moment must not leak a raylet)."""
+        a start cancelled at the wrong moment must not leak a raylet). A reservation whose
+        raylet died (crashed, killed, its host lost) is RESCHEDULING, with what is missing:
+        reconcile ends the lease (node lost), and its GPUs come back."""
         self._adopt_once()
+        running = self._running()
         with self._mu:
             reservations = list(self._res.values())
-        reservations += self._orphans().values()
+        reservations += self._orphans(running).values()
         out = {}
         states = {"starting": "PENDING", "ready": "CREATED", "failed": "FAILED"}
         for res in reservations:
-            state = states.get(res.state, "CREATED")
+            state, detail = states.get(res.state, "CREATED"), res.error
+            if res.state in ("ready", "adopted"):
+                live = running.get(res.lease_id)
+                gone = sorted(h for h in res.devices if live is None or h not in live.devices)
+                if gone:
+                    state, detail = "RESCHEDULING", f"its raylet on {', '.join(gone)} stopped"
             nodes = tuple(h for h, ids in sorted(res.devices.items()) for _ in ids)
-            out[res.name] = GroupInfo(res.name, res.group_id, state, res.error, nodes)
+            out[res.name] = GroupInfo(res.name, res.group_id, state, "", nodes, detail)
         return out
 
     def hand_over(self, name: str, group_id: str | None = None) -> None:

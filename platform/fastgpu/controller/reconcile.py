@@ -44,13 +44,15 @@ def reconcile(ctl: Controller) -> dict[str, int]:
                 continue
             if group is not None and group.state == "FAILED":
                 lease.reason = "reservation_failed"
-                lease.reason_detail = group.scheduling_state or "its raylets did not start"
+                lease.reason_detail = group.detail or "its raylets did not start"
                 ctl.end(lease, LeaseState.FAILED, lease.reason_detail)
                 done["leases_failed"] += 1
                 continue
             if lost or (group is not None and group.state == "RESCHEDULING"):
                 lease.reason = "node_lost"
-                lease.reason_detail = f"node(s) {', '.join(lost) or '?'} died"
+                lease.reason_detail = (group.detail if group and not lost else "") or (
+                    f"node(s) {', '.join(lost) or '?'} died"
+                )
                 ctl.end(lease, LeaseState.FAILED, lease.reason_detail)
                 done["leases_failed"] += 1
                 continue

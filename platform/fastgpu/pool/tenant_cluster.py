@@ -78,6 +78,13 @@ def node_port_args(p: dict[str, int]) -> list[str]:
     ]
 
 
+def _named(proc: Any, name: str) -> bool:
+    try:
+        return bool(proc.name() == name)
+    except Exception:
+        return False
+
+
 def running_raylets(prefix: str) -> dict[tuple[str, str, str], tuple[int, ...]]:
     """(tenant, lease, host) -> device ids of every live raylet whose marker starts with
     ``prefix`` (``<platform>/`` for all of a platform's, ``<platform>/<tenant>/raylet/`` for
@@ -85,8 +92,8 @@ def running_raylets(prefix: str) -> dict[tuple[str, str, str], tuple[int, ...]]:
     out: dict[tuple[str, str, str], tuple[int, ...]] = {}
     for value, procs in processes.marked(prefix).items():
         platform_tenant, sep, rest = value.partition("/raylet/")
-        if not sep:
-            continue
+        if not sep or not any(_named(p, "raylet") for p in procs):
+            continue  # not a raylet, or its raylet died (its agents are on their way out)
         tenant = platform_tenant.rpartition("/")[2]
         lease, _, host = rest.partition("/")
         for proc in procs:  # any of them: a worker may have exited meanwhile
