@@ -328,6 +328,8 @@ def test_an_idle_cluster_stops_and_a_running_job_keeps_it(pool: Platform, tmp_pa
     first = idle.cluster()
     assert head_running(pool, idle)
     wait_until(lambda: not head_running(pool, idle), timeout=IDLE_S + 30, interval=0.5)
+    assert idle.list_jobs() == []  # a read does not start a stopped cluster
+    assert not head_running(pool, idle)
     again = idle.cluster()  # the next need starts it again
     assert head_running(pool, idle)
     assert again["ray_token"] == first["ray_token"]  # its token file stays

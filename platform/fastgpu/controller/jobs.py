@@ -171,3 +171,15 @@ class TenantJobGateway(JobGateway):
 
     def _tenants(self) -> list[str]:
         return self._running()
+
+    # Reads never start a stopped cluster (seconds, and it would reset its idle time): a
+    # cluster that is not running has no jobs to show.
+    def list(self, tenant: str | None) -> list[dict[str, Any]]:
+        if tenant is not None and tenant not in self._running():
+            return []
+        return super().list(tenant)
+
+    def get(self, tenant: str | None, submission_id: str) -> dict[str, Any]:
+        if tenant is not None and tenant not in self._running():
+            raise NotFound(f"job {submission_id!r} not found")
+        return super().get(tenant, submission_id)
