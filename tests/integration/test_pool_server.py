@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,6 +57,8 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         storage_root=str(base / f"storage-{os.getpid()}"),
         tenant_clusters={"enabled": True, "idle_timeout_s": IDLE_S},
         controller={"min_duration_s": 1.0, "tick_interval_s": 0.25},
+        # Long enough that a shrink ending at the checkpoint is told apart from one at the grace.
+        scheduler={"grace_s": 60.0},
     )
     config = platform.config
     try:
@@ -72,26 +75,39 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         )
 
 
-def raylets(platform: Platform) -> dict[str, dict[str, Any]]:
-    """lease id -> {host, devices, user} of every raylet of this platform's tenants."""
+def raylet_parts(platform: Platform) -> list[dict[str, Any]]:
+    """{lease, tenant, host, devices, user, pid, marker} of every raylet of this platform's
+    tenants (a lease that grew has several)."""
     prefix = f"{TenantClusters(platform.config).platform}/"
-    out = {}
+    out = []
     for marker, procs in processes.marked(prefix).items():
         tenant, _, role = marker[len(prefix) :].partition("/")
         if not role.startswith("raylet/"):
             continue
-        _, lease, host = role.split("/")
+        _, lease, host, _part = role.split("/")
         try:
             env, user = procs[0].environ(), procs[0].username()
         except psutil.Error:  # it stopped meanwhile
             continue
-        out[lease] = {
-            "tenant": tenant,
-            "host": host,
-            "devices": env["CUDA_VISIBLE_DEVICES"],
-            "user": user,
-            "pid": procs[0].pid,
-        }
+        out.append(
+            {
+                "lease": lease,
+                "tenant": tenant,
+                "host": host,
+                "devices": env["CUDA_VISIBLE_DEVICES"],
+                "user": user,
+                "pid": procs[0].pid,
+                "marker": marker,
+            }
+        )
+    return out
+
+
+def raylets(platform: Platform) -> dict[str, dict[str, Any]]:
+    """lease id -> its raylet (the first, for a lease that has several)."""
+    out: dict[str, dict[str, Any]] = {}
+    for part in raylet_parts(platform):
+        out.setdefault(part["lease"], part)
     return out
 
 
@@ -472,8 +488,7 @@ def test_a_raylet_that_dies_fails_its_lease_and_frees_its_gpus(pool: Platform) -
     client = pool.client(pool.tenant("fragile", A100=2))
     lease = client.request_lease(2, "A100", "10m", wait=True, timeout=180)
     info = raylets(pool)[lease.id]
-    platform = TenantClusters(pool.config).platform
-    marker = f"{platform}/{info['tenant']}/raylet/{lease.id}/{info['host']}"
+    marker = info["marker"]
     pid = processes.node_pid(marker, "raylet")
     assert pid is not None
     os.kill(pid, 9)
@@ -486,3 +501,127 @@ def test_a_raylet_that_dies_fails_its_lease_and_frees_its_gpus(pool: Platform) -
     again = client.request_lease(2, "A100", "10m", wait=True, timeout=180)
     assert again.state == "RESERVED"
     client.release_lease(again.id)
+
+
+JOB_SCRIPTS = Path(__file__).resolve().parent / "job_scripts"
+
+
+class DeviceWatch(threading.Thread):
+    """Samples the platform's raylets while a test runs: records every device seen in two
+    raylets at once (two leases, or a lease and a drained part, on one GPU)."""
+
+    def __init__(self, platform: Platform) -> None:
+        super().__init__(daemon=True)
+        self.platform = platform
+        self.clashes: list[Any] = []
+        self.samples = 0
+        #: (time, lease -> GPUs in its raylets) at each sample.
+        self.held: list[tuple[float, dict[str, int]]] = []
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(0.2):
+            seen: dict[tuple[str, str], str] = {}
+            held: dict[str, int] = {}
+            for part in raylet_parts(self.platform):
+                held[part["lease"]] = held.get(part["lease"], 0) + part["devices"].count(",") + 1
+                for d in part["devices"].split(","):
+                    other = seen.setdefault((part["host"], d), part["marker"])
+                    if other != part["marker"]:
+                        self.clashes.append((part["host"], d, other, part["marker"]))
+            self.held.append((time.time(), held))
+            self.samples += 1
+
+    def first(self, lease: str, gpus: int, after: float) -> float:
+        """When the lease's raylets first held ``gpus`` GPUs after ``after``."""
+        return next(t for t, held in self.held if t > after and held.get(lease) == gpus)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=10)
+
+
+def test_an_elastic_training_job_grows_and_shrinks_as_raylets(pool: Platform) -> None:
+    """A tenant's training job on an elastic 2..4 GPU lease: when another tenant frees 2 GPUs
+    the lease grows (a raylet joins per host; the ones running stay) and the run continues
+    on 4 workers from its checkpoint; when that tenant asks for its nominal 2 back, the lease
+    shrinks: the run checkpoints, the raylets it gives back stop (at the checkpoint, well
+    before the grace), and it continues on 2. No GPU is ever in two raylets."""
+    holder = pool.client(pool.tenant("holder", A100=2))
+    grower = pool.client(pool.tenant("grower", borrowing_limit=2, A100=2))
+    held = holder.request_lease(2, "A100", "10m", wait=True, timeout=180)
+    me = grower.whoami()
+    log = Path(me["storage_root"]) / me["storage_key"] / "elastic.jsonl"
+    watch = DeviceWatch(pool)
+    watch.start()
+
+    def starts() -> list[dict[str, Any]]:
+        text = log.read_text() if log.exists() else ""
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    try:
+        job = grower.submit_job(
+            "python elastic_job.py",
+            gpus=4,
+            min_gpus=2,
+            gpu_type="A100",
+            duration="10m",
+            working_dir=JOB_SCRIPTS,
+            env={"STEPS": "160", "STEP_S": "0.25"},
+        )
+        wait_until(lambda: starts(), timeout=300, interval=1.0)
+        (lease,) = [x for x in grower.list_leases(live=True) if x.state == "BOUND"]
+        assert lease.held_gpus == 2
+        first = {p["pid"] for p in raylet_parts(pool) if p["lease"] == lease.id}
+        held.release()
+        freed = time.time()
+        wait_until(lambda: grower.get_lease(lease.id).held_gpus == 4, timeout=60, interval=0.2)
+        resized = time.time()
+        grown = wait_until(
+            lambda: next((s for s in starts() if s["world"] == 4), None), timeout=240, interval=0.5
+        )
+        parts = [p for p in raylet_parts(pool) if p["lease"] == lease.id]
+        assert sorted(d for p in parts for d in p["devices"].split(",")) == ["0", "1", "2", "3"]
+        assert first <= {p["pid"] for p in parts}  # growing left the first raylet alone
+        assert grown["start"] > 0  # continued from its checkpoint
+        asked = time.time()
+        back = holder.request_lease(2, "A100", "10m", wait=False)
+        wait_until(lambda: grower.get_lease(lease.id).held_gpus == 2, timeout=60, interval=0.2)
+        shrunk = time.time()
+        back = back.wait(timeout=240)
+        reclaimed_s = time.time() - asked
+        assert back.state == "RESERVED"
+        mine = [p for p in raylet_parts(pool) if p["lease"] == lease.id]
+        assert sum(len(p["devices"].split(",")) for p in mine) == 2
+        theirs = raylets(pool)[back.id]["devices"].split(",")
+        assert not set(theirs) & {d for p in mine for d in p["devices"].split(",")}
+        final = wait_until(
+            lambda: (
+                (s := grower.job_status(job["id"]))["status"] in ("SUCCEEDED", "FAILED", "STOPPED")
+                and s
+            ),
+            timeout=400,
+            interval=2.0,
+        )
+        logs = grower.job_logs(job["id"])
+        assert final["status"] == "SUCCEEDED", logs[-4000:]
+    finally:
+        watch.stop()
+    result = json.loads(next(x for x in reversed(logs.splitlines()) if x.startswith("{")))
+    assert [n for n, _ in result["segments"]] == [2, 4, 2]
+    assert result["step"] == 160
+    worlds = [s["world"] for s in starts()]
+    assert (worlds[0], max(worlds), worlds[-1]) == (2, 4, 2)
+    assert starts()[-1]["start"] > grown["start"]  # the shrink resumed from a later checkpoint
+    # The run's checkpoint ended the grace: the raylets given back stopped well before it.
+    given_back_s = watch.first(lease.id, 2, asked) - asked
+    assert given_back_s < pool.config.scheduler.grace_s / 2, given_back_s
+    assert watch.clashes == []
+    assert watch.samples > 20
+    print(
+        f"grow: decided {resized - freed:.1f} s after the release, first step on 4 workers "
+        f"{grown['t'] - resized:.1f} s after the decision; reclaim: shrunk in "
+        f"{shrunk - asked:.1f} s, raylets stopped in {given_back_s:.1f} s, the other tenant's "
+        f"lease reserved in {reclaimed_s:.1f} s"
+    )
+    holder.release_lease(back.id)

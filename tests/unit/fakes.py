@@ -31,6 +31,10 @@ class FakeBackend:
     created: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     fail_next_create: bool = False
+    resized: list[tuple[str, list[str]]] = field(default_factory=list)
+    checkpoints: list[str] = field(default_factory=list)
+    #: What ``held_after`` reports next (GPUs held past a shrink).
+    held: list[tuple[str, int, float, float]] = field(default_factory=list)
 
     def nodes(self) -> list[NodeInfo]:
         return list(self.node_list)
@@ -62,6 +66,16 @@ class FakeBackend:
 
     def hand_over(self, name: str, group_id: str | None = None) -> None:
         self.remove_group(name, group_id)
+
+    def resize(self, name: str, nodes: list[str]) -> None:
+        self.resized.append((name, list(nodes)))
+
+    def checkpointed(self, name: str) -> None:
+        self.checkpoints.append(name)
+
+    def held_after(self) -> list[tuple[str, int, float, float]]:
+        out, self.held = self.held, []
+        return out
 
     def groups(self) -> dict[str, GroupInfo]:
         return dict(self.group_table)

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from fastgpu.auth import Principal, new_token
 from fastgpu.config import GpuTypeSpec, PlatformConfig, QuotaSpec
-from fastgpu.controller.backend import NodeInfo
+from fastgpu.controller.backend import GroupInfo, NodeInfo
 from fastgpu.controller.loop import Controller
 from fastgpu.controller.reconcile import reconcile
 from fastgpu.errors import AuthenticationError, Conflict, InvalidRequest, NotFound, PermissionDenied
@@ -270,6 +270,60 @@ def test_bind_hands_over_gpus_but_keeps_them_in_the_ledger(world: World) -> None
     w.backend.node_list = [n for n in w.backend.node_list if n.node_id not in bound.nodes]
     reconcile(w.ctl)
     assert w.svc.leases.get(p, lease.id).state == "FAILED"
+
+
+def test_a_bound_lease_follows_what_the_backend_runs(world: World) -> None:
+    """The pool reports a bound elastic lease's group RESCHEDULING with the GPUs that still run
+    (a raylet died): reconcile shrinks the lease to them and tells the backend; a group holding
+    other GPUs than the store says (a restart during a resize) is brought back to the store's."""
+    w = world
+    p = w.tenant("elastic", 8)
+    lease = w.request(p, gpus=4, min_gpus=2, strategy="STRICT_PACK")
+    w.ctl.tick()
+    bound = w.svc.leases.bind(p, lease.id, "train:x")
+    name = bound.placement_group
+    assert name
+    node = bound.nodes[0]
+    w.backend.group_table[name] = GroupInfo(
+        name, "g", "RESCHEDULING", "", (node,) * 3, "its raylet on h stopped (1 of 4 GPUs)"
+    )
+    assert reconcile(w.ctl)["leases_shrunk"] == 1
+    shrunk = w.svc.leases.get(p, lease.id)
+    assert (shrunk.state, shrunk.held_gpus) == ("BOUND", 3)
+    assert "(its raylet on h stopped (1 of 4 GPUs))" in (shrunk.reason_detail or "")
+    assert w.backend.resized[-1] == (name, [node] * 3)
+    # The backend holds 4 again (say, adopted after a restart): back to the store's 3.
+    w.backend.group_table[name] = GroupInfo(name, "g", "CREATED", "", (node,) * 4)
+    w.backend.resized.clear()
+    assert reconcile(w.ctl)["leases_shrunk"] == 0
+    assert w.backend.resized == [(name, [node] * 3)]
+    # Below its minimum, the lease fails instead.
+    w.backend.group_table[name] = GroupInfo(name, "g", "RESCHEDULING", "", (node,), "gone")
+    reconcile(w.ctl)
+    assert w.svc.leases.get(p, lease.id).state == "FAILED"
+
+
+def test_gpus_held_past_a_shrink_are_metered(world: World) -> None:
+    w = world
+    p = w.tenant("acme", 4)
+    lease = w.request(p, gpus=2)
+    w.ctl.tick()
+    start = w.clock.now
+    w.clock.advance(100)
+    w.backend.held = [(lease.id, 1, start + 40, start + 50)]
+    w.ctl.tick()
+    w.svc.leases.release(p, lease.id)
+    (row,) = w.svc.reads.usage(p).items
+    assert row.gpu_seconds == pytest.approx(2 * 100 + 1 * 10)
+
+
+def test_a_checkpoint_reaches_the_backend(world: World) -> None:
+    w = world
+    p = w.tenant("acme", 4)
+    lease = w.request(p, gpus=1)
+    w.ctl.tick()
+    w.svc.leases.checkpoint(p, lease.id)
+    assert w.backend.checkpoints == [lease.placement_group]
 
 
 def test_checkpoint_needs_held_gpus(world: World) -> None:

@@ -1,7 +1,9 @@
 """The pool backend's own rules, with tenants' clusters replaced by an in-memory stand-in (the
 real ones run in tests/integration/test_pool_server.py): devices are never given twice,
-readiness and failure reach the controller, a release during a start leaks no raylet, and a
-waiter that gives up does not cancel the reservation."""
+readiness and failure reach the controller, a release during a start leaks no raylet, a
+waiter that gives up does not cancel the reservation, and an elastic lease's raylets follow its
+resizes (grow at once; shrink after the grace or a checkpoint; a start waits for the devices it
+was given to be drained)."""
 
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ class FakeCluster:
     def __init__(self, tenant: str) -> None:
         self.spec = SimpleNamespace(tenant_id=tenant)
         self.started: list[tuple[str, str, tuple[int, ...]]] = []
-        self.stopped: list[tuple[str, str]] = []
+        self.stopped: list[tuple[str, str, int]] = []
+        self.live: dict[tuple[str, str, int], tuple[int, ...]] = {}
         self.gate = threading.Event()
         self.gate.set()
         self.fail: str | None = None
@@ -38,13 +41,14 @@ class FakeCluster:
         if self.fail:
             raise FastGPUError(self.fail)
         self.started.append((lease, host.name, ids))
+        self.live[(lease, host.name, min(ids))] = ids
 
-    def remove_raylet(self, lease: str, host: str, grace_s: float = 5.0) -> int:
-        self.stopped.append((lease, host))
-        return 1
+    def remove_raylet(self, key: tuple[str, str, int], grace_s: float = 5.0) -> int:
+        self.stopped.append(key)
+        return 1 if self.live.pop(key, None) else 0
 
-    def raylets(self) -> dict[tuple[str, str], tuple[int, ...]]:
-        return {(lease, h): ids for lease, h, ids in self.started if (lease, h) not in self.stopped}
+    def raylets(self) -> dict[tuple[str, str, int], tuple[int, ...]]:
+        return dict(self.live)
 
     def call(self, op: str, **args: Any) -> Any:
         return {"create_group": f"gid-{args.get('name')}", "ready": True}.get(op, True)
@@ -74,11 +78,11 @@ class FakeClusters:
     def running_tenants(self) -> set[str]:
         return set()
 
-    def running_raylets(self) -> dict[tuple[str, str, str], tuple[int, ...]]:
+    def running_raylets(self) -> dict[tuple[str, tuple[str, str, int]], tuple[int, ...]]:
         return {
-            (tenant, lease, host): ids
+            (tenant, key): ids
             for tenant, cluster in self.clusters.items()
-            for (lease, host), ids in cluster.raylets().items()
+            for key, ids in cluster.raylets().items()
         }
 
 
@@ -131,10 +135,11 @@ def test_a_reservation_whose_raylet_died_is_reported_lost(backend: Any) -> None:
     assert wait_ready(b, "fastgpu-lease-d")
     assert b.groups()["fastgpu-lease-d"].state == "CREATED"
     cluster = clusters.get("t1")
-    cluster.started = [x for x in cluster.started if x[1] != "host-1"]  # its raylet died
+    del cluster.live[("d", "host-1", 4)]  # its raylet died
     lost = b.groups()["fastgpu-lease-d"]
     assert lost.state == "RESCHEDULING"
-    assert lost.detail == "its raylet on host-1 stopped"
+    assert lost.detail == "its raylet on host-1 stopped (1 of 2 GPUs)"
+    assert lost.bundle_nodes == ("host-0",)  # what survives: an elastic lease shrinks to it
 
 
 def test_a_failed_start_is_reported_with_its_error(backend: Any) -> None:
@@ -154,11 +159,8 @@ def test_a_release_during_the_start_leaks_no_raylet(backend: Any) -> None:
     time.sleep(0.1)
     b.remove_group("fastgpu-lease-r")
     cluster.gate.set()  # the start finishes after the release
-    deadline = time.monotonic() + 5
-    while cluster.raylets() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    assert wait_for(lambda: ("r", "host-1", 4) in cluster.stopped)
     assert cluster.raylets() == {}
-    assert ("r", "host-1") in cluster.stopped
     assert "fastgpu-lease-r" not in b.groups()
 
 
@@ -175,3 +177,89 @@ def test_a_waiter_that_gives_up_does_not_cancel_the_reservation(backend: Any) ->
     assert second is not None
     assert second.result(timeout=5) is True
     assert wait_ready(b, "fastgpu-lease-w")
+
+
+def wait_for(check: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_growing_adds_a_raylet_and_leaves_the_running_one_alone(backend: Any) -> None:
+    b, clusters = backend
+    b.create_group("fastgpu-lease-g", BUNDLE, ["host-0", "host-0"], "PACK", tenant="t1")
+    assert wait_ready(b, "fastgpu-lease-g")
+    cluster = clusters.get("t1")
+    cluster.gate.clear()  # the new raylets are "starting"
+    b.resize("fastgpu-lease-g", ["host-0", "host-0", "host-0", "host-1"])
+    # Starting is not missing: the lease is not reported lost meanwhile.
+    assert b.groups()["fastgpu-lease-g"].state == "CREATED"
+    cluster.gate.set()
+    assert wait_for(lambda: len(cluster.live) == 3)
+    assert cluster.live == {
+        ("g", "host-0", 0): (0, 1),
+        ("g", "host-0", 2): (2,),
+        ("g", "host-1", 4): (4,),
+    }
+    assert cluster.stopped == []
+    group = b.groups()["fastgpu-lease-g"]
+    assert (group.state, group.bundle_nodes) == ("CREATED", ("host-0",) * 3 + ("host-1",))
+
+
+def test_shrinking_keeps_the_raylets_until_a_checkpoint_and_a_new_start_waits(
+    backend: Any,
+) -> None:
+    b, clusters = backend
+    b.elastic.grace_s = 60.0
+    b.create_group("fastgpu-lease-s", BUNDLE, ["host-0", "host-0"], "PACK", tenant="t1")
+    assert wait_ready(b, "fastgpu-lease-s")
+    b.resize("fastgpu-lease-s", ["host-0"] * 4)
+    alpha = clusters.get("t1")
+    assert wait_for(lambda: ("s", "host-0", 2) in alpha.live)
+    b.resize("fastgpu-lease-s", ["host-0", "host-0"])  # back to the first part
+    assert b.groups()["fastgpu-lease-s"].bundle_nodes == ("host-0", "host-0")
+    # The policy gives devices 2 and 3 to tenant t2 at once; its raylet waits for the drain.
+    b.create_group("fastgpu-lease-n", BUNDLE, ["host-0", "host-0"], "PACK", tenant="t2")
+    time.sleep(0.3)
+    assert ("s", "host-0", 2) in alpha.live  # in its grace: the workload checkpoints
+    assert clusters.get("t2").started == []
+    b.checkpointed("fastgpu-lease-s")  # the work is saved: the GPUs go now
+    assert wait_ready(b, "fastgpu-lease-n")
+    assert alpha.live == {("s", "host-0", 0): (0, 1)}
+    assert clusters.get("t2").started == [("n", "host-0", (2, 3))]
+    # The 2 GPUs it gave back were the tenant's until they stopped: metered, once.
+    ((lease, gpus, began, ended),) = b.held_after()
+    assert (lease, gpus) == ("s", 2)
+    assert 0.3 <= ended - began < 5
+    assert b.held_after() == []
+
+
+def test_a_shrink_that_splits_a_raylet_restarts_the_kept_devices_after_the_grace(
+    backend: Any,
+) -> None:
+    b, clusters = backend
+    b.elastic.grace_s = 0.2
+    b.create_group("fastgpu-lease-p", BUNDLE, ["host-0"] * 4, "PACK", tenant="t1")
+    assert wait_ready(b, "fastgpu-lease-p")
+    b.resize("fastgpu-lease-p", ["host-0"] * 3)
+    cluster = clusters.get("t1")
+    assert b.groups()["fastgpu-lease-p"].state == "CREATED"  # never reported lost
+    assert wait_for(lambda: ("p", "host-0", 0) in cluster.stopped)
+    assert wait_for(lambda: cluster.live == {("p", "host-0", 0): (0, 1, 2)})
+    assert b.groups()["fastgpu-lease-p"].state == "CREATED"
+
+
+def test_a_release_ends_a_shrinks_grace(backend: Any) -> None:
+    b, clusters = backend
+    b.elastic.grace_s = 60.0
+    b.create_group("fastgpu-lease-e", BUNDLE, ["host-1", "host-1"], "PACK", tenant="t1")
+    assert wait_ready(b, "fastgpu-lease-e")
+    b.resize("fastgpu-lease-e", ["host-1"])
+    b.remove_group("fastgpu-lease-e")
+    cluster = clusters.get("t1")
+    assert wait_for(lambda: cluster.live == {})
+    b.create_group("fastgpu-lease-f", BUNDLE, ["host-1", "host-1"], "PACK", tenant="t1")
+    assert wait_ready(b, "fastgpu-lease-f")

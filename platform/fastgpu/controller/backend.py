@@ -72,6 +72,8 @@ class Backend(Protocol):
         self, name: str, group_id: str | None = None, handed_over: bool = False
     ) -> None: ...
     def hand_over(self, name: str, group_id: str | None = None) -> None: ...
+    def resize(self, name: str, nodes: list[str]) -> None: ...
+    def checkpointed(self, name: str) -> None: ...
     def groups(self) -> dict[str, GroupInfo]: ...
     def ready(self, names: list[str], timeout_s: float = 0.0) -> set[str]: ...
 
@@ -177,6 +179,13 @@ class RayBackend:
     def hand_over(self, name: str, group_id: str | None = None) -> None:
         """A workload takes the lease's GPUs: remove the group so it can make its own there."""
         self.remove_group(name, group_id)
+
+    def resize(self, name: str, nodes: list[str]) -> None:
+        """A bound lease changed size: nothing to do in a shared cluster (its group was handed
+        over; the workload follows the lease and Ray frees what it stops using)."""
+
+    def checkpointed(self, name: str) -> None:
+        """The lease's workload saved a checkpoint: nothing waits for it here."""
 
     def groups(self) -> dict[str, GroupInfo]:
         from ray.util.placement_group import placement_group_table

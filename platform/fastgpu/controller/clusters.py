@@ -36,7 +36,12 @@ from fastgpu.pool.runtime import (
     user_comment,
     user_name,
 )
-from fastgpu.pool.tenant_cluster import ClusterSpec, TenantCluster, running_raylets
+from fastgpu.pool.tenant_cluster import (
+    ClusterSpec,
+    RayletKey,
+    TenantCluster,
+    running_raylets,
+)
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +143,9 @@ class TenantClusters:
         with self._mu:
             return dict(self._clusters)
 
-    def running_raylets(self) -> dict[tuple[str, str, str], tuple[int, ...]]:
-        """(tenant, lease, host) -> devices of every live raylet of this platform's tenants."""
+    def running_raylets(self) -> dict[tuple[str, RayletKey], tuple[int, ...]]:
+        """(tenant, (lease, host, part)) -> devices of every live raylet of this platform's
+        tenants."""
         return running_raylets(f"{self.platform}/")
 
     def running_tenants(self) -> set[str]:

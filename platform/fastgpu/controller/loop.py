@@ -256,7 +256,10 @@ class Controller:
             lease.last_checkpoint_at = self.clock()
             self.store.save_lease(lease, lease.state)
             self._track(lease)
-            return lease
+        if lease.placement_group:
+            # GPUs the lease is giving back (a shrink) may go now: the work on them is saved.
+            self.backend.checkpointed(lease.placement_group)
+        return lease
 
     def mark_ready(self, lease_id: str) -> Lease | None:
         """A waiter saw the lease's group ready before the loop did: record it now."""
@@ -300,9 +303,13 @@ class Controller:
             )
 
     def resize(self, lease: Lease, nodes: list[str], detail: str) -> None:
+        """Commit a bound lease's new size, then let the backend follow (the pool's adds
+        raylets, or stops some after the grace)."""
         lease.nodes = nodes
         lease.reason_detail = detail
         self._written(lease, lambda: self.store.resize(lease, self.clock(), self.tx_hooks))
+        if lease.placement_group:
+            self.backend.resize(lease.placement_group, list(nodes))
 
     def _mark_reserved(self, lease: Lease) -> None:
         if lease.placement_group and not lease.placement_group_id:
@@ -339,9 +346,19 @@ class Controller:
                 self._last_purge = now
                 self.purge(now)
             self.schedule()
+            self._meter_held_after()
         housekeeping = getattr(self.backend, "housekeeping", None)
         if housekeeping is not None:
             housekeeping()
+
+    def _meter_held_after(self) -> None:
+        """The pool's shrunk leases keep the GPUs they give back until their workload has
+        checkpointed (or the grace ends): those GPU-seconds are the tenant's too."""
+        take = getattr(self.backend, "held_after", None)
+        for lease_id, gpus, start, end in take() if take else ():
+            lease = self.store.get_lease(lease_id)
+            if lease is not None:
+                self.store.add_usage(lease, gpus, start, end)
 
     def poll_ready(self, timeout_s: float) -> None:
         admitted = [lease for lease in self.live() if lease.state == LeaseState.ADMITTED]
@@ -391,7 +408,6 @@ class Controller:
                 tenants,
                 self._stats.get(tenants, now),
                 self.live() if live is None else live,
-                resizable=getattr(self.backend, "resizable", True),
             )
 
     def schedule(self) -> dict[str, Lease]:

@@ -9,7 +9,11 @@ that reserving takes seconds (a head, raylets), so it runs on worker threads and
 A reservation's life: ``starting`` (head, raylets, group being made) -> ``ready`` (the group
 is ready in the tenant's cluster) or ``failed`` (reported by :meth:`groups` as state FAILED,
 with the error, for reconcile to end the lease). Removal cancels a start in progress, then
-stops the lease's raylets (everything running on them stops with them). After a restart, the
+stops the lease's raylets (everything running on them stops with them). A bound elastic lease
+follows :meth:`resize`: growing adds raylets at once, shrinking stops some after the grace
+(or the workload's next checkpoint), as :mod:`~fastgpu.controller.pool_resize` plans; devices
+leaving a lease are *drained* (:mod:`~fastgpu.controller.pool_ledger`) so that no start uses
+them before their raylet has stopped. After a restart, the
 raylets found running are ``adopted``: their group is left alone (a bound lease's workload owns
 its GPUs), unless the controller asks whether the lease is ready (it is still ADMITTED), which
 finishes the start.
@@ -23,43 +27,22 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
-import math
 import threading
 from collections import Counter
-from dataclasses import dataclass, field
 
 from fastgpu.config import PlatformConfig
-from fastgpu.controller.backend import GROUP_PREFIX, GroupInfo, NodeInfo, gpu_bundle
+from fastgpu.controller.backend import GROUP_PREFIX, GroupInfo, NodeInfo
 from fastgpu.controller.clusters import TenantClusters
-from fastgpu.pool.hosts import Host, pick_devices
+from fastgpu.controller.pool_elastic import ElasticRaylets, await_drains, raylet_cpus
+from fastgpu.controller.pool_ledger import DeviceLedger, Drain, Reservation
+from fastgpu.pool.hosts import Host
 
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 120.0
 
 
-@dataclass
-class Reservation:
-    lease_id: str
-    tenant_id: str
-    devices: dict[str, tuple[int, ...]]
-    gpu_type: str
-    state: str = "starting"  # starting | ready | failed | adopted
-    group_id: str = ""
-    error: str = ""
-    cancelled: bool = False
-    done: cf.Future[bool] = field(default_factory=cf.Future)
-
-    @property
-    def name(self) -> str:
-        return GROUP_PREFIX + self.lease_id
-
-
 class PoolBackend:
-    #: Elastic resize of a bound lease would add or stop raylets; not built yet, so the policy
-    #: sees every lease at its size (issue 9, next step).
-    resizable = False
-
     def __init__(
         self,
         config: PlatformConfig,
@@ -72,14 +55,16 @@ class PoolBackend:
         self.hosts = {h.name: h for h in hosts}
         self.clusters = clusters or TenantClusters(config)
         self.clusters.prepare()
-        self._mu = threading.Lock()
-        self._res: dict[str, Reservation] = {}
+        self.ledger = DeviceLedger(self.hosts)
+        self._mu = self.ledger.lock
+        self._res = self.ledger.reservations
         self._pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="fastgpu-pool")
         self._adopted = False
         self._housekeeping = threading.Lock()
         #: Tenants whose idle cluster is being stopped; starts wait for it (``_stopped``).
         self._stopping: set[str] = set()
         self._stopped = threading.Condition(self._mu)
+        self.elastic = ElasticRaylets(config, self.hosts, self.ledger, self.clusters, self._pool)
 
     # -- the policy's view -----------------------------------------------------------------
     def nodes(self) -> list[NodeInfo]:
@@ -102,41 +87,28 @@ class PoolBackend:
             known = self._res.get(lease_id)
             if known is not None and known.state != "failed":
                 return known.group_id
-            taken = self._taken(exclude=lease_id)
-            devices = pick_devices(self.hosts, Counter(node_ids), taken)
+            devices, waits = self.ledger.pick(Counter(node_ids), exclude=lease_id)
             gpu_type = self.hosts[node_ids[0]].gpu_type if node_ids else ""
-            res = Reservation(lease_id, tenant, devices, gpu_type)
+            res = Reservation(lease_id, tenant, devices, gpu_type, waits=waits)
             self._res[lease_id] = res
         self._pool.submit(self._start, res, dict(bundle))
         return ""
 
-    def _taken(self, exclude: str) -> dict[str, set[int]]:
-        taken: dict[str, set[int]] = {}
-        for res in self._res.values():
-            if res.lease_id == exclude:
-                continue
-            for host, ids in res.devices.items():
-                taken.setdefault(host, set()).update(ids)
-        return taken
-
     def _start(self, res: Reservation, bundle: dict[str, float]) -> None:
-        # The raylet is the tenant's whole node: at least a CPU per GPU, so that a Train
-        # worker (1 CPU + 1 GPU by default) fits on every GPU.
-        cpus_per_gpu = max(1, math.ceil(bundle.get("CPU", 0)))
         try:
             self._wait_not_stopping(res.tenant_id)
+            await_drains(res, res.waits)
             cluster = self.clusters.ensure(res.tenant_id)
             for host, ids in sorted(res.devices.items()):
                 if res.cancelled:
                     break
-                cpus = cpus_per_gpu * len(ids)
+                cpus = raylet_cpus(bundle, len(ids))
                 cluster.add_raylet(res.lease_id, self.hosts[host], ids, cpus=cpus)
             if res.cancelled:  # released meanwhile: what this start added goes too
                 self._stop(res)
                 return
-            gpus = sum(len(ids) for ids in res.devices.values())
             res.group_id = cluster.call(
-                "create_group", name=res.name, gpus=gpus, lease=res.lease_id, bundle=bundle
+                "create_group", name=res.name, gpus=res.gpus, lease=res.lease_id, bundle=bundle
             )
             if not cluster.call("ready", name=res.name, timeout_s=READY_TIMEOUT_S):
                 raise TimeoutError(f"group not ready after {READY_TIMEOUT_S:.0f} s")
@@ -164,33 +136,51 @@ class PoolBackend:
             if res is None:
                 return
         res.cancelled = True
-        self._pool.submit(self._stop, res)
+        with self._mu:
+            drain = self.ledger.drain(lease_id, res.tenant_id, res.devices, 0.0)
+        self.ledger.hurry(lease_id)  # a shrink's grace ends: everything stops now
+        self._pool.submit(self._stop, res, drain)
 
-    def _stop(self, res: Reservation) -> None:
-        cluster = self.clusters.get(res.tenant_id)
-        for host in res.devices:
-            try:
-                cluster.remove_raylet(res.lease_id, host)
-            except Exception:
-                log.exception("stopping lease %s's raylet on %s failed", res.lease_id, host)
-        # A start still running may have added a raylet after the loop above: once more.
-        for lease, host in list(cluster.raylets()):
-            if lease == res.lease_id:
-                cluster.remove_raylet(lease, host)
-        if not res.done.done():
-            res.done.set_result(False)
+    def _stop(self, res: Reservation, drain: Drain | None = None) -> None:
+        """Stop every raylet of the lease; then its devices are free (``drain`` ends)."""
+        try:
+            cluster = self.clusters.get(res.tenant_id)
+            # Twice: a start still running may add a raylet while the first round stops.
+            for _ in range(2):
+                for key in [k for k in cluster.raylets() if k[0] == res.lease_id]:
+                    try:
+                        cluster.remove_raylet(key)
+                    except Exception:
+                        log.exception("stopping lease %s's raylet %s failed", res.lease_id, key)
+        finally:
+            if drain is not None:
+                self.ledger.drained(drain)
+            if not res.done.done():
+                res.done.set_result(False)
+
+    # -- resize ----------------------------------------------------------------------------
+    def resize(self, name: str, nodes: list[str]) -> None:
+        self.elastic.resize(name, nodes)
+
+    def checkpointed(self, name: str) -> None:
+        self.elastic.checkpointed(name)
+
+    def held_after(self) -> list[tuple[str, int, float, float]]:
+        """GPUs leases held past a shrink, until their raylets stopped: (lease, GPUs, from,
+        to), wall clock, each reported once. The controller meters them."""
+        return self.ledger.take_held_after()
 
     # -- observe ---------------------------------------------------------------------------
     def _running(self) -> dict[str, Reservation]:
         """What runs on this machine, as reservations: lease -> tenant, hosts and devices."""
         out: dict[str, Reservation] = {}
         found = self.clusters.running_raylets()
-        for (tenant_id, lease_id, host), ids in found.items():
+        for (tenant_id, (lease_id, host, _)), ids in found.items():
             gpu_type = self.hosts[host].gpu_type if host in self.hosts else ""
             res = out.setdefault(
                 lease_id, Reservation(lease_id, tenant_id, {}, gpu_type, state="adopted")
             )
-            res.devices[host] = ids
+            res.devices[host] = tuple(sorted(set(res.devices.get(host, ())) | set(ids)))
         return out
 
     def _orphans(self, running: dict[str, Reservation] | None = None) -> dict[str, Reservation]:
@@ -213,7 +203,8 @@ class PoolBackend:
         """Every reservation, and raylets no reservation accounts for (reconcile stops those:
         a start cancelled at the wrong moment must not leak a raylet). A reservation whose
         raylet died (crashed, killed, its host lost) is RESCHEDULING, with what is missing:
-        reconcile ends the lease (node lost), and its GPUs come back."""
+        reconcile ends the lease (node lost) or, for a bound elastic one, shrinks it to the
+        GPUs still there (``bundle_nodes`` then lists those only)."""
         self._adopt_once()
         running = self._running()
         with self._mu:
@@ -223,12 +214,26 @@ class PoolBackend:
         states = {"starting": "PENDING", "ready": "CREATED", "failed": "FAILED"}
         for res in reservations:
             state, detail = states.get(res.state, "CREATED"), res.error
+            missing: set[tuple[str, int]] = set()
             if res.state in ("ready", "adopted"):
                 live = running.get(res.lease_id)
-                gone = sorted(h for h in res.devices if live is None or h not in live.devices)
-                if gone:
-                    state, detail = "RESCHEDULING", f"its raylet on {', '.join(gone)} stopped"
-            nodes = tuple(h for h, ids in sorted(res.devices.items()) for _ in ids)
+                there = {(h, d) for h, ids in (live.devices if live else {}).items() for d in ids}
+                missing = {
+                    (h, d)
+                    for h, ids in res.devices.items()
+                    for d in ids
+                    if (h, d) not in there and (h, d) not in res.starting
+                }
+                if missing:
+                    gone = sorted({h for h, _ in missing})
+                    state = "RESCHEDULING"
+                    detail = (
+                        f"its raylet on {', '.join(gone)} stopped "
+                        f"({len(missing)} of {res.gpus} GPUs)"
+                    )
+            nodes = tuple(
+                h for h, ids in sorted(res.devices.items()) for d in ids if (h, d) not in missing
+            )
             out[res.name] = GroupInfo(res.name, res.group_id, state, "", nodes, detail)
         return out
 
@@ -260,8 +265,7 @@ class PoolBackend:
                 res = self._res.get(n.removeprefix(GROUP_PREFIX))
                 if res is not None and res.state == "adopted":
                     res.state = "starting"
-                    bundle = gpu_bundle(self.config.gpu_types.get(res.gpu_type))
-                    self._pool.submit(self._start, res, bundle)
+                    self._pool.submit(self._start, res, self.elastic.bundle(res))
             wanted = [
                 self._res[n.removeprefix(GROUP_PREFIX)]
                 for n in names

@@ -1,14 +1,17 @@
 """Reconcile: make Ray match the store after crashes, restarts and node loss.
 
 Drops orphan placement groups (no live lease names them), re-creates missing ones (a lease
-ADMITTED or RESERVED whose group vanished), shrinks an elastic bound lease that lost nodes but
-keeps its minimum, and fails leases whose nodes died. Runs at start-up (before serving) and
+ADMITTED or RESERVED whose group vanished), shrinks an elastic bound lease that lost nodes (or,
+on the pool, raylets) but keeps its minimum, and fails leases whose nodes died. A bound lease
+whose reservation holds other GPUs than the store says (a server restarted during a resize) is
+brought back to the store's placement. Runs at start-up (before serving) and
 every ``controller.reconcile_interval_s``.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import TYPE_CHECKING
 
 from fastgpu.domain.lease import HOLDING_STATES, LeaseState, PendingReason
@@ -42,6 +45,21 @@ def reconcile(ctl: Controller) -> dict[str, int]:
                 )
                 done["leases_shrunk"] += 1
                 continue
+            if (
+                group is not None
+                and group.state == "RESCHEDULING"
+                and lease.state == LeaseState.BOUND
+                and lease.min_gpus <= len(group.bundle_nodes) < lease.held_gpus
+            ):
+                # The pool: some of its raylets stopped; the workload goes on with the rest.
+                ctl.resize(
+                    lease,
+                    list(group.bundle_nodes),
+                    f"node_lost: shrunk {lease.held_gpus} -> {len(group.bundle_nodes)} GPUs "
+                    f"({group.detail})",
+                )
+                done["leases_shrunk"] += 1
+                continue
             if group is not None and group.state == "FAILED":
                 lease.reason = "reservation_failed"
                 lease.reason_detail = group.detail or "its raylets did not start"
@@ -58,8 +76,10 @@ def reconcile(ctl: Controller) -> dict[str, int]:
                 continue
             if lease.state == LeaseState.BOUND:
                 # Its group was handed over; what the backend still reports for it (the pool's
-                # raylets) is wanted.
+                # raylets) is wanted, at the size the store says.
                 wanted.add(lease.placement_group or "")
+                if group is not None and Counter(group.bundle_nodes) != Counter(lease.nodes):
+                    ctl.backend.resize(lease.placement_group or "", list(lease.nodes))
                 continue
             assert lease.placement_group is not None
             wanted.add(lease.placement_group)

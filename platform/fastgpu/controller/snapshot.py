@@ -78,10 +78,7 @@ def build_snapshot(
     tenants: list[TenantRecord],
     stats: dict[str, TenantStats],
     live: list[Lease],
-    resizable: bool = True,
 ) -> Snapshot:
-    """``resizable``: whether the backend can grow and shrink a bound lease (the pool's cannot
-    yet: a raylet holds a fixed set of devices), else every lease is fixed-size."""
     held: dict[str, int] = {}
     running: list[LeaseView] = []
     pending: list[LeaseView] = []
@@ -92,7 +89,7 @@ def build_snapshot(
                 placement[n] = placement.get(n, 0) + 1
                 held[n] = held.get(n, 0) + 1
             view = lease_view(lease, placement)
-            if lease.state != LeaseState.BOUND or not resizable:
+            if lease.state != LeaseState.BOUND:
                 # Only a bound (elastic workload) lease can change size.
                 view = replace(view, gpus=lease.held_gpus, min_gpus=lease.held_gpus)
             if lease.preempt_at is not None:

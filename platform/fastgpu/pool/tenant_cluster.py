@@ -1,5 +1,5 @@
-"""One tenant's own Ray cluster on this machine: a CPU-only head, one raylet per (lease, host),
-and a keeper driver; each process run as the tenant's user. ``ray start`` exits once a node is
+"""One tenant's own Ray cluster on this machine: a CPU-only head, raylets for its leases, and a
+keeper driver; each process run as the tenant's user. ``ray start`` exits once a node is
 up; the node's processes are then known by their marker (and the GCS server's or raylet's pid).
 
 Layout of a cluster's home (``<root>/<tenant id>``, 0700, owned by the tenant's user)::
@@ -13,8 +13,13 @@ Layout of a cluster's home (``<root>/<tenant id>``, 0700, owned by the tenant's 
 
 Invariants: every port is chosen here (free, on 127.0.0.1) and passed explicitly; every process
 carries the marker ``<platform>/<tenant>/<role>`` (:mod:`fastgpu.pool.processes`), role being
-``head``, ``keeper`` or ``raylet/<lease>/<host>``; environments are built from nothing (the
+``head``, ``keeper`` or ``raylet/<lease>/<host>/<part>``; environments are built from nothing (the
 server's variables never reach tenants' processes).
+
+A lease holds one raylet per host at first; growing it adds a raylet for the new devices (a
+*part*, named by its first device id), so the raylets already running are left alone. A
+raylet's GPUs are fixed when it starts, so shrinking stops whole parts (the controller decides
+which; see :mod:`fastgpu.controller.pool_resize`).
 """
 
 from __future__ import annotations
@@ -85,23 +90,30 @@ def _named(proc: Any, name: str) -> bool:
         return False
 
 
-def running_raylets(prefix: str) -> dict[tuple[str, str, str], tuple[int, ...]]:
-    """(tenant, lease, host) -> device ids of every live raylet whose marker starts with
-    ``prefix`` (``<platform>/`` for all of a platform's, ``<platform>/<tenant>/raylet/`` for
-    one tenant's), in one scan of the processes."""
-    out: dict[tuple[str, str, str], tuple[int, ...]] = {}
+#: A raylet of a tenant's cluster: (lease, host, part), the part being its first device id.
+RayletKey = tuple[str, str, int]
+
+
+def running_raylets(prefix: str) -> dict[tuple[str, RayletKey], tuple[int, ...]]:
+    """(tenant, (lease, host, part)) -> device ids of every live raylet whose marker starts
+    with ``prefix`` (``<platform>/`` for all of a platform's, ``<platform>/<tenant>/raylet/``
+    for one tenant's), in one scan of the processes."""
+    out: dict[tuple[str, RayletKey], tuple[int, ...]] = {}
     for value, procs in processes.marked(prefix).items():
         platform_tenant, sep, rest = value.partition("/raylet/")
         if not sep or not any(_named(p, "raylet") for p in procs):
             continue  # not a raylet, or its raylet died (its agents are on their way out)
         tenant = platform_tenant.rpartition("/")[2]
-        lease, _, host = rest.partition("/")
+        lease, _, host_part = rest.partition("/")
+        host, _, part = host_part.partition("/")
         for proc in procs:  # any of them: a worker may have exited meanwhile
             try:
                 visible = proc.environ().get("CUDA_VISIBLE_DEVICES", "")
             except Exception:
                 continue
-            out[(tenant, lease, host)] = tuple(int(d) for d in visible.split(",") if d.strip())
+            ids = tuple(int(d) for d in visible.split(",") if d.strip())
+            key = (lease, host, int(part) if part.isdigit() else min(ids, default=-1))
+            out[(tenant, key)] = ids
             break
     return out
 
@@ -148,7 +160,7 @@ class TenantCluster:
         self._ports: dict[str, int] = {}
         #: The head's GCS server and each raylet, by pid (found by marker once started).
         self._head: int | None = None
-        self._raylets: dict[tuple[str, str], int] = {}
+        self._raylets: dict[RayletKey, int] = {}
         self._keeper: subprocess.Popen[bytes] | None = None
         self._keeper_lock = threading.Lock()
 
@@ -245,13 +257,15 @@ class TenantCluster:
     def add_raylet(
         self, lease_id: str, host: Host, devices: tuple[int, ...], cpus: int | None = None
     ) -> None:
-        """Join a raylet holding ``devices`` of ``host`` for the lease (idempotent)."""
+        """Join a raylet holding ``devices`` of ``host`` for the lease (idempotent): the
+        lease's part on that host named by its first device."""
         if not devices:
             raise ValueError("a raylet needs at least one device")
+        devices = tuple(sorted(devices))
         with self._lock:
             if not self.running():
                 raise FastGPUError(f"tenant {self.spec.tenant_id}'s cluster is not running")
-            key = (lease_id, host.name)
+            key = (lease_id, host.name, devices[0])
             if processes.alive(self._raylets.get(key)):
                 return
             if key in self.raylets():  # adopted: started by a previous server process
@@ -276,8 +290,8 @@ class TenantCluster:
             f"--labels={labels}",
             "--disable-usage-stats",
         ]
-        role = f"raylet/{lease_id}/{host.name}"
-        log = self.spec.home / "logs" / f"raylet-{lease_id}-{host.name}.log"
+        role = self._raylet_role(key)
+        log = self.spec.home / "logs" / f"raylet-{lease_id}-{host.name}-{devices[0]}.log"
         env = self.env(role, devices)
         proc = processes.spawn(
             self.spec.python.ray(*args), env, self.spec.home, log, self.spec.user
@@ -289,18 +303,22 @@ class TenantCluster:
             if pid is not None:
                 self._raylets[key] = pid
 
-    def remove_raylet(self, lease_id: str, host_name: str, grace_s: float = 5.0) -> int:
-        """Stop the lease's raylet on ``host_name`` and everything it runs."""
-        with self._lock:
-            pid = self._raylets.pop((lease_id, host_name), None)
-        role = f"raylet/{lease_id}/{host_name}"
-        return processes.stop_tree(pid, grace_s, marker=self.marker(role))
+    @staticmethod
+    def _raylet_role(key: RayletKey) -> str:
+        lease_id, host_name, part = key
+        return f"raylet/{lease_id}/{host_name}/{part}"
 
-    def raylets(self) -> dict[tuple[str, str], tuple[int, ...]]:
-        """(lease, host) -> device ids of every live raylet of this cluster, as the processes
-        say (their marker and ``CUDA_VISIBLE_DEVICES``)."""
+    def remove_raylet(self, key: RayletKey, grace_s: float = 5.0) -> int:
+        """Stop one raylet of a lease (``(lease, host, part)``) and everything it runs."""
+        with self._lock:
+            pid = self._raylets.pop(key, None)
+        return processes.stop_tree(pid, grace_s, marker=self.marker(self._raylet_role(key)))
+
+    def raylets(self) -> dict[RayletKey, tuple[int, ...]]:
+        """(lease, host, part) -> device ids of every live raylet of this cluster, as the
+        processes say (their marker and ``CUDA_VISIBLE_DEVICES``)."""
         found = running_raylets(self.marker("raylet/"))
-        return {(lease, host): ids for (_, lease, host), ids in found.items()}
+        return {key: ids for (_, key), ids in found.items()}
 
     # -- keeper ----------------------------------------------------------------------------
     def call(self, op: str, **args: Any) -> Any:
@@ -378,7 +396,7 @@ class TenantCluster:
             self._stop_keeper()
         with self._lock:
             raylets = list(self._raylets)
-        n = sum(self.remove_raylet(lease, host, grace_s) for lease, host in raylets)
+        n = sum(self.remove_raylet(key, grace_s) for key in raylets)
         for value, procs in processes.marked(self.marker("raylet/")).items():
             n += processes.stop_tree(procs[0].pid, grace_s, marker=value)
         with self._lock:

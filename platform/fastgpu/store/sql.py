@@ -79,7 +79,11 @@ class StoreTx:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    def open_usage(self, lease: Lease, now: float) -> None:
+    def open_usage(
+        self, lease: Lease, now: float, gpus: int | None = None, end: float | None = None
+    ) -> None:
+        """A usage record of the lease from ``now``: open, at its held GPUs; or, with ``gpus``
+        and ``end``, a closed one (GPUs it held past a shrink, until its raylets stopped)."""
         self._conn.execute(
             _INSERT_USAGE,
             {
@@ -87,10 +91,10 @@ class StoreTx:
                 "tenant": lease.tenant,
                 "tenant_id": lease.tenant_id,
                 "gpu_type": lease.gpu_type,
-                "gpus": lease.held_gpus or lease.gpus,
+                "gpus": gpus or lease.held_gpus or lease.gpus,
                 "price_per_hour": lease.price_per_hour,
                 "start": now,
-                "end": None,
+                "end": end,
             },
         )
 
@@ -338,6 +342,11 @@ class Store(AccountsMixin):
             tx = StoreTx(conn)
             for hook in hooks:
                 hook(tx, lease, lease.state, lease.state, now)
+
+    def add_usage(self, lease: Lease, gpus: int, start: float, end: float) -> None:
+        """A closed usage record: ``gpus`` of the lease held from ``start`` to ``end``."""
+        with self._tx() as conn:
+            StoreTx(conn).open_usage(lease, start, gpus=gpus, end=end)
 
     def purge_ended(self, before: float) -> int:
         """Delete leases that ended before ``before`` and their events; usage stays."""

@@ -18,6 +18,7 @@ the run ends (or fails) closes the record.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -135,13 +136,15 @@ class _LeaseWatcher(threading.Thread):
         while not self._done.wait(self._poll_s):
             try:
                 lease = self._client.get_lease(self._binding.lease.id)
+                why = _change(self._binding, lease)
                 latest = CheckpointStore(self._folder, keep=1_000_000).latest()
-                if latest is not None and latest.step > self._last_step and lease.held:
+                # Not once the lease changed: on the pool a checkpoint reported after a shrink
+                # lets the GPUs go, and this one predates the workers' last save.
+                if not why and latest is not None and latest.step > self._last_step:
                     self._last_step = latest.step
                     lease.report_checkpoint()
             except FastGPUError:
                 continue  # the platform is briefly unreachable: look again next time
-            why = _change(self._binding, lease)
             if why:
                 self.reason = why
                 self._folder.mkdir(parents=True, exist_ok=True)
@@ -161,6 +164,26 @@ def _change(binding: LeaseBinding, lease: Lease) -> str | None:
     if lease.held_gpus != binding.gpus or sorted(lease.nodes) != sorted(binding.node_ids):
         return f"lease resized {binding.gpus} -> {lease.held_gpus} GPUs"
     return None
+
+
+def await_lease_gpus(lease_id: str, gpus: int, timeout_s: float = 120.0) -> bool:
+    """Wait until the live nodes labelled with the lease hold ``gpus`` GPUs in this driver's
+    Ray cluster (a tenant cluster); False on timeout (the run then starts with what is there
+    and Train's elastic monitor picks up the rest)."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        held = sum(
+            int((node.get("Resources") or {}).get("GPU", 0))
+            for node in ray.nodes()
+            if node.get("Alive") and (node.get("Labels") or {}).get(LEASE_LABEL) == lease_id
+        )
+        if held == gpus:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
 
 
 def run_on_lease(
@@ -216,6 +239,11 @@ def run_on_lease(
             lease = binding.lease.refresh()
             if not stopped or not lease.held or lease.preempt_at:
                 return LeaseRun(outcome, lease, segments, watcher.reason if stopped else None)
+            if binding.label_selector is not None:
+                # The pool: the GPUs a shrink gives back go once the work is saved (now), and
+                # a grow's raylets take seconds to join; start when the cluster matches.
+                lease.report_checkpoint()
+                await_lease_gpus(lease.id, lease.held_gpus)
             binding = replace(
                 binding,
                 lease=lease,

@@ -1,0 +1,64 @@
+"""Elastic training on a pool lease, as a tenant's Ray job: ``run_on_lease`` with a slow
+stepping train function that logs each (re)start's world size and resumed step to
+``<tenant storage>/elastic.jsonl`` (readable by the test), then prints the run's segments.
+Used by tests/integration/test_pool_elastic.py."""
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+
+import fastgpu as fgpu
+from fastgpu.train import run_on_lease
+
+TOTAL = int(os.environ.get("STEPS", "120"))
+SLEEP_S = float(os.environ.get("STEP_S", "0.25"))
+
+
+def train(config: dict[str, Any]) -> None:
+    import ray.train
+    import torch
+
+    from fastgpu.train import TrainLoop
+
+    loop = TrainLoop.from_config(config)
+    model = loop.prepare_model(torch.nn.Linear(4, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    resumed = loop.restore(model=model, optimizer=opt)
+    ctx = ray.train.get_context()
+    for step in range(resumed.step + 1, TOTAL + 1):
+        with loop.autocast():
+            loss = model(torch.randn(8, 4)).pow(2).mean()
+        loop.backward_and_step(loss, opt)
+        if ctx.get_world_rank() == 0 and step == resumed.step + 1:
+            with open(config["log"], "a") as f:
+                line = {"world": ctx.get_world_size(), "start": resumed.step, "t": time.time()}
+                f.write(json.dumps(line) + "\n")
+        time.sleep(SLEEP_S)
+        state = {"model": loop.unwrap(model).state_dict()}
+        if loop.end_step(step, {"loss": float(loss)}, state=lambda s=state: s, final=step == TOTAL):
+            return
+
+
+ray.init()
+client = fgpu.Client()
+me = client.whoami()
+log = Path(me["storage_root"]) / me["storage_key"] / "elastic.jsonl"
+low, _, high = os.environ["FASTGPU_GPUS"].partition(":")
+done = run_on_lease(
+    train,
+    gpus=(int(low), int(high or low)),
+    gpu_type=os.environ["FASTGPU_GPU_TYPE"],
+    duration=float(os.environ["FASTGPU_DURATION"]),
+    run_name="elastic",
+    client=client,
+    request_id=os.environ["FASTGPU_LEASE_REQUEST_ID"],
+    config={"log": str(log)},
+    cpus_per_worker=0.25,
+    report_every=4,
+    checkpoint_every=8,
+)
+print(json.dumps({"segments": done.segments, "step": done.outcome.metrics.get("step")}))
