@@ -44,6 +44,15 @@ def _mount_sim() -> None:
 _mount_sim()
 
 
+def _mount_plan() -> None:
+    from fastgpu.cli_plan import plan_app
+
+    app.add_typer(plan_app, name="plan")
+
+
+_mount_plan()
+
+
 class Output(str, Enum):
     table = "table"
     json = "json"
