@@ -257,6 +257,16 @@ class ApiSettings(_Spec):
         le=1024 * 1024 * 1024,
         description="Largest zipped working directory a job may upload.",
     )
+    upload_retention_s: float = Field(
+        default=24 * 3600,
+        ge=60,
+        le=365 * 24 * 3600,
+        description=(
+            "How long an unpacked upload is kept after it was last uploaded (s). A job needs it "
+            "only while it is submitted (Ray copies the folder into the job's cluster); the SDK "
+            "uploads again before every submission."
+        ),
+    )
     rate_per_s: float = Field(
         default=50.0, gt=0, description="Requests per second each token may make, on average."
     )

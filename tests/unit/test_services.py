@@ -471,3 +471,20 @@ def test_an_upload_is_unpacked_once_by_its_hash(tmp_path: Path) -> None:
         w.svc.jobs.submit(other, JobCreate(entrypoint="python train.py", upload=first.sha256))
     with pytest.raises(PermissionDenied):
         w.svc.jobs.upload(w.admin, data)
+
+
+def test_old_uploads_are_purged_and_a_new_upload_renews_one(tmp_path: Path) -> None:
+    import os
+    import time
+
+    w = _world(tmp_path)
+    p = w.tenant("acme")
+    old = w.svc.jobs.upload(p, _zip_of({"a.py": b"1\n"}))
+    kept = w.svc.jobs.upload(p, _zip_of({"b.py": b"2\n"}))
+    folder = tmp_path / "uploads" / p.tenant_id  # type: ignore[operator]
+    day_ago = time.time() - 25 * 3600
+    for sha in (old.sha256, kept.sha256):
+        os.utime(folder / sha, (day_ago, day_ago))
+    w.svc.jobs.upload(p, _zip_of({"b.py": b"2\n"}))  # uploaded again: kept from now
+    assert w.ctl.purge(w.clock())["uploads"] == 1
+    assert sorted(x.name for x in folder.iterdir()) == [kept.sha256]

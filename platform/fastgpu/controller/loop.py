@@ -93,6 +93,8 @@ class Controller:
         self.after_hooks: list[Callable[[Lease], None]] = [
             lambda lease: self.watch.notify([lease.id])
         ]
+        #: Run by each purge pass: ``name -> hook()`` returning how many things it removed.
+        self.purge_hooks: dict[str, Callable[[], int]] = {}
         self._mu = threading.RLock()
         # Group commit of scheduling passes: writes are numbered; a pass records the number it
         # started at, and a write already covered by a finished pass does not start another.
@@ -378,13 +380,19 @@ class Controller:
 
     def purge(self, now: float) -> dict[str, int]:
         """Forget ended leases past the retention period (usage records stay for billing),
-        expired tokens and old idempotency keys."""
+        expired tokens and old idempotency keys; then what the purge hooks forget (a service's
+        own files, such as old uploads)."""
         retention = self.config.controller.lease_retention_s
         done = {
             "leases": self.store.purge_ended(now - retention),
             "tokens": self.store.purge_tokens(now),
             "requests": self.store.purge_requests(now - retention),
         }
+        for name, hook in self.purge_hooks.items():
+            try:
+                done[name] = hook()
+            except OSError:
+                log.exception("purging %s failed", name)
         if any(done.values()):
             log.info("purged %s", done)
         return done

@@ -9,14 +9,19 @@ Rules:
 * ``FASTGPU_*`` and ``RAY_*`` variables are the platform's; a job's lease is checked at submit
   time with the same rules as any lease request;
 * a request id makes submission idempotent: the Ray submission id is derived from it, so a
-  retry (even after a server crash between Ray's answer and ours) finds the same job.
+  retry (even after a server crash between Ray's answer and ours) finds the same job;
+* an unpacked upload is kept ``api.upload_retention_s`` after it was last uploaded, then
+  purged (the controller's purge pass): Ray copies a job's folder into its cluster at
+  submission, and the SDK uploads before every submission.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,6 +52,7 @@ class JobService:
         self._gateway = gateway
         self._leases = leases
         self._uploads = ctl.config.resolved_state_dir() / UPLOADS_DIR
+        ctl.purge_hooks["uploads"] = self.purge_uploads
 
     @staticmethod
     def _tenant_only(p: Principal) -> str:
@@ -76,9 +82,23 @@ class JobService:
                 except OSError:  # the same content landed meanwhile: keep that one
                     if not final.is_dir():
                         raise
+            os.utime(final)  # uploaded now: kept for the retention from now
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return UploadOut(sha256=info.sha256, bytes=len(data), files=info.files)
+
+    def purge_uploads(self) -> int:
+        """Remove unpacked uploads last uploaded more than ``api.upload_retention_s`` ago
+        (file times: the wall clock); how many."""
+        before = time.time() - self._ctl.config.api.upload_retention_s
+        removed = 0
+        for tenant in self._uploads.iterdir() if self._uploads.is_dir() else ():
+            for folder in tenant.iterdir():
+                if folder.name.startswith(".up-") or folder.stat().st_mtime >= before:
+                    continue  # an upload in progress, or a recent one
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+        return removed
 
     def submit(self, p: Principal, body: JobCreate) -> JobOut:
         tenant_id = self._tenant_only(p)
