@@ -159,6 +159,8 @@ def run_plan(
         time_limit_s=time_limit,
         mip_rel_gap=mip_gap,
     )
+    if demand is not None and demand.strip() != "trace" and trace is not None:
+        raise DemandError(f"Got both --demand {demand} and --trace {trace}; give one")
     text = demand if demand is not None else ("trace" if trace is not None else plan_spec.demand)
     if text is None:
         raise DemandError(
