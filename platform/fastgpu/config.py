@@ -292,6 +292,32 @@ class ApiSettings(_Spec):
             "them); 0 revokes them at once."
         ),
     )
+    metrics_public: bool = Field(
+        default=False,
+        description=(
+            "Serve GET /metrics (Prometheus text format) without a token. Allowed only while "
+            "`host` is a loopback address, so only this machine can read it; otherwise (the "
+            "default) a scrape needs the admin token."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _metrics_public_on_loopback(self) -> ApiSettings:
+        import ipaddress
+
+        if not self.metrics_public:
+            return self
+        try:
+            loopback = ipaddress.ip_address(self.host.strip("[]")).is_loopback
+        except ValueError:  # a host name: only 'localhost' is known to be this machine
+            loopback = self.host == "localhost"
+        if not loopback:
+            raise ValueError(
+                f"host on loopback (127.0.0.1, ::1 or localhost) when metrics_public is true, "
+                f"not {self.host!r}: set metrics_public to false and scrape /metrics with the "
+                "admin token, or listen on loopback"
+            )
+        return self
 
 
 class RaySettings(_Spec):

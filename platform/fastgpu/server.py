@@ -125,6 +125,7 @@ class Server:
         from fastgpu.controller.backend import RayBackend
         from fastgpu.controller.loop import Controller
         from fastgpu.controller.reconcile import reconcile
+        from fastgpu.metrics import install_metrics
         from fastgpu.service import Services
         from fastgpu.store import open_store
 
@@ -153,11 +154,12 @@ class Server:
         )
         if self.admin_token_file is not None and self.admin_token_file.exists():
             services.auth.bootstrap_admin(self.admin_token_file.read_text().strip())
+        metrics = install_metrics(self.controller)  # before reconcile: it changes leases too
         try:
             reconcile(self.controller)
         except Exception:  # serve anyway: the loop reconciles again within seconds
             log.exception("start-up reconcile failed; the loop retries it")
-        return create_app(services, self.config.api, leader=self.is_leader)
+        return create_app(services, self.config.api, leader=self.is_leader, metrics=metrics.render)
 
     def is_leader(self) -> bool:
         return self.lock is not None and not self._lost.is_set()

@@ -4,6 +4,7 @@ Layers, lowest first::
 
     base + domain  <-  scheduler, planner, sim  <-  store, pool  <-  controller  <-  service  <- api
                                                    sdk (HTTP only)  <-  cli, train, tune, serve
+                                     controller  <-  metrics  <-  server (entry modules only)
 
 *base* is the modules every layer may use: ``errors``, ``validation``, ``timeutil``, ``config``,
 ``auth``. The rules, one per layer (a module's layer is the first name under ``fastgpu``):
@@ -20,6 +21,9 @@ Layers, lowest first::
   types only (:data:`STORE_RECORD_TYPES`, e.g. ``from fastgpu.store import TenantRecord``),
   never the :class:`Store` or a submodule: services reach the store through the controller;
 * ``api`` imports no ``controller`` and no ``store``;
+* ``metrics`` (Prometheus views of the controller) imports no ``service``, ``api``, ``sdk``,
+  ``cli``; only the entry modules (``server``, ``local``) import it: the API serves the text it
+  renders through a callable it is given;
 * ``sdk`` imports no ``service``, ``controller``, ``store``, ``api``, and ``ray`` only inside a
   function (never at module level: the SDK must import without Ray);
 * the integrations (``train``, ``tune``, ``serve``) import no ``service``, ``controller``,
@@ -54,7 +58,7 @@ KNOWN = (
     BASE
     | PURE
     | INTEGRATIONS
-    | {"domain", "store", "pool", "controller", "service", "api", "sdk", "cli"}
+    | {"domain", "store", "pool", "controller", "service", "api", "sdk", "cli", "metrics"}
     | {"allocator", "cli_plan", "cli_sim", "demo", "demo_isolation", "local", "server"}
 )
 #: Violations the code has today, each to be fixed and then removed from this list (the test
@@ -172,6 +176,8 @@ def violation(imp: Import) -> str | None:
         return None  # within a layer
     if target == "pool" and layer not in {"controller", "local", "server", "demo_isolation"}:
         return "only the controller (and the entry modules) drive the pool"
+    if target == "metrics" and layer not in {"local", "server"}:
+        return "only the entry modules wire metrics"
 
     if layer == "domain" or layer in BASE:
         if is_ray:
@@ -196,6 +202,9 @@ def violation(imp: Import) -> str | None:
     elif layer == "controller":
         if target in {"service", "api", "sdk", "cli", ""}:
             return "controller is below service, api, sdk and cli"
+    elif layer == "metrics":
+        if target in {"service", "api", "sdk", "cli", ""}:
+            return "metrics reads the controller; it is below service, api, sdk and cli"
     elif layer == "service":
         if target in {"api", "sdk", "cli", ""}:
             return "service is below api, sdk and cli"
@@ -301,6 +310,13 @@ def _check(tmp_path: Path, module: str, code: str) -> list[str]:
         ("sdk.py", "import ray\ndef f():\n    import ray\n", ["1"]),
         ("sdk.py", "def f():\n    from fastgpu.service import models\n", ["2"]),
         ("train.x", "from fastgpu.sdk import Client\nfrom fastgpu.store import Store\n", ["2"]),
+        (
+            "metrics",
+            "from fastgpu.controller.loop import C\nfrom fastgpu.service import S\n",
+            ["2"],
+        ),
+        ("api.x", "from fastgpu.metrics import PlatformMetrics\n", ["1"]),
+        ("server", "from fastgpu.metrics import install_metrics\n", []),
     ],
 )
 def test_the_checker(tmp_path: Path, module: str, code: str, bad_lines: list[str]) -> None:

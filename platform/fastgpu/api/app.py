@@ -1,8 +1,10 @@
 """The versioned HTTP control API (``/api/v1``), FastAPI over the services.
 
-Every route needs ``Authorization: Bearer <token>``. The API resolves the token to a principal
-(:class:`~fastgpu.service.AuthService`), parses the body into the services' typed models and
-calls the service directly; results are the services' pydantic models.
+Every route needs ``Authorization: Bearer <token>`` (``GET /metrics``, Prometheus' text format,
+the admin's only, unless ``api.metrics_public`` opens it on loopback). The API resolves the
+token to a principal (:class:`~fastgpu.service.AuthService`), parses the body into the
+services' typed models and calls the service directly; results are the services' pydantic
+models.
 
 Errors: :class:`~fastgpu.errors.FastGPUError` maps to its status (401, 403, 404, 409, 422,
 429, 503); Ray, database and network failures are 503 with a message (the caller may retry);
@@ -93,8 +95,14 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "\n".join(lines)
 
 
-def create_app(services: Services, settings: ApiSettings, leader: Any = None) -> FastAPI:
-    """The API over ``services``; ``leader()`` says whether this server is the leader."""
+def create_app(
+    services: Services,
+    settings: ApiSettings,
+    leader: Any = None,
+    metrics: Callable[[], tuple[bytes, str]] | None = None,
+) -> FastAPI:
+    """The API over ``services``; ``leader()`` says whether this server is the leader;
+    ``metrics()`` renders ``GET /metrics`` (body, content type), which is absent without it."""
     app = FastAPI(
         title="FastGPU control API",
         version="2",
@@ -313,5 +321,24 @@ def create_app(services: Services, settings: ApiSettings, leader: Any = None) ->
         cursor: str | None = CURSOR,
     ) -> Page[UsageOut]:
         return services.reads.usage(p, tenant, since, limit, cursor)
+
+    # ---- Prometheus metrics (at /metrics, where scrapers look) ---------------------------------
+    # Sync: a scrape reads the controller's snapshot and the store, in the read threads.
+    if metrics is not None:
+        render = metrics
+        if settings.metrics_public:  # the config allows it on loopback only
+
+            @app.get("/metrics", response_class=Response)
+            def metrics_open() -> Response:
+                body, content_type = render()
+                return Response(body, media_type=content_type)
+
+        else:
+
+            @app.get("/metrics", response_class=Response)
+            def metrics_admin(p: Caller) -> Response:
+                auth.require_admin(p)
+                body, content_type = render()
+                return Response(body, media_type=content_type)
 
     return app
