@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import sparse
+from scipy.optimize import Bounds, LinearConstraint, OptimizeResult, milp
 
 from fastgpu.planner.demand import FLOPS, Demand
 from fastgpu.planner.errors import InfeasibleError
@@ -177,6 +178,8 @@ class Program:
 
     spec: PlanSpec
     demand: Demand
+    #: Whether the rounding cuts were added (a block of this program gets them too).
+    cuts: bool = False
     cols: dict[str, TypeCols] = field(default_factory=dict)
     unmet: dict[str, np.ndarray] = field(default_factory=dict)
     covers: list[Cover] = field(default_factory=list)
@@ -267,7 +270,7 @@ def build(
     integer = spec.integer if integer is None else integer
     cuts = integer if cuts is None else cuts
     fixed = dict(fixed_reserved or {})
-    prog = Program(spec, demand)
+    prog = Program(spec, demand, cuts)
     n = prog.n
     steps = np.arange(n)
     for name, gpu in spec.gpu_types.items():
@@ -393,4 +396,45 @@ def _rounding_cut(
         prog.put(rows, col, 1.0 / (lam * (1.0 - f)))
 
 
-__all__ = ["Cover", "Program", "TypeCols", "build", "check_caps", "cover_groups", "usable_cap"]
+def highs(
+    prog: Program,
+    integer: bool,
+    time_limit: float,
+    lower: np.ndarray | None = None,
+    upper: np.ndarray | None = None,
+) -> OptimizeResult:
+    """One HiGHS call on ``prog`` (bounds overridable); an LP unless ``integer``."""
+    spec = prog.spec
+    constraints = None
+    if prog.n_rows:
+        constraints = [
+            LinearConstraint(
+                prog.matrix(), np.concatenate(prog.row_lb), np.concatenate(prog.row_ub)
+            )
+        ]
+    return milp(
+        prog.cost,
+        constraints=constraints,
+        integrality=prog.integrality if integer else None,
+        bounds=Bounds(
+            prog.lower if lower is None else lower, prog.upper if upper is None else upper
+        ),
+        options={
+            "time_limit": max(time_limit, 0.1),
+            "mip_rel_gap": spec.mip_rel_gap,
+            "presolve": True,
+            "disp": False,
+        },
+    )
+
+
+__all__ = [
+    "Cover",
+    "Program",
+    "TypeCols",
+    "build",
+    "check_caps",
+    "cover_groups",
+    "highs",
+    "usable_cap",
+]

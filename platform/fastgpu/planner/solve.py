@@ -3,12 +3,14 @@
 Pipeline of :func:`solve_plan`:
 
 1. bind the demand to the spec and check the caps against it (an error naming the cap);
-2. fractional nodes (``integer: false``): solve the LP and stop (method ``lp``);
+2. fractional nodes (``integer: false``): solve the LP and stop (method ``lp``). Every LP
+   here is solved block by block (:mod:`fastgpu.planner.blocks`);
 3. whole nodes: solve the LP relaxation with the rounding cuts (its value is a lower bound on
    every integer plan); round its reserved counts to whole nodes (up, if rounding to the
-   nearest leaves the caps unable to cover), re-solve the LP with them fixed, then round the
-   per-step purchases (:mod:`fastgpu.planner.rounding`). Within ``mip_rel_gap`` of the bound:
-   done (method ``lp_rounding``);
+   nearest leaves the caps unable to cover) and its per-step purchases around them
+   (:mod:`fastgpu.planner.rounding`); if that is not within ``mip_rel_gap`` of the bound, solve
+   the LP again with those reserved counts fixed and round that. Within the gap: done (method
+   ``lp_rounding``);
 4. otherwise HiGHS's branch and bound for the time left (method ``branch_and_bound``); the
    better of its plan and the rounded one is reported with the best bound known.
 
@@ -18,48 +20,17 @@ HiGHS infeasibility left after step 1 can only come from the spot share, and is 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, OptimizeResult, milp
 
+from fastgpu.planner.blocks import Block, solve_lp, split
 from fastgpu.planner.demand import Demand, bind
 from fastgpu.planner.errors import InfeasibleError, SolverError
 from fastgpu.planner.model import OFFERS, OfferLine, Plan, PlanSpec
-from fastgpu.planner.program import Program, build, check_caps
+from fastgpu.planner.program import Program, build, check_caps, highs
 from fastgpu.planner.rounding import round_plan
-
-
-def _highs(
-    prog: Program,
-    integer: bool,
-    time_limit: float,
-    lower: np.ndarray | None = None,
-    upper: np.ndarray | None = None,
-) -> OptimizeResult:
-    spec = prog.spec
-    constraints = None
-    if prog.n_rows:
-        constraints = [
-            LinearConstraint(
-                prog.matrix(), np.concatenate(prog.row_lb), np.concatenate(prog.row_ub)
-            )
-        ]
-    return milp(
-        prog.cost,
-        constraints=constraints,
-        integrality=prog.integrality if integer else None,
-        bounds=Bounds(
-            prog.lower if lower is None else lower, prog.upper if upper is None else upper
-        ),
-        options={
-            "time_limit": max(time_limit, 0.1),
-            "mip_rel_gap": spec.mip_rel_gap,
-            "presolve": True,
-            "disp": False,
-        },
-    )
 
 
 def solve_plan(
@@ -71,23 +42,31 @@ def solve_plan(
     check_caps(spec, demand, fixed_reserved)
     started = time.perf_counter()
     deadline = started + spec.time_limit_s
+    prog = build(spec, demand, fixed_reserved, integer=spec.integer, cuts=spec.integer)
+    blocks = split(prog, fixed_reserved)
+    lp = solve_lp(blocks, prog, deadline)
+    if lp.status == 2:
+        raise _infeasible(spec)
+    if lp.x is None:
+        raise SolverError(
+            f"HiGHS stopped without a plan ({lp.message}); raise time_limit_s (now "
+            f"{spec.time_limit_s:g} s) or use longer steps"
+        )
     if not spec.integer:
-        prog = build(spec, demand, fixed_reserved, integer=False, cuts=False)
-        res = _highs(prog, False, spec.time_limit_s)
-        x = _solution(res, spec)
-        return _extract(prog, x, "lp", float(res.fun), time.perf_counter() - started, True)
+        x = np.maximum(lp.x, 0.0)
+        return _extract(prog, x, "lp", lp.fun, time.perf_counter() - started, True)
 
-    prog = build(spec, demand, fixed_reserved, integer=True, cuts=True)
-    lp = _highs(prog, False, spec.time_limit_s)
-    x_lp = _solution(lp, spec)
-    bound = float(lp.fun)
-    best = _rounded(prog, x_lp, deadline)
-    best_cost = float(prog.cost @ best) if best is not None else np.inf
-    if best is not None and _gap(best_cost, bound) <= spec.mip_rel_gap:
-        return _extract(prog, best, "lp_rounding", bound, time.perf_counter() - started, True)
+    bound = lp.fun
+    best, best_cost = None, np.inf
+    for found in _roundings(prog, blocks, lp.x, deadline):
+        if float(prog.cost @ found) < best_cost:
+            best, best_cost = found, float(prog.cost @ found)
+        if _gap(best_cost, bound) <= spec.mip_rel_gap:
+            elapsed = time.perf_counter() - started
+            return _extract(prog, best, "lp_rounding", bound, elapsed, True)
 
     left = deadline - time.perf_counter()
-    res = _highs(prog, True, left) if left > 0 else None
+    res = highs(prog, True, left) if left > 0 else None
     optimal = False
     if res is not None and res.status == 2:
         raise _infeasible(spec)
@@ -113,17 +92,6 @@ def _gap(cost: float, bound: float) -> float:
     return max(0.0, cost - bound) / max(abs(cost), 1e-9)
 
 
-def _solution(res: OptimizeResult, spec: PlanSpec) -> np.ndarray:
-    if res.status == 2:
-        raise _infeasible(spec)
-    if res.x is None or res.status not in (0, 1):
-        raise SolverError(
-            f"HiGHS stopped without a plan ({res.message}); raise time_limit_s (now "
-            f"{spec.time_limit_s:g} s) or use longer steps"
-        )
-    return np.asarray(res.x, dtype=float)
-
-
 def _whole(prog: Program, x: np.ndarray) -> np.ndarray:
     integ = prog.integrality.astype(bool)
     x = x.copy()
@@ -132,27 +100,40 @@ def _whole(prog: Program, x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _rounded(prog: Program, x_lp: np.ndarray, deadline: float) -> np.ndarray | None:
-    """Step 3 of the pipeline: whole reserved counts, the LP again, then per-step rounding."""
-    windows = [tc.reserved_windows for tc in prog.cols.values() if tc.reserved_windows is not None]
-    x_fixed = x_lp
-    if windows:
-        cols = np.concatenate(windows)
-        for whole in (np.round(x_lp[cols]), np.ceil(x_lp[cols] - 1e-6)):
-            lower, upper = prog.lower.copy(), prog.upper.copy()
-            whole = np.minimum(whole, upper[cols])
-            lower[cols] = upper[cols] = whole
-            left = deadline - time.perf_counter()
-            if left <= 0:
-                return None
-            res = _highs(prog, False, left, lower, upper)
-            if res.status == 0 and res.x is not None:
-                x_fixed = np.asarray(res.x, dtype=float)
-                x_fixed[cols] = whole
-                break
-        else:
-            return None
-    return round_plan(prog, x_fixed)
+def _roundings(
+    prog: Program, blocks: list[Block], x_lp: np.ndarray, deadline: float
+) -> Iterator[np.ndarray]:
+    """Step 3 of the pipeline: whole-node plans near the LP's, cheapest to make first. The
+    LP's reserved counts rounded to the nearest (then up, if the caps cannot make up the
+    rest) with its per-step purchases rounded around them; then the same after the LP is
+    solved again with those reserved counts fixed (slower, sometimes a little cheaper)."""
+    windows = [tc.reserved_windows for tc in prog.cols.values()]
+    cols = np.concatenate([w for w in windows if w is not None] or [np.zeros(0, dtype=int)])
+    if not cols.size:
+        found = round_plan(prog, x_lp)
+        if found is not None:
+            yield found
+        return
+    upper = prog.upper[cols]
+    wholes = [np.minimum(w, upper) for w in (np.round(x_lp[cols]), np.ceil(x_lp[cols] - 1e-6))]
+    for whole in wholes:
+        x = x_lp.copy()
+        x[cols] = whole
+        found = round_plan(prog, x)
+        if found is not None:
+            yield found
+            break
+    for whole in wholes:
+        if deadline <= time.perf_counter():
+            return
+        fixed = np.full(prog.n_vars, np.nan)
+        fixed[cols] = whole
+        lp = solve_lp(blocks, prog, deadline, fixed)
+        if lp.x is not None:
+            found = round_plan(prog, lp.x)
+            if found is not None:
+                yield found
+                return
 
 
 def _infeasible(spec: PlanSpec) -> InfeasibleError:
