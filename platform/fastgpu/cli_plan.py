@@ -170,7 +170,8 @@ def run_plan(
     if text.strip() == "trace":
         wanted = _trace_demand(plan_spec, trace, start, end, trace_gpu_type)
     else:
-        wanted = parse_demand(text, base_dir)
+        # A CSV named in the spec is relative to the spec; one on the command line, to here.
+        wanted = parse_demand(text, base_dir if text == plan_spec.demand else None)
     plan = make_plan(plan_spec, wanted, platform, with_baselines=baselines)
     files = report.write_all(plan, Path(out)) if out is not None else {}
     return PlanReport(plan=plan, files=files)

@@ -161,3 +161,25 @@ def test_mounted_on_the_main_cli() -> None:
     result = CliRunner().invoke(app, ["plan", "--help"])
     assert result.exit_code == 0
     assert "--demand" in result.stdout
+
+
+def test_the_example_spec(tmp_path: Path) -> None:
+    demand = tmp_path / "demand.csv"
+    demand.write_text("hour,A10G,A100,H100\n0,20,100,30\n1,60,140,45\n2,30,90,20\n")
+    code, out, _ = invoke(
+        "--spec", str(EXAMPLES / "plan.yaml"), "--demand", f"csv:{demand}", "--output", "json"
+    )
+    assert code == 0, out
+    data = json.loads(out)
+    assert data["unmet_total"] == 0.0
+    assert len(data["lines"]) == 9
+
+
+def test_a_csv_on_the_command_line_is_relative_to_here(
+    tmp_path: Path, spec_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "d.csv").write_text("A100\n4\n")
+    monkeypatch.chdir(elsewhere)
+    assert run_plan(spec=spec_file, demand="csv:d.csv").plan.demand == {"A100": [4.0]}
