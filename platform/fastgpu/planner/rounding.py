@@ -68,6 +68,7 @@ class _State:
 
     def __init__(self, prog: Program, x: np.ndarray) -> None:
         self.prog, self.x = prog, x
+        self.upper = prog.upper
         spec = prog.spec
         self.share = spec.max_spot_share
         n = prog.n
@@ -98,7 +99,7 @@ class _State:
 
     def can_add(self, opt: _Option, steps: np.ndarray) -> np.ndarray:
         prog = self.prog
-        ok = self.x[opt.col[steps]] + 1 <= prog.upper[opt.col[steps]] + _TOL
+        ok = self.x[opt.col[steps]] + 1 <= self.upper[opt.col[steps]] + _TOL
         cap = prog.spec.gpu_types[opt.gpu_type].max_nodes
         if cap is not None:
             ok &= self.nodes[opt.gpu_type][steps] + 1 <= cap + _TOL
