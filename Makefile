@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export FASTGPU_HOME ?= $(CURDIR)/.fastgpu/home
 export RAY_AUTH_MODE ?= token
 
-.PHONY: venv demo test test-fast check lint types bench clean
+.PHONY: venv demo test test-fast check lint types bench browser clean
 
 venv: $(STAMP)
 
@@ -37,6 +37,11 @@ check: lint types test
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
+
+# The console's browser tests and bench drive Debian's chromium headless; Playwright comes with
+# the dev extra (never `playwright install`). Needs root or sudo.
+browser: $(STAMP)
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 
 clean:
 	rm -rf $(VENV) .fastgpu .pytest_cache .mypy_cache .ruff_cache

@@ -18,6 +18,7 @@ RUNS = [
     ["bench_train.py"],
     ["bench_tenant_clusters.py", "--runs", "3"],
     ["bench_planner.py"],
+    ["bench_console.py", "--runs", "3"],
 ]
 
 

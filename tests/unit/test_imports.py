@@ -28,6 +28,9 @@ Layers, lowest first::
   function (never at module level: the SDK must import without Ray);
 * the integrations (``train``, ``tune``, ``serve``) import no ``service``, ``controller``,
   ``store``, ``api``: they speak to the platform through ``sdk``;
+* ``console`` (the web console's static files and the ASGI app serving them) imports no
+  fastgpu layer and no ``ray``: its numbers are the browser's own API calls; only ``api``
+  mounts it;
 * no layer below ``api`` imports the ``fastgpu`` package itself (it loads the SDK).
 
 What counts: every ``import``/``from ... import`` anywhere in a module (functions included: a
@@ -59,6 +62,7 @@ KNOWN = (
     | PURE
     | INTEGRATIONS
     | {"domain", "store", "pool", "controller", "service", "api", "sdk", "cli", "metrics"}
+    | {"console"}
     | {"allocator", "cli_plan", "cli_sim", "demo", "demo_isolation", "local", "server"}
 )
 #: Violations the code has today, each to be fixed and then removed from this list (the test
@@ -178,6 +182,8 @@ def violation(imp: Import) -> str | None:
         return "only the controller (and the entry modules) drive the pool"
     if target == "metrics" and layer not in {"local", "server"}:
         return "only the entry modules wire metrics"
+    if target == "console" and layer != "api":
+        return "only the api mounts the console"
 
     if layer == "domain" or layer in BASE:
         if is_ray:
@@ -218,6 +224,8 @@ def violation(imp: Import) -> str | None:
     elif layer == "api":
         if target in {"controller", "store"} and not imp.type_only:
             return "api calls services, not the controller or the store"
+    elif layer == "console":
+        return "the console serves static files; it imports no fastgpu layer and no Ray"
     elif layer == "sdk":
         if target in {"service", "controller", "store", "api"}:
             return "sdk speaks HTTP only"
@@ -317,6 +325,9 @@ def _check(tmp_path: Path, module: str, code: str) -> list[str]:
         ),
         ("api.x", "from fastgpu.metrics import PlatformMetrics\n", ["1"]),
         ("server", "from fastgpu.metrics import install_metrics\n", []),
+        ("api.app", "from fastgpu.console import mount_console\n", []),
+        ("service.x", "from fastgpu.console import mount_console\n", ["1"]),
+        ("console", "from starlette.types import Scope\nfrom fastgpu.auth import A\n", ["2"]),
     ],
 )
 def test_the_checker(tmp_path: Path, module: str, code: str, bad_lines: list[str]) -> None:

@@ -1,7 +1,9 @@
 """The versioned HTTP control API (``/api/v1``), FastAPI over the services.
 
 Every route needs ``Authorization: Bearer <token>`` (``GET /metrics``, Prometheus' text format,
-the admin's only, unless ``api.metrics_public`` opens it on loopback). The API resolves the
+the admin's only, unless ``api.metrics_public`` opens it on loopback). The web console's static
+files are served at ``/console/`` without a token (:mod:`fastgpu.console`; they hold no data,
+the page calls ``/api/v1`` with the user's token), and ``/`` redirects there. The API resolves the
 token to a principal (:class:`~fastgpu.service.AuthService`), parses the body into the
 services' typed models and calls the service directly; results are the services' pydantic
 models.
@@ -28,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastgpu.api.limits import BodyLimitMiddleware, RateLimitMiddleware, error_response
 from fastgpu.auth import ADMIN, Principal
 from fastgpu.config import ApiSettings
+from fastgpu.console import mount_console
 from fastgpu.errors import AuthenticationError, FastGPUError, InvalidRequest
 from fastgpu.service import Services
 from fastgpu.service.models import (
@@ -341,4 +344,6 @@ def create_app(
                 body, content_type = render()
                 return Response(body, media_type=content_type)
 
+    # ---- the web console: static files with a strict CSP; its data calls come to /api/v1 ----
+    mount_console(app)
     return app
