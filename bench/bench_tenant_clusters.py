@@ -185,7 +185,7 @@ def platform_grants(runs: int, state: Path) -> tuple[list[float], float]:
             out.append(time.perf_counter() - t0)
             assert lease.state == "RESERVED", lease
             markers = processes.marked(f"{clusters.platform}/")
-            raylet = [m for m in markers if m.endswith(f"raylet/{lease.id}/host-0")]
+            raylet = [m for m in markers if f"raylet/{lease.id}/host-0/" in m]
             raylet_mb = pss_mb(processes.node_tree(raylet[0])) if raylet else 0.0
             client.release_lease(lease.id)
             deadline = time.monotonic() + 30

@@ -17,6 +17,7 @@ RUNS = [
     ["bench_scheduler.py"],
     ["bench_train.py"],
     ["bench_tenant_clusters.py", "--runs", "3"],
+    ["bench_elastic.py", "--runs", "1"],
     ["bench_planner.py"],
     ["bench_console.py", "--runs", "3"],
 ]

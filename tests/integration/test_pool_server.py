@@ -75,9 +75,16 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         )
 
 
+def _is_raylet(proc: psutil.Process) -> bool:
+    try:
+        return bool(proc.name() == "raylet")
+    except psutil.Error:
+        return False
+
+
 def raylet_parts(platform: Platform) -> list[dict[str, Any]]:
-    """{lease, tenant, host, devices, user, pid, marker} of every raylet of this platform's
-    tenants (a lease that grew has several)."""
+    """{lease, tenant, host, devices, user, pid, marker} of every live raylet of this
+    platform's tenants (a lease that grew has several)."""
     prefix = f"{TenantClusters(platform.config).platform}/"
     out = []
     for marker, procs in processes.marked(prefix).items():
@@ -85,6 +92,8 @@ def raylet_parts(platform: Platform) -> list[dict[str, Any]]:
         if not role.startswith("raylet/"):
             continue
         _, lease, host, _part = role.split("/")
+        if not any(_is_raylet(p) for p in procs):
+            continue  # its raylet died; what is left of its node is on its way out
         try:
             env, user = procs[0].environ(), procs[0].username()
         except psutil.Error:  # it stopped meanwhile
@@ -625,3 +634,37 @@ def test_an_elastic_training_job_grows_and_shrinks_as_raylets(pool: Platform) ->
         f"lease reserved in {reclaimed_s:.1f} s"
     )
     holder.release_lease(back.id)
+
+
+def test_a_bound_elastic_lease_that_loses_a_host_shrinks_to_the_rest(pool: Platform) -> None:
+    """A bound elastic lease (1..2 GPUs, one per host) loses its raylet on one host (a crash,
+    the host gone): reconcile shrinks it to the GPU that still runs instead of failing it, and
+    its other raylet keeps running throughout (the policy may then grow it again on a free GPU,
+    with a new raylet)."""
+    client = pool.client(pool.tenant("spread", A100=2))
+    lease = client.request_lease(
+        2, "A100", "10m", min_gpus=1, strategy="SPREAD", wait=True, timeout=180
+    )
+    lease.bind("x:survivor")
+    parts = [p for p in raylet_parts(pool) if p["lease"] == lease.id]
+    assert sorted(p["host"] for p in parts) == ["host-0", "host-1"]
+    victim, survivor = parts
+    pid = processes.node_pid(victim["marker"], "raylet")
+    assert pid is not None
+    os.kill(pid, 9)
+
+    def recovered() -> Any:
+        now = client.get_lease(lease.id)
+        live = [p for p in raylet_parts(pool) if p["lease"] == lease.id]
+        shrunk = now.held_gpus == 1 and [p["pid"] for p in live] == [survivor["pid"]]
+        fresh = [p for p in live if p["pid"] not in (survivor["pid"], victim["pid"])]
+        regrown = now.held_gpus == 2 and len(fresh) == 1
+        return (shrunk or regrown) and now
+
+    after = wait_until(recovered, timeout=60, interval=0.2)
+    assert after.state == "BOUND"  # not failed: the workload goes on
+    live = [p for p in raylet_parts(pool) if p["lease"] == lease.id]
+    assert survivor["pid"] in [p["pid"] for p in live]  # the survivor was never stopped
+    assert sum(p["devices"].count(",") + 1 for p in live) == after.held_gpus
+    client.release_lease(lease.id)
+    wait_until(lambda: not [p for p in raylet_parts(pool) if p["lease"] == lease.id], timeout=30)

@@ -235,12 +235,12 @@ def test_a_restarted_server_finds_and_stops_raylets_by_marker(pair: Pair) -> Non
     assert adopted.adopt() is True
     assert adopted.running()
     assert adopted.address == pair.alpha.address
-    assert adopted.raylets() == {("la", "host-0"): (1, 3)}
+    assert adopted.raylets() == {("la", "host-0", 1): (1, 3)}
     pair.alpha.add_raylet("la2", HOST0, (0,))
-    assert adopted.raylets() == {("la", "host-0"): (1, 3), ("la2", "host-0"): (0,)}
+    assert adopted.raylets() == {("la", "host-0", 1): (1, 3), ("la2", "host-0", 0): (0,)}
     adopted.add_raylet("la2", HOST0, (0,))  # already running: nothing started
-    assert adopted.remove_raylet("la2", "host-0", grace_s=2) > 0
-    assert adopted.raylets() == {("la", "host-0"): (1, 3)}
+    assert adopted.remove_raylet(("la2", "host-0", 0), grace_s=2) > 0
+    assert adopted.raylets() == {("la", "host-0", 1): (1, 3)}
     out = run_as(
         pair.alpha,
         """

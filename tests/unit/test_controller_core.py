@@ -287,11 +287,13 @@ def test_a_bound_lease_follows_what_the_backend_runs(world: World) -> None:
     w.backend.group_table[name] = GroupInfo(
         name, "g", "RESCHEDULING", "", (node,) * 3, "its raylet on h stopped (1 of 4 GPUs)"
     )
+    removed = len(w.backend.removed)  # the hand-over removed the group once
     assert reconcile(w.ctl)["leases_shrunk"] == 1
     shrunk = w.svc.leases.get(p, lease.id)
     assert (shrunk.state, shrunk.held_gpus) == ("BOUND", 3)
     assert "(its raylet on h stopped (1 of 4 GPUs))" in (shrunk.reason_detail or "")
     assert w.backend.resized[-1] == (name, [node] * 3)
+    assert len(w.backend.removed) == removed  # what still runs is not an orphan
     # The backend holds 4 again (say, adopted after a restart): back to the store's 3.
     w.backend.group_table[name] = GroupInfo(name, "g", "CREATED", "", (node,) * 4)
     w.backend.resized.clear()
@@ -301,6 +303,21 @@ def test_a_bound_lease_follows_what_the_backend_runs(world: World) -> None:
     w.backend.group_table[name] = GroupInfo(name, "g", "RESCHEDULING", "", (node,), "gone")
     reconcile(w.ctl)
     assert w.svc.leases.get(p, lease.id).state == "FAILED"
+
+
+def test_a_bound_lease_with_nothing_left_on_the_pool_fails(world: World) -> None:
+    """A backend that reports bound leases' raylets (the pool) and has none for a bound lease
+    (all died while the server was down): the lease fails as node_lost."""
+    w = world
+    p = w.tenant("gone", 4)
+    lease = w.request(p, gpus=2)
+    w.ctl.tick()
+    w.svc.leases.bind(p, lease.id, "train:x")
+    assert reconcile(w.ctl)["leases_failed"] == 0  # the shared cluster's backend: nothing to see
+    w.backend.holds_bound = True  # type: ignore[attr-defined]
+    assert reconcile(w.ctl)["leases_failed"] == 1
+    failed = w.svc.leases.get(p, lease.id)
+    assert (failed.state, failed.reason) == ("FAILED", "node_lost")
 
 
 def test_gpus_held_past_a_shrink_are_metered(world: World) -> None:

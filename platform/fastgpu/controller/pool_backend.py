@@ -43,6 +43,10 @@ READY_TIMEOUT_S = 120.0
 
 
 class PoolBackend:
+    #: :meth:`groups` reports a bound lease's raylets (the shared cluster's backend reports
+    #: nothing for a bound lease: its workload took the group).
+    holds_bound = True
+
     def __init__(
         self,
         config: PlatformConfig,

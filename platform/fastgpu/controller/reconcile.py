@@ -36,7 +36,9 @@ def reconcile(ctl: Controller) -> dict[str, int]:
             group = groups.get(lease.placement_group or "")
             survivors = [n for n in lease.nodes if n in alive]
             if lost and lease.state == LeaseState.BOUND and len(survivors) >= lease.min_gpus:
-                # An elastic workload survives on the rest: shrink instead of failing.
+                # An elastic workload survives on the rest: shrink instead of failing (what the
+                # backend still holds for it, the pool's raylets, is wanted).
+                wanted.add(lease.placement_group or "")
                 ctl.resize(
                     lease,
                     survivors,
@@ -52,6 +54,7 @@ def reconcile(ctl: Controller) -> dict[str, int]:
                 and lease.min_gpus <= len(group.bundle_nodes) < lease.held_gpus
             ):
                 # The pool: some of its raylets stopped; the workload goes on with the rest.
+                wanted.add(lease.placement_group or "")
                 ctl.resize(
                     lease,
                     list(group.bundle_nodes),
@@ -75,6 +78,13 @@ def reconcile(ctl: Controller) -> dict[str, int]:
                 done["leases_failed"] += 1
                 continue
             if lease.state == LeaseState.BOUND:
+                if group is None and getattr(ctl.backend, "holds_bound", False):
+                    # The pool reports a bound lease's raylets: none left means all died.
+                    lease.reason = "node_lost"
+                    lease.reason_detail = "its raylets stopped"
+                    ctl.end(lease, LeaseState.FAILED, lease.reason_detail)
+                    done["leases_failed"] += 1
+                    continue
                 # Its group was handed over; what the backend still reports for it (the pool's
                 # raylets) is wanted, at the size the store says.
                 wanted.add(lease.placement_group or "")

@@ -1,7 +1,7 @@
 """Elastic training on a pool lease, as a tenant's Ray job: ``run_on_lease`` with a slow
 stepping train function that logs each (re)start's world size and resumed step to
 ``<tenant storage>/elastic.jsonl`` (readable by the test), then prints the run's segments.
-Used by tests/integration/test_pool_elastic.py."""
+Used by tests/integration/test_pool_server.py and bench/bench_elastic.py."""
 
 import json
 import os
@@ -43,22 +43,29 @@ def train(config: dict[str, Any]) -> None:
             return
 
 
-ray.init()
-client = fgpu.Client()
-me = client.whoami()
-log = Path(me["storage_root"]) / me["storage_key"] / "elastic.jsonl"
-low, _, high = os.environ["FASTGPU_GPUS"].partition(":")
-done = run_on_lease(
-    train,
-    gpus=(int(low), int(high or low)),
-    gpu_type=os.environ["FASTGPU_GPU_TYPE"],
-    duration=float(os.environ["FASTGPU_DURATION"]),
-    run_name="elastic",
-    client=client,
-    request_id=os.environ["FASTGPU_LEASE_REQUEST_ID"],
-    config={"log": str(log)},
-    cpus_per_worker=0.25,
-    report_every=4,
-    checkpoint_every=8,
-)
-print(json.dumps({"segments": done.segments, "step": done.outcome.metrics.get("step")}))
+#: TrainSpec fields of the run (bench/bench_elastic.py runs the raw baseline with the same).
+SPEC = {"cpus_per_worker": 0.25, "report_every": 4, "checkpoint_every": 8}
+
+
+def main() -> None:
+    ray.init()
+    client = fgpu.Client()
+    me = client.whoami()
+    log = Path(me["storage_root"]) / me["storage_key"] / "elastic.jsonl"
+    low, _, high = os.environ["FASTGPU_GPUS"].partition(":")
+    done = run_on_lease(
+        train,
+        gpus=(int(low), int(high or low)),
+        gpu_type=os.environ["FASTGPU_GPU_TYPE"],
+        duration=float(os.environ["FASTGPU_DURATION"]),
+        run_name="elastic",
+        client=client,
+        request_id=os.environ["FASTGPU_LEASE_REQUEST_ID"],
+        config={"log": str(log)},
+        **SPEC,
+    )
+    print(json.dumps({"segments": done.segments, "step": done.outcome.metrics.get("step")}))
+
+
+if __name__ == "__main__":
+    main()
