@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
+from sqlalchemy import text
 
 from fastgpu.auth import new_token
 from fastgpu.config import GpuTypeSpec, PlatformConfig, TenantSpec
@@ -74,3 +75,29 @@ def test_controller_on_postgres(postgres_url: str) -> None:
     assert svc.leases.get(p, lease.id).state == "EXPIRED"
     assert svc.leases.get(p, queued.id).state == "ADMITTED"
     assert svc.reads.usage(p).items[0].gpu_seconds == pytest.approx(240)
+
+
+def test_usage_report_on_postgres(postgres_url: str) -> None:
+    """The report's SQL (recursive bucket CTE, floor, month CASE) on PostgreSQL: the same
+    hand-checked splits as on SQLite (tests/unit/test_usage_report.py)."""
+    from tests.unit.test_usage_report import NOW, _ledger, utc
+
+    store = open_store(postgres_url)
+    with store._engine.begin() as conn:
+        conn.execute(text("DELETE FROM usage"))
+    _ledger(store)
+    days = store.usage_report(NOW, utc(2026, 10, 31), utc(2026, 12, 2), (), "day")
+    assert {r.period_start: r.gpu_seconds / 3600 for r in days} == {
+        utc(2026, 10, 31): 4.0,
+        utc(2026, 11, 1): 6.0,
+        utc(2026, 11, 2): 2.0,
+        utc(2026, 11, 30): 2.0,
+        utc(2026, 12, 1): 4.0,
+    }
+    months = store.usage_report(NOW, utc(2026, 10, 1), NOW, ("gpu_type",), "month")
+    assert {(r.period_start, r.gpu_type): r.gpu_seconds / 3600 for r in months} == {
+        (utc(2026, 10, 1), "A100"): 4.0,
+        (utc(2026, 11, 1), "A100"): 8.0,
+        (utc(2026, 11, 1), "H100"): 2.0,
+        (utc(2026, 12, 1), "H100"): 4.0,
+    }

@@ -121,6 +121,13 @@ usage = Table(
     Index("ix_usage_lease", "lease_id"),
     # v4
     Column("tenant_id", String(32)),
+    # v5: what held the GPUs ("train:run", "job:id"; "lease" for a plain lease; null for
+    # records older than v5), and the indexes of the usage report (a tenant's range; the
+    # records that end after a report's start).
+    Column("workload", String(256)),
+    Index("ix_usage_tenant_id_start", "tenant_id", "start"),
+    Index("ix_usage_start", "start"),
+    Index("ix_usage_end", "end"),
 )
 
 # Idempotency keys of mutating calls other than lease requests (which key on the lease row).
@@ -145,6 +152,9 @@ _V4_COLUMNS = {
     "usage": ("tenant_id",),
     "requests": ("result",),
 }
+#: Columns and indexes version 5 added (the usage ledger's workload and report indexes).
+_V5_COLUMNS = {"usage": ("workload",)}
+_V5_INDEXES = frozenset({"ix_usage_tenant_id_start", "ix_usage_start", "ix_usage_end"})
 
 
 def _v1(conn: Connection) -> None:
@@ -159,12 +169,16 @@ def _v1(conn: Connection) -> None:
         Index("ix_leases_tenant", "tenant"),
     )
     for table in (tenants, tokens, usage, requests):
-        later = _V4_COLUMNS.get(table.name, ())
+        later = (*_V4_COLUMNS.get(table.name, ()), *_V5_COLUMNS.get(table.name, ()))
         Table(
             table.name,
             v1,
             *(c._copy() for c in table.columns if c.name not in later),
-            *(Index(i.name, *[c.name for c in i.columns]) for i in table.indexes),
+            *(
+                Index(i.name, *[c.name for c in i.columns])
+                for i in table.indexes
+                if i.name not in _V5_INDEXES and not any(c.name in later for c in i.columns)
+            ),
         )
     v1.create_all(conn)
     metadata.create_all(conn, tables=[lease_events])
@@ -215,5 +229,14 @@ def _v4(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE requests ADD COLUMN result TEXT"))
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
+def _v5(conn: Connection) -> None:
+    """The usage ledger: each record names the workload that held the GPUs (older records
+    stay null: what held them then is not known), and indexes for the usage report."""
+    conn.execute(text("ALTER TABLE usage ADD COLUMN workload VARCHAR(256)"))
+    conn.execute(text("CREATE INDEX ix_usage_tenant_id_start ON usage (tenant_id, start)"))
+    conn.execute(text("CREATE INDEX ix_usage_start ON usage (start)"))
+    conn.execute(text('CREATE INDEX ix_usage_end ON usage ("end")'))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -19,18 +19,23 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
     Connection,
     Engine,
+    Integer,
     and_,
     bindparam,
+    case,
+    cast,
     create_engine,
     event,
     func,
     insert,
+    literal,
     or_,
     select,
     update,
@@ -39,7 +44,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
 from fastgpu.domain.lease import LIVE_STATES, Lease, LeaseState, check_transition
-from fastgpu.errors import Conflict, FastGPUError
+from fastgpu.errors import Conflict, FastGPUError, InvalidRequest
 from fastgpu.store import schema as t
 from fastgpu.store.accounts import AccountsMixin
 from fastgpu.store.schema import MIGRATIONS, SCHEMA_VERSION
@@ -95,6 +100,7 @@ class StoreTx:
                 "price_per_hour": lease.price_per_hour,
                 "start": now,
                 "end": end,
+                "workload": lease.workload or "lease",
             },
         )
 
@@ -125,6 +131,70 @@ class UsageRow:
             "gpu_hours": round(self.gpu_seconds / 3600, 6),
             "cost": round(self.cost, 6),
         }
+
+
+#: What a usage report may group by, besides a period.
+REPORT_GROUPS = ("tenant", "gpu_type", "workload")
+#: Report periods: calendar buckets in UTC (weeks are ISO weeks, from Monday 00:00).
+PERIODS = ("hour", "day", "week", "month")
+#: The most buckets one report may have (a year and a half of hours).
+MAX_BUCKETS = 13_000
+MAX_MONTHS = 600
+_FIXED_WIDTH = {"hour": 3600.0, "day": 86400.0, "week": 7 * 86400.0}
+
+
+def period_start(ts: float, period: str) -> float:
+    """The start (epoch seconds, UTC) of the ``period`` bucket that holds ``ts``."""
+    d = datetime.fromtimestamp(ts, tz=timezone.utc)
+    if period == "hour":
+        d = d.replace(minute=0, second=0, microsecond=0)
+    elif period == "day":
+        d = d.replace(hour=0, minute=0, second=0, microsecond=0)
+    elif period == "week":
+        d = d.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=d.weekday())
+    elif period == "month":
+        d = d.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    else:
+        raise ValueError(f"unknown period {period!r}")
+    return d.timestamp()
+
+
+def next_period(ts: float, period: str) -> float:
+    """The start of the bucket after the one starting at ``ts``."""
+    if period in _FIXED_WIDTH:
+        return ts + _FIXED_WIDTH[period]
+    d = datetime.fromtimestamp(ts, tz=timezone.utc)
+    d = d.replace(year=d.year + 1, month=1) if d.month == 12 else d.replace(month=d.month + 1)
+    return d.timestamp()
+
+
+def period_bounds(since: float, until: float, period: str | None) -> list[float]:
+    """Bucket starts from the calendar start of ``since``'s bucket, each under ``until``; one
+    bucket at ``since`` without a period."""
+    if period is None:
+        return [since]
+    starts = [period_start(since, period)]
+    most = MAX_MONTHS if period == "month" else MAX_BUCKETS
+    while (nxt := next_period(starts[-1], period)) < until:
+        starts.append(nxt)
+        if len(starts) > most:
+            raise InvalidRequest(
+                f"Got a range of over {most} {period} buckets for since/until; expected a "
+                "shorter range or a longer period"
+            )
+    return starts
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """GPU-seconds and cost of one group of a usage report; a field not grouped by is None."""
+
+    gpu_seconds: float
+    cost: float
+    tenant: str | None = None
+    gpu_type: str | None = None
+    workload: str | None = None
+    period_start: float | None = None
 
 
 _LEASE_COLUMNS = [c.name for c in t.leases.columns]
@@ -417,6 +487,117 @@ class Store(AccountsMixin):
             UsageRow(tenant=k[0], gpu_type=k[1], gpu_seconds=v[0], cost=v[1])
             for k, v in sorted(totals.items())
         ]
+
+    def usage_report(
+        self,
+        now: float,
+        since: float,
+        until: float,
+        by: Sequence[str] = ("tenant",),
+        period: str | None = None,
+        tenant_id: str | None = None,
+    ) -> list[ReportRow]:
+        """GPU-seconds and cost of the usage records over ``[since, min(until, now))``, grouped
+        by ``by`` (of :data:`REPORT_GROUPS`) and by ``period`` bucket (of :data:`PERIODS`).
+
+        A record that spans bucket boundaries counts in each bucket for the seconds it held
+        there; an open record counts up to ``now``. One SQL query: each record (clipped to
+        the range) joins the buckets it overlaps, found arithmetically for hours, days and
+        weeks and by comparison for months; a bucket's start is a bound parameter.
+        """
+        hi = min(until, now)
+        if hi <= since:
+            return []
+        starts = period_bounds(since, hi, period)
+        u = t.usage.c
+        end = func.coalesce(u.end, now)
+        rec = select(
+            u.tenant_id,
+            u.tenant,
+            u.gpu_type,
+            u.workload,
+            u.gpus,
+            u.price_per_hour,
+            case((u.start < since, literal(since)), else_=u.start).label("s"),
+            case((end > hi, literal(hi)), else_=end).label("e"),
+        ).where(u.start < hi, or_(u.end.is_(None), u.end > since))
+        if tenant_id is not None:
+            rec = rec.where(u.tenant_id == tenant_id)
+        r = rec.subquery("r")
+        # Bucket i: [starts[i], starts[i + 1]) clipped to the range; numbered from 0.
+        n = len(starts)
+        seq = select(literal(0).label("i")).cte("seq", recursive=True)
+        seq = seq.union_all(select(seq.c.i + 1).where(seq.c.i + 1 < n))
+        width = _FIXED_WIDTH.get(period or "")
+        if n == 1:
+            i0: Any = literal(0)
+            i1: Any = literal(0)
+            lo: Any = literal(starts[0])
+            up: Any = literal(hi)
+        elif width is not None:
+            origin = starts[0]
+            i0 = self._floor((r.c.s - origin) / width)
+            i1 = self._floor((r.c.e - origin) / width)
+            lo = origin + seq.c.i * width
+            up = origin + (seq.c.i + 1) * width
+        else:
+            i0 = case(*((r.c.s < b, i) for i, b in enumerate(starts[1:])), else_=n - 1)
+            i1 = case(*((r.c.e <= b, i) for i, b in enumerate(starts[1:])), else_=n - 1)
+            lo = case(*((seq.c.i == i, b) for i, b in enumerate(starts)))
+            up = case(*((seq.c.i == i, b) for i, b in enumerate([*starts[1:], hi])))
+        s_in = case((r.c.s > lo, r.c.s), else_=lo)
+        e_in = case((r.c.e < up, r.c.e), else_=up)
+        gpu_s = r.c.gpus * (e_in - s_in)
+        keys: list[Any] = []
+        if "tenant" in by:
+            keys += [r.c.tenant_id, r.c.tenant]
+        if "gpu_type" in by:
+            keys.append(r.c.gpu_type)
+        if "workload" in by:
+            keys.append(r.c.workload)
+        if period is not None:
+            keys.append(seq.c.i)
+        q = (
+            select(
+                *keys,
+                func.sum(gpu_s).label("gpu_s"),
+                func.sum(gpu_s * r.c.price_per_hour).label("cost"),
+            )
+            .select_from(r.join(seq, (seq.c.i >= i0) & (seq.c.i <= i1)))
+            .where(r.c.e > r.c.s, e_in > s_in)
+            .group_by(*keys)
+        )
+        with self._read() as conn:
+            rows = conn.execute(q).all()
+        out = []
+        for row in rows:
+            m = row._mapping
+            out.append(
+                ReportRow(
+                    gpu_seconds=float(m["gpu_s"]),
+                    cost=float(m["cost"]) / 3600.0,
+                    tenant=m["tenant"] if "tenant" in by else None,
+                    gpu_type=m["gpu_type"] if "gpu_type" in by else None,
+                    workload=m["workload"] if "workload" in by else None,
+                    period_start=starts[m["i"]] if period is not None else None,
+                )
+            )
+        out.sort(
+            key=lambda x: (
+                x.period_start or 0.0,
+                x.tenant or "",
+                x.gpu_type or "",
+                x.workload or "",
+            )
+        )
+        return out
+
+    def _floor(self, x: Any) -> Any:
+        # Arguments are >= 0: SQLite's integer cast truncates, which is floor there;
+        # PostgreSQL's rounds, so it gets floor() (SQLite may lack it).
+        if self._engine.dialect.name == "sqlite":
+            return cast(x, Integer)
+        return cast(func.floor(x), Integer)
 
     def decayed_usage(self, now: float, half_life_s: float) -> dict[str, float]:
         """Per tenant id: GPU-seconds of its usage records, each second weighted by
