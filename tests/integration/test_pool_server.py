@@ -457,7 +457,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_training_job_runs_on_its_lease_raylets(pool: Platform) -> None:
-    """jobs/train_classifier.py under `fastgpu job submit --gpus 2`: the job takes its lease,
+    """jobs/train_classifier.py (bf16) under `fastgpu job submit --gpus 2`: the job takes its lease,
     Ray Train's workers run on the lease's raylets (label fastgpu.io/lease) in the tenant's
     cluster, and the run's files are the tenant user's, in its storage folder."""
     ml = pool.client(pool.tenant("ml", A100=2))
@@ -465,7 +465,8 @@ def test_training_job_runs_on_its_lease_raylets(pool: Platform) -> None:
     assert me["tenant_clusters"] is True
     assert me["storage_key"] == f"t-{me['tenant_id']}"
     job = ml.submit_job(
-        "python train_classifier.py --epochs 1 --run-name pooled --cpus-per-worker 0.25",
+        "python train_classifier.py --epochs 1 --run-name pooled --cpus-per-worker 0.25"
+        " --precision bf16",
         gpus=2,
         gpu_type="A100",
         duration="10m",
@@ -484,6 +485,8 @@ def test_training_job_runs_on_its_lease_raylets(pool: Platform) -> None:
     run_dir = Path(result["run_dir"])
     assert run_dir == Path(me["storage_root"]) / me["storage_key"] / "runs" / "pooled"
     assert result["checkpoint"]
+    manifest = json.loads((Path(result["checkpoint"]) / "fastgpu_checkpoint.json").read_text())
+    assert manifest["metadata"]["precision"] == "bf16"  # mixed precision on the lease's raylets
     assert result["metrics"]["test_accuracy"] > 0.5
     assert run_dir.stat().st_uid != 0  # written by the tenant's user, not the platform's
     assert final["lease"]["workload"] == "train:pooled"
@@ -555,7 +558,8 @@ def test_an_elastic_training_job_grows_and_shrinks_as_raylets(pool: Platform) ->
     the lease grows (a raylet joins per host; the ones running stay) and the run continues
     on 4 workers from its checkpoint; when that tenant asks for its nominal 2 back, the lease
     shrinks: the run checkpoints, the raylets it gives back stop (at the checkpoint, well
-    before the grace), and it continues on 2. No GPU is ever in two raylets."""
+    before the grace), and it continues on 2; a Train worker killed then is restarted from the
+    last checkpoint. No GPU is ever in two raylets."""
     holder = pool.client(pool.tenant("holder", A100=2))
     grower = pool.client(pool.tenant("grower", borrowing_limit=2, A100=2))
     held = holder.request_lease(2, "A100", "10m", wait=True, timeout=180)
@@ -576,7 +580,7 @@ def test_an_elastic_training_job_grows_and_shrinks_as_raylets(pool: Platform) ->
             gpu_type="A100",
             duration="10m",
             working_dir=JOB_SCRIPTS,
-            env={"STEPS": "160", "STEP_S": "0.25"},
+            env={"STEPS": "200", "STEP_S": "0.25"},
         )
         wait_until(lambda: starts(), timeout=300, interval=1.0)
         (lease,) = [x for x in grower.list_leases(live=True) if x.state == "BOUND"]
@@ -604,6 +608,20 @@ def test_an_elastic_training_job_grows_and_shrinks_as_raylets(pool: Platform) ->
         assert sum(len(p["devices"].split(",")) for p in mine) == 2
         theirs = raylets(pool)[back.id]["devices"].split(",")
         assert not set(theirs) & {d for p in mine for d in p["devices"].split(",")}
+        # A Train worker killed (OOM, a crash) on the shrunk lease: the run restarts its worker
+        # group from the last checkpoint, on the same raylets, and goes on.
+        shrunk_start = wait_until(
+            lambda: next((s for s in starts() if s["start"] > grown["start"]), None), timeout=240
+        )
+        time.sleep(4)  # a few steps and a checkpoint in
+        workers = [
+            p
+            for p in psutil.process_iter(["name", "username"])
+            if "RayTrainWorker" in (p.info["name"] or "") and p.info["username"] == mine[0]["user"]
+        ]
+        assert workers, "no Train worker of the tenant's user found"
+        workers[0].kill()
+        wait_until(lambda: starts()[-1]["start"] > shrunk_start["start"], timeout=240, interval=0.5)
         final = wait_until(
             lambda: (
                 (s := grower.job_status(job["id"]))["status"] in ("SUCCEEDED", "FAILED", "STOPPED")
@@ -617,8 +635,8 @@ def test_an_elastic_training_job_grows_and_shrinks_as_raylets(pool: Platform) ->
     finally:
         watch.stop()
     result = json.loads(next(x for x in reversed(logs.splitlines()) if x.startswith("{")))
-    assert [n for n, _ in result["segments"]] == [2, 4, 2]
-    assert result["step"] == 160
+    assert [n for n, _ in result["segments"]] == [2, 4, 2]  # the kill restarted within one
+    assert result["step"] == 200
     worlds = [s["world"] for s in starts()]
     assert (worlds[0], max(worlds), worlds[-1]) == (2, 4, 2)
     assert starts()[-1]["start"] > grown["start"]  # the shrink resumed from a later checkpoint
