@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -374,6 +375,28 @@ class Client:
     # -- usage -----------------------------------------------------------------------------
     def usage(self, tenant: str | None = None, since: str | None = None) -> list[dict[str, Any]]:
         return self._pages("/usage", params={"tenant": tenant, "since": since})
+
+    def usage_report(
+        self,
+        by: str | Sequence[str] = ("tenant",),
+        period: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        tenant: str | None = None,
+    ) -> dict[str, Any]:
+        """GPU-hours and cost grouped by ``by`` (of tenant, gpu_type, workload) and by
+        ``period`` (hour, day, week, month; UTC) over ``[since, until)``: ``rows`` and totals."""
+        groups = by if isinstance(by, str) else ",".join(by)
+        params = {"by": groups, "period": period, "since": since, "until": until, "tenant": tenant}
+        return dict(self._call("GET", "/usage/report", params=params))
+
+    def usage_statement(
+        self, at: str, period: str = "month", tenant: str | None = None
+    ) -> dict[str, Any]:
+        """Per tenant, GPU-hours and cost by GPU type and workload over one period
+        (``at="2026-11"`` for a month), with totals."""
+        params = {"at": at, "period": period, "tenant": tenant}
+        return dict(self._call("GET", "/usage/statement", params=params))
 
 
 class Lease:

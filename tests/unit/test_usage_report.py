@@ -5,14 +5,17 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fastgpu.config import GpuTypeSpec
 from fastgpu.controller.metering import meter
 from fastgpu.domain.lease import LeaseState
-from fastgpu.errors import InvalidRequest
+from fastgpu.errors import InvalidRequest, NotFound
 from fastgpu.store import Store, open_store
 from tests.unit.test_store import TID, _lease
 
@@ -164,3 +167,135 @@ def test_buckets_sum_to_the_clipped_total(
     assert sum(r.gpu_seconds for r in rows) == pytest.approx(expect, rel=1e-9, abs=1e-3)
     assert all(r.tenant == "t" for r in rows)
     assert TID
+
+
+# ---- service, API and CLI ---------------------------------------------------------------------
+@pytest.fixture
+def world(tmp_path: Path) -> Any:
+    from tests.unit.test_services import _world
+
+    w = _world(tmp_path)
+    w.tenant("acme")
+    w.tenant("beta")
+    w.clock.now = utc(2026, 11, 3)
+    return w
+
+
+def _hold(w: Any, name: str, hours: float, workload: str | None = None) -> None:
+    """A lease of 2 GPUs held for ``hours`` from now, then released."""
+    p = w.auth(w.tokens[name])
+    lease = w.request(p, gpus=2)
+    w.ctl.tick()
+    if workload is not None:
+        w.svc.leases.bind(p, lease.id, workload)
+    w.clock.advance(hours * H)
+    w.svc.leases.release(p, lease.id)
+
+
+def test_service_report_scope_and_price_change(world: Any) -> None:
+    _hold(world, "acme", 1.0, "train:r1")
+    # The operator raises the price: past records keep the price the lease was admitted at.
+    world.ctl.config.gpu_types["A100"] = GpuTypeSpec(price_per_hour=100.0)
+    _hold(world, "beta", 0.5)
+    admin = world.admin
+    rep = world.svc.reads.usage_report(
+        admin, "tenant,workload", "day", "2026-11-01T00:00:00Z", None
+    )
+    got = {(r.tenant, r.workload): (r.gpu_hours, r.cost) for r in rep.rows}
+    assert got == {("acme", "train:r1"): (2.0, 7.2), ("beta", "lease"): (1.0, 100.0)}
+    assert rep.cost == pytest.approx(107.2)
+    mine = world.svc.reads.usage_report(world.auth(world.tokens["beta"]), "tenant", None, None)
+    assert [r.tenant for r in mine.rows] == ["beta"]
+    with pytest.raises(NotFound):
+        world.svc.reads.usage_report(world.auth(world.tokens["beta"]), tenant="acme")
+    st = world.svc.reads.statement(admin, "2026-11")
+    assert [(s.tenant, s.cost, [x.workload for x in s.lines]) for s in st.tenants] == [
+        ("acme", 7.2, ["train:r1"]),
+        ("beta", 100.0, ["lease"]),
+    ]
+    assert (st.since, st.until) == (
+        "2026-11-01T00:00:00.000+00:00",
+        "2026-12-01T00:00:00.000+00:00",
+    )
+
+
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        ({"period": "fortnight"}, "period"),
+        ({"by": "tenant,colour"}, "by"),
+        ({"by": "tenant,tenant"}, "by"),
+        ({"since": "yesterday"}, "since"),
+        ({"until": "soon"}, "until"),
+        ({"since": "2026-11-02T00:00Z", "until": "2026-11-01T00:00Z"}, "until"),
+        ({"period": "hour", "since": "2000-01-01T00:00Z"}, "since/until"),
+    ],
+)
+def test_api_refuses_bad_parameters_naming_them(
+    world: Any, params: dict[str, str], named: str
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from fastgpu.api.app import create_app
+
+    http = TestClient(create_app(world.svc, world.ctl.config.api))
+    r = http.get(
+        "/api/v1/usage/report",
+        params=params,
+        headers={"Authorization": f"Bearer {world.admin_token}"},
+    )
+    assert r.status_code == 422
+    assert named in r.json()["error"]["message"]
+
+
+def test_api_tenant_sees_only_its_own_and_statement(world: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    from fastgpu.api.app import create_app
+
+    _hold(world, "acme", 1.0)
+    _hold(world, "beta", 1.0)
+    http = TestClient(create_app(world.svc, world.ctl.config.api))
+    beta = {"Authorization": f"Bearer {world.tokens['beta']}"}
+    r = http.get("/api/v1/usage/report", params={"by": "tenant,gpu_type"}, headers=beta)
+    assert r.status_code == 200
+    assert [row["tenant"] for row in r.json()["rows"]] == ["beta"]
+    r = http.get("/api/v1/usage/report", params={"tenant": "acme"}, headers=beta)
+    assert r.status_code == 404
+    r = http.get("/api/v1/usage/statement", params={"at": "2026-11"}, headers=beta)
+    assert [t["tenant"] for t in r.json()["tenants"]] == ["beta"]
+    r = http.get("/api/v1/usage/statement", params={"at": "November"}, headers=beta)
+    assert r.status_code == 422
+    assert "at:" in r.json()["error"]["message"]
+
+
+def test_cli_report_as_csv(world: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from fastgpu.api.app import create_app
+    from fastgpu.cli import main as cli
+    from fastgpu.sdk import Client
+
+    world.clock.now = utc(2026, 11, 3, 23)
+    _hold(world, "acme", 2.0)  # 23:00 -> 01:00: one hour on each day
+    http = TestClient(create_app(world.svc, world.ctl.config.api))
+    sdk = Client(token=world.admin_token, address="http://testserver", transport=http._transport)
+    monkeypatch.setattr(cli, "_client", lambda: sdk)
+    args = ["usage", "--by", "day", "--group", "tenant,workload", "--since", "2026-11-03T00:00Z"]
+    result = CliRunner().invoke(cli.app, [*args, "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        "period,tenant,workload,gpu_seconds,gpu_hours,cost",
+        "2026-11-03T00:00:00.000+00:00,acme,lease,7200.0,2.0,7.2",
+        "2026-11-04T00:00:00.000+00:00,acme,lease,7200.0,2.0,7.2",
+    ]
+    table = CliRunner().invoke(cli.app, args)
+    assert table.exit_code == 0, table.output
+    assert "total" in table.output
+    old = CliRunner().invoke(cli.app, ["usage", "--output", "json"])
+    assert old.exit_code == 0, old.output
+    assert '"gpu_type": "A100"' in old.output
+    st = CliRunner().invoke(cli.app, ["usage", "statement", "--month", "2026-11"])
+    assert st.exit_code == 0, st.output
+    assert "acme" in st.output

@@ -44,6 +44,7 @@ from fastgpu.service.models import (
     LeaseCreate,
     LeaseOut,
     Page,
+    StatementOut,
     StatusOut,
     TenantCreate,
     TenantCreated,
@@ -54,6 +55,7 @@ from fastgpu.service.models import (
     TokenOut,
     UploadOut,
     UsageOut,
+    UsageReportOut,
     WhoAmI,
 )
 from fastgpu.validation import NAME_PATTERN
@@ -324,6 +326,34 @@ def create_app(
         cursor: str | None = CURSOR,
     ) -> Page[UsageOut]:
         return services.reads.usage(p, tenant, since, limit, cursor)
+
+    @app.get(f"{V1}/usage/report")
+    def usage_report(
+        p: Caller,
+        by: str | None = Query(
+            default="tenant", max_length=64, description="Of tenant,gpu_type,workload."
+        ),
+        period: str | None = Query(
+            default=None, max_length=8, description="hour, day, week (ISO) or month, UTC."
+        ),
+        since: str | None = Query(
+            default=None, max_length=64, description="ISO 8601; default: this month's start."
+        ),
+        until: str | None = Query(
+            default=None, max_length=64, description="ISO 8601, exclusive; default: now."
+        ),
+        tenant: str | None = TENANT_Q,
+    ) -> UsageReportOut:
+        return services.reads.usage_report(p, by, period, since, until, tenant)
+
+    @app.get(f"{V1}/usage/statement")
+    def usage_statement(
+        p: Caller,
+        at: str = Query(max_length=16, description="The period: 2026-11 for a month, a date."),
+        period: str = Query(default="month", max_length=8, description="day, week or month."),
+        tenant: str | None = TENANT_Q,
+    ) -> StatementOut:
+        return services.reads.statement(p, at, period, tenant)
 
     # ---- Prometheus metrics (at /metrics, where scrapers look) ---------------------------------
     # Sync: a scrape reads the controller's snapshot and the store, in the read threads.

@@ -587,22 +587,111 @@ def job_stop(job_id: str, output: Output = OutputOpt) -> None:
 
 
 # -- usage and config ---------------------------------------------------------------------------
-@app.command()
+usage_app = typer.Typer(help="Usage: GPU-hours and cost.")
+app.add_typer(usage_app, name="usage")
+
+
+class Period(str, Enum):
+    hour = "hour"
+    day = "day"
+    week = "week"
+    month = "month"
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+REPORT_COLUMNS = ("period", "tenant", "gpu_type", "workload", "gpu_hours", "cost")
+
+
+@usage_app.callback(invoke_without_command=True)
 def usage(
+    ctx: typer.Context,
     tenant: str = typer.Option(None, "--tenant", help="Only this tenant."),
     since: str = typer.Option(None, "--since", help="ISO 8601 start, e.g. 2026-01-01T00:00Z."),
+    until: str = typer.Option(None, "--until", help="ISO 8601 end (exclusive); default: now."),
+    by: Period = typer.Option(None, "--by", help="Buckets: hour, day, week (ISO) or month."),
+    group: str = typer.Option(
+        None, "--group", help="Group by, comma-separated: tenant,gpu_type,workload."
+    ),
+    fmt: Format = typer.Option(None, "--format", help="table, json or csv (a report)."),
     output: Output = OutputOpt,
 ) -> None:
-    """GPU-seconds and cost per tenant and GPU type."""
+    """GPU-seconds and cost per tenant and GPU type; with --by, --group, --until or --format,
+    a report by period (UTC) and group over [--since, --until)."""
+    if ctx.invoked_subcommand is not None:
+        return
     if since is not None:
         from fastgpu.timeutil import parse_iso
 
         parse_iso(since, "--since")
-    rows = _client().usage(tenant=tenant, since=since)
-    if output == Output.json:
-        render.emit_json(rows)
+    if by is None and group is None and until is None and fmt is None:
+        rows = _client().usage(tenant=tenant, since=since)
+        if output == Output.json:
+            render.emit_json(rows)
+        else:
+            render.table("usage", rows, render.USAGE_COLUMNS)
+        return
+    report = _client().usage_report(
+        by=group if group is not None else "tenant",
+        period=by.value if by is not None else None,
+        since=since,
+        until=until,
+        tenant=tenant,
+    )
+    fmt = fmt or (Format.json if output == Output.json else Format.table)
+    columns = [c for c in REPORT_COLUMNS if c in ("gpu_hours", "cost") or _grouped(c, report)]
+    if fmt == Format.json:
+        render.emit_json(report)
+    elif fmt == Format.csv:
+        _emit_csv(report["rows"], [*columns[:-2], "gpu_seconds", "gpu_hours", "cost"])
     else:
-        render.table("usage", rows, render.USAGE_COLUMNS)
+        title = f"usage {report['since']} .. {report['until']}"
+        total = {"gpu_hours": report["gpu_hours"], "cost": report["cost"]}
+        render.table(title, [*report["rows"], {columns[0]: "total", **total}], columns)
+
+
+def _grouped(column: str, report: dict[str, Any]) -> bool:
+    return report["period"] is not None if column == "period" else column in report["by"]
+
+
+def _emit_csv(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    import csv
+
+    out = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    out.writeheader()
+    out.writerows(rows)
+
+
+@usage_app.command("statement")
+def usage_statement(
+    month: str = typer.Option(None, "--month", help="The month, e.g. 2026-11."),
+    week: str = typer.Option(None, "--week", help="A date in the ISO week, e.g. 2026-11-05."),
+    day: str = typer.Option(None, "--day", help="The day, e.g. 2026-11-05."),
+    tenant: str = typer.Option(None, "--tenant", help="Only this tenant (admin)."),
+    output: Output = OutputOpt,
+) -> None:
+    """A statement per tenant: GPU-hours and cost by GPU type and workload, and the total."""
+    given = [(p, v) for p, v in (("month", month), ("week", week), ("day", day)) if v]
+    if len(given) != 1:
+        raise InvalidRequest("Got none or several of --month/--week/--day; expected one")
+    period, at = given[0]
+    data = _client().usage_statement(at, period=period, tenant=tenant)
+    if output == Output.json:
+        render.emit_json(data)
+        return
+    for st in data["tenants"]:
+        total = {"gpu_type": "total", "gpu_hours": st["gpu_hours"], "cost": st["cost"]}
+        render.table(
+            f"{st['tenant']}: {data['since']} .. {data['until']}",
+            [*st["lines"], total],
+            ("gpu_type", "workload", "gpu_hours", "cost"),
+        )
+    if not data["tenants"]:
+        render.console.print(f"no usage from {data['since']} to {data['until']}")
 
 
 @config_app.command("schema")

@@ -250,6 +250,54 @@ class UsageOut(_Out):
     cost: float
 
 
+class UsageReportRow(_Out):
+    """One group of a usage report; a field the report does not group by is null."""
+
+    tenant: str | None = Field(default=None, description="Tenant name (grouped by tenant).")
+    gpu_type: str | None = Field(default=None, description="GPU type (grouped by gpu_type).")
+    workload: str | None = Field(
+        default=None,
+        description="What held the GPUs: 'train:<run>', 'job:<id>', 'lease' for a plain lease; "
+        "null for records written before the ledger named workloads.",
+    )
+    period: str | None = Field(default=None, description="Bucket start, ISO 8601 UTC.")
+    gpu_seconds: float = Field(description="GPU-seconds held in the group, clipped to range.")
+    gpu_hours: float = Field(description="gpu_seconds / 3600.")
+    cost: float = Field(description="Sum of GPU-hours x each record's price_per_hour.")
+
+
+class UsageReportOut(_Out):
+    since: str = Field(description="Start of the range (inclusive), ISO 8601 UTC.")
+    until: str = Field(description="End of the range (exclusive; at most now).")
+    by: list[str] = Field(description="Group columns, of tenant, gpu_type, workload.")
+    period: str | None = Field(description="hour, day, week (ISO, Monday) or month; UTC.")
+    rows: list[UsageReportRow]
+    gpu_hours: float = Field(description="Total GPU-hours of the rows.")
+    cost: float = Field(description="Total cost of the rows.")
+
+
+class StatementLine(_Out):
+    gpu_type: str
+    workload: str | None
+    gpu_hours: float
+    cost: float
+
+
+class TenantStatement(_Out):
+    tenant: str
+    lines: list[StatementLine] = Field(description="One line per GPU type and workload.")
+    gpu_hours: float = Field(description="Total GPU-hours of the period.")
+    cost: float = Field(description="Total cost of the period.")
+
+
+class StatementOut(_Out):
+    period: str = Field(description="day, week or month.")
+    at: str = Field(description="The period asked for, as given (2026-11 for a month).")
+    since: str
+    until: str
+    tenants: list[TenantStatement]
+
+
 class GpuTypeStatus(_Out):
     gpu_type: str
     price_per_hour: float

@@ -19,7 +19,6 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
 from fastgpu.domain.lease import LIVE_STATES, Lease, LeaseState, check_transition
-from fastgpu.errors import Conflict, FastGPUError, InvalidRequest
+from fastgpu.domain.ledger import FIXED_WIDTH, period_bounds
+from fastgpu.errors import Conflict, FastGPUError
 from fastgpu.store import schema as t
 from fastgpu.store.accounts import AccountsMixin
 from fastgpu.store.schema import MIGRATIONS, SCHEMA_VERSION
@@ -131,58 +131,6 @@ class UsageRow:
             "gpu_hours": round(self.gpu_seconds / 3600, 6),
             "cost": round(self.cost, 6),
         }
-
-
-#: What a usage report may group by, besides a period.
-REPORT_GROUPS = ("tenant", "gpu_type", "workload")
-#: Report periods: calendar buckets in UTC (weeks are ISO weeks, from Monday 00:00).
-PERIODS = ("hour", "day", "week", "month")
-#: The most buckets one report may have (a year and a half of hours).
-MAX_BUCKETS = 13_000
-MAX_MONTHS = 600
-_FIXED_WIDTH = {"hour": 3600.0, "day": 86400.0, "week": 7 * 86400.0}
-
-
-def period_start(ts: float, period: str) -> float:
-    """The start (epoch seconds, UTC) of the ``period`` bucket that holds ``ts``."""
-    d = datetime.fromtimestamp(ts, tz=timezone.utc)
-    if period == "hour":
-        d = d.replace(minute=0, second=0, microsecond=0)
-    elif period == "day":
-        d = d.replace(hour=0, minute=0, second=0, microsecond=0)
-    elif period == "week":
-        d = d.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=d.weekday())
-    elif period == "month":
-        d = d.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    else:
-        raise ValueError(f"unknown period {period!r}")
-    return d.timestamp()
-
-
-def next_period(ts: float, period: str) -> float:
-    """The start of the bucket after the one starting at ``ts``."""
-    if period in _FIXED_WIDTH:
-        return ts + _FIXED_WIDTH[period]
-    d = datetime.fromtimestamp(ts, tz=timezone.utc)
-    d = d.replace(year=d.year + 1, month=1) if d.month == 12 else d.replace(month=d.month + 1)
-    return d.timestamp()
-
-
-def period_bounds(since: float, until: float, period: str | None) -> list[float]:
-    """Bucket starts from the calendar start of ``since``'s bucket, each under ``until``; one
-    bucket at ``since`` without a period."""
-    if period is None:
-        return [since]
-    starts = [period_start(since, period)]
-    most = MAX_MONTHS if period == "month" else MAX_BUCKETS
-    while (nxt := next_period(starts[-1], period)) < until:
-        starts.append(nxt)
-        if len(starts) > most:
-            raise InvalidRequest(
-                f"Got a range of over {most} {period} buckets for since/until; expected a "
-                "shorter range or a longer period"
-            )
-    return starts
 
 
 @dataclass(frozen=True)
@@ -528,7 +476,7 @@ class Store(AccountsMixin):
         n = len(starts)
         seq = select(literal(0).label("i")).cte("seq", recursive=True)
         seq = seq.union_all(select(seq.c.i + 1).where(seq.c.i + 1 < n))
-        width = _FIXED_WIDTH.get(period or "")
+        width = FIXED_WIDTH.get(period or "")
         if n == 1:
             i0: Any = literal(0)
             i1: Any = literal(0)
