@@ -446,88 +446,142 @@ class Store(AccountsMixin):
         tenant_id: str | None = None,
     ) -> list[ReportRow]:
         """GPU-seconds and cost of the usage records over ``[since, min(until, now))``, grouped
-        by ``by`` (of :data:`REPORT_GROUPS`) and by ``period`` bucket (of :data:`PERIODS`).
+        by ``by`` (of :data:`~fastgpu.domain.ledger.REPORT_GROUPS`) and by ``period`` bucket
+        (of :data:`~fastgpu.domain.ledger.PERIODS`).
 
         A record that spans bucket boundaries counts in each bucket for the seconds it held
-        there; an open record counts up to ``now``. One SQL query: each record (clipped to
-        the range) joins the buckets it overlaps, found arithmetically for hours, days and
-        weeks and by comparison for months; a bucket's start is a bound parameter.
+        there; an open record counts up to ``now``. Two aggregate queries in one read: the
+        records inside one bucket (most) group as they are; the others are clipped and split
+        per bucket by a recursive CTE. Buckets are found arithmetically for hours, days and
+        weeks (UTC has no DST) and by comparison with the month starts for months.
         """
         hi = min(until, now)
         if hi <= since:
             return []
         starts = period_bounds(since, hi, period)
-        u = t.usage.c
-        end = func.coalesce(u.end, now)
-        rec = select(
-            u.tenant_id,
-            u.tenant,
-            u.gpu_type,
-            u.workload,
-            u.gpus,
-            u.price_per_hour,
-            case((u.start < since, literal(since)), else_=u.start).label("s"),
-            case((end > hi, literal(hi)), else_=end).label("e"),
-        ).where(u.start < hi, or_(u.end.is_(None), u.end > since))
-        if tenant_id is not None:
-            rec = rec.where(u.tenant_id == tenant_id)
-        r = rec.subquery("r")
-        # Bucket i: [starts[i], starts[i + 1]) clipped to the range; numbered from 0.
         n = len(starts)
-        seq = select(literal(0).label("i")).cte("seq", recursive=True)
-        seq = seq.union_all(select(seq.c.i + 1).where(seq.c.i + 1 < n))
+        u = t.usage.c
         width = FIXED_WIDTH.get(period or "")
-        if n == 1:
-            i0: Any = literal(0)
-            i1: Any = literal(0)
-            lo: Any = literal(starts[0])
-            up: Any = literal(hi)
-        elif width is not None:
-            origin = starts[0]
-            i0 = self._floor((r.c.s - origin) / width)
-            i1 = self._floor((r.c.e - origin) / width)
-            lo = origin + seq.c.i * width
-            up = origin + (seq.c.i + 1) * width
-        else:
-            i0 = case(*((r.c.s < b, i) for i, b in enumerate(starts[1:])), else_=n - 1)
-            i1 = case(*((r.c.e <= b, i) for i, b in enumerate(starts[1:])), else_=n - 1)
-            lo = case(*((seq.c.i == i, b) for i, b in enumerate(starts)))
-            up = case(*((seq.c.i == i, b) for i, b in enumerate([*starts[1:], hi])))
-        s_in = case((r.c.s > lo, r.c.s), else_=lo)
-        e_in = case((r.c.e < up, r.c.e), else_=up)
-        gpu_s = r.c.gpus * (e_in - s_in)
+        origin = starts[0]
+
+        def bucket(x: Any, edge: bool = False) -> Any:
+            """The bucket holding time ``x`` (``edge``: an end, so a boundary is the one
+            before it)."""
+            if n == 1:
+                return literal(0)
+            if width is not None:
+                return self._floor((x - origin) / width)
+            return case(
+                *((x <= b if edge else x < b, i) for i, b in enumerate(starts[1:])),
+                else_=n - 1,
+            )
+
         keys: list[Any] = []
         if "tenant" in by:
-            keys += [r.c.tenant_id, r.c.tenant]
+            # coalesce: grouping on the bare column leads SQLite to walk the tenant index
+            # (a random row read per record, 2x slower than the range scan on start).
+            keys += [func.coalesce(u.tenant_id, "").label("tenant_id"), u.tenant]
         if "gpu_type" in by:
-            keys.append(r.c.gpu_type)
+            keys.append(u.gpu_type)
         if "workload" in by:
-            keys.append(r.c.workload)
-        if period is not None:
-            keys.append(seq.c.i)
-        q = (
+            keys.append(u.workload)
+        where = [u.start < hi, or_(u.end.is_(None), u.end > since)]
+        if tenant_id is not None:
+            where.append(u.tenant_id == tenant_id)
+        # 1. Interior records (most): inside the range and one bucket; no clipping, no join.
+        i_start = bucket(u.start)
+        inner = and_(
+            u.start >= since,
+            u.end.is_not(None),
+            u.end <= hi,
+            u.end > u.start,
+            i_start == bucket(u.end, True),
+        )
+        gpu_s: Any = u.gpus * (u.end - u.start)
+        q_inner = (
             select(
                 *keys,
+                i_start.label("i"),
                 func.sum(gpu_s).label("gpu_s"),
-                func.sum(gpu_s * r.c.price_per_hour).label("cost"),
+                func.sum(gpu_s * u.price_per_hour).label("cost"),
             )
-            .select_from(r.join(seq, (seq.c.i >= i0) & (seq.c.i <= i1)))
-            .where(r.c.e > r.c.s, e_in > s_in)
-            .group_by(*keys)
+            .where(*where, inner)
+            .group_by(*keys, i_start)
+        )
+        # 2. The rest (open, at the range's edges, or across buckets): clipped to the range,
+        # then one row per bucket it overlaps (a recursive CTE from its first bucket to its
+        # last), each clipped to its bucket.
+        end = func.coalesce(u.end, now)
+        s_rec = case((u.start < since, literal(since)), else_=u.start)
+        e_rec = case((end > hi, literal(hi)), else_=end)
+        split = (
+            select(
+                *keys,
+                u.gpus,
+                u.price_per_hour,
+                s_rec.label("s"),
+                e_rec.label("e"),
+                bucket(s_rec).label("i"),
+                bucket(e_rec, True).label("i1"),
+            )
+            .where(*where, or_(u.end.is_(None), u.start < since, u.end > hi, ~inner))
+            .cte("split", recursive=True)
+        )
+        names = [k.name for k in keys]
+        split = split.union_all(
+            select(
+                *(split.c[k] for k in names),
+                split.c.gpus,
+                split.c.price_per_hour,
+                split.c.s,
+                split.c.e,
+                split.c.i + 1,
+                split.c.i1,
+            ).where(split.c.i < split.c.i1)
+        )
+        i = split.c.i
+        if width is not None:
+            lo: Any = origin + i * width
+            up: Any = origin + (i + 1) * width
+        elif n == 1:
+            lo, up = literal(origin), literal(hi)
+        else:
+            lo = case(*((i == j, b) for j, b in enumerate(starts)))
+            up = case(*((i == j, b) for j, b in enumerate([*starts[1:], hi])))
+        s_in = case((split.c.s > lo, split.c.s), else_=lo)
+        e_in = case((split.c.e < up, split.c.e), else_=up)
+        clipped = split.c.gpus * (e_in - s_in)
+        r_keys = [split.c[k] for k in names]
+        q_edge = (
+            select(
+                *r_keys,
+                i,
+                func.sum(clipped).label("gpu_s"),
+                func.sum(clipped * split.c.price_per_hour).label("cost"),
+            )
+            .where(split.c.e > split.c.s, e_in > s_in)
+            .group_by(*r_keys, i)
         )
         with self._read() as conn:
-            rows = conn.execute(q).all()
-        out = []
+            rows = [*conn.execute(q_inner).all(), *conn.execute(q_edge).all()]
+        merged: dict[tuple[Any, ...], list[float]] = {}
         for row in rows:
-            m = row._mapping
+            got = row._mapping
+            key = (*(got[k] for k in names), got["i"])
+            acc = merged.setdefault(key, [0.0, 0.0])
+            acc[0] += float(got["gpu_s"])
+            acc[1] += float(got["cost"])
+        out = []
+        for key, (gpu_seconds, cost) in merged.items():
+            m = dict(zip(names, key, strict=False))
             out.append(
                 ReportRow(
-                    gpu_seconds=float(m["gpu_s"]),
-                    cost=float(m["cost"]) / 3600.0,
-                    tenant=m["tenant"] if "tenant" in by else None,
-                    gpu_type=m["gpu_type"] if "gpu_type" in by else None,
-                    workload=m["workload"] if "workload" in by else None,
-                    period_start=starts[m["i"]] if period is not None else None,
+                    gpu_seconds=gpu_seconds,
+                    cost=cost / 3600.0,
+                    tenant=m.get("tenant"),
+                    gpu_type=m.get("gpu_type"),
+                    workload=m.get("workload"),
+                    period_start=starts[key[-1]] if period is not None else None,
                 )
             )
         out.sort(
