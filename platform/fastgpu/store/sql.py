@@ -450,10 +450,11 @@ class Store(AccountsMixin):
         (of :data:`~fastgpu.domain.ledger.PERIODS`).
 
         A record that spans bucket boundaries counts in each bucket for the seconds it held
-        there; an open record counts up to ``now``. Two aggregate queries in one read: the
-        records inside one bucket (most) group as they are; the others are clipped and split
-        per bucket by a recursive CTE. Buckets are found arithmetically for hours, days and
-        weeks (UTC has no DST) and by comparison with the month starts for months.
+        there; an open record counts up to ``now``. Two aggregate queries in one read (records
+        inside the range; open ones and those across its ends, clipped) group by the keys and
+        each record's first and last bucket; the split of those groups into buckets is exact
+        arithmetic on their sums. Buckets are found arithmetically for hours, days and weeks
+        (UTC has no DST) and by comparison with the month starts for months.
         """
         hi = min(until, now)
         if hi <= since:
@@ -488,89 +489,69 @@ class Store(AccountsMixin):
         where = [u.start < hi, or_(u.end.is_(None), u.end > since)]
         if tenant_id is not None:
             where.append(u.tenant_id == tenant_id)
-        # 1. Interior records (most): inside the range and one bucket; no clipping, no join.
-        i_start = bucket(u.start)
-        inner = and_(
-            u.start >= since,
-            u.end.is_not(None),
-            u.end <= hi,
-            u.end > u.start,
-            i_start == bucket(u.end, True),
-        )
-        gpu_s: Any = u.gpus * (u.end - u.start)
-        q_inner = (
-            select(
-                *keys,
-                i_start.label("i"),
-                func.sum(gpu_s).label("gpu_s"),
-                func.sum(gpu_s * u.price_per_hour).label("cost"),
+
+        # Per group of (keys, first bucket, last bucket): the GPUs and GPUs x start and
+        # GPUs x end (seconds from the first bucket's start, so sums stay exact in floats),
+        # and the same weighted by price. Python then gives the first bucket
+        # G x (its end) - sum(g x s), each middle bucket G x its width, and the last
+        # sum(g x e) - G x (its start): the exact split of every record, with one group row
+        # per (keys, bucket span) rather than one row per record.
+        def query(s: Any, e: Any, *cond: Any) -> Any:
+            first, last = bucket(s), bucket(e, True)
+            g, gp = u.gpus, u.gpus * u.price_per_hour
+            return (
+                select(
+                    *keys,
+                    first.label("i0"),
+                    last.label("i1"),
+                    func.sum(g).label("g"),
+                    func.sum(g * (s - origin)).label("gs"),
+                    func.sum(g * (e - origin)).label("ge"),
+                    func.sum(gp).label("p"),
+                    func.sum(gp * (s - origin)).label("ps"),
+                    func.sum(gp * (e - origin)).label("pe"),
+                )
+                .where(*where, *cond)
+                .group_by(*keys, first, last)
             )
-            .where(*where, inner)
-            .group_by(*keys, i_start)
+
+        # 1. Records inside the range (most): as they are, one scan of the start index.
+        q_inner = query(
+            u.start, u.end, u.start >= since, u.end.is_not(None), u.end <= hi, u.end > u.start
         )
-        # 2. The rest (open, at the range's edges, or across buckets): clipped to the range,
-        # then one row per bucket it overlaps (a recursive CTE from its first bucket to its
-        # last), each clipped to its bucket.
+        # 2. Open records and those across the range's ends (few; found by the start and end
+        # indexes): clipped to the range.
         end = func.coalesce(u.end, now)
-        s_rec = case((u.start < since, literal(since)), else_=u.start)
-        e_rec = case((end > hi, literal(hi)), else_=end)
-        split = (
-            select(
-                *keys,
-                u.gpus,
-                u.price_per_hour,
-                s_rec.label("s"),
-                e_rec.label("e"),
-                bucket(s_rec).label("i"),
-                bucket(e_rec, True).label("i1"),
-            )
-            .where(*where, or_(u.end.is_(None), u.start < since, u.end > hi, ~inner))
-            .cte("split", recursive=True)
-        )
-        names = [k.name for k in keys]
-        split = split.union_all(
-            select(
-                *(split.c[k] for k in names),
-                split.c.gpus,
-                split.c.price_per_hour,
-                split.c.s,
-                split.c.e,
-                split.c.i + 1,
-                split.c.i1,
-            ).where(split.c.i < split.c.i1)
-        )
-        i = split.c.i
-        if width is not None:
-            lo: Any = origin + i * width
-            up: Any = origin + (i + 1) * width
-        elif n == 1:
-            lo, up = literal(origin), literal(hi)
-        else:
-            lo = case(*((i == j, b) for j, b in enumerate(starts)))
-            up = case(*((i == j, b) for j, b in enumerate([*starts[1:], hi])))
-        s_in = case((split.c.s > lo, split.c.s), else_=lo)
-        e_in = case((split.c.e < up, split.c.e), else_=up)
-        clipped = split.c.gpus * (e_in - s_in)
-        r_keys = [split.c[k] for k in names]
-        q_edge = (
-            select(
-                *r_keys,
-                i,
-                func.sum(clipped).label("gpu_s"),
-                func.sum(clipped * split.c.price_per_hour).label("cost"),
-            )
-            .where(split.c.e > split.c.s, e_in > s_in)
-            .group_by(*r_keys, i)
+        q_edge = query(
+            case((u.start < since, literal(since)), else_=u.start),
+            case((end > hi, literal(hi)), else_=end),
+            or_(u.end.is_(None), and_(u.start < since, u.end > since), u.end > hi),
         )
         with self._read() as conn:
             rows = [*conn.execute(q_inner).all(), *conn.execute(q_edge).all()]
+        names = [k.name for k in keys]
+        edges = [b - origin for b in starts[1:]] + [hi - origin]  # bucket j ends at edges[j]
         merged: dict[tuple[Any, ...], list[float]] = {}
+
+        def add(key: tuple[Any, ...], gpu_s: float, cost: float) -> None:
+            if gpu_s > 0:
+                acc = merged.setdefault(key, [0.0, 0.0])
+                acc[0] += gpu_s
+                acc[1] += cost
+
         for row in rows:
             got = row._mapping
-            key = (*(got[k] for k in names), got["i"])
-            acc = merged.setdefault(key, [0.0, 0.0])
-            acc[0] += float(got["gpu_s"])
-            acc[1] += float(got["cost"])
+            head = tuple(got[k] for k in names)
+            i0, i1 = int(got["i0"]), int(got["i1"])
+            g, p = float(got["g"]), float(got["p"])
+            if i0 == i1:
+                add((*head, i0), got["ge"] - got["gs"], got["pe"] - got["ps"])
+                continue
+            add((*head, i0), edges[i0] * g - got["gs"], edges[i0] * p - got["ps"])
+            for j in range(i0 + 1, i1):
+                width_j = edges[j] - edges[j - 1]
+                add((*head, j), width_j * g, width_j * p)
+            add((*head, i1), got["ge"] - edges[i1 - 1] * g, got["pe"] - edges[i1 - 1] * p)
         out = []
         for key, (gpu_seconds, cost) in merged.items():
             m = dict(zip(names, key, strict=False))
