@@ -20,6 +20,7 @@ RUNS = [
     ["bench_elastic.py", "--runs", "1"],
     ["bench_planner.py"],
     ["bench_console.py", "--runs", "3"],
+    ["bench_usage.py", "--runs", "3"],
 ]
 
 
