@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -45,6 +45,21 @@ def _unowned_taken(request: LeaseBuilder) -> Snapshot:
         nodes(2),
         [tenant("a", 4), tenant("b", 4), tenant("c", 0)],
         running=[lease("c1", 8).tenant("c").on({"n1": 8})],
+        pending=[request],
+    )
+
+
+def _node_lost(request: LeaseBuilder) -> Snapshot:
+    """3 nodes x 4 GPUs, nominal a 4 (lends nothing), b 0; b borrowed 6 of the 8 unowned GPUs,
+    then n2 (empty) was lost: 4 unowned are left, so borrowed 6 > lendable 4 (a short ledger),
+    while 2 GPUs are free on n1."""
+    return snap(
+        [*nodes(2, 4), replace(nodes(3, 4)[2], alive=False)],
+        [tenant("a", 4, lending_limit=0), tenant("b", 0)],
+        running=[
+            lease("x1", 4).tenant("b").preemptible().on({"n0": 4}),
+            lease("x2", 2).tenant("b").preemptible().on({"n1": 2}),
+        ],
         pending=[request],
     )
 
@@ -378,6 +393,40 @@ CASES = [
         ),
         queue={"b1": "no_capacity"},
         resize={"a1": 4},
+    ),
+    # Found by hypothesis (test_within_nominal_demand_is_never_left_without_action): a tenant
+    # lending nothing waited with its own GPUs free, because a non-preemptible borrower held
+    # part of its nominal (a ledger short before the cycle: borrowed 1 > lendable 0).
+    Case(
+        "short ledger: a tenant still takes its own non-lendable GPUs",
+        lambda: snap(
+            nodes(1, 4),
+            [tenant("a", 4, lending_limit=0), tenant("b", 0)],
+            running=[lease("x", 1).tenant("b").on({"n0": 1})],
+            pending=[lease("a1", 1).tenant("a")],
+        ),
+        admit={"a1": 1},
+    ),
+    Case(
+        "short ledger after a lost node: free nominal GPUs without preempting a borrower",
+        lambda: _node_lost(lease("a1", 2).tenant("a")),
+        admit={"a1": 2},
+    ),
+    Case(
+        "short ledger: no admission makes it shorter (a borrower waits)",
+        lambda: _node_lost(lease("b1", 1).tenant("b").preemptible()),
+        queue={"b1": "over_quota"},
+    ),
+    # Found by hypothesis (the same property): e, within a's nominal by its minimum, ranked
+    # first and took all 8 GPUs, b's nominal one included, and b's request waited.
+    Case(
+        "elastic within nominal: only its nominal part while another guarantee waits, then grows",
+        lambda: snap(
+            nodes(1),
+            two(1, 1),
+            pending=[lease("e", 8).min(1).tenant("a"), lease("b1", 1).tenant("b").submitted(1)],
+        ),
+        admit={"e": 7, "b1": 1},
     ),
     Case(
         "restarts: a workload preempted twice before is protected for 4x min runtime",

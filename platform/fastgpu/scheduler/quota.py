@@ -19,6 +19,17 @@ Invariants kept by every admission that :meth:`QuotaLedger.fits` allows:
   the same as "the non-lendable part of every tenant's idle nominal stays physically free", so
   a tenant can always get its non-lendable part back without preempting anyone.
 
+A ledger can also be *short* (``B > S``): from the start of a cycle when a node was lost, or an
+operator lowered a lending limit or raised a nominal, while borrowers held GPUs; within a cycle
+once a make-room search holds room for a requester whose victims still count as used. Then a
+test must not make it shorter: ``B - S`` after is at most ``max(0, B - S)`` now. Per tenant
+``B - S`` counts ``max(used - nominal, -lend)`` (less the unowned GPUs), so what passes beyond
+the plain ``B <= S`` is a tenant taking its own non-lendable idle nominal, which leaves the
+shortfall as it is (the free GPUs cannot cover every tenant's non-lendable idle nominal then,
+and go to the first to ask rather than to nobody), and a make-room what-if whose victims cover
+its own requester, not the shortfall that earlier searches of the cycle left
+(docs/design/scheduler.md, "A short ledger still gives a tenant its own non-lendable GPUs").
+
 *Fixed* GPUs are those reclaim cannot take back: ``fixed[t]`` sums the minimum of tenant t's
 non-preemptible leases. Fixed borrowing ``F = sum_t max(0, fixed[t] - nominal[t])`` is kept
 within the unowned capacity (:meth:`QuotaLedger.fixed_fits`), so every tenant can always get
@@ -54,8 +65,10 @@ class _LimitsTable(dict[str, _Limits]):
 
 
 def _balance_ok(borrowed: int, supply: int, nom: int, lend: int, old: int, new: int) -> bool:
-    """``B <= S`` after a tenant (nominal ``nom``, lending limit ``lend``) goes from ``old`` to
-    ``new`` GPUs, given B and S before; conditionals instead of min/max calls (hot path)."""
+    """``B - S <= max(0, B - S before)`` after a tenant (nominal ``nom``, lending limit
+    ``lend``) goes from ``old`` to ``new`` GPUs, given B and S before: ``B <= S``, and a short
+    ledger gets no shorter; conditionals instead of min/max calls (hot path)."""
+    short = borrowed - supply if borrowed > supply else 0
     # Borrowed term max(0, used - nom), lent term min(lend, max(0, nom - used)).
     # Both written relative to a lent term of ``lend`` (idle nominal of at least ``lend``).
     if new > nom:
@@ -68,7 +81,7 @@ def _balance_ok(borrowed: int, supply: int, nom: int, lend: int, old: int, new: 
         supply += lend
     elif nom - old < lend:
         supply -= nom - old - lend
-    return borrowed <= supply
+    return borrowed - supply <= short
 
 
 class QuotaLedger:
@@ -232,5 +245,7 @@ class QuotaTrial:
 
     def ok(self) -> bool:
         t = self.tenant
-        new_used = self.ledger.used.get(t, 0) + self._delta.get(t, 0)
-        return new_used <= self.ledger.ceiling(t) and self.borrowed <= self.supply
+        ledger = self.ledger
+        new_used = ledger.used.get(t, 0) + self._delta.get(t, 0)
+        short = max(0, ledger.borrowed - ledger.supply)  # a short ledger: no shorter
+        return new_used <= ledger.ceiling(t) and self.borrowed - self.supply <= short

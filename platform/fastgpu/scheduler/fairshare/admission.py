@@ -13,7 +13,10 @@ Invariants: every request of the queues gets exactly one decision (admit, or a `
 reasons are on); known-blocked requests are passed over without a heap operation, and with
 reasons off and the caller's index, runs of them are jumped over by shape (nothing changes
 until the next request is actually tried); with reasons off the walk stops once only
-borrowers are left and nothing more can fit.
+borrowers are left and nothing more can fit; while another tenant's head within nominal of
+the same GPU type waits in the heap, a request is tried without borrowing (an elastic one
+gets only its nominal part now, the rest in step 8: docs/design/scheduler.md, "Only the
+nominal part of an elastic request is owed").
 """
 
 from __future__ import annotations
@@ -58,10 +61,20 @@ class Admission:
         queued = state.queued
         heap = [(key_of(name, q[0]), name) for name, q in queues.items() if q]
         heapq.heapify(heap)
+        # GPU type -> tenants in the heap whose head is owed (within nominal), and the type
+        # of each such head: while another one waits, a request may not borrow.
+        owed_heads: dict[str, int] = {}
+        owed_type: dict[str, str] = {}
+        for key, name in heap:
+            if not key[0]:
+                gpu_type = owed_type[name] = queues[name][0].gpu_type
+                owed_heads[gpu_type] = owed_heads.get(gpu_type, 0) + 1
         while heap:
             if not explain and heap[0][0][0] and self._nothing_more_fits():
                 break  # only borrowers left, no free GPU, nothing to shrink or reclaim
-            _, name = heapq.heappop(heap)
+            popped, name = heapq.heappop(heap)
+            if not popped[0]:
+                owed_heads[owed_type[name]] -= 1
             q = queues[name]
             i = cursor[name]
             known: Blocked | None = None  # q[i] known to be blocked (tested just before)
@@ -72,7 +85,7 @@ class Admission:
                 blocked = known if known is not None else known_blocked(lease)
                 known = None
                 if blocked is None:
-                    blocked = try_admit(lease)
+                    blocked = try_admit(lease, borrow=not owed_heads.get(lease.gpu_type))
                 if blocked is not None:
                     if explain:
                         queued.append(Queue(lease.id, blocked.code, blocked.detail))
@@ -102,6 +115,9 @@ class Admission:
                     key = key_of(name, q[i])
                     if heap and heap[0][0] < key:
                         heapq.heappush(heap, (key, name))
+                        if not key[0]:
+                            gpu_type = owed_type[name] = q[i].gpu_type
+                            owed_heads[gpu_type] = owed_heads.get(gpu_type, 0) + 1
                         break
             cursor[name] = i
 

@@ -118,14 +118,23 @@ class FitTest:
             return None
         return self._blocked_by_fixed(lease, ts, k)
 
-    def try_admit(self, lease: LeaseView) -> Blocked | None:
+    def try_admit(self, lease: LeaseView, *, borrow: bool = True) -> Blocked | None:
         """5. Admit ``lease`` if quota and placement allow; else 6 (make room), 7 (backfill).
-        None if admitted, else why it waits."""
+        None if admitted, else why it waits.
+
+        ``borrow`` False: another tenant's request within nominal still waits, so an elastic
+        request takes at most its tenant's nominal room (or its minimum) now; the rest is
+        borrowing, which ranks after that request: step 8 may grow it (``TypeState.capped``)."""
         state = self.state
         ts = state.type_state(lease.gpu_type)
         name = lease.tenant
         want = lease.gpus if self.s.elastic else max(lease.gpus, lease.min_gpus)
         lo = lease.min_gpus if self.s.elastic else want
+        capped = False
+        if not borrow and lo < want:
+            owed = max(lo, ts.ledger.nominal(name) - ts.ledger.used.get(name, 0))
+            if owed < want:
+                want, capped = owed, True
         fixed = state.fixed_rule and not lease.preemptible
         if fixed and not ts.ledger.fixed_fits(name, lo):
             return self._blocked_by_fixed(lease, ts, lo)
@@ -166,6 +175,8 @@ class FitTest:
         ts.ends.append((state.now + lease.duration_s, lease.id, placement))
         top = ts.admitted_priority.get(name, lease.priority)
         ts.admitted_priority[name] = max(top, lease.priority)
+        if capped:
+            ts.capped.append((len(state.admits), lease))
         state.admits.append(Admit(lease.id, placement))
         return None
 

@@ -70,6 +70,10 @@ class TypeState:
     preemptible_owners: set[str] = field(default_factory=set)
     #: Running leases not announced that hold more than their minimum (shrink candidates).
     elastic_over_min: int = 0
+    #: Elastic requests admitted this cycle at their nominal part only, because another
+    #: tenant's request within nominal was still waiting (step 4): (index in
+    #: ``CycleState.admits``, the request); step 8 may grow them like running leases.
+    capped: list[tuple[int, LeaseView]] = field(default_factory=list)
 
 
 class CycleState:

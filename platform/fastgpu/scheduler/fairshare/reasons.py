@@ -160,7 +160,8 @@ class WaitReasons:
             case = 3
         else:
             case = 4
-        lendable = ledger.supply - ledger.borrowed if case == 4 else 0
+        # A short ledger (borrowed > lendable: a lost node, a lowered lending limit) lends 0.
+        lendable = max(0, ledger.supply - ledger.borrowed) if case == 4 else 0
         key = (name, lease.gpu_type, case, used, lendable)
         why = self._quota.get(key)
         if why is not None:
