@@ -5,7 +5,8 @@ for fast tests. Every state change is one transaction. See :mod:`fastgpu.store.s
 """
 
 from fastgpu.store.accounts import TenantRecord, TokenRecord
-from fastgpu.store.sql import SCHEMA_VERSION, Store, StoreTx, TxHook, UsageRow, open_store
+from fastgpu.store.sql import SCHEMA_VERSION, Store, TxHook, open_store
+from fastgpu.store.usage import StoreTx, UsageRow
 
 __all__ = [
     "SCHEMA_VERSION",
