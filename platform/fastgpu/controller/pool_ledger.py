@@ -85,7 +85,8 @@ class DeviceLedger:
         #: Metered drains that ended: (lease, GPUs, began, ended), wall clock.
         self._held_after: list[tuple[str, int, float, float]] = []
 
-    def _devices(self, groups: list[dict[str, tuple[int, ...]]]) -> dict[str, set[int]]:
+    @staticmethod
+    def _devices(groups: list[dict[str, tuple[int, ...]]]) -> dict[str, set[int]]:
         out: dict[str, set[int]] = {}
         for devices in groups:
             for host, ids in devices.items():
@@ -152,7 +153,3 @@ class DeviceLedger:
         with self.lock:
             out, self._held_after = self._held_after, []
         return out
-
-    def draining(self, lease_id: str) -> list[Drain]:
-        with self.lock:
-            return [d for d in self._drains if d.lease_id == lease_id]
