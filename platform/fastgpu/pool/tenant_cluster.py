@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastgpu.domain.lease import GPU_TYPE_LABEL, HOST_LABEL, LEASE_LABEL
+from fastgpu.domain.lease import GPU_TYPE_LABEL, HOST_LABEL, LEASE_LABEL, lease_resource
 from fastgpu.errors import FastGPUError
 from fastgpu.pool import processes
 from fastgpu.pool.hosts import Host
@@ -293,6 +293,7 @@ class TenantCluster:
             f"--num-gpus={len(devices)}",
             f"--num-cpus={cpus if cpus is not None else len(devices)}",
             f"--labels={labels}",
+            f"--resources={json.dumps({lease_resource(lease_id): len(devices)})}",
             "--disable-usage-stats",
         ]
         role = self._raylet_role(key)
