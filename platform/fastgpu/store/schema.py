@@ -144,6 +144,27 @@ requests = Table(
 )
 
 
+#: The model registry: a tenant's model versions. The files are the tenant's own (a
+#: content-addressed folder in its storage, written by its own processes); the row names them
+#: with their hash. Versions are never reused: a deleted one keeps its row with ``deleted_at``.
+models = Table(
+    "models",
+    metadata,
+    Column("tenant_id", String(32), primary_key=True),
+    Column("name", String(63), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("tenant", String(63), nullable=False),
+    Column("path", String(512), nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("size_bytes", Integer, nullable=False),
+    Column("config", Text, nullable=False),
+    Column("metrics", Text, nullable=False),
+    Column("lineage", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("deleted_at", Float),
+)
+
+
 _LATER_COLUMNS = ("priority", "last_checkpoint_at", "restarts", "tenant_id")
 #: Columns version 4 added to tables that version 1 created.
 _V4_COLUMNS = {
@@ -238,5 +259,10 @@ def _v5(conn: Connection) -> None:
     conn.execute(text('CREATE INDEX ix_usage_end ON usage ("end")'))
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5]
+def _v_models(conn: Connection) -> None:
+    """The model registry (issue 10)."""
+    metadata.create_all(conn, tables=[models])
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v_models]
 SCHEMA_VERSION = len(MIGRATIONS)
