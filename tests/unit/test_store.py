@@ -12,6 +12,7 @@ from fastgpu.controller.metering import meter
 from fastgpu.domain.lease import Lease, LeaseState
 from fastgpu.errors import Conflict, FastGPUError, NotFound
 from fastgpu.store import SCHEMA_VERSION, Store, open_store
+from fastgpu.store.schema import MIGRATIONS
 
 TID = "tid-t"
 
@@ -151,7 +152,7 @@ def test_upgrade_from_an_older_version_keeps_data(tmp_path: Path, version: int) 
     url = f"sqlite:///{tmp_path / 'old.sqlite'}"
     _old_database(url, version)
     store = open_store(url)
-    assert store.schema_version() == SCHEMA_VERSION == len(schema.MIGRATIONS)
+    assert store.schema_version() == SCHEMA_VERSION == len(MIGRATIONS)
     tenant = store.get_tenant("t")
     assert tenant is not None
     assert tenant.id
