@@ -264,5 +264,37 @@ def _v_models(conn: Connection) -> None:
     metadata.create_all(conn, tables=[models])
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v_models]
+# Budget events (warnings, cap reached, leases stopped or kept at the cap), each at most once
+# per tenant, period and key (fastgpu.domain.budget).
+budget_events = Table(
+    "budget_events",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("tenant_id", String(32), nullable=False),
+    Column("tenant", String(63), nullable=False),
+    Column("period_start", Float, nullable=False),
+    Column("key", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("threshold", Float),
+    Column("lease_id", String(32)),
+    Column("detail", Text, nullable=False),
+    UniqueConstraint("tenant_id", "period_start", "key", name="uq_budget_events_key"),
+)
+
+
+def _v_budget_events(conn: Connection) -> None:
+    """Budget events: warnings at thresholds and what the cap did, once per period each."""
+    metadata.create_all(conn, tables=[budget_events])
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _v1,
+    _v2,
+    _v3,
+    _v4,
+    _v5,
+    _v_models,
+    _v_budget_events,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
