@@ -288,6 +288,37 @@ def _v_budget_events(conn: Connection) -> None:
     metadata.create_all(conn, tables=[budget_events])
 
 
+# Model endpoints (issue 11): one row per endpoint, its mutable state in ``doc`` (JSON: model,
+# checkpoint, scaling, lease, serving version, an update in progress); its tokens hashed.
+endpoints = Table(
+    "endpoints",
+    metadata,
+    Column("id", String(16), primary_key=True),
+    Column("tenant_id", String(32), nullable=False),
+    Column("tenant", String(63), nullable=False),
+    Column("name", String(63), nullable=False),
+    Column("doc", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    UniqueConstraint("tenant_id", "name", name="uq_endpoints_tenant_name"),
+)
+endpoint_tokens = Table(
+    "endpoint_tokens",
+    metadata,
+    Column("id", String(16), primary_key=True),
+    Column("endpoint_id", String(16), nullable=False, index=True),
+    Column("tenant_id", String(32), nullable=False, index=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float),
+)
+
+
+def _v_endpoints(conn: Connection) -> None:
+    """Model endpoints and their hashed tokens (issue 11)."""
+    metadata.create_all(conn, tables=[endpoints, endpoint_tokens])
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1,
     _v2,
@@ -296,5 +327,6 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v5,
     _v_models,
     _v_budget_events,
+    _v_endpoints,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
