@@ -30,6 +30,7 @@ from fastgpu.errors import (
     WaitTimeout,
     error_from_dict,
 )
+from fastgpu.sdk_registry import RegistryCalls
 
 ADMIN_TOKEN_FILE = "admin_token"
 ADDRESS_FILE = "api_address"
@@ -66,7 +67,7 @@ def local_address(state_dir: Path | None = None) -> str:
         return f"http://127.0.0.1:{DEFAULT_API_PORT}"
 
 
-class Client:
+class Client(RegistryCalls):
     """A handle on the FastGPU control API for one caller (admin or tenant)."""
 
     def __init__(

@@ -53,6 +53,15 @@ def _mount_plan() -> None:
 _mount_plan()
 
 
+def _mount_models() -> None:
+    from fastgpu.cli_models import model_app
+
+    app.add_typer(model_app, name="model")
+
+
+_mount_models()
+
+
 class Output(str, Enum):
     table = "table"
     json = "json"

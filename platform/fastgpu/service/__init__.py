@@ -18,6 +18,7 @@ from fastgpu.service.clusters import ClusterService
 from fastgpu.service.jobs import JobService
 from fastgpu.service.leases import LeaseService, WaitLimiter
 from fastgpu.service.reads import ReadService
+from fastgpu.service.registry import RegistryService
 from fastgpu.service.tenants import TenantService
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ class Services:
     jobs: JobService
     reads: ReadService
     clusters: ClusterService
+    registry: RegistryService
 
     @classmethod
     def build(
@@ -78,6 +80,7 @@ class Services:
             jobs=JobService(ctl, _job_gateway(ctl, dashboard_url), leases),
             reads=ReadService(ctl),
             clusters=ClusterService(ctl),
+            registry=RegistryService(ctl),
         )
 
 
@@ -87,6 +90,7 @@ __all__ = [
     "JobService",
     "LeaseService",
     "ReadService",
+    "RegistryService",
     "Services",
     "TenantService",
 ]

@@ -10,7 +10,8 @@ Invariants:
 * leases and usage belong to a tenant's immutable id; the name is kept for display.
 
 Tenants, tokens and idempotency keys live in :mod:`fastgpu.store.accounts`; usage records,
-their reports and the transaction hooks' writer in :mod:`fastgpu.store.usage`.
+their reports and the transaction hooks' writer in :mod:`fastgpu.store.usage`; model
+versions in :mod:`fastgpu.store.registry`.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from fastgpu.domain.lease import LIVE_STATES, Lease, LeaseState, check_transitio
 from fastgpu.errors import Conflict, FastGPUError
 from fastgpu.store import schema as t
 from fastgpu.store.accounts import AccountsMixin
+from fastgpu.store.registry import RegistryMixin
 from fastgpu.store.schema import MIGRATIONS, SCHEMA_VERSION
 from fastgpu.store.usage import StoreTx, UsageMixin
 
@@ -95,7 +97,7 @@ def _lease_to_row(lease: Lease) -> dict[str, Any]:
     return d
 
 
-class Store(AccountsMixin, UsageMixin):
+class Store(AccountsMixin, UsageMixin, RegistryMixin):
     """Durable platform state. Thread-safe; one instance per process."""
 
     def __init__(self, engine: Engine) -> None:
