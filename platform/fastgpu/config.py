@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fastgpu.errors import ConfigError
 from fastgpu.validation import (
@@ -107,12 +114,40 @@ class BudgetSpec(_Spec):
     money: float | None = Field(
         default=None, gt=0, le=1e12, description="Money the tenant may spend per period."
     )
+    warn_at: tuple[float, ...] = Field(
+        default=(50.0, 80.0, 100.0),
+        max_length=10,
+        description=(
+            "Warning thresholds, in percent of the budget spent (each > 0 and <= 100, no "
+            "repeats); a warning event is recorded once per period per threshold when spend "
+            "first reaches it. Empty: no warnings."
+        ),
+    )
+    action: Literal["queue", "stop"] = Field(
+        default="queue",
+        description=(
+            "What happens at the cap (100 %). queue: new requests wait (budget_exhausted) and "
+            "running leases run on; stop: the same, and the tenant's running preemptible leases "
+            "are preempted with the scheduler's grace_s (non-preemptible leases run to their "
+            "end and are reported in the budget's events)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _one_limit(self) -> BudgetSpec:
         if self.gpu_hours is None and self.money is None:
             raise ValueError("a budget with gpu_hours, money or both set")
         return self
+
+    @field_validator("warn_at")
+    @classmethod
+    def _thresholds(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        for pct in value:
+            if not 0 < pct <= 100:
+                raise ValueError(f"got {pct:g}; expected percentages > 0 and <= 100, e.g. [50, 80]")
+        if len(set(value)) != len(value):
+            raise ValueError(f"got {list(value)}; expected no repeated threshold")
+        return tuple(sorted(value))
 
 
 class TenantSpec(_Spec):

@@ -25,6 +25,7 @@ from fastgpu.config import DEFAULT_API_PORT, default_state_dir
 from fastgpu.errors import (
     AuthenticationError,
     FastGPUError,
+    InvalidRequest,
     LeaseRejected,
     Unavailable,
     WaitTimeout,
@@ -390,6 +391,18 @@ class Client(RegistryCalls):
         groups = by if isinstance(by, str) else ",".join(by)
         params = {"by": groups, "period": period, "since": since, "until": until, "tenant": tenant}
         return dict(self._call("GET", "/usage/report", params=params))
+
+    def budget(self, tenant: str | None = None) -> dict[str, Any]:
+        """A tenant's budget this period (yours without ``tenant``): spent, limit, remaining,
+        thresholds crossed, state, action, the run-out time at the current burn rate, events."""
+        name = tenant or self.whoami()["tenant"]
+        if not name:
+            raise InvalidRequest("tenant: the admin names one, e.g. budget(tenant=\"acme\")")
+        return dict(self._call("GET", f"/tenants/{_seg(name)}/budget"))
+
+    def budgets(self) -> list[dict[str, Any]]:
+        """Every tenant with a budget, as the controller last assessed it (admin)."""
+        return list(self._call("GET", "/budgets")["items"])
 
     def usage_statement(
         self, at: str, period: str = "month", tenant: str | None = None

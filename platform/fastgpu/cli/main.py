@@ -16,6 +16,7 @@ from typing import Any
 import typer
 
 from fastgpu.cli import render
+from fastgpu.cli.budget import budget_app
 from fastgpu.errors import FastGPUError, InvalidRequest, WaitTimeout
 
 app = typer.Typer(
@@ -51,6 +52,7 @@ def _mount_plan() -> None:
 
 
 _mount_plan()
+app.add_typer(budget_app, name="budget")
 
 
 def _mount_models() -> None:

@@ -36,6 +36,7 @@ from collections.abc import Callable
 
 from fastgpu.config import PlatformConfig
 from fastgpu.controller.backend import Backend, NodeInfo, gpu_bundle, group_name
+from fastgpu.controller.budgets import BudgetPass
 from fastgpu.controller.metering import meter
 from fastgpu.controller.snapshot import UsageStats, build_snapshot
 from fastgpu.controller.watch import LeaseWatch
@@ -111,6 +112,7 @@ class Controller:
         #: write number, so a pass that covers a write also sees its lease.
         self._inbox: list[Lease] = []
         self._stats = UsageStats(store, config)
+        self.budgets = BudgetPass(self)
 
     @property
     def lock(self) -> threading.RLock:
@@ -326,8 +328,8 @@ class Controller:
 
     # ==== the loop =============================================================================
     def tick(self) -> None:
-        """One pass: readiness, expiry, preemption deadlines, reconcile and purge when due,
-        scheduling."""
+        """One pass: readiness, expiry, preemption deadlines, budgets (warnings; stops at the
+        cap), reconcile and purge when due, scheduling."""
         from fastgpu.controller.reconcile import reconcile
 
         with self._mu:
@@ -341,6 +343,7 @@ class Controller:
                     )
                 elif lease.preempt_at is not None and lease.preempt_at <= now:
                     self.end(lease, LeaseState.PREEMPTED, lease.reason_detail or "preempted")
+            self.budgets.run(now)
             if now - self._last_reconcile >= self.config.controller.reconcile_interval_s:
                 self._last_reconcile = now
                 reconcile(self)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from fastgpu.controller.jobs import JobGateway, TenantJobGateway
 from fastgpu.errors import NotFound
 from fastgpu.service.auth import AuthService
+from fastgpu.service.budgets import BudgetService
 from fastgpu.service.clusters import ClusterService
 from fastgpu.service.jobs import JobService
 from fastgpu.service.leases import LeaseService, WaitLimiter
@@ -62,6 +63,7 @@ class Services:
     jobs: JobService
     reads: ReadService
     clusters: ClusterService
+    budgets: BudgetService
     registry: RegistryService
 
     @classmethod
@@ -80,12 +82,14 @@ class Services:
             jobs=JobService(ctl, _job_gateway(ctl, dashboard_url), leases),
             reads=ReadService(ctl),
             clusters=ClusterService(ctl),
+            budgets=BudgetService(ctl),
             registry=RegistryService(ctl),
         )
 
 
 __all__ = [
     "AuthService",
+    "BudgetService",
     "ClusterService",
     "JobService",
     "LeaseService",
