@@ -18,6 +18,10 @@ the process-wide default: several servers may run in one test process):
   ``fastgpu_budget_spent{tenant,unit}``         spent this budget period, per limit the
   ``fastgpu_budget_remaining{tenant,unit}``     tenant's budget sets (``unit``: ``gpu_hours``
                                                 or ``money``); remaining < 0: over budget
+  ``fastgpu_budget_state{tenant}``              0 ok, 1 warning, 2 exhausted (the budget
+                                                pass's last assessment, at most a tick old)
+  ``fastgpu_budget_warnings_total{tenant,       budget warnings recorded (once per period
+  threshold}``                                  and threshold; from the store)
   ``fastgpu_tenant_clusters``                   tenants' Ray clusters with a running head
   ``fastgpu_raylets{tenant}``                   live raylets per tenant
   ============================================  =========================================
@@ -53,7 +57,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
@@ -64,6 +68,7 @@ if TYPE_CHECKING:
     from fastgpu.controller.loop import Controller
 
 log = logging.getLogger(__name__)
+Family = GaugeMetricFamily | CounterMetricFamily
 
 #: From 10 ms (a grant on a warm cluster) to a day (a request queued behind a long job).
 LATENCY_BUCKETS = (
@@ -109,13 +114,13 @@ class StateCollector(Collector):
     def __init__(self, ctl: Controller) -> None:
         self._ctl = ctl
 
-    def describe(self) -> Iterator[GaugeMetricFamily]:
+    def describe(self) -> Iterator[Family]:
         # Names only: registering must not read the controller (nor Ray, nor the store).
         yield from self._families(with_clusters=True).values()
 
-    def _families(self, with_clusters: bool) -> dict[str, GaugeMetricFamily]:
+    def _families(self, with_clusters: bool) -> dict[str, Family]:
         tg = ["tenant", "gpu_type"]
-        fams = [
+        fams: list[Family] = [
             GaugeMetricFamily(
                 "fastgpu_gpus_capacity", "GPUs on alive nodes, per GPU type.", labels=["gpu_type"]
             ),
@@ -146,6 +151,18 @@ class StateCollector(Collector):
                 labels=["tenant", "unit"],
             ),
         ]
+        fams += [
+            GaugeMetricFamily(
+                "fastgpu_budget_state",
+                "Budget state: 0 ok, 1 warning (a threshold crossed), 2 exhausted (cap reached).",
+                labels=["tenant"],
+            ),
+            CounterMetricFamily(
+                "fastgpu_budget_warnings",
+                "Budget warnings recorded, once per period and threshold (percent).",
+                labels=["tenant", "threshold"],
+            ),
+        ]
         if with_clusters:
             fams += [
                 GaugeMetricFamily(
@@ -157,7 +174,7 @@ class StateCollector(Collector):
             ]
         return {f.name: f for f in fams}
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Family]:
         ctl = self._ctl
         clusters = getattr(ctl.backend, "clusters", None)
         has_clusters = hasattr(clusters, "known") and hasattr(clusters, "running_raylets")
@@ -207,6 +224,12 @@ class StateCollector(Collector):
                 if limit is not None:
                     fam["fastgpu_budget_spent"].add_metric([name, unit], spent)
                     fam["fastgpu_budget_remaining"].add_metric([name, unit], limit - spent)
+
+        codes = {"ok": 0, "warning": 1, "exhausted": 2}
+        for name, tb in sorted(ctl.budgets.latest.items()):
+            fam["fastgpu_budget_state"].add_metric([name], codes[tb.verdict.state.value])
+        for (name, threshold), count in sorted(ctl.store.budget_warning_counts().items()):
+            fam["fastgpu_budget_warnings"].add_metric([name, f"{threshold:g}"], count)
 
         if has_clusters:
             assert clusters is not None

@@ -266,3 +266,15 @@ def test_budget_views_and_access(tmp_path: Path) -> None:
     items = w.svc.budgets.overview(w.admin).items
     assert [i.tenant for i in items] == ["acme"]
     assert items[0].action == "stop"
+
+
+def test_metrics_show_budget_state_and_warnings(tmp_path: Path) -> None:
+    from fastgpu.metrics import PlatformMetrics
+
+    w = World(tmp_path, {"money": 0.36, "action": "stop"})
+    w.lease(1, preemptible=True)
+    w.clock.advance(200)  # 55 %
+    w.ctl.tick()
+    text = PlatformMetrics(w.ctl).render()[0].decode()
+    assert 'fastgpu_budget_state{tenant="acme"} 1.0' in text
+    assert 'fastgpu_budget_warnings_total{tenant="acme",threshold="50"} 1.0' in text
