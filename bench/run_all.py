@@ -21,6 +21,7 @@ RUNS = [
     ["bench_planner.py"],
     ["bench_console.py", "--runs", "3"],
     ["bench_usage.py", "--runs", "3"],
+    ["bench_budget.py", "--runs", "5"],
 ]
 
 
