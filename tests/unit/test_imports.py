@@ -52,7 +52,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "platform" / "fastgpu"
 BASE = frozenset({"errors", "validation", "timeutil", "config", "auth"})
-PURE = frozenset({"scheduler", "planner", "sim"})
+PURE = frozenset({"scheduler", "planner", "sim", "endpoints"})
 INTEGRATIONS = frozenset({"train", "tune", "serve"})
 #: What a service may import from ``fastgpu.store`` at run time.
 STORE_RECORD_TYPES = frozenset({"TenantRecord", "TokenRecord", "UsageRow"})

@@ -1,0 +1,71 @@
+"""How many GPUs an endpoint's lease should hold, from what Serve wants.
+
+Serve's autoscaler decides replicas (between the endpoint's min and max, from ongoing
+requests); the platform follows with GPUs: the lease of an endpoint holds
+``replicas wanted x gpus_per_replica``, plus one replica's GPUs of *surge* while an update
+rolls (the new version starts beside the old one). With nothing wanted for ``idle_s`` the
+lease is released (scale to zero): a lease cannot hold 0 GPUs. The next request makes Serve
+want a replica again; the platform then asks for a new lease and the request waits for it.
+
+:func:`decide` is the whole rule; the service acts on its :class:`Plan`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Action(str, enum.Enum):
+    NONE = "none"  # the lease holds what is wanted (or is on its way)
+    REQUEST = "request"  # no lease: ask for one of ``gpus`` (min one replica's)
+    RESIZE = "resize"  # the lease's maximum becomes ``gpus`` (grow by the scheduler; shrink now)
+    RELEASE = "release"  # nothing wanted for long enough: give the GPUs back
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What Serve wants for one endpoint now (every version together)."""
+
+    replicas_wanted: int  # Serve's target replicas, summed over the endpoint's applications
+    updating: bool  # a new version is rolling: ask for one replica's GPUs of surge
+    idle_for_s: float  # seconds since Serve last wanted a replica (0 while it does)
+
+
+@dataclass(frozen=True)
+class Plan:
+    action: Action
+    gpus: int = 0
+    why: str = ""
+
+
+def wanted_gpus(demand: Demand, gpus_per_replica: int, min_replicas: int, max_replicas: int) -> int:
+    """GPUs for what Serve wants, clamped to the endpoint's bounds (surge on top)."""
+    replicas = min(max(demand.replicas_wanted, min_replicas), max_replicas)
+    if demand.updating:
+        replicas = max(replicas, 1) + 1
+    return replicas * gpus_per_replica
+
+
+def decide(
+    demand: Demand,
+    lease_max_gpus: int | None,
+    gpus_per_replica: int,
+    min_replicas: int,
+    max_replicas: int,
+    idle_s: float,
+) -> Plan:
+    """What to do with the endpoint's lease (``lease_max_gpus``: its current maximum, None when
+    it has no live lease)."""
+    want = wanted_gpus(demand, gpus_per_replica, min_replicas, max_replicas)
+    if lease_max_gpus is None:
+        if want > 0:
+            return Plan(Action.REQUEST, want, f"Serve wants {want // gpus_per_replica} replicas")
+        return Plan(Action.NONE, 0, "scaled to zero")
+    if want == 0:
+        if demand.idle_for_s >= idle_s:
+            return Plan(Action.RELEASE, 0, f"no replica wanted for {demand.idle_for_s:.0f} s")
+        return Plan(Action.NONE, lease_max_gpus, "idle; waiting before scaling to zero")
+    if want != lease_max_gpus:
+        return Plan(Action.RESIZE, want, f"Serve wants {want // gpus_per_replica} replicas")
+    return Plan(Action.NONE, want, "holds what is wanted")
