@@ -151,6 +151,9 @@ def main() -> None:
                 row["tenant"], row["gpu_type"], f"{row['gpu_seconds']:.1f}", f"{row['cost']:.4f}"
             )
         console.print(t)
+        from fastgpu import demo_budget
+
+        demo_budget.run(console, admin, info["api"])
     finally:
         ray.shutdown()
         _step("10. Stop the cluster")
