@@ -279,6 +279,16 @@ def test_tenant_sees_only_its_own_leases_usage_and_budget(console: Console, worl
     # Budget: its limit from the tenant's record, spent from GET /usage since the month began.
     budget = page.inner_text("#t-budget-body")
     assert "of 100 GPU-hours used this month" in budget
+    # The numbers are GET /tenants/alpha/budget's: limit, spent (it grows), state, projection.
+    api_budget = world.api("/tenants/alpha/budget", world.alpha)
+    meter = page.locator('#t-budget-body .budget[data-unit="gpu_hours"]')
+    assert float(meter.get_attribute("data-limit") or 0) == api_budget["limit"]["gpu_hours"] == 100
+    shown_spent = float(meter.get_attribute("data-spent") or -1)
+    assert 0 < shown_spent <= api_budget["spent"]["gpu_hours"] + 1e-6
+    state = page.locator("#t-budget-state")
+    assert state.get_attribute("data-state") == api_budget["state"] == "ok"
+    projection = page.locator("#t-budget-projection").get_attribute("data-runs-out-at")
+    assert bool(projection) == bool(api_budget["runs_out_at"])
 
     # The injected workload is shown as text, and nothing ran.
     assert console.cell("t-lease-table", world.held, "workload") == INJECTION
@@ -322,3 +332,51 @@ def test_a_rotated_token_signs_out_with_the_reason(console: Console, world: Worl
     assert "rotated" in error.inner_text()
     assert console.page.evaluate("() => sessionStorage.getItem('fastgpu.token')") is None
     console.screenshot("rotated-token")
+
+
+def test_budget_stop_shows_for_the_tenant_and_flags_the_admin(
+    console: Console, world: World
+) -> None:
+    admin = world.platform.client()
+    # 1 A100 at 3.6/h: 0.004 lasts 4 s; action stop.
+    budget = {"money": 0.004, "action": "stop", "period": "day"}
+    token = admin.create_tenant("capped", {"A100": 1}, budget=budget)["token"]
+    capped = world.platform.client(token)
+    lease = capped.request_lease(1, "A100", "30m", preemptible=True, wait=True)
+    wait_until(lambda: lease.refresh().preempt_at, timeout=60)
+    api_budget = capped.budget()
+    assert api_budget["state"] == "exhausted"
+
+    console.sign_in(token)
+    console.wait_ready()
+    page = console.page
+    page.wait_for_selector("#t-budget-state", state="attached")
+    assert page.locator("#t-budget-state").get_attribute("data-state") == "exhausted"
+    meter = page.locator('#t-budget-body .budget[data-unit="money"]')
+    assert float(meter.get_attribute("data-limit") or 0) == api_budget["limit"]["money"]
+    assert float(meter.get_attribute("data-spent") or 0) >= api_budget["limit"]["money"]
+    warned = page.eval_on_selector_all(
+        "#t-budget-warnings li", "items => items.map(i => Number(i.dataset.percent))"
+    )
+    assert warned == [t["percent"] for t in api_budget["thresholds"] if t["crossed"]]
+    assert warned == [50, 80, 100]
+    stops = page.locator('#t-budget-events li[data-kind="stop"]')
+    assert stops.count() == 1
+    assert lease.id in stops.inner_text()
+    console.screenshot("tenant-budget")
+    page.click("#signout")
+    page.wait_for_selector("#signin", state="visible")
+
+    console.sign_in(world.platform.admin)
+    page.wait_for_selector("body[data-tenants-filled]", state="attached")
+    ids = {t["name"]: t["id"] for t in world.api("/tenants")["items"]}
+    page.wait_for_function(
+        "id => (document.querySelector(`#a-tenant-table tr[data-key='${id}'] "
+        "td[data-col='budget_state']`) || {}).textContent?.startsWith('over budget')",
+        arg=ids["capped"],
+    )
+    assert console.cell("a-tenant-table", ids["capped"], "budget_state").startswith("over budget")
+    assert console.cell("a-tenant-table", ids["alpha"], "budget_state").startswith("ok")
+    assert console.cell("a-tenant-table", ids["beta"], "budget_state") == ""
+    console.screenshot("admin-budget")
+    lease.release()

@@ -33,6 +33,15 @@ function budgetText(b) {
   return `${parts.join(" and ")} per ${b.period}`;
 }
 
+/** Flags a tenant over (exhausted) or near (a warning threshold crossed) its budget. */
+function budgetState(s) {
+  if (!s) return "";
+  const used = `${num(s.used_pct, 1)} %`;
+  if (s.state === "exhausted") return `over budget (${used}; ${s.action === "stop" ? "stopped" : "queued"})`;
+  if (s.state === "warning") return `near budget (${used})`;
+  return `ok (${used})`;
+}
+
 export class AdminView {
   constructor(api) {
     this.api = api;
@@ -81,6 +90,7 @@ export class AdminView {
       { key: "weight", label: "weight", num: true },
       { key: "priority", label: "priority", num: true },
       { key: "budget", label: "budget" },
+      { key: "budget_state", label: "budget state" },
       { key: "created_at", label: "created" },
     ]);
     const range = $("a-range");
@@ -108,15 +118,17 @@ export class AdminView {
     const status = this.api.get("/status");
     const tenants = this.api.all("/tenants");
     const live = this.api.all("/leases", { live: true });
+    const budgets = this.api.get("/budgets");
     return Promise.all([
       guarded($("a-alloc"), async () => this.renderAlloc(await status)),
       guarded($("a-queue"), async () => this.renderQueue(await live)),
       guarded($("a-running"), async () => this.renderRunning(await live)),
       guarded($("a-usage"), () => this.loadUsage()),
       guarded($("a-tenants"), async () => {
-        const [s, t] = await Promise.all([status, tenants]);
+        const [s, t, b] = await Promise.all([status, tenants, budgets]);
         this.status = s;
         this.tenantList = t;
+        this.budgets = new Map(b.items.map((x) => [x.tenant, x]));
         this.renderTenants();
       }),
     ]);
@@ -237,6 +249,7 @@ export class AdminView {
             weight: num(t.weight),
             priority: t.priority,
             budget: budgetText(t.budget),
+            budget_state: budgetState(this.budgets && this.budgets.get(t.name)),
             created_at: when(t.created_at),
           },
         };

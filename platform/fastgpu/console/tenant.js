@@ -14,7 +14,6 @@ import {
   money,
   num,
   periodLabel,
-  periodStart,
   periodStarts,
   RANGES,
   reasonText,
@@ -147,35 +146,55 @@ export class TenantView {
       body.replaceChildren(el("p", { id: "t-budget-text" }, "No budget: usage is not capped."), facts);
       return;
     }
-    const start = periodStart(Date.now(), b.period);
-    const rows = await this.api.all("/usage", { since: iso(start) });
+    // The server's numbers (GET /tenants/{name}/budget): spend, limits, warnings, projection.
+    const s = await this.api.get(`/tenants/${encodeURIComponent(this.name)}/budget`);
     if (this.closed) return;
-    const spent = rows.reduce((a, r) => ({ h: a.h + r.gpu_hours, c: a.c + r.cost }), { h: 0, c: 0 });
     const lines = [];
-    if (b.gpu_hours !== null && b.gpu_hours !== undefined) {
+    const meter = (unit, spent, limit, text) =>
+      el(
+        "div",
+        { class: "budget", dataset: { unit, spent: String(spent), limit: String(limit) } },
+        el("meter", { min: 0, max: limit, value: Math.min(spent, limit), high: limit * 0.8 }),
+        text,
+      );
+    if (s.limit.gpu_hours !== null) {
       lines.push(
-        el(
-          "div",
-          { class: "budget", dataset: { unit: "gpu_hours" } },
-          el("meter", { min: 0, max: b.gpu_hours, value: Math.min(spent.h, b.gpu_hours), high: b.gpu_hours * 0.8 }),
-          ` ${num(spent.h, 3)} of ${num(b.gpu_hours)} GPU-hours used this ${b.period}`,
-        ),
+        meter("gpu_hours", s.spent.gpu_hours, s.limit.gpu_hours,
+          ` ${num(s.spent.gpu_hours, 3)} of ${num(s.limit.gpu_hours)} GPU-hours used this ${s.period}`),
       );
     }
-    if (b.money !== null && b.money !== undefined) {
+    if (s.limit.money !== null) {
       lines.push(
-        el(
-          "div",
-          { class: "budget", dataset: { unit: "money" } },
-          el("meter", { min: 0, max: b.money, value: Math.min(spent.c, b.money), high: b.money * 0.8 }),
-          ` ${money(spent.c)} of ${money(b.money)} spent this ${b.period}`,
-        ),
+        meter("money", s.spent.money, s.limit.money,
+          ` ${money(s.spent.money)} of ${money(s.limit.money)} spent this ${s.period}`),
       );
     }
+    const stateText = { ok: "within budget", warning: "warning", exhausted: "budget reached" }[s.state] || s.state;
+    const atCap =
+      s.action === "stop"
+        ? "At the cap, new leases wait and running preemptible leases are preempted (non-preemptible ones run to their end)."
+        : "At the cap, new leases wait with the reason budget_exhausted; running leases run on.";
+    const projection = s.runs_out_at
+      ? `At the current burn (${s.burn.gpus_held} GPUs, ${money(s.burn.money_per_hour)}/h) the budget runs out ${when(s.runs_out_at)}.`
+      : s.state === "exhausted"
+        ? "The budget is used up for this period."
+        : `At the current burn (${s.burn.gpus_held} GPUs) the budget lasts this period.`;
+    const warnings = s.thresholds
+      .filter((t) => t.crossed)
+      .map((t) => el("li", { class: "budget-warning", dataset: { percent: String(t.percent) } },
+        `${num(t.percent)} % reached ${t.crossed_at ? when(t.crossed_at) : ""}`));
+    const events = s.events
+      .filter((e) => e.kind === "stop" || e.kind === "kept")
+      .map((e) => el("li", { class: "budget-event", dataset: { kind: e.kind } }, `${when(e.at)}: ${e.detail}`));
     body.replaceChildren(
-      el("p", { id: "t-budget-text" }, `Budget per ${b.period} (UTC), since ${when(iso(start))}:`),
+      el("p", { id: "t-budget-text" }, `Budget per ${s.period} (UTC), since ${when(s.period_start)}:`),
       ...lines,
-      el("p", { class: "muted" }, "Over budget, new leases wait with the reason budget_exhausted."),
+      el("p", { id: "t-budget-state", class: `state-${s.state}`, dataset: { state: s.state } },
+        `${stateText} (${num(s.used_pct, 1)} % used)`),
+      el("p", { id: "t-budget-projection", dataset: { runsOutAt: s.runs_out_at || "" } }, projection),
+      warnings.length ? el("ul", { id: "t-budget-warnings" }, ...warnings) : el("p", { class: "muted" }, "No warnings this period."),
+      events.length ? el("ul", { id: "t-budget-events" }, ...events) : "",
+      el("p", { class: "muted" }, atCap),
       facts,
     );
   }
