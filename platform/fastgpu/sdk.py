@@ -397,7 +397,7 @@ class Client(RegistryCalls):
         thresholds crossed, state, action, the run-out time at the current burn rate, events."""
         name = tenant or self.whoami()["tenant"]
         if not name:
-            raise InvalidRequest("tenant: the admin names one, e.g. budget(tenant=\"acme\")")
+            raise InvalidRequest('tenant: the admin names one, e.g. budget(tenant="acme")')
         return dict(self._call("GET", f"/tenants/{_seg(name)}/budget"))
 
     def budgets(self) -> list[dict[str, Any]]:
