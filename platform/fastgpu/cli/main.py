@@ -17,6 +17,8 @@ import typer
 
 from fastgpu.cli import render
 from fastgpu.cli.budget import budget_app
+from fastgpu.cli.endpoints import deploy as deploy_endpoint
+from fastgpu.cli.endpoints import endpoint_app
 from fastgpu.errors import FastGPUError, InvalidRequest, WaitTimeout
 
 app = typer.Typer(
@@ -53,6 +55,8 @@ def _mount_plan() -> None:
 
 _mount_plan()
 app.add_typer(budget_app, name="budget")
+app.add_typer(endpoint_app, name="endpoint")
+app.command("deploy")(deploy_endpoint)
 
 
 def _mount_models() -> None:

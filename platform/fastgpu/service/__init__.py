@@ -16,6 +16,7 @@ from fastgpu.errors import NotFound
 from fastgpu.service.auth import AuthService
 from fastgpu.service.budgets import BudgetService
 from fastgpu.service.clusters import ClusterService
+from fastgpu.service.endpoints import EndpointService
 from fastgpu.service.jobs import JobService
 from fastgpu.service.leases import LeaseService, WaitLimiter
 from fastgpu.service.reads import ReadService
@@ -55,6 +56,22 @@ def _job_gateway(ctl: Controller, dashboard_url: str | None) -> JobGateway:
     )
 
 
+def _endpoints(ctl: Controller, leases: LeaseService) -> EndpointService:
+    """Endpoints on tenant clusters, their reconciler running (without them: every call says
+    they need tenant clusters)."""
+    from fastgpu.controller.endpoints import ServeGateway
+    from fastgpu.controller.pool_backend import PoolBackend
+    from fastgpu.service.endpoint_reconcile import EndpointReconciler
+
+    if not isinstance(ctl.backend, PoolBackend):
+        return EndpointService(ctl, None)
+    gateway = ServeGateway(ctl.backend, ctl.config.resolved_state_dir())
+    service = EndpointService(ctl, gateway)
+    service.public_url = f"http://{ctl.config.api.host}:{ctl.config.api.port}"
+    EndpointReconciler(ctl, service, leases).start()
+    return service
+
+
 @dataclass(frozen=True)
 class Services:
     auth: AuthService
@@ -65,6 +82,7 @@ class Services:
     clusters: ClusterService
     budgets: BudgetService
     registry: RegistryService
+    endpoints: EndpointService
 
     @classmethod
     def build(
@@ -84,6 +102,7 @@ class Services:
             clusters=ClusterService(ctl),
             budgets=BudgetService(ctl),
             registry=RegistryService(ctl),
+            endpoints=_endpoints(ctl, leases),
         )
 
 
@@ -91,6 +110,7 @@ __all__ = [
     "AuthService",
     "BudgetService",
     "ClusterService",
+    "EndpointService",
     "JobService",
     "LeaseService",
     "ReadService",

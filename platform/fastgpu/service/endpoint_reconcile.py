@@ -1,0 +1,200 @@
+"""Endpoints follow Serve: the lease grows and shrinks with the replicas Serve wants, a version
+rolling in takes over once it runs (or is dropped, saying why), and the tenant's Serve is kept
+running the config the store describes.
+
+One pass (:meth:`EndpointReconciler.step`, every ``interval_s`` on its own thread), per tenant
+with endpoints:
+
+1. the tenant's cluster is kept alive (an endpoint is a live workload) and Serve's view read;
+   missing applications (a restarted cluster) are deployed again;
+2. per endpoint, a version rolling in that is RUNNING becomes the serving one (the proxy's
+   route switches, then the old application goes); one that failed to deploy is dropped and
+   its error kept in ``message``: the previous version never stopped serving;
+3. per endpoint, :func:`fastgpu.endpoints.autoscale.decide` on Serve's target replicas: a lease
+   is requested (elastic, one replica's GPUs at least), its maximum follows the demand (the
+   scheduler grows it; a shrink gives GPUs back now), or it is released after ``idle_s``
+   without demand. A lease that became RESERVED is bound to the workload ``endpoint:<name>``
+   (its GPU-seconds are metered under that name) and the config names its resource.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from fastgpu.auth import Principal
+from fastgpu.domain.endpoint import EndpointRecord
+from fastgpu.domain.lease import LeaseState
+from fastgpu.endpoints.autoscale import Action, Demand, decide
+from fastgpu.service.models import LeaseCreate
+
+if TYPE_CHECKING:
+    from fastgpu.controller.loop import Controller
+    from fastgpu.service.endpoints import EndpointService
+    from fastgpu.service.leases import LeaseService
+
+log = logging.getLogger(__name__)
+#: The longest a lease may hold an endpoint's GPUs before it is renewed (a new lease).
+LEASE_DURATION = "7d"
+
+
+def serve_view(details: dict[str, Any], app: str) -> tuple[str, str, int, int]:
+    """(status, message, target replicas, running replicas) of one application."""
+    a = details.get("applications", {}).get(app)
+    if a is None:
+        return "MISSING", "", 0, 0
+    dep = a.get("deployments", {}).get("ModelServer", {})
+    running = sum(1 for r in dep.get("replicas", []) if r.get("state") == "RUNNING")
+    message = a.get("message") or dep.get("message") or ""
+    return str(a.get("status")), message, int(dep.get("target_num_replicas", 0)), running
+
+
+class EndpointReconciler:
+    def __init__(
+        self,
+        ctl: Controller,
+        endpoints: EndpointService,
+        leases: LeaseService,
+        interval_s: float = 1.0,
+    ) -> None:
+        self._ctl = ctl
+        self._eps = endpoints
+        self._leases = leases
+        self.interval_s = interval_s
+        self.idle_s = float(os.environ.get("FASTGPU_ENDPOINT_IDLE_S", "60"))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="fastgpu-endpoints", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.step()
+            except Exception:  # the next pass retries
+                log.exception("endpoint pass failed")
+
+    # -- one pass -----------------------------------------------------------------------------
+    def step(self) -> None:
+        by_tenant: dict[str, list[EndpointRecord]] = {}
+        for rec in self._ctl.store.endpoints():
+            by_tenant.setdefault(rec.tenant_id, []).append(rec)
+        for tenant_id, recs in by_tenant.items():
+            self._tenant(tenant_id, recs[0].tenant, recs)
+
+    def _tenant(self, tenant_id: str, tenant: str, recs: list[EndpointRecord]) -> None:
+        gw = self._eps.gateway
+        gw.keep_alive(tenant_id)
+        details = gw.details(tenant_id, tenant)
+        wanted = {a for r in recs for a in [r.doc["app"], (r.doc.get("next") or {}).get("app")]}
+        have = set(details.get("applications", {}))
+        changed = not details or not (wanted - {None}) <= have
+        for rec in recs:
+            with self._eps.mu:
+                changed |= self._endpoint(rec, details)
+        if changed:
+            self._eps.apply(tenant_id, tenant)
+
+    def _endpoint(self, rec: EndpointRecord, details: dict[str, Any]) -> bool:
+        """One endpoint's pass; True when the tenant's Serve config must be applied again."""
+        d, changed, now = rec.doc, False, time.time()
+        status, message, target, running = serve_view(details, d["app"])
+        nxt = d.get("next")
+        if nxt:
+            n_status, n_message, n_target, n_running = serve_view(details, nxt["app"])
+            target, running = target + n_target, running + n_running
+            if n_status == "RUNNING" and n_running >= 1:
+                d.update(
+                    model=nxt["model"],
+                    checkpoint=nxt["checkpoint"],
+                    version=nxt["version"],
+                    app=nxt["app"],
+                    next=None,
+                    state="READY",
+                    message=f"serving {nxt['model']} (version {nxt['version']})",
+                )
+                self._eps.set_route(rec)  # new requests go to the new version from now on
+                changed = True
+            elif n_status in ("DEPLOY_FAILED", "UNHEALTHY"):
+                d.update(
+                    next=None,
+                    state="READY",
+                    message=(
+                        f"update to {nxt['model']} failed; still serving {d['model']} "
+                        f"(version {d['version']}): {n_message.strip()[-1500:]}"
+                    ),
+                )
+                changed = True
+        elif status == "DEPLOY_FAILED" and d["state"] != "FAILED":
+            d.update(state="FAILED", message=f"deploy failed: {message.strip()[-1500:]}")
+        elif status == "RUNNING" and d["state"] == "DEPLOYING":
+            d.update(state="READY", message=f"serving {d['model']} (version {d['version']})")
+        d["replicas"] = running
+        if target > 0:
+            d["idle_since"] = None
+        elif d.get("idle_since") is None:
+            d["idle_since"] = now
+        changed |= self._lease(rec, target, now)
+        self._eps.save(rec)
+        return changed
+
+    def _lease(self, rec: EndpointRecord, target: int, now: float) -> bool:
+        d, s = rec.doc, rec.doc["scaling"]
+        g = int(s["gpus_per_replica"])
+        lease = self._ctl.store.get_lease(d["lease_id"]) if d.get("lease_id") else None
+        if lease is not None and lease.state.is_terminal:
+            d["lease_id"], lease = None, None
+            return True
+        idle_for = 0.0 if d.get("idle_since") is None else now - d["idle_since"]
+        demand = Demand(target, bool(d.get("next")), idle_for)
+        plan = decide(
+            demand,
+            lease.gpus if lease else None,
+            g,
+            s["min_replicas"],
+            s["max_replicas"],
+            self.idle_s,
+        )
+        workload = f"endpoint:{rec.name}"
+        if lease is not None and lease.state == LeaseState.RESERVED:
+            self._ctl.bind(lease.id, workload)
+            return True
+        if plan.action == Action.REQUEST:
+            p = Principal(name=rec.tenant, is_admin=False, tenant_id=rec.tenant_id)
+            body = LeaseCreate(
+                gpus=plan.gpus,
+                min_gpus=g,
+                gpu_type=d["gpu_type"],
+                duration=LEASE_DURATION,
+                preemptible=False,
+                request_id=f"ep-{rec.id}-{int(now)}",
+            )
+            d["lease_id"] = self._leases.submit(p, body).id
+            log.info("endpoint %s/%s: lease %s (%s)", rec.tenant, rec.name, d["lease_id"], plan.why)
+        elif plan.action == Action.RELEASE and lease is not None:
+            self._ctl.release(lease.id)
+            d["lease_id"] = None
+            return True
+        elif plan.action == Action.RESIZE and lease is not None:
+            self._resize(lease, plan.gpus, plan.why)
+        return False
+
+    def _resize(self, lease: Any, gpus: int, why: str) -> None:
+        """The lease's maximum becomes ``gpus``; held GPUs above it are given back now (the
+        scheduler's grow step adds GPUs up to it when capacity is idle)."""
+        with self._ctl.lock:
+            current = self._ctl.store.get_lease(lease.id)
+            if current is None or current.state != LeaseState.BOUND:
+                return
+            current.gpus = max(gpus, current.min_gpus)
+            nodes = list(current.nodes)[: current.gpus]
+            self._ctl.resize(current, nodes, why)
