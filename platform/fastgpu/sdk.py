@@ -32,6 +32,7 @@ from fastgpu.errors import (
     error_from_dict,
 )
 from fastgpu.sdk_registry import RegistryCalls
+from fastgpu.sdk_sweeps import SweepCalls
 
 ADMIN_TOKEN_FILE = "admin_token"
 ADDRESS_FILE = "api_address"
@@ -68,7 +69,7 @@ def local_address(state_dir: Path | None = None) -> str:
         return f"http://127.0.0.1:{DEFAULT_API_PORT}"
 
 
-class Client(RegistryCalls):
+class Client(RegistryCalls, SweepCalls):
     """A handle on the FastGPU control API for one caller (admin or tenant)."""
 
     def __init__(
@@ -381,8 +382,10 @@ class Client(RegistryCalls):
         working_dir: str | Path | None = None,
         env: dict[str, str] | None = None,
         request_id: str | None = None,
+        sweep: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Submit a Ray job as this tenant; with ``gpus`` it asks for that lease when it runs.
+        """Submit a Ray job as this tenant; with ``gpus`` it asks for that lease when it runs;
+        with ``sweep`` (:class:`fastgpu.tune.SweepSpec` fields) it is a Tune sweep.
         ``working_dir`` is uploaded first (see :meth:`upload`). Retries reuse the request id,
         so a retried submission never runs twice."""
         body: dict[str, Any] = {
@@ -395,6 +398,8 @@ class Client(RegistryCalls):
         if gpus is not None:
             lease = {"gpus": gpus, "min_gpus": min_gpus, "gpu_type": gpu_type, "duration": duration}
             body["lease"] = {k: v for k, v in lease.items() if v is not None}
+        if sweep is not None:
+            body["sweep"] = sweep
         return dict(self._call("POST", "/jobs", json=body))
 
     def list_jobs(self) -> list[dict[str, Any]]:

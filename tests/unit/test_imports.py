@@ -52,7 +52,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "platform" / "fastgpu"
 BASE = frozenset({"errors", "validation", "timeutil", "config", "auth"})
-PURE = frozenset({"scheduler", "planner", "sim", "endpoints"})
+PURE = frozenset({"scheduler", "planner", "sim", "endpoints", "registry"})
 INTEGRATIONS = frozenset({"train", "tune", "serve"})
 #: What a service may import from ``fastgpu.store`` at run time.
 STORE_RECORD_TYPES = frozenset({"TenantRecord", "TokenRecord", "UsageRow"})
@@ -63,7 +63,8 @@ KNOWN = (
     | INTEGRATIONS
     | {"domain", "store", "pool", "controller", "service", "api", "sdk", "cli", "metrics"}
     | {"console"}
-    | {"allocator", "cli_plan", "cli_sim", "demo", "demo_budget", "demo_isolation", "local"}
+    | {"allocator", "cli_plan", "cli_sim", "cli_models", "cli_sweeps", "sdk_registry", "sdk_sweeps"}
+    | {"demo", "demo_budget", "demo_isolation", "local"}
     | {"server"}
 )
 #: Violations the code has today, each to be fixed and then removed from this list (the test
@@ -101,7 +102,8 @@ class Import:
 
 def _layer(module: str) -> str:
     parts = module.split(".")
-    return parts[1] if len(parts) > 1 else ""
+    name = parts[1] if len(parts) > 1 else ""
+    return "sdk" if name.startswith("sdk_") else name  # the SDK's mixins (sdk_registry, ...)
 
 
 def _module_name(path: Path) -> str:

@@ -68,6 +68,15 @@ def _mount_models() -> None:
 _mount_models()
 
 
+def _mount_sweeps() -> None:
+    from fastgpu.cli_sweeps import sweep_app
+
+    app.add_typer(sweep_app, name="sweep")
+
+
+_mount_sweeps()
+
+
 class Output(str, Enum):
     table = "table"
     json = "json"

@@ -26,6 +26,8 @@ from typing import Any
 from fastgpu.errors import NotFound, Unavailable
 
 TENANT_KEY = "fastgpu.tenant"
+#: Ray job metadata naming the sweep a job runs (``fastgpu sweep list``).
+SWEEP_KEY = "fastgpu.sweep"
 JOB_PREFIX = "fgjob-"
 
 
@@ -37,6 +39,7 @@ def _row(info: Any) -> dict[str, Any]:
     return {
         "id": info.submission_id,
         "tenant": (info.metadata or {}).get(TENANT_KEY),
+        "sweep": (info.metadata or {}).get(SWEEP_KEY),
         "status": str(info.status.value if hasattr(info.status, "value") else info.status),
         "entrypoint": info.entrypoint,
         "message": info.message,
@@ -98,7 +101,8 @@ class JobGateway:
                 entrypoint=spec["entrypoint"],
                 submission_id=submission_id,
                 runtime_env=runtime_env,
-                metadata={TENANT_KEY: tenant},
+                metadata={TENANT_KEY: tenant}
+                | ({SWEEP_KEY: str(spec["sweep"])} if spec.get("sweep") else {}),
                 entrypoint_num_cpus=0,
             )
         except RuntimeError as exc:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from fastgpu.auth import Principal
 from fastgpu.controller.jobs import JobGateway, lease_request_id
 from fastgpu.domain import bundle
+from fastgpu.domain.sweep import ENV as SWEEP_ENV
 from fastgpu.errors import InvalidRequest, NotFound, PermissionDenied
 from fastgpu.service.leases import LeaseService
 from fastgpu.service.models import (
@@ -116,11 +117,22 @@ class JobService:
             )
             env["FASTGPU_GPU_TYPE"] = req.gpu_type
             env["FASTGPU_DURATION"] = str(int(req.duration_s))
+        if body.sweep is not None:
+            if body.lease is None:
+                raise InvalidRequest("lease: a sweep runs on a lease; give --gpus")
+            if body.sweep.gpus_per_trial > req.gpus:
+                raise InvalidRequest(
+                    f"sweep.gpus_per_trial: {body.sweep.gpus_per_trial} GPUs per trial on a "
+                    f"lease of at most {req.gpus}; expected at most the lease's GPUs"
+                )
+            env[SWEEP_ENV] = body.sweep.to_env()
         submission_id = None
         if body.request_id:
             digest = hashlib.sha256(f"{tenant_id}:{body.request_id}".encode()).hexdigest()
             submission_id = f"fgjob-{digest[:12]}"
         spec: dict[str, object] = {"entrypoint": body.entrypoint, "env": dict(body.env)}
+        if body.sweep is not None:
+            spec["sweep"] = body.sweep.name
         if body.upload is not None:
             workdir = self._upload_dir(tenant_id, body.upload)
             if not workdir.is_dir():

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, Stric
 
 from fastgpu.config import BudgetSpec, QuotaSpec, TenantSpec
 from fastgpu.domain.lease import Lease, LeaseSpec
+from fastgpu.domain.sweep import SweepSpec
 from fastgpu.errors import InvalidRequest
 from fastgpu.validation import NAME_PATTERN, REQUEST_ID_PATTERN
 
@@ -136,6 +137,9 @@ class JobCreate(_In):
         description="The working directory: the sha256 an earlier POST /uploads answered.",
     )
     lease: LeaseSpec | None = Field(default=None, description="The lease the job runs on.")
+    sweep: SweepSpec | None = Field(
+        default=None, description="This job is a Ray Tune sweep on its lease (fastgpu.tune)."
+    )
     request_id: StrictStr | None = RequestId
 
 
@@ -335,6 +339,7 @@ class JobOut(_Out):
     start_time: int | float | None
     end_time: int | float | None
     lease: LeaseOut | None = None
+    sweep: str | None = Field(default=None, description="The sweep's name, if it is one.")
 
 
 class JobLogs(_Out):

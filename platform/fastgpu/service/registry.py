@@ -26,12 +26,12 @@ from fastgpu.registry.refs import ModelRef, parse_ref
 from fastgpu.registry.shapes import ModelCreate, ModelOut
 from fastgpu.service.auth import storage_key
 from fastgpu.service.models import Page, decode_cursor, encode_cursor, page_limit
-from fastgpu.store.registry import ModelRecord
 from fastgpu.timeutil import iso
 
 if TYPE_CHECKING:
     from fastgpu.controller.loop import Controller
     from fastgpu.store import Store
+    from fastgpu.store.registry import ModelRecord
 
 _OP = "register_model"
 

@@ -71,8 +71,10 @@ def acquire_lease(
     client: Client | None = None,
     request_id: str | None = None,
     timeout: float | None = None,
+    workload: str | None = None,
 ) -> LeaseBinding:
-    """Request a lease of ``gpus`` (N or (MIN, MAX)), wait for it and bind it to the run."""
+    """Request a lease of ``gpus`` (N or (MIN, MAX)), wait for it and bind it to the run
+    (``workload``, default ``train:<run_name>``)."""
     client = client or Client()
     low, high = gpus if isinstance(gpus, tuple) else (gpus, gpus)
     me = client.whoami()
@@ -86,7 +88,7 @@ def acquire_lease(
         timeout=timeout,
     )
     try:
-        lease.bind(f"train:{run_name}")
+        lease.bind(workload or f"train:{run_name}")
     except BaseException:
         lease.release()
         raise
@@ -136,7 +138,7 @@ class _LeaseWatcher(threading.Thread):
         while not self._done.wait(self._poll_s):
             try:
                 lease = self._client.get_lease(self._binding.lease.id)
-                why = _change(self._binding, lease)
+                why = lease_change(self._binding, lease)
                 latest = CheckpointStore(self._folder, keep=1_000_000).latest()
                 # Not once the lease changed: on the pool a checkpoint reported after a shrink
                 # lets the GPUs go, and this one predates the workers' last save.
@@ -156,7 +158,8 @@ class _LeaseWatcher(threading.Thread):
         self.join(timeout=10)
 
 
-def _change(binding: LeaseBinding, lease: Lease) -> str | None:
+def lease_change(binding: LeaseBinding, lease: Lease) -> str | None:
+    """Why the lease no longer matches what the run started on (None: it does)."""
     if not lease.held:
         return f"lease {lease.state.lower()}"
     if lease.preempt_at:
