@@ -319,6 +319,22 @@ def _v_endpoints(conn: Connection) -> None:
     metadata.create_all(conn, tables=[endpoints, endpoint_tokens])
 
 
+# GPU hosts run by agents (issue 14): the hash of each host's token and its drain (JSON).
+hosts = Table(
+    "hosts",
+    metadata,
+    Column("name", String(63), primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+    Column("doc", Text, nullable=False),
+)
+
+
+def _v_hosts(conn: Connection) -> None:
+    """Agent-run GPU hosts: token hashes and drains (issue 14)."""
+    metadata.create_all(conn, tables=[hosts])
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1,
     _v2,
@@ -328,5 +344,6 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v_models,
     _v_budget_events,
     _v_endpoints,
+    _v_hosts,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -45,6 +45,7 @@ from fastgpu.store import schema as t
 from fastgpu.store.accounts import AccountsMixin
 from fastgpu.store.budget import BudgetMixin
 from fastgpu.store.endpoints import EndpointsMixin
+from fastgpu.store.hosts import HostsMixin
 from fastgpu.store.registry import RegistryMixin
 from fastgpu.store.schema import MIGRATIONS, SCHEMA_VERSION
 from fastgpu.store.usage import StoreTx, UsageMixin
@@ -99,7 +100,7 @@ def _lease_to_row(lease: Lease) -> dict[str, Any]:
     return d
 
 
-class Store(AccountsMixin, UsageMixin, RegistryMixin, BudgetMixin, EndpointsMixin):
+class Store(AccountsMixin, UsageMixin, RegistryMixin, BudgetMixin, EndpointsMixin, HostsMixin):
     """Durable platform state. Thread-safe; one instance per process."""
 
     def __init__(self, engine: Engine) -> None:
