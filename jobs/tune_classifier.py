@@ -101,13 +101,38 @@ def param_space() -> dict[str, Any]:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Under ``fastgpu sweep submit`` the sweep comes from the job; with ``ray job submit``
+    straight to your cluster, give it here (``--name digits --gpus 2 --trials 8``)."""
+    import argparse
+
     import ray
 
     from fastgpu.tune import run_on_lease
 
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--name", help="The sweep's name (resubmit it to resume).")
+    parser.add_argument("--gpus", help="N or MIN:MAX GPUs for the sweep's lease.")
+    parser.add_argument("--gpu-type", default=None)
+    parser.add_argument("--duration", default="1h")
+    parser.add_argument("--trials", type=int, default=None)
+    parser.add_argument("--register-as", default=None)
+    args = parser.parse_args(argv)
+    gpus = None
+    if args.gpus:
+        low, _, high = args.gpus.partition(":")
+        gpus = (int(low), int(high or low))
     ray.init()
-    done = run_on_lease(trainable, param_space())
+    done = run_on_lease(
+        trainable,
+        param_space(),
+        gpus=gpus,
+        gpu_type=args.gpu_type,
+        duration=args.duration,
+        name=args.name,
+        trials=args.trials,
+        register_as=args.register_as,
+    )
     summary = {"state": done.state, "segments": done.segments, "trials": done.trials,
                "best": done.best, "model": (done.model or {}).get("ref"),
                "tune_s": done.tune_s, "gpu_s": done.gpu_s}  # fmt: skip

@@ -5,7 +5,8 @@ own Ray cluster carved from 4 logical GPUs, each run as its own system user when
 root. vision submits a Ray job to its own cluster (``fastgpu job submit`` through the SDK); the
 job takes its lease, runs a task per GPU, then tries to reach nlp and the platform: nlp's Ray
 token and storage, the server's state dir and admin token, nlp's processes. The demo prints
-what the job saw. Everything stops at the end.
+what the job saw. Then vision runs a hyperparameter sweep on a lease and registers the best
+model (:mod:`.demo_tune`). Everything stops at the end.
 """
 
 from __future__ import annotations
@@ -155,6 +156,10 @@ def run(console: Console, base: Path) -> None:
         except Exception as exc:  # the job is vision's: nlp gets 404
             console.print(f"nlp asks for vision's job: {exc}")
         nlp.release_lease(held.id)
+
+        from fastgpu.demo_tune import run as sweep
+
+        sweep(console, vision, nlp)
     finally:
         stopped = down(state)
         console.print(f"stopped the second platform ({stopped['stopped_processes']} processes)")
