@@ -22,6 +22,7 @@ RUNS = [
     ["bench_console.py", "--runs", "3"],
     ["bench_usage.py", "--runs", "3"],
     ["bench_budget.py", "--runs", "5"],
+    ["bench_tune.py"],
 ]
 
 

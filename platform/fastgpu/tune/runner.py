@@ -168,7 +168,7 @@ def _tune_config(spec: SweepSpec, max_concurrent: int) -> Any:
         scheduler=scheduler,
         num_samples=1 if spec.search == "grid" else spec.trials,
         max_concurrent_trials=max(1, max_concurrent),
-        reuse_actors=False,
+        reuse_actors=True,  # a finished trial's actor (and its placement group) runs the next
     )
 
 
