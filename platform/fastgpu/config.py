@@ -413,11 +413,46 @@ class HostSpec(_Spec):
         return self
 
 
+class AgentPoolSettings(_Spec):
+    """Hosts run by agents (`fastgpu agent`, issue 14): how often they report, when they are
+    lost."""
+
+    heartbeat_s: float = Field(
+        default=2.0, gt=0, le=300, description="How often each agent heartbeats (seconds)."
+    )
+    lost_after_s: float = Field(
+        default=6.0,
+        gt=0,
+        le=3600,
+        description=(
+            "A host whose agent was silent this long is LOST: its leases shrink or fail by "
+            "policy. At least 2 heartbeats, so one late heartbeat never loses a host."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _two_beats(self) -> AgentPoolSettings:
+        if self.lost_after_s < 2 * self.heartbeat_s:
+            raise ValueError(
+                f"pool.agents.lost_after_s {self.lost_after_s:g} must be >= 2 x heartbeat_s "
+                f"({2 * self.heartbeat_s:g})"
+            )
+        return self
+
+
 class PoolSpec(_Spec):
     """The GPU hosts tenants' clusters are carved from (issue 9). Unset: the hosts that
     `fastgpu up --gpus N --nodes M --gpu-type T` describes."""
 
     hosts: list[HostSpec] = Field(min_length=1, description="The hosts of this machine's pool.")
+    agents: AgentPoolSettings | None = Field(
+        default=None,
+        description=(
+            "Set: every host is run by an agent (`fastgpu agent` on it; `fastgpu host add` "
+            "issues its token); unset: the hosts are this machine's devices."
+        ),
+    )
+
 
     @model_validator(mode="after")
     def _disjoint(self) -> PoolSpec:
@@ -425,7 +460,7 @@ class PoolSpec(_Spec):
         if len(set(names)) != len(names):
             raise ValueError("pool.hosts: host names must be unique")
         seen: set[int] = set()
-        for host in self.hosts:
+        for host in self.hosts if self.agents is None else ():  # agents: a machine each
             if seen & set(host.devices):
                 raise ValueError(
                     f"pool.hosts: host {host.name} reuses device ids "

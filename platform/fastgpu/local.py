@@ -34,6 +34,7 @@ from fastgpu.config import (
     PlatformConfig,
     default_config,
     load_config,
+    parse_config,
 )
 from fastgpu.controller.backend import GPU_TYPE_LABEL
 from fastgpu.controller.clusters import platform_id
@@ -327,6 +328,7 @@ def up(
     config_path: str | None = None,
     cpus: int | None = None,
     tenant_clusters: bool = False,
+    cluster_path: str | None = None,
 ) -> dict[str, Any]:
     """Start (or check) the local platform; returns what runs and any new tenant tokens.
 
@@ -340,6 +342,11 @@ def up(
             f"--nodes: got {nodes}; expected 1..16 dividing --gpus ({gpus}) evenly"
         )
     config = effective_config(config_path, gpu_type, None)
+    if cluster_path:  # cluster.yaml is the pool: its sections replace the config's
+        from fastgpu.domain.cluster_file import load_cluster_file
+
+        overlay = load_cluster_file(cluster_path).platform_overlay()
+        config = parse_config({**config.model_dump(mode="json"), **overlay}, cluster_path)
     if tenant_clusters and not config.tenant_clusters.enabled:
         settings = config.tenant_clusters.model_copy(update={"enabled": True})
         config = config.model_copy(update={"tenant_clusters": settings})

@@ -31,6 +31,7 @@ from fastgpu.errors import (
     WaitTimeout,
     error_from_dict,
 )
+from fastgpu.sdk_hosts import HostCalls
 from fastgpu.sdk_registry import RegistryCalls
 from fastgpu.sdk_sweeps import SweepCalls
 
@@ -69,7 +70,7 @@ def local_address(state_dir: Path | None = None) -> str:
         return f"http://127.0.0.1:{DEFAULT_API_PORT}"
 
 
-class Client(RegistryCalls, SweepCalls):
+class Client(RegistryCalls, SweepCalls, HostCalls):
     """A handle on the FastGPU control API for one caller (admin or tenant)."""
 
     def __init__(

@@ -132,11 +132,14 @@ class Server:
         store = open_store(self.config.resolved_store_url())
         backend: Any
         if self.config.tenant_clusters.enabled:
+            from fastgpu.controller.hosts import make_pool
             from fastgpu.controller.pool_backend import PoolBackend
             from fastgpu.pool.hosts import hosts_from_spec
 
             assert self.config.pool is not None  # checked by the config
-            backend = self.backend = PoolBackend(self.config, hosts_from_spec(self.config.pool))
+            backend = self.backend = PoolBackend(
+                self.config, hosts_from_spec(self.config.pool), pool=make_pool(self.config)
+            )
         else:
             if not ray.is_initialized():
                 ray.init(

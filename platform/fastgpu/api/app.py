@@ -66,9 +66,14 @@ UPLOAD_PATH = f"{V1}/uploads"
 
 def area_routers() -> list[APIRouter]:
     """The routers of the API's areas that live in their own modules (one line each)."""
-    from fastgpu.api import budget_routes, endpoint_routes, registry_routes
+    from fastgpu.api import budget_routes, endpoint_routes, host_routes, registry_routes
 
-    return [registry_routes.router, budget_routes.router, endpoint_routes.router]
+    return [
+        registry_routes.router,
+        budget_routes.router,
+        endpoint_routes.router,
+        host_routes.router,
+    ]
 
 
 def infrastructure_error(exc: BaseException) -> str | None:

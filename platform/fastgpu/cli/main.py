@@ -77,6 +77,17 @@ def _mount_sweeps() -> None:
 _mount_sweeps()
 
 
+def _mount_hosts() -> None:
+    from fastgpu.cli_hosts import agent, cluster_app, host_app
+
+    app.add_typer(host_app, name="host")
+    app.add_typer(cluster_app, name="cluster")
+    app.command("agent")(agent)
+
+
+_mount_hosts()
+
+
 class Output(str, Enum):
     table = "table"
     json = "json"
@@ -157,6 +168,9 @@ def up(
     tenant_clusters: bool = typer.Option(
         False, "--tenant-clusters", help="One Ray cluster per tenant (issue 9; off: shared)."
     ),
+    cluster: str = typer.Option(
+        None, "--cluster", help="cluster.yaml: the pool (hosts, GPU types, agents)."
+    ),
     output: Output = OutputOpt,
 ) -> None:
     """Start a local cluster, the controller and the API (idempotent)."""
@@ -169,6 +183,7 @@ def up(
             nodes=nodes,
             config_path=config,
             tenant_clusters=tenant_clusters,
+            cluster_path=cluster,
         )
     if output == Output.json:
         render.emit_json(result)

@@ -36,6 +36,7 @@ from fastgpu.pool.runtime import (
     user_comment,
     user_name,
 )
+from fastgpu.pool.seam import Pool
 from fastgpu.pool.tenant_cluster import (
     ClusterSpec,
     RayletKey,
@@ -68,8 +69,10 @@ def clusters_root(config: PlatformConfig) -> Path:
 
 
 class TenantClusters:
-    def __init__(self, config: PlatformConfig) -> None:
+    def __init__(self, config: PlatformConfig, pool: Pool | None = None) -> None:
+        """``pool``: when agents run some hosts, raylets there go through it."""
         self.config = config
+        self.pool = pool
         self.platform = platform_id(config.resolved_state_dir())
         self.isolation: Isolation = resolve_isolation(config.tenant_clusters.isolation)
         if self.isolation == "single_user":
@@ -124,6 +127,7 @@ class TenantClusters:
             cluster = self._clusters.get(tenant_id)
             if cluster is None:
                 cluster = TenantCluster(self.spec(tenant_id, tenant_name))
+                cluster.pool = self.pool
                 cluster.adopt()
                 self._clusters[tenant_id] = cluster
             return cluster
@@ -145,8 +149,12 @@ class TenantClusters:
 
     def running_raylets(self) -> dict[tuple[str, RayletKey], tuple[int, ...]]:
         """(tenant, (lease, host, part)) -> devices of every live raylet of this platform's
-        tenants."""
-        return running_raylets(f"{self.platform}/")
+        tenants (an agent's host: as its agent reported)."""
+        found = running_raylets(f"{self.platform}/")
+        if self.pool is None:
+            return found
+        local = {k: v for k, v in found.items() if not self.pool.owns(k[1][1])}
+        return local | self.pool.running_raylets(self.platform)
 
     def running_tenants(self) -> set[str]:
         """Tenant ids with a live head on this machine (whether this server started it)."""

@@ -96,6 +96,8 @@ class Controller:
         ]
         #: Run by each purge pass: ``name -> hook()`` returning how many things it removed.
         self.purge_hooks: dict[str, Callable[[], int]] = {}
+        #: Run by each pass with the lock held, after budgets: ``hook(now)`` (hosts' loss, drains).
+        self.tick_hooks: list[Callable[[float], None]] = []
         self._mu = threading.RLock()
         # Group commit of scheduling passes: writes are numbered; a pass records the number it
         # started at, and a write already covered by a finished pass does not start another.
@@ -344,6 +346,8 @@ class Controller:
                 elif lease.preempt_at is not None and lease.preempt_at <= now:
                     self.end(lease, LeaseState.PREEMPTED, lease.reason_detail or "preempted")
             self.budgets.run(now)
+            for hook in self.tick_hooks:
+                hook(now)
             if now - self._last_reconcile >= self.config.controller.reconcile_interval_s:
                 self._last_reconcile = now
                 reconcile(self)
@@ -401,6 +405,10 @@ class Controller:
         return done
 
     # ==== scheduling ===========================================================================
+    def nodes_changed(self) -> None:
+        """A host joined, left or was drained: the next read asks the backend again."""
+        self._nodes_at = -1e18
+
     def cluster_nodes(self, force: bool = False) -> list[NodeInfo]:
         now = time.monotonic()
         if force or now - self._nodes_at > _NODE_CACHE_S:

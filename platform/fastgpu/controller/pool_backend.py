@@ -36,6 +36,7 @@ from fastgpu.controller.clusters import TenantClusters
 from fastgpu.controller.pool_elastic import ElasticRaylets, await_drains, raylet_cpus
 from fastgpu.controller.pool_ledger import DeviceLedger, Drain, Reservation
 from fastgpu.pool.hosts import Host
+from fastgpu.pool.seam import LocalPool, Pool
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +54,15 @@ class PoolBackend:
         hosts: list[Host],
         workers: int = 8,
         clusters: TenantClusters | None = None,
+        pool: Pool | None = None,
     ) -> None:
-        """``clusters`` replaces the tenants' clusters (unit tests pass a stand-in)."""
+        """``clusters`` replaces the tenants' clusters (unit tests pass a stand-in);
+        ``pool`` says who runs raylets on which host (default: this machine, ``hosts``)."""
         self.config = config
-        self.hosts = {h.name: h for h in hosts}
-        self.clusters = clusters or TenantClusters(config)
+        self.pool: Pool = pool or LocalPool(hosts)
+        #: The pool's live inventory (it marks hosts lost, drained, joined in place).
+        self.hosts = self.pool.hosts
+        self.clusters = clusters or TenantClusters(config, pool=self.pool)
         self.clusters.prepare()
         self.ledger = DeviceLedger(self.hosts)
         self._mu = self.ledger.lock
@@ -72,7 +77,16 @@ class PoolBackend:
 
     # -- the policy's view -----------------------------------------------------------------
     def nodes(self) -> list[NodeInfo]:
-        return [NodeInfo(h.name, h.gpu_type, h.total_gpus, h.alive) for h in self.hosts.values()]
+        """Every host; one taking no new placements (draining) counts only the GPUs its
+        leases hold, so the policy sees none free there."""
+        with self._mu:
+            used = Counter(
+                h for r in self._res.values() for h, ids in r.devices.items() for _ in ids
+            )
+        return [
+            NodeInfo(h.name, h.gpu_type, h.total_gpus if h.schedulable else used[h.name], h.alive)
+            for h in list(self.hosts.values())
+        ]
 
     # -- reserve ---------------------------------------------------------------------------
     def create_group(
@@ -354,3 +368,4 @@ class PoolBackend:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.close()

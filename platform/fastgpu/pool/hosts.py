@@ -25,6 +25,8 @@ class Host:
     gpu_type: str
     devices: tuple[int, ...]
     alive: bool = True
+    #: False while draining or drained: its raylets run on, but nothing new is placed there.
+    schedulable: bool = True
 
     @property
     def total_gpus(self) -> int:

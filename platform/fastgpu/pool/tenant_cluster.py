@@ -31,7 +31,7 @@ import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastgpu.domain.lease import GPU_TYPE_LABEL, HOST_LABEL, LEASE_LABEL, lease_resource
 from fastgpu.errors import FastGPUError
@@ -39,6 +39,9 @@ from fastgpu.pool import processes
 from fastgpu.pool.hosts import Host
 from fastgpu.pool.processes import MARKER_ENV, OsUser
 from fastgpu.pool.runtime import TenantPython, private_dir, write_private
+
+if TYPE_CHECKING:
+    from fastgpu.pool.seam import Pool
 
 HEAD_PORTS = (
     "gcs",
@@ -163,6 +166,11 @@ class TenantCluster:
         self._raylets: dict[RayletKey, int] = {}
         self._keeper: subprocess.Popen[bytes] | None = None
         self._keeper_lock = threading.Lock()
+        #: The pool, when some hosts are run by agents: their raylets go through it.
+        self.pool: Pool | None = None
+
+    def _remote(self, host: str) -> Pool | None:
+        return self.pool if self.pool is not None and self.pool.owns(host) else None
 
     # -- paths and environment -----------------------------------------------------------
     @property
@@ -201,6 +209,12 @@ class TenantCluster:
             # (the keeper) connects: ~45 MB per tenant, measured; a task there starts one.
             env["RAY_prestart_worker_first_driver"] = "0"
         return env
+
+    def prepare_for_raylets(self, token: str) -> None:
+        """On an agent's host: the dirs raylets of this tenant need, and the cluster's Ray
+        token (sent by the server) in a 0600 file of the tenant's user."""
+        self._prepare()
+        write_private(self.token_path, token, self.spec.user)
 
     def _prepare(self) -> None:
         import secrets
@@ -260,23 +274,33 @@ class TenantCluster:
 
     # -- raylets ---------------------------------------------------------------------------
     def add_raylet(
-        self, lease_id: str, host: Host, devices: tuple[int, ...], cpus: int | None = None
+        self,
+        lease_id: str,
+        host: Host,
+        devices: tuple[int, ...],
+        cpus: int | None = None,
+        address: str | None = None,
     ) -> None:
         """Join a raylet holding ``devices`` of ``host`` for the lease (idempotent): the
-        lease's part on that host named by its first device."""
+        lease's part on that host named by its first device. A host run by an agent gets it
+        through the pool; ``address`` (an agent's call) joins a head running elsewhere."""
         if not devices:
             raise ValueError("a raylet needs at least one device")
         devices = tuple(sorted(devices))
         with self._lock:
-            if not self.running():
+            if address is None and not self.running():
                 raise FastGPUError(f"tenant {self.spec.tenant_id}'s cluster is not running")
             key = (lease_id, host.name, devices[0])
             if processes.alive(self._raylets.get(key)):
                 return
             if key in self.raylets():  # adopted: started by a previous server process
                 return
+            remote = self._remote(host.name)
+            if remote is not None and address is None:
+                remote.start_raylet(self, lease_id, host, devices, cpus)
+                return
             ports = dict(zip(NODE_PORTS, free_ports(len(NODE_PORTS)), strict=True))
-            address = self.address
+            address = address or self.address
         labels = ",".join(
             f"{k}={v}"
             for k, v in (
@@ -318,12 +342,19 @@ class TenantCluster:
         """Stop one raylet of a lease (``(lease, host, part)``) and everything it runs."""
         with self._lock:
             pid = self._raylets.pop(key, None)
+        remote = self._remote(key[1])
+        if remote is not None:
+            return remote.stop_raylet(self, key, grace_s)
         return processes.stop_tree(pid, grace_s, marker=self.marker(self._raylet_role(key)))
 
     def raylets(self) -> dict[RayletKey, tuple[int, ...]]:
         """(lease, host, part) -> device ids of every live raylet of this cluster, as the
-        processes say (their marker and ``CUDA_VISIBLE_DEVICES``)."""
+        processes say (their marker and ``CUDA_VISIBLE_DEVICES``), or for a host run by an
+        agent, as its agent last reported."""
         found = running_raylets(self.marker("raylet/"))
+        if self.pool is not None:
+            found = {k: v for k, v in found.items() if not self.pool.owns(k[1][1])}
+            found |= self.pool.running_raylets(self.spec.platform_id, self.spec.tenant_id)
         return {key: ids for (_, key), ids in found.items()}
 
     # -- keeper ----------------------------------------------------------------------------
@@ -402,8 +433,12 @@ class TenantCluster:
             self._stop_keeper()
         with self._lock:
             raylets = list(self._raylets)
+        if self.pool is not None:  # the agents' raylets of this tenant
+            raylets += [k for k in self.raylets() if self.pool.owns(k[1]) and k not in raylets]
         n = sum(self.remove_raylet(key, grace_s) for key in raylets)
         for value, procs in processes.marked(self.marker("raylet/")).items():
+            if self.pool is not None and self.pool.owns(value.split("/")[-2]):
+                continue  # an agent's: not this machine's to stop
             n += processes.stop_tree(procs[0].pid, grace_s, marker=value)
         with self._lock:
             pid, self._head = self._head, None

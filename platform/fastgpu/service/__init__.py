@@ -11,12 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from fastgpu.controller.hosts import host_controller
 from fastgpu.controller.jobs import JobGateway, TenantJobGateway
 from fastgpu.errors import NotFound
 from fastgpu.service.auth import AuthService
 from fastgpu.service.budgets import BudgetService
 from fastgpu.service.clusters import ClusterService
 from fastgpu.service.endpoints import EndpointService
+from fastgpu.service.hosts import HostService
 from fastgpu.service.jobs import JobService
 from fastgpu.service.leases import LeaseService, WaitLimiter
 from fastgpu.service.reads import ReadService
@@ -83,6 +85,7 @@ class Services:
     budgets: BudgetService
     registry: RegistryService
     endpoints: EndpointService
+    hosts: HostService
 
     @classmethod
     def build(
@@ -103,6 +106,7 @@ class Services:
             budgets=BudgetService(ctl),
             registry=RegistryService(ctl),
             endpoints=_endpoints(ctl, leases),
+            hosts=HostService(host_controller(ctl)),
         )
 
 
@@ -111,6 +115,7 @@ __all__ = [
     "BudgetService",
     "ClusterService",
     "EndpointService",
+    "HostService",
     "JobService",
     "LeaseService",
     "ReadService",
