@@ -1,6 +1,7 @@
 """The generic model server: one Ray Serve deployment per endpoint version.
 
-It loads a checkpoint folder (a training run's final checkpoint, or a registered model's), and
+It loads a checkpoint folder (a training run's final checkpoint, or a registered model's, whose
+files' hash it verifies first), and
 answers ``POST /`` with ``{"inputs": [[...], ...]}`` -> ``{"outputs": [...], "model": ...}``.
 Every request is checked *inside the replica* (:mod:`fastgpu.endpoints.tokens`): Serve's HTTP
 proxy has no auth hook and any process on the machine can reach its port, so the replica is
@@ -47,12 +48,22 @@ def _digits(checkpoint: Path) -> tuple[Predict, int]:
 LOADERS: dict[str, Callable[[Path], tuple[Predict, int]]] = {"digits-mlp": _digits}
 
 
-def load(checkpoint: str) -> tuple[Predict, int, str]:
+def load(checkpoint: str, expected_hash: str | None = None) -> tuple[Predict, int, str]:
     """(predict, input width, model name) of a checkpoint folder, or a ValueError that says
-    what is wrong (the platform shows it and keeps the previous version serving)."""
+    what is wrong (the platform shows it and keeps the previous version serving).
+
+    ``expected_hash``: a registered model's SHA-256; its files are verified first, in this
+    (the tenant's own) process, so files changed since registration never load."""
     from fastgpu.train.checkpoints import checkpoint_info
 
     path = Path(checkpoint)
+    if expected_hash is not None:
+        from fastgpu.registry.files import verify
+
+        try:
+            verify(path, expected_hash)
+        except Exception as exc:
+            raise ValueError(f"refusing to load {checkpoint!r}: {exc}") from None
     try:
         info = checkpoint_info(path)
     except Exception as exc:
@@ -104,8 +115,9 @@ class ModelServer:
         batch_wait_ms: int = 5,
         max_bytes: int = DEFAULT_MAX_BYTES,
         model_label: str = "",
+        expected_hash: str | None = None,
     ) -> None:
-        self._predict, self._width, self._name = load(checkpoint)
+        self._predict, self._width, self._name = load(checkpoint, expected_hash)
         self._endpoint = endpoint_id
         self._tokens = TokenFile(token_file)
         self._max_bytes = max_bytes

@@ -453,7 +453,6 @@ class PoolSpec(_Spec):
         ),
     )
 
-
     @model_validator(mode="after")
     def _disjoint(self) -> PoolSpec:
         names = [h.name for h in self.hosts]
@@ -511,6 +510,32 @@ class TenantClusterSettings(_Spec):
     )
 
 
+class EndpointSettings(_Spec):
+    """How model endpoints scale (issue 11; they need tenant clusters)."""
+
+    idle_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=86_400,
+        description=(
+            "Release an endpoint's lease (scale to zero) after Serve wanted no replica this "
+            "long; the next request then waits for a lease, a raylet and a replica."
+        ),
+    )
+    downscale_delay_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=3_600,
+        description="Serve's autoscaler waits this long at lower demand before removing replicas.",
+    )
+    reconcile_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How often the server compares each endpoint's lease with what Serve wants.",
+    )
+
+
 class PlatformConfig(_Spec):
     """The whole platform configuration file."""
 
@@ -551,6 +576,9 @@ class PlatformConfig(_Spec):
     )
     tenant_clusters: TenantClusterSettings = Field(
         default_factory=TenantClusterSettings, description="Tenants' own Ray clusters."
+    )
+    endpoints: EndpointSettings = Field(
+        default_factory=EndpointSettings, description="Model endpoints' scaling (fastgpu deploy)."
     )
 
     @model_validator(mode="after")

@@ -6,6 +6,7 @@ tenant's Serve proxy on 127.0.0.1, to the application serving now; they check no
 themselves: every replica checks the endpoint token (401/403/404), so the proxy on this
 side and a process connecting to Serve's port directly meet the same check. An endpoint that
 does not exist is 404 here; one scaled to zero waits for its first replica (up to 5 minutes).
+A request that meets a version an update just retired is sent once more, to the new version.
 """
 
 from __future__ import annotations
@@ -123,29 +124,47 @@ async def forward(tenant: str, name: str, rest: str, request: Request, svc: Svc)
     route = svc.endpoints.route(tenant, name)
     if route is None:
         return JSONResponse({"error": "no such endpoint"}, status_code=404)
-    port, app = route
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
-    try:
-        resp = await _client(request).request(
-            request.method,
-            f"http://127.0.0.1:{port}/{app}/{rest}",
-            content=await request.body(),
-            headers=headers,
-            params=request.query_params,
-        )
-    except httpx.ConnectError:
-        return JSONResponse(
-            {"error": "the endpoint's server is starting; retry in a few seconds"},
-            status_code=503,
-            headers={"Retry-After": "2"},
-        )
-    if resp.status_code == 404 and b"/-/routes" in resp.content:
-        # Serve's own 404: the application is not routed yet (being deployed, or redeployed
-        # after the tenant's cluster restarted).
-        return JSONResponse(
-            {"error": "the endpoint is starting; retry in a few seconds"},
-            status_code=503,
-            headers={"Retry-After": "2"},
-        )
+    body = await request.body()
+    for attempt in range(2):
+        port, app = route
+        try:
+            resp = await _client(request).request(
+                request.method,
+                f"http://127.0.0.1:{port}/{app}/{rest}",
+                content=body,
+                headers=headers,
+                params=request.query_params,
+            )
+        except httpx.ConnectError:
+            return JSONResponse(
+                {"error": "the endpoint's server is starting; retry in a few seconds"},
+                status_code=503,
+                headers={"Retry-After": "2"},
+            )
+        except httpx.TransportError as exc:
+            # a kept-alive connection Serve's proxy closed meanwhile: once more, on a new one
+            if attempt == 0:
+                continue
+            return JSONResponse(
+                {"error": f"the endpoint's server did not answer ({type(exc).__name__})"},
+                status_code=502,
+            )
+        unrouted = resp.status_code == 404 and b"/-/routes" in resp.content
+        if not unrouted and resp.status_code < 500:
+            break
+        # Serve's own 404 (the application is not routed) or an error of an application
+        # being removed: when an update just switched versions, the request goes to the
+        # serving version (once; an inference has no side effect to repeat).
+        now = svc.endpoints.route(tenant, name)
+        if now is None or now == route:
+            if not unrouted:
+                break
+            return JSONResponse(
+                {"error": "the endpoint is starting; retry in a few seconds"},
+                status_code=503,
+                headers={"Retry-After": "2"},
+            )
+        route = now
     out = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP}
     return Response(content=resp.content, status_code=resp.status_code, headers=out)

@@ -15,9 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_v
 
 from fastgpu.validation import GPU_TYPE_PATTERN, NAME_PATTERN
 
-#: A model reference: a training run's name in the tenant's storage (``digits-1``), or a
-#: registered model ``tenant/model:vN`` (the registry, when present).
-SOURCE_PATTERN = r"^([a-z][a-z0-9-]{0,62}/)?[a-z][a-z0-9-]{0,62}(:v[0-9]{1,6})?$"
+#: A model reference: a training run's name in the tenant's storage (``digits-1``: no ``/`` and
+#: no ``:``), or a registered model ``[tenant/]model:vN`` or ``[tenant/]model:latest``.
+SOURCE_PATTERN = r"^([a-z][a-z0-9-]{0,62}/)?[a-z][a-z0-9-]{0,62}(:v[0-9]{1,6}|:latest)?$"
 MAX_REPLICAS = 64
 EndpointState = Literal["DEPLOYING", "READY", "UPDATING", "FAILED"]
 
@@ -59,7 +59,10 @@ class DeploySpec(Scaling):
     model: StrictStr = Field(
         pattern=SOURCE_PATTERN,
         max_length=140,
-        description="A training run's name in your storage, or a registered 'tenant/model:vN'.",
+        description=(
+            "A training run's name in your storage, or a registered model "
+            "'[tenant/]model:vN' or '[tenant/]model:latest'."
+        ),
     )
     gpu_type: StrictStr | None = Field(
         default=None, pattern=GPU_TYPE_PATTERN, description="GPU type; unset: the only one."
@@ -90,6 +93,10 @@ class EndpointOut(BaseModel):
     url: str = Field(description="Where to send requests (the platform's address).")
     model: str = Field(description="The model serving now.")
     checkpoint: str = Field(description="Its checkpoint folder.")
+    content_hash: str | None = Field(
+        default=None,
+        description="A registered model's SHA-256 (replicas verify the files before loading).",
+    )
     state: EndpointState
     message: str = Field(description="What happens now, or why the last change failed.")
     version: int = Field(description="The serving version (each model change adds one).")

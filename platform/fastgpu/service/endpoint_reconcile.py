@@ -2,17 +2,18 @@
 rolling in takes over once it runs (or is dropped, saying why), and the tenant's Serve is kept
 running the config the store describes.
 
-One pass (:meth:`EndpointReconciler.step`, every ``interval_s`` on its own thread), per tenant
+One pass (:meth:`EndpointReconciler.step`, every ``endpoints.reconcile_interval_s`` of the
+config, on its own thread), per tenant
 with endpoints:
 
 1. the tenant's cluster is kept alive (an endpoint is a live workload) and Serve's view read;
    missing applications (a restarted cluster) are deployed again;
-2. per endpoint, a version rolling in that is RUNNING becomes the serving one (the proxy's
-   route switches, then the old application goes); one that failed to deploy is dropped and
+2. per endpoint, a version rolling in with a replica running becomes the serving one (the
+   proxy's route switches, then the old application goes); one that failed to deploy is dropped and
    its error kept in ``message``: the previous version never stopped serving;
 3. per endpoint, :func:`fastgpu.endpoints.autoscale.decide` on Serve's target replicas: a lease
    is requested (elastic, one replica's GPUs at least), its maximum follows the demand (the
-   scheduler grows it; a shrink gives GPUs back now), or it is released after ``idle_s``
+   scheduler grows it; a shrink gives GPUs back now), or it is released after ``endpoints.idle_s``
    without demand. A lease that became RESERVED is bound to the workload ``endpoint:<name>``
    (its GPU-seconds are metered under that name) and the config names its resource.
 """
@@ -20,7 +21,6 @@ with endpoints:
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -48,7 +48,8 @@ def serve_view(details: dict[str, Any], app: str) -> tuple[str, str, int, int]:
         return "MISSING", "", 0, 0
     dep = a.get("deployments", {}).get("ModelServer", {})
     running = sum(1 for r in dep.get("replicas", []) if r.get("state") == "RUNNING")
-    message = a.get("message") or dep.get("message") or ""
+    # the application says that it failed, its deployment why (a replica's traceback)
+    message = " ".join(m for m in (a.get("message"), dep.get("message")) if m)
     return str(a.get("status")), message, int(dep.get("target_num_replicas", 0)), running
 
 
@@ -58,13 +59,14 @@ class EndpointReconciler:
         ctl: Controller,
         endpoints: EndpointService,
         leases: LeaseService,
-        interval_s: float = 1.0,
+        interval_s: float | None = None,
     ) -> None:
         self._ctl = ctl
         self._eps = endpoints
         self._leases = leases
-        self.interval_s = interval_s
-        self.idle_s = float(os.environ.get("FASTGPU_ENDPOINT_IDLE_S", "60"))
+        settings = ctl.config.endpoints
+        self.interval_s = settings.reconcile_interval_s if interval_s is None else interval_s
+        self.idle_s = settings.idle_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -112,10 +114,14 @@ class EndpointReconciler:
         if nxt:
             n_status, n_message, n_target, n_running = serve_view(details, nxt["app"])
             target, running = target + n_target, running + n_running
-            if n_status == "RUNNING" and n_running >= 1:
+            if n_running >= 1 and n_status in ("RUNNING", "DEPLOYING"):
+                # one replica of the new version answers: it takes the traffic now, and the
+                # old version's GPUs go back to it (a lease at its maximum could not start
+                # as many new replicas as the old version runs beside them)
                 d.update(
                     model=nxt["model"],
                     checkpoint=nxt["checkpoint"],
+                    content_hash=nxt.get("content_hash"),
                     version=nxt["version"],
                     app=nxt["app"],
                     next=None,

@@ -2,7 +2,9 @@
 update, delete, tokens, logs; and the route the platform's proxy forwards to.
 
 Who may do what: a tenant acts on its own endpoints only (another tenant's answer 404); the
-admin names the tenant. The model is a training run of the tenant (its latest complete
+admin names the tenant. The model is a registered model of the tenant (``[tenant/]model:vN``
+or ``:latest``, resolved through the registry and pinned to its version; the replica verifies
+the files' hash before loading) or a training run of the tenant (its latest complete
 checkpoint in the tenant's storage), resolved here; the Serve side runs in the tenant's own
 cluster (:class:`~fastgpu.controller.endpoints.ServeGateway`); the lease and autoscaling
 follow in :mod:`fastgpu.service.endpoint_reconcile`.
@@ -26,6 +28,7 @@ from fastgpu.endpoints.models import (
 )
 from fastgpu.endpoints.tokens import new_endpoint_id, new_token, token_file_body, token_hash
 from fastgpu.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from fastgpu.service.registry import RegistryService
 from fastgpu.timeutil import iso
 
 if TYPE_CHECKING:
@@ -47,6 +50,7 @@ class EndpointService:
         self._ctl = ctl
         self._store = ctl.store
         self._gw = gateway
+        self._registry = RegistryService(ctl)
         self.mu = threading.RLock()
         #: (tenant name, endpoint name) -> (Serve port, app): what the proxy forwards to.
         self._routes: dict[tuple[str, str], tuple[int, str]] = {}
@@ -79,24 +83,29 @@ class EndpointService:
             raise NotFound(f"endpoint {name!r} not found")
         return rec
 
-    def checkpoint_of(self, owner: TenantRecord, model: str) -> str:
-        """The checkpoint folder of a model reference: a run's latest complete checkpoint."""
+    def source_of(self, owner: TenantRecord, model: str) -> dict[str, Any]:
+        """What a model reference deploys: ``model`` (as shown; a registered model pinned to
+        its version), ``checkpoint`` (the folder replicas load) and ``content_hash`` (a
+        registered model's, which the replica verifies before loading; None for a run).
+
+        A reference with ``/`` or ``:`` is a registered model of the endpoint's tenant
+        (another tenant's answers 404, as if absent); a bare name is a training run whose
+        latest complete checkpoint is served."""
         from fastgpu.config import tenant_storage_key
         from fastgpu.train.checkpoints import CheckpointStore
 
         if "/" in model or ":" in model:
-            raise InvalidRequest(
-                f"model: got {model!r}; registered models (tenant/model:vN) are not served "
-                "yet; give a training run's name"
-            )
+            as_owner = Principal(name=owner.name, is_admin=False, tenant_id=owner.id)
+            found = self._registry.resolve(as_owner, model)
+            return {"model": found.ref, "checkpoint": found.uri, "content_hash": found.content_hash}
         root = self._ctl.config.resolved_storage_root() / tenant_storage_key(owner.id)
         latest = CheckpointStore(root / "runs" / model).latest()
         if latest is None:
             raise NotFound(
                 f"model: no complete checkpoint of run {model!r} in your storage "
-                f"(runs/{model}/step-*)"
+                f"(runs/{model}/step-*); a registered model is named MODEL:vN or MODEL:latest"
             )
-        return str(latest.path)
+        return {"model": model, "checkpoint": str(latest.path), "content_hash": None}
 
     def out(self, rec: EndpointRecord, details: dict[str, Any] | None = None) -> EndpointOut:
         d = rec.doc
@@ -108,6 +117,7 @@ class EndpointService:
             url=f"{self.public_url}/t/{rec.tenant}/{rec.name}/",
             model=d["model"],
             checkpoint=d["checkpoint"],
+            content_hash=d.get("content_hash"),
             state=d["state"],
             message=d.get("message", ""),
             version=d["version"],
@@ -140,7 +150,7 @@ class EndpointService:
         owner = self.owner(p, tenant)
         self.gateway  # noqa: B018  (fails early without tenant clusters)
         gpu_type = spec.gpu_type or self._only_gpu_type()
-        checkpoint = self.checkpoint_of(owner, spec.model)
+        source = self.source_of(owner, spec.model)
         now = self._ctl.clock()
         scaling = Scaling.model_validate(spec.model_dump(include=set(Scaling.model_fields)))
         with self.mu:
@@ -153,8 +163,7 @@ class EndpointService:
                 created_at=now,
                 updated_at=now,
                 doc={
-                    "model": spec.model,
-                    "checkpoint": checkpoint,
+                    **source,
                     "version": 1,
                     "app": app_name(spec.name, 1),
                     "gpu_type": gpu_type,
@@ -209,14 +218,10 @@ class EndpointService:
                 owner = self.owner(p, tenant)
                 version = int(d.get("last_version", d["version"])) + 1
                 d["last_version"] = version
-                d["next"] = {
-                    "model": body.model,
-                    "checkpoint": self.checkpoint_of(owner, body.model),
-                    "version": version,
-                    "app": app_name(name, version),
-                }
+                source = self.source_of(owner, body.model)
+                d["next"] = {**source, "version": version, "app": app_name(name, version)}
                 d["state"] = "UPDATING"
-                d["message"] = f"rolling to {body.model} (version {version})"
+                d["message"] = f"rolling to {source['model']} (version {version})"
             self.save(rec)
         self.apply(rec.tenant_id, rec.tenant)
         return self.out(rec)
@@ -281,14 +286,12 @@ class EndpointService:
         """Every Serve application the tenant's endpoints need now."""
         out = []
         token_file = self.gateway.token_path(tenant_id)
+        delay = self._ctl.config.endpoints.downscale_delay_s
         for rec in self._store.endpoints(tenant_id):
             d = rec.doc
-            versions = [(d["app"], d["checkpoint"], d["model"], None)]
+            out.append(app_config(rec, d, token_file, surge=False, downscale_delay_s=delay))
             if d.get("next"):
-                n = d["next"]
-                versions.append((n["app"], n["checkpoint"], n["model"], n))
-            for app, checkpoint, model, is_next in versions:
-                out.append(app_config(rec, app, checkpoint, model, token_file, is_next is not None))
+                out.append(app_config(rec, d["next"], token_file, True, delay))
         return out
 
     def apply(self, tenant_id: str, tenant: str) -> None:
@@ -318,11 +321,14 @@ class EndpointService:
 
 
 def app_config(
-    rec: EndpointRecord, app: str, checkpoint: str, model: str, token_file: str, surge: bool
+    rec: EndpointRecord,
+    version: dict[str, Any],
+    token_file: str,
+    surge: bool,
+    downscale_delay_s: float = 30.0,
 ) -> dict[str, Any]:
-    """One version's Serve application: the model server, its replicas on the lease."""
-    import os
-
+    """One version's Serve application (``version``: the endpoint's doc, or its ``next``: app,
+    checkpoint, model, content_hash): the model server, its replicas on the lease."""
     d, s = rec.doc, rec.doc["scaling"]
     g = int(s["gpus_per_replica"])
     resource = f"fastgpu_lease_{d['lease_id']}" if d.get("lease_id") else NO_LEASE
@@ -331,23 +337,24 @@ def app_config(
         "max_replicas": s["max_replicas"],
         "target_ongoing_requests": max(1, s["max_batch_size"] // 2),
         "upscale_delay_s": 1.0,
-        "downscale_delay_s": float(os.environ.get("FASTGPU_ENDPOINT_DOWNSCALE_S", "30")),
+        "downscale_delay_s": downscale_delay_s,
         "metrics_interval_s": 0.5,
         "look_back_period_s": 2.0,
     }
     if surge:
         autoscaling["initial_replicas"] = max(1, int(d.get("replicas", 1)))
     return {
-        "name": app,
-        "route_prefix": f"/{app}",
+        "name": version["app"],
+        "route_prefix": f"/{version['app']}",
         "import_path": "serve_apps.model_server:build",
         "args": {
-            "checkpoint": checkpoint,
+            "checkpoint": version["checkpoint"],
+            "expected_hash": version.get("content_hash"),
             "endpoint_id": rec.id,
             "token_file": token_file,
             "max_batch_size": s["max_batch_size"],
             "batch_wait_ms": s["batch_wait_ms"],
-            "model_label": model,
+            "model_label": version["model"],
         },
         "deployments": [
             {
