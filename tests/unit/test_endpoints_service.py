@@ -92,6 +92,7 @@ def test_the_serve_config_carries_the_hash_the_replica_verifies() -> None:
     rec = EndpointRecord("e1", "t1", "alpha", "digits", 0.0, 0.0, doc={})
     rec.doc = {
         "lease_id": "L1",
+        "bound_lease": "L1",
         "scaling": {
             "gpus_per_replica": 1,
             "min_replicas": 0,
@@ -169,11 +170,17 @@ def test_the_lease_maximum_follows_serve_and_shrinks_to_the_minimum_not_zero(
         api.ctl.tick()
         return api.ctl.store.get_lease(rec.doc["lease_id"])
 
+    def resource() -> dict[str, int]:
+        app = app_config(rec, rec.doc, "/t", surge=False)
+        return dict(app["deployments"][0]["ray_actor_options"]["resources"])
+
     lease = step(1)  # no lease: one replica's GPUs are asked for
     assert lease.gpus == 1
+    assert resource() == {"fastgpu_lease_none": 1}  # replicas wait: the lease reserves first
     lease = step(1)  # reserved: bound to the endpoint's workload (metered under it)
     assert lease.state == LeaseState.BOUND
     assert lease.workload == "endpoint:reg"
+    assert resource() == {f"fastgpu_lease_{lease.id}": 1}
     lease = step(3)  # Serve wants 3: the maximum grows; the scheduler fills it by borrowing
     assert lease.gpus == 3
     lease = step(3)

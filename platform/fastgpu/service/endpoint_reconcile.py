@@ -15,7 +15,9 @@ with endpoints:
    is requested (elastic, one replica's GPUs at least), its maximum follows the demand (the
    scheduler grows it; a shrink gives GPUs back now), or it is released after ``endpoints.idle_s``
    without demand. A lease that became RESERVED is bound to the workload ``endpoint:<name>``
-   (its GPU-seconds are metered under that name) and the config names its resource.
+   (its GPU-seconds are metered under that name) and only then does the config name its
+   resource: a replica waiting for it would otherwise take the raylet's GPUs before the
+   lease's own placement group, which then never becomes ready.
 """
 
 from __future__ import annotations
@@ -158,7 +160,7 @@ class EndpointReconciler:
         g = int(s["gpus_per_replica"])
         lease = self._ctl.store.get_lease(d["lease_id"]) if d.get("lease_id") else None
         if lease is not None and lease.state.is_terminal:
-            d["lease_id"], lease = None, None
+            d["lease_id"], d["bound_lease"], lease = None, None, None
             return True
         idle_for = 0.0 if d.get("idle_since") is None else now - d["idle_since"]
         demand = Demand(target, bool(d.get("next")), idle_for)
@@ -173,6 +175,14 @@ class EndpointReconciler:
         workload = f"endpoint:{rec.name}"
         if lease is not None and lease.state == LeaseState.RESERVED:
             self._ctl.bind(lease.id, workload)
+            d["bound_lease"] = lease.id
+            return True
+        if (
+            lease is not None
+            and lease.state == LeaseState.BOUND
+            and d.get("bound_lease") != lease.id
+        ):
+            d["bound_lease"] = lease.id  # bound before a restart of the server
             return True
         if plan.action == Action.REQUEST:
             p = Principal(name=rec.tenant, is_admin=False, tenant_id=rec.tenant_id)
@@ -188,7 +198,7 @@ class EndpointReconciler:
             log.info("endpoint %s/%s: lease %s (%s)", rec.tenant, rec.name, d["lease_id"], plan.why)
         elif plan.action == Action.RELEASE and lease is not None:
             self._ctl.release(lease.id)
-            d["lease_id"] = None
+            d["lease_id"], d["bound_lease"] = None, None
             return True
         elif plan.action == Action.RESIZE and lease is not None:
             self._resize(lease, plan.gpus, plan.why)

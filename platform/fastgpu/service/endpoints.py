@@ -36,8 +36,8 @@ if TYPE_CHECKING:
     from fastgpu.controller.loop import Controller
     from fastgpu.store import TenantRecord
 
-#: The deployment's resource when the endpoint holds no lease: no node has it, so a replica
-#: Serve wants waits (pending) until the lease comes and the config names it.
+#: The deployment's resource when the endpoint holds no bound lease: no node has it, so a
+#: replica Serve wants waits (pending) until the lease is bound and the config names it.
 NO_LEASE = "fastgpu_lease_none"
 
 
@@ -154,7 +154,7 @@ class EndpointService:
         now = self._ctl.clock()
         scaling = Scaling.model_validate(spec.model_dump(include=set(Scaling.model_fields)))
         with self.mu:
-            port = self._tenant_port(owner.id)
+            port = self._tenant_port(owner.id, owner.name)
             rec = EndpointRecord(
                 id=new_endpoint_id(),
                 tenant_id=owner.id,
@@ -169,6 +169,7 @@ class EndpointService:
                     "gpu_type": gpu_type,
                     "scaling": scaling.model_dump(),
                     "lease_id": None,
+                    "bound_lease": None,
                     "serve_port": port,
                     "state": "DEPLOYING",
                     "message": "starting the first version",
@@ -189,10 +190,14 @@ class EndpointService:
             raise InvalidRequest(f"gpu_type: missing; expected one of {', '.join(types)}")
         return types[0]
 
-    def _tenant_port(self, tenant_id: str) -> int:
+    def _tenant_port(self, tenant_id: str, tenant: str) -> int:
+        """The port of the tenant's Serve proxy: its endpoints share it, and a running Serve
+        keeps the one it started with (Serve cannot move its proxy), even with no endpoint."""
         for e in self._store.endpoints(tenant_id):
             return int(e.doc["serve_port"])
-        return self.gateway.free_port()
+        details = self.gateway.details(tenant_id, tenant)
+        running = details.get("http_options", {}).get("port") if details.get("proxies") else None
+        return int(running) if running else self.gateway.free_port()
 
     def list_for(self, p: Principal, tenant: str | None = None) -> list[EndpointOut]:
         if p.is_admin and tenant is None:
@@ -232,10 +237,10 @@ class EndpointService:
             self._store.delete_endpoint(rec.id)
             self._routes.pop((rec.tenant, rec.name), None)
             self.publish_tokens(rec.tenant_id)
-        self.apply(rec.tenant_id, rec.tenant)
+        self.apply(rec.tenant_id, rec.tenant, int(rec.doc["serve_port"]))
         if rec.doc.get("lease_id"):
             self._ctl.release(rec.doc["lease_id"])
-        rec.doc["message"], rec.doc["lease_id"] = "deleted", None
+        rec.doc["message"], rec.doc["lease_id"], rec.doc["bound_lease"] = "deleted", None, None
         return self.out(rec)
 
     def tokens(self, p: Principal, name: str, tenant: str | None = None) -> list[EndpointTokenOut]:
@@ -294,13 +299,16 @@ class EndpointService:
                 out.append(app_config(rec, d["next"], token_file, True, delay))
         return out
 
-    def apply(self, tenant_id: str, tenant: str) -> None:
+    def apply(self, tenant_id: str, tenant: str, port: int | None = None) -> None:
+        """Make the tenant's Serve run what its endpoints need (``port``: its proxy's, when
+        the last endpoint just went: its applications go too)."""
         with self.mu:
             recs = self._store.endpoints(tenant_id)
-            if not recs:
+            if not recs and port is None:
                 return
-            port = int(recs[0].doc["serve_port"])
+            port = int(recs[0].doc["serve_port"]) if recs else port
             apps = self.apps(tenant_id)
+        assert port is not None
         self.gateway.apply(tenant_id, tenant, port, apps)
 
     def route(self, tenant: str, name: str) -> tuple[int, str] | None:
@@ -331,7 +339,8 @@ def app_config(
     checkpoint, model, content_hash): the model server, its replicas on the lease."""
     d, s = rec.doc, rec.doc["scaling"]
     g = int(s["gpus_per_replica"])
-    resource = f"fastgpu_lease_{d['lease_id']}" if d.get("lease_id") else NO_LEASE
+    bound = d.get("bound_lease")
+    resource = f"fastgpu_lease_{bound}" if bound and bound == d.get("lease_id") else NO_LEASE
     autoscaling: dict[str, Any] = {
         "min_replicas": max(s["min_replicas"], 1 if surge else 0),
         "max_replicas": s["max_replicas"],
