@@ -220,3 +220,46 @@ def back_time(lease: Any) -> float:
     from fastgpu.timeutil import parse_iso
 
     return parse_iso(lease.data["reserved_at"], "reserved_at")
+
+
+def test_trials_that_are_ray_train_runs_share_the_lease(pool: Platform) -> None:  # noqa: F811
+    """Each trial is a 2-worker Ray Train run (train_trials): the trial's Tune actor holds the
+    lease's units, its Train workers the GPUs on the lease's raylets. ASHA stops trials early;
+    the next trial's workers then find the GPUs free (ray#54305), and the sweep finishes."""
+    client = pool.client(pool.tenant("trainer", A100=2))
+    me = client.whoami()
+    job = client.submit_job(
+        "python tune_train_job.py",
+        gpus=2,
+        gpu_type="A100",
+        duration="15m",
+        working_dir=REPO / "tests" / "integration" / "job_scripts",
+        sweep={
+            "name": "ddp",
+            "trials": 3,
+            "gpus_per_trial": 2,
+            "cpus_per_trial": 0.25,
+            "metric": "loss",
+            "train_trials": True,
+            "max_t": 8,
+            "grace_period": 1,
+            "register_as": "ddp-model",
+        },
+    )
+    final = _finished(client, job["id"])
+    logs = client.job_logs(job["id"])
+    assert final["status"] == "SUCCEEDED", logs[-4000:]
+    summary = _summary(logs)
+    assert summary["trials"] == {"done": 3}
+    assert summary["best"]["metrics"]["world"] == 2  # data-parallel on the lease's 2 GPUs
+    runs = Path(me["storage_root"]) / me["storage_key"] / "runs"
+    trial_runs = [p for p in runs.iterdir() if p.name.startswith("ddp-")]
+    assert len(trial_runs) == 3
+    checkpoints = list(runs.glob("ddp-*/step-*/fastgpu_checkpoint.json"))
+    assert checkpoints  # each Train run checkpoints in its own folder (resume by trial)
+    occupancy = runs.parent / "sweeps" / "ddp" / "fastgpu_occupancy.jsonl"
+    samples = [json.loads(x) for x in occupancy.read_text().splitlines()]
+    assert all(s["used"] <= s["held"] == 2 for s in samples)
+    model = client.get_model("ddp-model:latest")  # the best trial's Train checkpoint
+    assert model["lineage"]["sweep"] == "ddp"
+    verify(model["uri"], model["content_hash"])

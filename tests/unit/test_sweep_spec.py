@@ -76,3 +76,12 @@ def test_a_sweep_job_needs_a_lease_that_fits_a_trial(tmp_path: Path) -> None:
         w.svc.jobs.submit(p, too_big)
     with pytest.raises(ValidationError, match="sweep"):
         JobCreate.model_validate({"entrypoint": "x", "sweep": {"name": "s", "trials": "many"}})
+
+
+def test_a_trials_bundle_holds_the_leases_units_and_its_gpus_unless_train_runs_them() -> None:
+    from fastgpu.tune.runner import _bundle
+
+    plain = _bundle(SweepSpec(name="s", gpus_per_trial=2, cpus_per_trial=0.5), "L1")
+    assert plain == [{"CPU": 0.5, "GPU": 2.0, "fastgpu_lease_L1": 2.0}]
+    train = _bundle(SweepSpec(name="s", gpus_per_trial=2, train_trials=True), "L1")
+    assert train == [{"CPU": 0.5, "fastgpu_lease_L1": 2.0}]  # its Train workers take the GPUs

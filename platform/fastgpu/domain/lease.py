@@ -51,11 +51,14 @@ GPU_TYPE_LABEL = "fastgpu.io/gpu-type"
 HOST_LABEL = "fastgpu.io/host"
 
 
+LEASE_RESOURCE_PREFIX = "fastgpu_lease_"
+
+
 def lease_resource(lease_id: str) -> str:
     """The custom Ray resource a lease's raylets advertise, one unit per leased GPU, in a
     tenant cluster: a placement group bundle (a Tune trial, a Serve replica) that asks for it
     can only land on that lease, and never on more of it than the lease holds."""
-    return f"fastgpu_lease_{lease_id}"
+    return f"{LEASE_RESOURCE_PREFIX}{lease_id}"
 
 
 class LeaseState(str, enum.Enum):

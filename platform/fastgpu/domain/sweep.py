@@ -53,6 +53,12 @@ class SweepSpec(BaseModel):
         pattern=NAME_PATTERN,
         description="Register the best trial's best checkpoint as this model (next version).",
     )
+    train_trials: bool = Field(
+        default=False,
+        description="Each trial is a Ray Train run of gpus_per_trial workers "
+        "(fastgpu.tune.run_train_trial): its Tune actor holds the lease's units, its workers "
+        "the GPUs.",
+    )
     max_failures: StrictInt = Field(
         default=3, ge=0, le=100, description="Restarts of a failed trial from its checkpoint."
     )

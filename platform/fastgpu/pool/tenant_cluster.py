@@ -57,13 +57,44 @@ HEAD_PORTS = (
 NODE_PORTS = HEAD_PORTS[2:6] + HEAD_PORTS[7:]
 
 
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct ports free on 127.0.0.1 now (held open together while choosing)."""
-    socks = []
+def _ephemeral_range() -> tuple[int, int]:
     try:
-        for _ in range(n):
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports free now, chosen at random *below* the kernel's ephemeral range.
+
+    Ray binds them seconds later (a raylet's agents after ``ray start`` returns). A port the
+    kernel handed out as "free" (port 0) comes from the ephemeral range, which every outgoing
+    connection on the machine also draws from: under load one of them took the port in
+    between, the agent failed to bind and the raylet exited with it (measured in the sweep
+    tests). Below that range only explicit binds compete, and a random pick from thousands of
+    ports rarely meets another. Each port is checked bindable on all interfaces (Ray binds some
+    there), held open together while choosing.
+    """
+    import random
+
+    low = 20000
+    high = min(_ephemeral_range()[0], 65536) - 1
+    if high - low < 10 * n:  # an unusual ephemeral range: fall back to the kernel's choice
+        low, high = 0, 0
+    rng = random.SystemRandom()
+    socks: list[socket.socket] = []
+    try:
+        while len(socks) < n:
             s = socket.socket()
-            s.bind(("127.0.0.1", 0))
+            try:
+                s.bind(("0.0.0.0", rng.randint(low, high) if high else 0))
+            except OSError:
+                s.close()
+                continue
+            if s.getsockname()[1] in {x.getsockname()[1] for x in socks}:
+                s.close()
+                continue
             socks.append(s)
         return [int(s.getsockname()[1]) for s in socks]
     finally:

@@ -29,7 +29,7 @@ snapshot in the run directory, and the loop falls back to the newest complete ch
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -229,9 +229,11 @@ def build_trainer(
     train_fn: TrainFn,
     spec: TrainSpec,
     config: Mapping[str, Any] | None = None,
+    callbacks: Sequence[Any] = (),
 ) -> Any:
     """A ``TorchTrainer`` for ``spec`` (not started); ``config`` reaches ``train_fn`` merged with
-    the loop settings under ``config["_fastgpu"]``."""
+    the loop settings under ``config["_fastgpu"]``; ``callbacks`` are Ray Train user callbacks
+    (a sweep's trial passes Tune's report callback)."""
     from ray.train.torch import TorchConfig
     from ray.train.v2.api.config import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.v2.torch.torch_trainer import TorchTrainer
@@ -282,6 +284,7 @@ def build_trainer(
             storage_path=str(directory.parent),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.keep),
             failure_config=FailureConfig(max_failures=spec.max_failures),
+            callbacks=list(callbacks) or None,
         ),
     )
 
@@ -314,6 +317,7 @@ def run(
     train_fn: TrainFn | str,
     *,
     config: Mapping[str, Any] | None = None,
+    callbacks: Sequence[Any] = (),
     **spec_fields: Any,
 ) -> TrainOutcome:
     """Train ``train_fn`` (a Ray Train per-worker function taking ``config``, or the name of a
@@ -327,7 +331,7 @@ def run(
         spec = TrainSpec(**spec_fields)
     except ValidationError as exc:
         raise invalid_from(exc) from None
-    trainer = build_trainer(_resolve_builtin(train_fn), spec, config)
+    trainer = build_trainer(_resolve_builtin(train_fn), spec, config, callbacks)
     result = trainer.fit()
     latest = CheckpointStore(spec.run_dir, keep=spec.keep).latest()
     return TrainOutcome(

@@ -11,7 +11,14 @@ from typing import Any
 
 from fastgpu.domain.sweep import SweepSpec, from_env
 
-__all__ = ["OCCUPANCY_FILE", "SweepRun", "SweepSpec", "from_env", "run_on_lease"]
+__all__ = [
+    "OCCUPANCY_FILE",
+    "SweepRun",
+    "SweepSpec",
+    "from_env",
+    "run_on_lease",
+    "run_train_trial",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -19,4 +26,8 @@ def __getattr__(name: str) -> Any:
         from fastgpu.tune import runner
 
         return getattr(runner, name)
+    if name == "run_train_trial":
+        from fastgpu.tune.train_trial import run_train_trial
+
+        return run_train_trial
     raise AttributeError(name)

@@ -67,8 +67,11 @@ _CURRENT: dict[str, Any] = {}
 
 
 def _bundle(spec: SweepSpec, lease_id: str) -> list[dict[str, float]]:
+    """A trial's placement group: the lease's units and its GPUs; for a Ray Train trial the
+    units only (its Train workers take the GPUs on the lease's raylets, by label)."""
     g = float(spec.gpus_per_trial)
-    return [{"CPU": float(spec.cpus_per_trial), "GPU": g, lease_resource(lease_id): g}]
+    bundle = {"CPU": float(spec.cpus_per_trial), lease_resource(lease_id): g}
+    return [bundle if spec.train_trials else {**bundle, "GPU": g}]
 
 
 def _callback_base() -> type:
@@ -79,6 +82,12 @@ def _callback_base() -> type:
 
 class LeaseCallback(_callback_base()):  # type: ignore[misc]
     """Keeps pending trials on the current lease and samples occupancy."""
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        _forget_train_groups(trial)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        _forget_train_groups(trial)
 
     def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
         from ray.tune.execution.placement_groups import PlacementGroupFactory
@@ -100,6 +109,15 @@ class LeaseCallback(_callback_base()):  # type: ignore[misc]
             line = {"t": now, "used": running * spec.gpus_per_trial, "held": _lease_gpus()}
             with open(_CURRENT["occupancy"], "a") as f:
                 f.write(json.dumps(line) + "\n")
+
+
+def _forget_train_groups(trial: Any) -> None:
+    """A Train trial is over: remove its worker groups' placement groups (ray#54305)."""
+    spec: SweepSpec | None = _CURRENT.get("spec")
+    if spec is not None and spec.train_trials and trial.path:
+        from fastgpu.tune.train_trial import remove_recorded_groups
+
+        remove_recorded_groups(trial.path)
 
 
 def _lease_gpus() -> float:
@@ -168,7 +186,9 @@ def _tune_config(spec: SweepSpec, max_concurrent: int) -> Any:
         scheduler=scheduler,
         num_samples=1 if spec.search == "grid" else spec.trials,
         max_concurrent_trials=max(1, max_concurrent),
-        reuse_actors=True,  # a finished trial's actor (and its placement group) runs the next
+        # A finished trial's actor (and its placement group) runs the next; Tune cannot reset an
+        # actor that ran a Ray Train run.
+        reuse_actors=not spec.train_trials,
     )
 
 
@@ -283,11 +303,19 @@ def run_on_lease(
                 spent = time.monotonic() - began
                 run.tune_s += spent
                 run.gpu_s += spent * watcher.gpus
+            if spec.train_trials:  # no trial runs now: whatever a Train trial left, goes
+                from fastgpu.tune.train_trial import remove_recorded_groups
+
+                for trial_dir in folder.iterdir():
+                    remove_recorded_groups(trial_dir)
             lease = binding.lease.refresh()
             run.segments.append((watcher.gpus, watcher.reason or "finished"))
             if watcher.reason is None:
                 return _finish(run, results, spec, client, binding)
-            lease.report_checkpoint()  # trials' checkpoints are saved: the GPUs may go
+            try:
+                lease.report_checkpoint()  # trials' checkpoints are saved: the GPUs may go
+            except FastGPUError:
+                lease = lease.refresh()  # it ended meanwhile (expired, a raylet lost)
             if not lease.held or lease.preempt_at:
                 run.state = "paused"
                 return run
@@ -313,14 +341,18 @@ def _finish(
         best = results.get_best_result(spec.metric, spec.mode, scope="all")
     except (RuntimeError, ValueError, KeyError):
         return run  # no trial reported the metric
-    ckpt = best.get_best_checkpoint(spec.metric, spec.mode) or best.checkpoint
+    try:
+        found = best.get_best_checkpoint(spec.metric, spec.mode) or best.checkpoint
+    except RuntimeError:  # no Tune checkpoint: a Ray Train trial reports its run's own
+        found = None
+    ckpt_path = found.path if found is not None else (best.metrics or {}).get("checkpoint_path")
     metrics = {k: v for k, v in (best.metrics or {}).items() if isinstance(v, int | float | str)}
     trial_id = str(metrics.get("trial_id", ""))
     run.best = {"config": best.config, "metrics": metrics, "trial": trial_id}
-    if spec.register_as and ckpt is not None:
+    if spec.register_as and ckpt_path:
         run.model = client.register_model(
             spec.register_as,
-            ckpt.path,
+            ckpt_path,
             config={k: v for k, v in best.config.items() if _plain(v)},
             metrics={k: metrics[k] for k in (spec.metric, "training_iteration") if k in metrics},
             lineage={
@@ -329,7 +361,7 @@ def _finish(
                 "job": os.environ.get("FASTGPU_JOB_ID"),
                 "lease": binding.lease.id,
             },
-            request_id=f"sweep-{spec.name}-{trial_id}-{Path(ckpt.path).name}",
+            request_id=f"sweep-{spec.name}-{trial_id}-{Path(ckpt_path).name}",
         )
     return run
 
