@@ -6,7 +6,8 @@ tenant's Serve proxy on 127.0.0.1, to the application serving now; they check no
 themselves: every replica checks the endpoint token (401/403/404), so the proxy on this
 side and a process connecting to Serve's port directly meet the same check. An endpoint that
 does not exist is 404 here; one scaled to zero waits for its first replica (up to 5 minutes).
-A request that meets a version an update just retired is sent once more, to the new version.
+A request that meets a version an update just retired, or a replica that failed under it (5xx),
+is sent once more, to the version serving then.
 """
 
 from __future__ import annotations
@@ -153,13 +154,13 @@ async def forward(tenant: str, name: str, rest: str, request: Request, svc: Svc)
         unrouted = resp.status_code == 404 and b"/-/routes" in resp.content
         if not unrouted and resp.status_code < 500:
             break
-        # Serve's own 404 (the application is not routed) or an error of an application
-        # being removed: when an update just switched versions, the request goes to the
-        # serving version (once; an inference has no side effect to repeat).
+        # Serve's own 404 (the application is not routed) or a 5xx (an application being
+        # removed, a replica that died under the request: a raylet restarted by a resize):
+        # sent once more, to the serving version (an inference has no side effect to repeat).
         now = svc.endpoints.route(tenant, name)
         if now is None or now == route:
             if not unrouted:
-                break
+                continue
             return JSONResponse(
                 {"error": "the endpoint is starting; retry in a few seconds"},
                 status_code=503,
