@@ -29,7 +29,9 @@ def _emit(data: Any, output: str, title: str) -> None:
 
 
 def deploy(
-    model: str = typer.Argument(..., help="A training run's name, or tenant/model:vN."),
+    model: str = typer.Argument(
+        ..., help="A registered model ([tenant/]model:vN or :latest), or a training run's name."
+    ),
     name: str = typer.Option(..., "--name", help="The endpoint's name."),
     gpus_per_replica: int = typer.Option(1, "--gpus-per-replica"),
     min_replicas: int = typer.Option(0, "--min-replicas", help="0 scales to zero when idle."),
