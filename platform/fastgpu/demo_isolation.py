@@ -6,7 +6,8 @@ root. vision submits a Ray job to its own cluster (``fastgpu job submit`` throug
 job takes its lease, runs a task per GPU, then tries to reach nlp and the platform: nlp's Ray
 token and storage, the server's state dir and admin token, nlp's processes. The demo prints
 what the job saw. Then vision runs a hyperparameter sweep on a lease and registers the best
-model (:mod:`.demo_tune`). Everything stops at the end.
+model, deploys it as an authenticated endpoint and calls it with curl (:mod:`.demo_tune`).
+Everything stops at the end.
 """
 
 from __future__ import annotations
@@ -158,8 +159,11 @@ def run(console: Console, base: Path) -> None:
         nlp.release_lease(held.id)
 
         from fastgpu.demo_tune import run as sweep
+        from fastgpu.demo_tune import serve
 
-        sweep(console, vision, nlp)
+        model = sweep(console, vision, nlp)
+        if model is not None:
+            serve(console, vision, model)
     finally:
         stopped = down(state)
         console.print(f"stopped the second platform ({stopped['stopped_processes']} processes)")

@@ -1,7 +1,9 @@
-"""The demo's sweep (``make demo``, on the tenant-cluster platform of :mod:`.demo_isolation`):
-vision tunes the example classifier with ``jobs/tune_classifier.py`` as a sweep on a 2-GPU lease
-(4 trials, Optuna + ASHA), the best checkpoint is registered as ``vision/digits:v1``, and nlp
-cannot see it."""
+"""The demo's sweep and endpoint (``make demo``, on the tenant-cluster platform of
+:mod:`.demo_isolation`): vision tunes the example classifier with ``jobs/tune_classifier.py`` as a
+sweep on a 2-GPU lease (4 trials, Optuna + ASHA), the best checkpoint is registered as
+``vision/digits:v1`` (nlp cannot see it), then deployed as an authenticated endpoint that
+scales from zero, and called with curl (the token in a 0600 header file, never on a command
+line)."""
 
 from __future__ import annotations
 
@@ -76,3 +78,54 @@ def run(console: Console, vision: Any, nlp: Any) -> dict[str, Any] | None:
     except Exception as exc:  # another tenant's model: 404, as if absent
         console.print(f"nlp asks for vision/digits:v1: {exc}")
     return dict(model)
+
+
+def serve(console: Console, vision: Any, model: dict[str, Any]) -> None:
+    """Deploy the registered model as endpoint ``digits`` (0..1 replicas) and call it with curl:
+    with its token (retried while it starts from zero replicas), then without one (401)."""
+    import os
+    import subprocess
+    import tempfile
+
+    from sklearn.datasets import load_digits
+
+    t0 = time.monotonic()
+    ep = vision.deploy(model["ref"], "digits", gpus_per_replica=1, min_replicas=0, max_replicas=1)
+    console.print(
+        f"deployed {model['ref']} as {ep['url']} (scales from zero; its token was shown once "
+        "and is stored hashed)"
+    )
+    digits = load_digits()
+    with tempfile.TemporaryDirectory() as tmp:
+        header = Path(tmp) / "auth"
+        fd = os.open(header, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, f"Authorization: Bearer {ep['token']}\n".encode())
+        os.close(fd)
+        body = Path(tmp) / "body.json"
+        body.write_text(json.dumps({"inputs": digits.data[:3].tolist()}))
+        out = Path(tmp) / "answer.json"
+        base = ["curl", "-s", "-H", "content-type: application/json", "--data", f"@{body}",
+                "-o", str(out), "-w", "%{http_code}", "--max-time", "60"]  # fmt: skip
+
+        def curl(*extra: str) -> str:
+            done = subprocess.run(
+                [*base, *extra, ep["url"]], capture_output=True, text=True, check=False
+            )
+            return done.stdout.strip()
+
+        deadline = time.monotonic() + 240
+        while (code := curl("-H", f"@{header}")) != "200":  # 503 while it starts from zero
+            if time.monotonic() > deadline:
+                said = out.read_text() if out.exists() else ""
+                console.print(f"[bold red]the endpoint answered[/] {code}: {said}")
+                raise RuntimeError("the endpoint did not answer")
+            time.sleep(2)
+        outputs = json.loads(out.read_text())["outputs"]
+        first_s = time.monotonic() - t0
+        bare = curl()
+    console.print(
+        f"curl with the endpoint's token: {outputs} for digits "
+        f"{[int(y) for y in digits.target[:3]]} (first answer {first_s:.0f} s after deploy, "
+        f"from zero replicas); without a token: HTTP {bare}"
+    )
+    vision.endpoint("digits", "delete")
