@@ -23,6 +23,7 @@ RUNS = [
     ["bench_usage.py", "--runs", "3"],
     ["bench_budget.py", "--runs", "5"],
     ["bench_tune.py"],
+    ["bench_agents.py", "--rounds", "5"],
     ["bench_serve.py", "--seconds", "10"],
 ]
 
