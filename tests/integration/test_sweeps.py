@@ -257,6 +257,10 @@ def test_trials_that_are_ray_train_runs_share_the_lease(pool: Platform) -> None:
     assert len(trial_runs) == 3
     checkpoints = list(runs.glob("ddp-*/step-*/fastgpu_checkpoint.json"))
     assert checkpoints  # each Train run checkpoints in its own folder (resume by trial)
+    # ASHA stopped a trial early (fewer steps checkpointed), and a trial still ran after it:
+    # the early-stopped trial's Train workers gave their GPUs back.
+    steps = sorted(len(list(r.glob("step-*"))) for r in trial_runs)
+    assert steps[0] < steps[-1], steps
     occupancy = runs.parent / "sweeps" / "ddp" / "fastgpu_occupancy.jsonl"
     samples = [json.loads(x) for x in occupancy.read_text().splitlines()]
     assert all(s["used"] <= s["held"] == 2 for s in samples)

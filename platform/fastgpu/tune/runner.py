@@ -96,6 +96,7 @@ class LeaseCallback(_callback_base()):  # type: ignore[misc]
         spec: SweepSpec | None = _CURRENT.get("spec")
         if lease_id is None or spec is None:
             return
+        _sweep_train_groups()
         want = lease_resource(lease_id)
         for trial in trials:
             if trial.status == "PENDING":
@@ -111,13 +112,32 @@ class LeaseCallback(_callback_base()):  # type: ignore[misc]
                 f.write(json.dumps(line) + "\n")
 
 
+#: How long after a Train trial ended its folder is still swept for worker groups: its Train
+#: controller may start another group (its own retry) before Tune's stop reaches it.
+SWEEP_AFTER_S = 60.0
+
+
 def _forget_train_groups(trial: Any) -> None:
-    """A Train trial is over: remove its worker groups' placement groups (ray#54305)."""
+    """A Train trial is over: remove its worker groups' placement groups (ray#54305), now and,
+    until :data:`SWEEP_AFTER_S` later, at every Tune step (see :func:`_sweep_train_groups`)."""
     spec: SweepSpec | None = _CURRENT.get("spec")
     if spec is not None and spec.train_trials and trial.path:
-        from fastgpu.tune.train_trial import remove_recorded_groups
+        _CURRENT.setdefault("ended", {})[trial.path] = time.monotonic() + SWEEP_AFTER_S
+        _sweep_train_groups(force=True)
 
-        remove_recorded_groups(trial.path)
+
+def _sweep_train_groups(force: bool = False) -> None:
+    from fastgpu.tune.train_trial import remove_recorded_groups
+
+    ended: dict[str, float] = _CURRENT.get("ended", {})
+    now = time.monotonic()
+    if not ended or (not force and now - _CURRENT.get("swept", 0.0) < 0.5):
+        return
+    _CURRENT["swept"] = now
+    for path, until in list(ended.items()):
+        remove_recorded_groups(path)
+        if now > until:
+            del ended[path]
 
 
 def _lease_gpus() -> float:

@@ -67,6 +67,8 @@ def remove_recorded_groups(trial_dir: str | Path) -> int:
         ids = path.read_text().split()
     except OSError:
         return 0
+    # The file stays: a group its Train controller starts later is appended and found on the
+    # next sweep; one already removed is skipped.
     removed = 0
     for hex_id in ids:
         try:
@@ -76,7 +78,6 @@ def remove_recorded_groups(trial_dir: str | Path) -> int:
                 removed += 1
         except (ValueError, TypeError):
             continue
-    path.unlink(missing_ok=True)
     return removed
 
 
