@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import shlex
 from typing import Any
 
 import typer
 
 from fastgpu.cli import render
-from fastgpu.errors import InvalidRequest
 
 sweep_app = typer.Typer(help="Hyperparameter sweeps (Ray Tune) on leases.", no_args_is_help=True)
 JsonOpt = typer.Option(False, "--json", help="Print JSON.")
@@ -44,19 +42,9 @@ def sweep_submit(
     as_json: bool = JsonOpt,
 ) -> None:
     """Submit a sweep: fastgpu sweep submit --name s --gpus 2:8 --trials 32 -- python tune.py"""
-    from fastgpu.cli.main import _parse_gpus
+    from fastgpu.cli.main import _parse_gpus, command_and_env
 
-    args = list(ctx.args)
-    if args and args[0] == "--":
-        args = args[1:]
-    if not args:
-        raise InvalidRequest("give the command after --, e.g. -- python tune_classifier.py")
-    extra: dict[str, str] = {}
-    for item in env or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InvalidRequest(f"--env: got {item!r}; expected KEY=VALUE")
-        extra[key] = value
+    command, extra = command_and_env(ctx.args, env, "python tune_classifier.py")
     n, low = _parse_gpus(gpus)
     sweep = {
         "name": name,
@@ -72,7 +60,7 @@ def sweep_submit(
         "register_as": register_as,
     }
     data = _client().submit_job(
-        shlex.join(args),
+        command,
         gpus=n,
         min_gpus=low,
         gpu_type=gpu_type,

@@ -128,19 +128,9 @@ def run(console: Console, base: Path) -> None:
                 env={"TARGETS": json.dumps(targets)},
             )
         console.print(f"vision's job {job['id']} runs in vision's own cluster ...")
-        deadline = time.monotonic() + 300
-        while (status := vision.job_status(job["id"]))["status"] not in (
-            "SUCCEEDED",
-            "FAILED",
-            "STOPPED",
-        ):
-            if time.monotonic() > deadline:
-                raise TimeoutError("vision's job did not finish in 300 s")
-            time.sleep(1)
-        logs = vision.job_logs(job["id"])
-        if status["status"] != "SUCCEEDED":
-            console.print(logs[-3000:])
-            raise RuntimeError(f"vision's job {status['status']}")
+        from fastgpu.demo_tune import finished_job
+
+        logs = finished_job(console, vision, job["id"], 300, "vision's job")
         out = json.loads(next(x for x in reversed(logs.splitlines()) if x.startswith("{")))
         console.print(
             f"the job ran as uid {out['uid']} on GPUs {out['devices']} "

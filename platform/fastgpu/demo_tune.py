@@ -18,6 +18,20 @@ from rich.table import Table
 JOBS = Path(__file__).resolve().parents[2] / "jobs"
 
 
+def finished_job(console: Console, client: Any, job_id: str, timeout_s: float, what: str) -> str:
+    """Wait for a job to end; its logs if it SUCCEEDED, else print their end and raise."""
+    deadline = time.monotonic() + timeout_s
+    while (status := client.job_status(job_id))["status"] not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not finish in {timeout_s:.0f} s")
+        time.sleep(1)
+    logs = str(client.job_logs(job_id))
+    if status["status"] != "SUCCEEDED":
+        console.print(logs[-3000:])
+        raise RuntimeError(f"{what} {status['status']}")
+    return logs
+
+
 def run(console: Console, vision: Any, nlp: Any) -> dict[str, Any] | None:
     """Run the sweep; return the registered model (None if the job did not succeed)."""
     if not (JOBS / "tune_classifier.py").is_file():
@@ -41,19 +55,7 @@ def run(console: Console, vision: Any, nlp: Any) -> dict[str, Any] | None:
         },
     )
     console.print(f"vision's sweep 'demo' runs as job {job['id']} on a 2-GPU lease ...")
-    deadline = time.monotonic() + 600
-    while (status := vision.job_status(job["id"]))["status"] not in (
-        "SUCCEEDED",
-        "FAILED",
-        "STOPPED",
-    ):
-        if time.monotonic() > deadline:
-            raise TimeoutError("the sweep did not finish in 600 s")
-        time.sleep(1)
-    logs = vision.job_logs(job["id"])
-    if status["status"] != "SUCCEEDED":
-        console.print(logs[-3000:])
-        raise RuntimeError(f"the sweep's job {status['status']}")
+    logs = finished_job(console, vision, job["id"], 600, "the sweep's job")
     line = next(x for x in reversed(logs.splitlines()) if x.startswith("SWEEP "))
     summary = json.loads(line[len("SWEEP ") :])
     model = vision.get_model("digits:latest")

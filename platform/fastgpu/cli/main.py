@@ -536,6 +536,26 @@ def lease_release(lease_id: str, output: Output = OutputOpt) -> None:
 JOB_COLUMNS = ("id", "status", "entrypoint", "message")
 
 
+def command_and_env(
+    args: list[str], env: list[str] | None, example: str
+) -> tuple[str, dict[str, str]]:
+    """The command after ``--`` (one shell-quoted string) and the ``--env KEY=VALUE`` pairs of a
+    submission (``fastgpu job submit``, ``fastgpu sweep submit``)."""
+    import shlex
+
+    if args and args[0] == "--":
+        args = args[1:]
+    if not args:
+        raise InvalidRequest(f"give the command after --, e.g. -- {example}")
+    extra: dict[str, str] = {}
+    for item in env or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidRequest(f"--env: got {item!r}; expected KEY=VALUE")
+        extra[key] = value
+    return shlex.join(args), extra
+
+
 @job_app.command(
     "submit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
 )
@@ -551,24 +571,12 @@ def job_submit(
     output: Output = OutputOpt,
 ) -> None:
     """Submit a Ray job as your tenant: fastgpu job submit --gpus 2:4 -- python train.py ..."""
-    args = list(ctx.args)
-    if args and args[0] == "--":
-        args = args[1:]
-    if not args:
-        raise InvalidRequest("give the command after --, e.g. -- python jobs/train_classifier.py")
-    import shlex
-
-    extra: dict[str, str] = {}
-    for item in env or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InvalidRequest(f"--env: got {item!r}; expected KEY=VALUE")
-        extra[key] = value
+    command, extra = command_and_env(ctx.args, env, "python jobs/train_classifier.py")
     lease: dict[str, Any] = {}
     if gpus is not None:
         n, low = _parse_gpus(gpus)
         lease = {"gpus": n, "min_gpus": low, "gpu_type": gpu_type, "duration": duration}
-    data = _client().submit_job(shlex.join(args), working_dir=working_dir, env=extra, **lease)
+    data = _client().submit_job(command, working_dir=working_dir, env=extra, **lease)
     _show(data, output, f"job {data['id']}")
 
 

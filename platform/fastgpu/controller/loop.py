@@ -37,6 +37,8 @@ from collections.abc import Callable
 from fastgpu.config import PlatformConfig
 from fastgpu.controller.backend import Backend, NodeInfo, gpu_bundle, group_name
 from fastgpu.controller.budgets import BudgetPass
+from fastgpu.controller.housekeeping import meter_held_after
+from fastgpu.controller.housekeeping import purge as purge_retained
 from fastgpu.controller.metering import meter
 from fastgpu.controller.snapshot import UsageStats, build_snapshot
 from fastgpu.controller.watch import LeaseWatch
@@ -355,19 +357,10 @@ class Controller:
                 self._last_purge = now
                 self.purge(now)
             self.schedule()
-            self._meter_held_after()
+            meter_held_after(self)
         housekeeping = getattr(self.backend, "housekeeping", None)
         if housekeeping is not None:
             housekeeping()
-
-    def _meter_held_after(self) -> None:
-        """The pool's shrunk leases keep the GPUs they give back until their workload has
-        checkpointed (or the grace ends): those GPU-seconds are the tenant's too."""
-        take = getattr(self.backend, "held_after", None)
-        for lease_id, gpus, start, end in take() if take else ():
-            lease = self.store.get_lease(lease_id)
-            if lease is not None:
-                self.store.add_usage(lease, gpus, start, end)
 
     def poll_ready(self, timeout_s: float) -> None:
         admitted = [lease for lease in self.live() if lease.state == LeaseState.ADMITTED]
@@ -386,23 +379,8 @@ class Controller:
                 self.end(failed, LeaseState.FAILED, f"reserving failed: {error}")
 
     def purge(self, now: float) -> dict[str, int]:
-        """Forget ended leases past the retention period (usage records stay for billing),
-        expired tokens and old idempotency keys; then what the purge hooks forget (a service's
-        own files, such as old uploads)."""
-        retention = self.config.controller.lease_retention_s
-        done = {
-            "leases": self.store.purge_ended(now - retention),
-            "tokens": self.store.purge_tokens(now),
-            "requests": self.store.purge_requests(now - retention),
-        }
-        for name, hook in self.purge_hooks.items():
-            try:
-                done[name] = hook()
-            except OSError:
-                log.exception("purging %s failed", name)
-        if any(done.values()):
-            log.info("purged %s", done)
-        return done
+        """See :func:`fastgpu.controller.housekeeping.purge`."""
+        return purge_retained(self, now)
 
     # ==== scheduling ===========================================================================
     def nodes_changed(self) -> None:
