@@ -19,11 +19,13 @@ from fastgpu.local import free_port
 
 
 class BenchServer:
-    """``ray_address``: the shared cluster (default: the one this driver is connected to);
-    None with tenant clusters on (``tenant_clusters={"enabled": True}`` and a ``pool``)."""
+    """``ray_address``: the legacy shared cluster (default: the one this driver is connected
+    to); None with tenant clusters (the default mode; needs a ``pool``)."""
 
     def __init__(self, state: Path, ray_address: str | None = "", **config: Any) -> None:
         state.mkdir(parents=True, exist_ok=True)
+        if ray_address is not None:  # the legacy shared cluster, unless the bench says otherwise
+            config.setdefault("tenant_clusters", {"enabled": False})
         self.config = PlatformConfig(
             gpu_types={"A100": GpuTypeSpec(price_per_hour=2.0, perf=312)},
             state_dir=str(state),

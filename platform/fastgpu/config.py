@@ -473,11 +473,11 @@ class TenantClusterSettings(_Spec):
     """How tenants' own Ray clusters are run."""
 
     enabled: bool = Field(
-        default=False,
+        default=True,
         description=(
-            "Run each tenant's leases in its own Ray cluster carved from `pool` (issue 9). "
-            "Off: the one shared cluster `fastgpu up` starts (v1), until jobs and training "
-            "run on tenant clusters too; then this becomes the only mode."
+            "Run each tenant's leases in its own Ray cluster carved from `pool` (the default). "
+            "Off: the legacy v1 mode, one Ray cluster shared by every tenant, which does not "
+            "isolate tenants from each other's jobs (docs/threat-model.md); it will be removed."
         ),
     )
     isolation: Literal["auto", "os_users", "single_user"] = Field(
@@ -601,8 +601,6 @@ class PlatformConfig(_Spec):
                         f"tenant {tname!r} quota for GPU type {gname!r}, which is not in "
                         f"gpu_types ({', '.join(sorted(self.gpu_types))})"
                     )
-        if self.tenant_clusters.enabled and self.pool is None:
-            raise ValueError("tenant_clusters.enabled needs pool.hosts (the GPUs to carve)")
         for host in self.pool.hosts if self.pool else []:
             if host.gpu_type not in self.gpu_types:
                 raise ValueError(

@@ -1,20 +1,18 @@
 """The demo's second part (``make demo``): tenant clusters (issue 9).
 
-A second platform on this machine with ``tenant_clusters.enabled``: two tenants, each with its
-own Ray cluster carved from 4 logical GPUs, each run as its own system user when this runs as
-root. vision submits a Ray job to its own cluster (``fastgpu job submit`` through the SDK); the
-job takes its lease, runs a task per GPU, then tries to reach nlp and the platform: nlp's Ray
-token and storage, the server's state dir and admin token, nlp's processes. The demo prints
-what the job saw. Then vision runs a hyperparameter sweep on a lease and registers the best
-model, deploys it as an authenticated endpoint and calls it with curl (:mod:`.demo_tune`).
-Everything stops at the end.
+On the demo's platform, two tenants each have their own Ray cluster carved from the pool, each
+run as its own system user when this runs as root. vision submits a Ray job to its own cluster
+(``fastgpu job submit`` through the SDK); the job takes its lease, runs a task per GPU, then
+tries to reach nlp and the platform: nlp's Ray token and storage, the server's state dir and
+admin token, nlp's processes. The demo prints what the job saw. Then vision runs a
+hyperparameter sweep on a lease and registers the best model, deploys it as an authenticated
+endpoint and calls it with curl (:mod:`.demo_tune`).
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -59,115 +57,63 @@ lease.release()
 """
 
 
-def run(console: Console, base: Path) -> None:
-    from fastgpu import Client
-    from fastgpu.config import PlatformConfig, load_config
-    from fastgpu.controller.clusters import TenantClusters
-    from fastgpu.errors import ConfigError
-    from fastgpu.local import down, up
+def run(console: Console, clusters: Any, state: Path, vision: Any, nlp: Any) -> None:
+    """On the demo's running platform (``state``; ``clusters`` its tenant clusters' manager):
+    nlp holds a lease in its own cluster while vision's job attacks it; then vision's sweep
+    and endpoint."""
     from fastgpu.pool import processes
 
-    state = base / "demo-tc"
-    cfg = base / "demo-tc.yaml"
-    cfg.parent.mkdir(parents=True, exist_ok=True)
-    cfg.write_text(
-        "gpu_types: {A100: {price_per_hour: 2.0, perf: 312}}\n"
-        f"state_dir: {state}\n"
-        "api: {port: 8471}\n"
-        "tenant_clusters: {enabled: true}\n"
-        "pool: {hosts: [{name: host-0, gpu_type: A100, devices: [0, 1]},"
-        " {name: host-1, gpu_type: A100, devices: [2, 3]}]}\n"
+    held = nlp.request_lease(2, "A100", "5m", wait=True, timeout=240)
+    nlp_id = nlp.whoami()["tenant_id"]
+    spec = clusters.spec(nlp_id)
+    head = processes.marked(f"{clusters.platform}/{nlp_id}/head")
+    console.print(
+        f"nlp holds lease {held.id} ({held.state}) in its own cluster {nlp.cluster()['address']}"
     )
-    config: PlatformConfig = load_config(cfg)
-    clusters = TenantClusters(config)
-    _clean(state, clusters)
+    targets: dict[str, Any] = {
+        "paths": {
+            "the server's state dir": str(state),
+            "the admin token": str(state / "admin_token"),
+            "the store": str(state / "fastgpu.db"),
+            "nlp's Ray token": str(spec.home / "ray_token"),
+            "nlp's storage": str(spec.storage),
+        },
+        "pid": next(iter(head.values()))[0].pid,
+    }
+    with tempfile.TemporaryDirectory() as wd:
+        (Path(wd) / "job.py").write_text(JOB)
+        job = vision.submit_job(
+            "python job.py",
+            gpus=2,
+            gpu_type="A100",
+            duration="5m",
+            working_dir=wd,
+            env={"TARGETS": json.dumps(targets)},
+        )
+    console.print(f"vision's job {job['id']} runs in vision's own cluster ...")
+    from fastgpu.demo_tune import finished_job
+
+    logs = finished_job(console, vision, job["id"], 300, "vision's job")
+    out = json.loads(next(x for x in reversed(logs.splitlines()) if x.startswith("{")))
+    console.print(
+        f"the job ran as uid {out['uid']} on GPUs {out['devices']} "
+        f"(its Ray sees {out['cluster_gpus']:g} GPUs: its lease, nothing more)"
+    )
+    t = Table(title="vision's job tries to reach what is not vision's")
+    t.add_column("target")
+    t.add_column("result")
+    for name, result in out["probes"].items():
+        t.add_row(name, result if result != "ALLOWED" else f"[bold red]{result}[/]")
+    console.print(t)
     try:
-        clusters.prepare()
-    except ConfigError as exc:  # e.g. tenants' users cannot reach this checkout's venv
-        console.print(f"[bold yellow]skipped[/]: tenant clusters cannot run here: {exc}")
-        return
-    try:
-        t0 = time.monotonic()
-        info = up(config_path=str(cfg), gpus=4)
-        console.print(
-            f"a second platform at {info['api']}: no shared Ray cluster; tenants' clusters "
-            f"start on demand (isolation: [bold]{clusters.isolation}[/]); up in "
-            f"{time.monotonic() - t0:.1f} s"
-        )
-        admin = Client(token=(state / "admin_token").read_text().strip(), address=info["api"])
-        vision = Client(
-            token=admin.create_tenant("vision", {"A100": 2})["token"], address=info["api"]
-        )
-        nlp = Client(token=admin.create_tenant("nlp", {"A100": 2})["token"], address=info["api"])
-        held = nlp.request_lease(2, "A100", "5m", wait=True, timeout=240)
-        nlp_id = nlp.whoami()["tenant_id"]
-        spec = clusters.spec(nlp_id)
-        head = processes.marked(f"{clusters.platform}/{nlp_id}/head")
-        console.print(
-            f"nlp holds lease {held.id} ({held.state}) in its own cluster "
-            f"{nlp.cluster()['address']}"
-        )
-        targets: dict[str, Any] = {
-            "paths": {
-                "the server's state dir": str(state),
-                "the admin token": str(state / "admin_token"),
-                "the store": str(state / "fastgpu.db"),
-                "nlp's Ray token": str(spec.home / "ray_token"),
-                "nlp's storage": str(spec.storage),
-            },
-            "pid": next(iter(head.values()))[0].pid,
-        }
-        with tempfile.TemporaryDirectory() as wd:
-            (Path(wd) / "job.py").write_text(JOB)
-            job = vision.submit_job(
-                "python job.py",
-                gpus=2,
-                gpu_type="A100",
-                duration="5m",
-                working_dir=wd,
-                env={"TARGETS": json.dumps(targets)},
-            )
-        console.print(f"vision's job {job['id']} runs in vision's own cluster ...")
-        from fastgpu.demo_tune import finished_job
+        nlp.job_status(job["id"])
+    except Exception as exc:  # the job is vision's: nlp gets 404
+        console.print(f"nlp asks for vision's job: {exc}")
+    nlp.release_lease(held.id)
 
-        logs = finished_job(console, vision, job["id"], 300, "vision's job")
-        out = json.loads(next(x for x in reversed(logs.splitlines()) if x.startswith("{")))
-        console.print(
-            f"the job ran as uid {out['uid']} on GPUs {out['devices']} "
-            f"(its Ray sees {out['cluster_gpus']:g} GPUs: its lease, nothing more)"
-        )
-        t = Table(title="vision's job tries to reach what is not vision's")
-        t.add_column("target")
-        t.add_column("result")
-        for name, result in out["probes"].items():
-            t.add_row(name, result if result != "ALLOWED" else f"[bold red]{result}[/]")
-        console.print(t)
-        try:
-            nlp.job_status(job["id"])
-        except Exception as exc:  # the job is vision's: nlp gets 404
-            console.print(f"nlp asks for vision's job: {exc}")
-        nlp.release_lease(held.id)
+    from fastgpu.demo_tune import run as sweep
+    from fastgpu.demo_tune import serve
 
-        from fastgpu.demo_tune import run as sweep
-        from fastgpu.demo_tune import serve
-
-        model = sweep(console, vision, nlp)
-        if model is not None:
-            serve(console, vision, model)
-    finally:
-        stopped = down(state)
-        console.print(f"stopped the second platform ({stopped['stopped_processes']} processes)")
-        _clean(state, clusters)
-
-
-def _clean(state: Path, clusters: Any) -> None:
-    """A previous run's platform, its state, its tenants' dirs and users: gone."""
-    import shutil
-
-    from fastgpu.local import down
-    from fastgpu.pool.runtime import remove_platform_users
-
-    down(state)
-    remove_platform_users(clusters.platform)
-    shutil.rmtree(state, ignore_errors=True)
-    shutil.rmtree(clusters.root, ignore_errors=True)
+    model = sweep(console, vision, nlp)
+    if model is not None:
+        serve(console, vision, model)

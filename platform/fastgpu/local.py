@@ -327,14 +327,16 @@ def up(
     nodes: int = 1,
     config_path: str | None = None,
     cpus: int | None = None,
-    tenant_clusters: bool = False,
+    tenant_clusters: bool | None = None,
     cluster_path: str | None = None,
 ) -> dict[str, Any]:
     """Start (or check) the local platform; returns what runs and any new tenant tokens.
 
-    With tenant clusters (the config's ``tenant_clusters.enabled`` or ``tenant_clusters``
-    here) no shared cluster starts: the server starts each tenant's own when it needs one, on
-    the config's ``pool`` (or the hosts ``gpus``/``nodes``/``gpu_type`` describe)."""
+    With tenant clusters (the default: the config's ``tenant_clusters.enabled`` unless
+    ``tenant_clusters`` here overrides it) no shared cluster starts: the server starts each
+    tenant's own when it needs one, on the config's ``pool`` (or the hosts
+    ``gpus``/``nodes``/``gpu_type`` describe). ``tenant_clusters=False`` is the legacy shared
+    cluster (v1), which does not isolate tenants."""
     if gpus < 1 or gpus > 1024:
         raise InvalidRequest(f"--gpus: got {gpus}; expected 1..1024")
     if nodes < 1 or nodes > 16 or gpus % nodes:
@@ -347,8 +349,8 @@ def up(
 
         overlay = load_cluster_file(cluster_path).platform_overlay()
         config = parse_config({**config.model_dump(mode="json"), **overlay}, cluster_path)
-    if tenant_clusters and not config.tenant_clusters.enabled:
-        settings = config.tenant_clusters.model_copy(update={"enabled": True})
+    if tenant_clusters is not None and tenant_clusters != config.tenant_clusters.enabled:
+        settings = config.tenant_clusters.model_copy(update={"enabled": tenant_clusters})
         config = config.model_copy(update={"tenant_clusters": settings})
     pooled = config.tenant_clusters.enabled
     if pooled and config.pool is None:

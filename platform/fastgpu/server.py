@@ -136,7 +136,7 @@ class Server:
             from fastgpu.controller.pool_backend import PoolBackend
             from fastgpu.pool.hosts import hosts_from_spec
 
-            assert self.config.pool is not None  # checked by the config
+            assert self.config.pool is not None  # checked by main()
             backend = self.backend = PoolBackend(
                 self.config, hosts_from_spec(self.config.pool), pool=make_pool(self.config)
             )
@@ -229,6 +229,14 @@ def main(config_path: str, ray_address: str | None, dashboard_url: str | None) -
     # through the state dir to their storage, so nothing in it may be readable by others.
     os.umask(0o077)
     config = load_config(config_path)
+    if config.tenant_clusters.enabled and config.pool is None:
+        from fastgpu.errors import ConfigError
+
+        raise ConfigError(
+            f"{config_path}: tenant clusters (the default) need the GPUs to carve: set "
+            "pool.hosts (or start with `fastgpu up`, which describes this machine's GPUs, or "
+            "`fastgpu up --cluster cluster.yaml`)"
+        )
     state_dir = config.resolved_state_dir()
     server = Server(config, ray_address, dashboard_url, admin_token_file=state_dir / "admin_token")
 

@@ -168,7 +168,10 @@ def platform_on_running_ray(
 
 def start_platform(state_dir: Path, ray_address: str | None, **config_extra: Any) -> Platform:
     """Write the config and the admin token into ``state_dir`` and start a server process
-    (``ray_address`` None: tenant clusters, no shared cluster)."""
+    (``ray_address`` None: tenant clusters, no shared cluster; a ``ray_address``: the legacy
+    shared cluster, unless the test says otherwise)."""
+    if ray_address is not None:
+        config_extra.setdefault("tenant_clusters", {"enabled": False})
     config = make_config(state_dir, **config_extra)
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))

@@ -1,5 +1,6 @@
-"""`fastgpu up` / `down` as a user runs them (real `ray start` processes and a real `fastgpu
-server` process, the CLI), on non-default ports chosen free for every test platform, and jobs
+"""`fastgpu up` / `down` in the legacy shared-cluster mode (``tenant_clusters.enabled: false``)
+as a user runs them (real `ray start` processes and a real `fastgpu server` process, the CLI;
+the default mode, tenant clusters, is tested in test_pool_server.py), on non-default ports chosen free for every test platform, and jobs
 submitted through the platform on a tenant's behalf (their working folder uploaded)."""
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ def _platform_env(root: Path) -> tuple[dict[str, str], Path, Path]:
 def _write_config(root: Path, ports: dict[str, Any], tenants: dict[str, Any]) -> Path:
     cfg = root / "fastgpu.yaml"
     data = {"gpu_types": {"A100": {"price_per_hour": 2.5, "perf": 312}}, "tenants": tenants}
+    data["tenant_clusters"] = {"enabled": False}  # the legacy shared cluster and its ports
     cfg.write_text(yaml.safe_dump(data | ports))
     return cfg
 

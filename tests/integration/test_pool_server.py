@@ -401,7 +401,7 @@ def test_no_token_in_any_log_environment_or_command_line(pool: Platform) -> None
 
 
 def test_up_connect_and_down_with_tenant_clusters() -> None:
-    """`fastgpu up --tenant-clusters` starts no shared Ray; `fastgpu connect` writes a 0600
+    """`fastgpu up` (tenant clusters: the default) starts no shared Ray; `fastgpu connect` writes a 0600
     token file and prints only its path; `fastgpu down` stops every tenant process."""
     base = Path(os.environ["RAY_TMPDIR"]) / f"up{os.getpid()}"
     home = base / "h"
@@ -426,7 +426,7 @@ def test_up_connect_and_down_with_tenant_clusters() -> None:
             env=env | extra, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
 
-    out = fastgpu("up", "--tenant-clusters", "--gpus", "2", "--config", str(cfg), "-o", "json")
+    out = fastgpu("up", "--gpus", "2", "--config", str(cfg), "-o", "json")
     try:
         assert out.returncode == 0, out.stdout + out.stderr
         info = json.loads(out.stdout)

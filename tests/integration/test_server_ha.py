@@ -45,7 +45,7 @@ def postgres_url() -> Iterator[str]:
 def _platform(state_dir: Path, store_url: str, admin: str, ray_address: str) -> Platform:
     """A server's config and state dir: its own API port, the shared store and admin token."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    config = make_config(state_dir, store_url=store_url)
+    config = make_config(state_dir, store_url=store_url, tenant_clusters={"enabled": False})
     (state_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
     write_secret(state_dir / "admin_token", admin)
     return Platform(config, admin, state_dir, ray_address)

@@ -102,3 +102,24 @@ def test_shipped_example_config_is_valid() -> None:
     root = Path(__file__).resolve().parents[2]
     cfg = load_config(root / "docs" / "examples" / "fastgpu.yaml")
     assert set(cfg.gpu_types) == {"A100", "H100"}
+
+
+def test_tenant_clusters_are_the_default_and_the_server_needs_a_pool(tmp_path: Path) -> None:
+    """Isolation is the default; a server given no GPUs to carve refuses to start and names
+    the field, rather than starting a platform that cannot grant a lease."""
+    import subprocess
+    import sys
+
+    cfg = load_config(_write(tmp_path, GOOD))
+    (tmp_path / "x.yaml").write_text(GOOD)
+    assert cfg.tenant_clusters.enabled is True
+    assert cfg.pool is None  # `fastgpu up` fills it in from --gpus/--nodes
+    out = subprocess.run(
+        [sys.executable, "-m", "fastgpu.cli.main", "server", "--config", str(tmp_path / "x.yaml")],
+        capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "pool.hosts" in " ".join(out.stderr.split())
+    legacy = load_config(_write(tmp_path, GOOD + "tenant_clusters: {enabled: false}\n"))
+    assert legacy.tenant_clusters.enabled is False

@@ -166,7 +166,12 @@ def up(
     nodes: int = typer.Option(1, "--nodes", help="Ray nodes to split the GPUs over."),
     config: str = typer.Option(None, "--config", help="Platform config YAML."),
     tenant_clusters: bool = typer.Option(
-        False, "--tenant-clusters", help="One Ray cluster per tenant (issue 9; off: shared)."
+        None,
+        "--tenant-clusters/--shared-cluster",
+        help=(
+            "One Ray cluster per tenant (the default, unless the config says otherwise); "
+            "--shared-cluster: the legacy v1 mode, one cluster for all, not isolated."
+        ),
     ),
     cluster: str = typer.Option(
         None, "--cluster", help="cluster.yaml: the pool (hosts, GPU types, agents)."
