@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/python -m fastgpu.demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not gpu" -q
+	$(BIN)/python -m pytest -m "not gpu" -q --durations=40
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not gpu and not slow and not ray" -q

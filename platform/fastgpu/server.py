@@ -155,6 +155,10 @@ class Server:
             dashboard_url=self.dashboard_url,
             wait_slots=WaitSlots(self.config.api.max_waits_per_tenant),
         )
+        if self.backend is not None:  # tenants' job drivers act as their tenant
+            clusters = self.backend.clusters
+            clusters.api_url = f"http://{self.config.api.host}:{self.config.api.port}"
+            clusters.job_token = services.auth.cluster_token
         if self.admin_token_file is not None and self.admin_token_file.exists():
             services.auth.bootstrap_admin(self.admin_token_file.read_text().strip())
         metrics = install_metrics(self.controller)  # before reconcile: it changes leases too

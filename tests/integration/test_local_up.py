@@ -1,7 +1,8 @@
 """`fastgpu up` / `down` in the legacy shared-cluster mode (``tenant_clusters.enabled: false``)
 as a user runs them (real `ray start` processes and a real `fastgpu server` process, the CLI;
-the default mode, tenant clusters, is tested in test_pool_server.py), on non-default ports chosen free for every test platform, and jobs
-submitted through the platform on a tenant's behalf (their working folder uploaded)."""
+the default mode, tenant clusters, is tested in test_pool_server.py), on non-default ports
+chosen free for every test platform, and jobs submitted through the platform on a tenant's
+behalf (their working folder uploaded)."""
 
 from __future__ import annotations
 

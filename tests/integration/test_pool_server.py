@@ -195,6 +195,36 @@ def test_a_lease_is_raylets_in_the_tenant_cluster(pool: Platform, tmp_path: Path
     wait_until(lambda: lease.id not in raylets(pool), timeout=30)
 
 
+JOB_AS_TENANT = """
+import json, os
+import fastgpu as fgpu
+path = os.environ["FASTGPU_TOKEN_FILE"]
+client = fgpu.Client()  # no token given: the cluster's own file
+lease = client.request_lease(1, "A100", "2m", wait=True, timeout=150)
+st = os.stat(path)
+print(json.dumps({"tenant": client.whoami()["tenant"], "lease": lease.state,
+                  "mode": st.st_mode & 0o777, "owner": st.st_uid, "me": os.getuid(),
+                  "token_in_env": any("fgpu_" in v for v in os.environ.values())}))
+lease.release()
+"""
+
+
+def test_a_plain_ray_job_submit_acts_as_its_tenant(pool: Platform, tmp_path: Path) -> None:
+    """A job sent with plain `ray job submit` (after `fastgpu connect`) finds its tenant's
+    FastGPU token as a 0600 file of the tenant's user on its cluster's head, issued when the
+    head started and labelled `cluster`; it takes a lease with no token in any environment."""
+    token = pool.tenant("rayjobs", A100=1)
+    me = pool.client(token)
+    out = ray_job(me.cluster(), tmp_path, JOB_AS_TENANT)
+    assert out["tenant"] == "rayjobs"
+    assert out["lease"] == "RESERVED"
+    assert out["mode"] == 0o600
+    assert out["owner"] == out["me"] != 0  # the tenant's user, not root
+    assert out["token_in_env"] is False
+    labels = [t["label"] for t in pool.client().list_tokens("rayjobs")]
+    assert labels.count("cluster") == 1, labels
+
+
 def test_two_tenants_get_disjoint_devices_in_separate_clusters(
     pool: Platform, tmp_path: Path
 ) -> None:
@@ -401,8 +431,9 @@ def test_no_token_in_any_log_environment_or_command_line(pool: Platform) -> None
 
 
 def test_up_connect_and_down_with_tenant_clusters() -> None:
-    """`fastgpu up` (tenant clusters: the default) starts no shared Ray; `fastgpu connect` writes a 0600
-    token file and prints only its path; `fastgpu down` stops every tenant process."""
+    """`fastgpu up` (tenant clusters: the default) starts no shared Ray; `fastgpu connect`
+    writes a 0600 token file and prints only its path; `fastgpu down` stops every tenant
+    process."""
     base = Path(os.environ["RAY_TMPDIR"]) / f"up{os.getpid()}"
     home = base / "h"
     base.mkdir()

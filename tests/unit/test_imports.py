@@ -186,6 +186,7 @@ def violation(imp: Import) -> str | None:
         "controller",
         "local",
         "server",
+        "demo",
         "demo_isolation",
         "agent",
     }:

@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from fastgpu.config import PlatformConfig, tenant_storage_key
@@ -86,6 +87,10 @@ class TenantClusters:
                 f"{107 - 1 - HOME_NAME_CHARS - _RAY_SOCKET_SUFFIX} characters"
             )
         self._python: TenantPython | None = None
+        #: Set by the server once its services exist: the API's address and the issuer of a
+        #: cluster's own FastGPU token (by tenant id); see TenantCluster.job_token.
+        self.api_url: str | None = None
+        self.job_token: Callable[[str], str] | None = None
         self._mu = threading.Lock()
         self._clusters: dict[str, TenantCluster] = {}
         self._idle_since: dict[str, float] = {}
@@ -128,6 +133,10 @@ class TenantClusters:
             if cluster is None:
                 cluster = TenantCluster(self.spec(tenant_id, tenant_name))
                 cluster.pool = self.pool
+                cluster.api_url = self.api_url
+                source = self.job_token
+                if source is not None:
+                    cluster.job_token = lambda: source(tenant_id)
                 cluster.adopt()
                 self._clusters[tenant_id] = cluster
             return cluster

@@ -5,7 +5,8 @@ up; the node's processes are then known by their marker (and the GCS server's or
 Layout of a cluster's home (``<root>/<tenant id>``, 0700, owned by the tenant's user)::
 
     ray_token     the cluster's Ray token (0600): RAY_AUTH_TOKEN_PATH, never in an environment
-    secrets/      other 0600 files for the tenant's processes (a job's FastGPU token)
+    secrets/      other 0600 files for the tenant's processes (a job's FastGPU token; the
+                  cluster's own, ``job_token``, for jobs sent with plain `ray job submit`)
     cluster.json  the head's ports, so a restarted server reconnects
     r/            Ray's temp dir (short: Ray's socket paths are length-limited)
     logs/         what each ``ray start`` printed
@@ -41,7 +42,12 @@ from fastgpu.pool.processes import MARKER_ENV, OsUser
 from fastgpu.pool.runtime import TenantPython, private_dir, write_private
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from fastgpu.pool.seam import Pool
+
+#: The cluster's own FastGPU token under ``secrets/`` (FASTGPU_TOKEN_FILE of its job drivers).
+JOB_TOKEN_FILE = "job_token"
 
 HEAD_PORTS = (
     "gcs",
@@ -199,6 +205,11 @@ class TenantCluster:
         self._keeper_lock = threading.Lock()
         #: The pool, when some hosts are run by agents: their raylets go through it.
         self.pool: Pool | None = None
+        #: Set by the server: the API's address and a source of FastGPU tokens for the
+        #: tenant's own jobs (one issued at each head start, kept in ``secrets/``), so a job
+        #: sent with plain `ray job submit` acts as its tenant (FASTGPU_TOKEN_FILE).
+        self.api_url: str | None = None
+        self.job_token: Callable[[], str] | None = None
 
     def _remote(self, host: str) -> Pool | None:
         return self.pool if self.pool is not None and self.pool.owns(host) else None
@@ -235,6 +246,9 @@ class TenantCluster:
             "CUDA_VISIBLE_DEVICES": ",".join(str(d) for d in devices),
             MARKER_ENV: self.marker(role),
         }
+        if role == "head" and self.api_url is not None:  # job drivers run on the head
+            env["FASTGPU_ADDRESS"] = self.api_url
+            env["FASTGPU_TOKEN_FILE"] = str(self.spec.home / "secrets" / JOB_TOKEN_FILE)
         if role == "head":
             # No idle Python worker started ahead on the CPU-only head when the first driver
             # (the keeper) connects: ~45 MB per tenant, measured; a task there starts one.
@@ -291,6 +305,8 @@ class TenantCluster:
             if self.running():
                 return
             self._prepare()
+            if self.job_token is not None:
+                self.write_secret(JOB_TOKEN_FILE, self.job_token())
             self._ports = dict(zip(HEAD_PORTS, free_ports(len(HEAD_PORTS)), strict=True))
             args = head_args(self._ports, self.spec.head_cpus, self.spec.home / "r")
             log = self.spec.home / "logs" / "head.log"

@@ -26,6 +26,9 @@ from fastgpu.store import TokenRecord
 from fastgpu.timeutil import iso
 from fastgpu.validation import parse_duration
 
+#: The label of a tenant cluster's own token (see :meth:`AuthService.cluster_token`).
+CLUSTER_TOKEN_LABEL = "cluster"
+
 if TYPE_CHECKING:
     from fastgpu.controller.loop import Controller
 
@@ -288,6 +291,27 @@ class AuthService:
             hash_token(token), owner, is_admin, now, None if life is None else now + life, label
         )
         return issued(rec, token)
+
+    def cluster_token(self, tenant_id: str) -> str:
+        """A token for the jobs of a tenant's own Ray cluster, issued when its head starts (it
+        lives there as a 0600 file of the tenant's user, ``FASTGPU_TOKEN_FILE``, so a job sent
+        with plain `ray job submit` acts as its tenant); the previous cluster token is revoked.
+        It expires with the longest lease; rotating the tenant's tokens stops it too."""
+        from fastgpu.validation import MAX_DURATION_S
+
+        rec = next((r for r in self._ctl.tenants() if r.id == tenant_id), None)
+        if rec is None:
+            raise NotFound(f"tenant {tenant_id!r} not found")
+        now = self._ctl.clock()
+        for old in self._store.list_tokens(rec.name, now):
+            if old.label == CLUSTER_TOKEN_LABEL:
+                self._store.revoke_token(rec.name, old.id)
+        token = new_token()
+        self._store.add_token(
+            hash_token(token), rec.name, False, now, now + MAX_DURATION_S, CLUSTER_TOKEN_LABEL
+        )
+        self.forget()
+        return token
 
     def revoke(self, p: Principal, principal: str, token_id: str) -> TokenOut:
         owner, is_admin = self._owner(p, principal)
