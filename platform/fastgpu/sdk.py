@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +24,18 @@ from fastgpu.config import DEFAULT_API_PORT, default_state_dir
 from fastgpu.errors import (
     AuthenticationError,
     FastGPUError,
-    InvalidRequest,
     LeaseRejected,
     Unavailable,
     WaitTimeout,
     error_from_dict,
 )
+from fastgpu.sdk_base import seg
+from fastgpu.sdk_endpoints import EndpointCalls
 from fastgpu.sdk_hosts import HostCalls
 from fastgpu.sdk_registry import RegistryCalls
 from fastgpu.sdk_sweeps import SweepCalls
+from fastgpu.sdk_tenants import TenantCalls
+from fastgpu.sdk_usage import UsageCalls
 
 ADMIN_TOKEN_FILE = "admin_token"
 ADDRESS_FILE = "api_address"
@@ -70,7 +72,7 @@ def local_address(state_dir: Path | None = None) -> str:
         return f"http://127.0.0.1:{DEFAULT_API_PORT}"
 
 
-class Client(RegistryCalls, SweepCalls, HostCalls):
+class Client(TenantCalls, UsageCalls, EndpointCalls, RegistryCalls, SweepCalls, HostCalls):
     """A handle on the FastGPU control API for one caller (admin or tenant)."""
 
     def __init__(
@@ -166,41 +168,6 @@ class Client(RegistryCalls, SweepCalls, HostCalls):
         raise Unavailable("unreachable")  # pragma: no cover - the loop returns or raises
 
     # -- identity and cluster ---------------------------------------------------------------
-    # -- endpoints (issue 11): shapes in fastgpu.endpoints.models ------------------------------
-    def deploy(self, model: str, name: str, **scaling: Any) -> dict[str, Any]:
-        """Deploy ``model`` (a run name, or ``tenant/model:vN``) as endpoint ``name``; the
-        answer holds its ``url`` and its ``token`` (shown once). ``scaling``: gpus_per_replica,
-        min_replicas, max_replicas, max_batch_size, batch_wait_ms, gpu_type, tenant (admin)."""
-        tenant = scaling.pop("tenant", None)
-        body = {"name": name, "model": model, **scaling}
-        return dict(self._call("POST", "/endpoints", json=body, params={"tenant": tenant}))
-
-    def endpoint(self, name: str, op: str = "show", **body: Any) -> Any:
-        """One endpoint: ``op`` is show, update (``body``: model, min_replicas, ...), delete,
-        tokens, issue_token, revoke_token (``token_id``) or logs (``lines``)."""
-        path = f"/endpoints/{_seg(name)}"
-        calls: dict[str, tuple[str, str, Any, Any]] = {
-            "show": ("GET", path, None, None),
-            "update": ("PATCH", path, body, None),
-            "delete": ("DELETE", path, None, None),
-            "tokens": ("GET", f"{path}/tokens", None, None),
-            "issue_token": ("POST", f"{path}/tokens", None, None),
-            "revoke_token": (
-                "DELETE",
-                f"{path}/tokens/{_seg(body.get('token_id', ''))}",
-                None,
-                None,
-            ),
-            "logs": ("GET", f"{path}/logs", None, {"lines": body.get("lines", 200)}),
-        }
-        if op not in calls:
-            raise ValueError(f"op: got {op!r}; expected one of {', '.join(calls)}")
-        method, url, js, params = calls[op]
-        return self._call(method, url, json=js, params=params)
-
-    def list_endpoints(self, tenant: str | None = None) -> list[dict[str, Any]]:
-        return list(self._call("GET", "/endpoints", params={"tenant": tenant})["endpoints"])
-
     def whoami(self) -> dict[str, Any]:
         return dict(self._call("GET", "/whoami"))
 
@@ -213,36 +180,6 @@ class Client(RegistryCalls, SweepCalls, HostCalls):
         params = {"tenant": tenant} if tenant else None
         return dict(self._call("GET", "/cluster", params=params, timeout=180))
 
-    # -- tenants (admin) -------------------------------------------------------------------
-    def create_tenant(
-        self,
-        name: str,
-        quotas: dict[str, Any] | None = None,
-        *,
-        weight: float | None = None,
-        priority: int | None = None,
-        budget: dict[str, Any] | None = None,
-        queueing: str | None = None,
-        request_id: str | None = None,
-    ) -> dict[str, Any]:
-        """Create a tenant; ``quotas`` maps GPU type to a nominal count or a quota mapping.
-        The result holds the tenant's token, shown this once. Retries reuse the request id:
-        a retry that finds the tenant made answers it without the token (rotate to get one)."""
-        body: dict[str, Any] = {
-            "name": name,
-            "quotas": _quotas(quotas or {}),
-            "request_id": request_id or f"sdk-{uuid.uuid4().hex}",
-        }
-        for key, value in (
-            ("weight", weight),
-            ("priority", priority),
-            ("budget", budget),
-            ("queueing", queueing),
-        ):
-            if value is not None:
-                body[key] = value
-        return dict(self._call("POST", "/tenants", json=body))
-
     def _pages(self, path: str, params: dict[str, Any] | None = None) -> list[Any]:
         """Every item of a paginated list (follows ``next_cursor``)."""
         items: list[Any] = []
@@ -253,46 +190,6 @@ class Client(RegistryCalls, SweepCalls, HostCalls):
             cursor = page.get("next_cursor")
             if not cursor:
                 return items
-
-    def list_tenants(self) -> list[dict[str, Any]]:
-        return self._pages("/tenants")
-
-    def get_tenant(self, name: str) -> dict[str, Any]:
-        return dict(self._call("GET", f"/tenants/{_seg(name)}"))
-
-    def update_tenant(self, name: str, **changes: Any) -> dict[str, Any]:
-        if "quotas" in changes and changes["quotas"] is not None:
-            changes["quotas"] = _quotas(changes["quotas"])
-        return dict(self._call("PATCH", f"/tenants/{_seg(name)}", json=changes))
-
-    def delete_tenant(self, name: str) -> dict[str, Any]:
-        return dict(self._call("DELETE", f"/tenants/{_seg(name)}"))
-
-    def rotate_token(
-        self,
-        name: str,
-        grace: str | float | None = None,
-        expires_in: str | float | None = None,
-    ) -> dict[str, Any]:
-        """A new token for tenant ``name`` (or ``"admin"``); the old ones keep working for
-        ``grace`` (the server's default when unset; 0 stops them now)."""
-        body = {k: v for k, v in (("grace", grace), ("expires_in", expires_in)) if v is not None}
-        body["request_id"] = f"sdk-{uuid.uuid4().hex}"  # a retry does not rotate twice
-        return dict(self._call("POST", f"/tenants/{_seg(name)}/rotate-token", json=body))
-
-    def issue_token(
-        self, name: str, label: str | None = None, expires_in: str | float | None = None
-    ) -> dict[str, Any]:
-        """One more token for ``name`` (or ``"admin"``); the others keep working."""
-        body = {k: v for k, v in (("label", label), ("expires_in", expires_in)) if v is not None}
-        body["request_id"] = f"sdk-{uuid.uuid4().hex}"  # a retry does not issue twice
-        return dict(self._call("POST", f"/tenants/{_seg(name)}/tokens", json=body))
-
-    def list_tokens(self, name: str) -> list[dict[str, Any]]:
-        return self._pages(f"/tenants/{_seg(name)}/tokens")
-
-    def revoke_token(self, name: str, token_id: str) -> dict[str, Any]:
-        return dict(self._call("DELETE", f"/tenants/{_seg(name)}/tokens/{_seg(token_id)}"))
 
     def request_lease(
         self,
@@ -344,7 +241,7 @@ class Client(RegistryCalls, SweepCalls, HostCalls):
 
     def get_lease(self, lease_id: str, wait: float = 0.0) -> Lease:
         data = self._call(
-            "GET", f"/leases/{_seg(lease_id)}", params={"wait": wait or None}, timeout=wait + 30
+            "GET", f"/leases/{seg(lease_id)}", params={"wait": wait or None}, timeout=wait + 30
         )
         return Lease(self, data)
 
@@ -353,10 +250,10 @@ class Client(RegistryCalls, SweepCalls, HostCalls):
         return [Lease(self, r) for r in rows]
 
     def release_lease(self, lease_id: str) -> Lease:
-        return Lease(self, self._call("POST", f"/leases/{_seg(lease_id)}/release"))
+        return Lease(self, self._call("POST", f"/leases/{seg(lease_id)}/release"))
 
     def bind_lease(self, lease_id: str, workload: str) -> Lease:
-        data = self._call("POST", f"/leases/{_seg(lease_id)}/bind", json={"workload": workload})
+        data = self._call("POST", f"/leases/{seg(lease_id)}/bind", json={"workload": workload})
         return Lease(self, data)
 
     # -- jobs ------------------------------------------------------------------------------
@@ -407,51 +304,13 @@ class Client(RegistryCalls, SweepCalls, HostCalls):
         return self._pages("/jobs")
 
     def job_status(self, job_id: str) -> dict[str, Any]:
-        return dict(self._call("GET", f"/jobs/{_seg(job_id)}"))
+        return dict(self._call("GET", f"/jobs/{seg(job_id)}"))
 
     def job_logs(self, job_id: str) -> str:
-        return str(self._call("GET", f"/jobs/{_seg(job_id)}/logs")["logs"])
+        return str(self._call("GET", f"/jobs/{seg(job_id)}/logs")["logs"])
 
     def stop_job(self, job_id: str) -> dict[str, Any]:
-        return dict(self._call("POST", f"/jobs/{_seg(job_id)}/stop"))
-
-    # -- usage -----------------------------------------------------------------------------
-    def usage(self, tenant: str | None = None, since: str | None = None) -> list[dict[str, Any]]:
-        return self._pages("/usage", params={"tenant": tenant, "since": since})
-
-    def usage_report(
-        self,
-        by: str | Sequence[str] = ("tenant",),
-        period: str | None = None,
-        since: str | None = None,
-        until: str | None = None,
-        tenant: str | None = None,
-    ) -> dict[str, Any]:
-        """GPU-hours and cost grouped by ``by`` (of tenant, gpu_type, workload) and by
-        ``period`` (hour, day, week, month; UTC) over ``[since, until)``: ``rows`` and totals."""
-        groups = by if isinstance(by, str) else ",".join(by)
-        params = {"by": groups, "period": period, "since": since, "until": until, "tenant": tenant}
-        return dict(self._call("GET", "/usage/report", params=params))
-
-    def budget(self, tenant: str | None = None) -> dict[str, Any]:
-        """A tenant's budget this period (yours without ``tenant``): spent, limit, remaining,
-        thresholds crossed, state, action, the run-out time at the current burn rate, events."""
-        name = tenant or self.whoami()["tenant"]
-        if not name:
-            raise InvalidRequest('tenant: the admin names one, e.g. budget(tenant="acme")')
-        return dict(self._call("GET", f"/tenants/{_seg(name)}/budget"))
-
-    def budgets(self) -> list[dict[str, Any]]:
-        """Every tenant with a budget, as the controller last assessed it (admin)."""
-        return list(self._call("GET", "/budgets")["items"])
-
-    def usage_statement(
-        self, at: str, period: str = "month", tenant: str | None = None
-    ) -> dict[str, Any]:
-        """Per tenant, GPU-hours and cost by GPU type and workload over one period
-        (``at="2026-11"`` for a month), with totals."""
-        params = {"at": at, "period": period, "tenant": tenant}
-        return dict(self._call("GET", "/usage/statement", params=params))
+        return dict(self._call("POST", f"/jobs/{seg(job_id)}/stop"))
 
 
 class Lease:
@@ -509,7 +368,7 @@ class Lease:
 
     def report_checkpoint(self) -> Lease:
         """Tell the scheduler a checkpoint was just saved (preemption loses least work)."""
-        self.data = self._client._call("POST", f"/leases/{_seg(self.id)}/checkpoint")
+        self.data = self._client._call("POST", f"/leases/{seg(self.id)}/checkpoint")
         return self
 
     @property
@@ -576,13 +435,3 @@ def _check_lease(body: dict[str, Any]) -> None:
         LeaseSpec.model_validate({k: v for k, v in body.items() if k in LeaseSpec.model_fields})
     except ValidationError as exc:
         raise invalid_from(exc) from None
-
-
-def _seg(value: str) -> str:
-    from urllib.parse import quote
-
-    return quote(str(value), safe="")
-
-
-def _quotas(quotas: dict[str, Any]) -> dict[str, Any]:
-    return {k: ({"nominal": v} if isinstance(v, int) else v) for k, v in quotas.items()}

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from fastgpu.sdk_base import Calls
 
 
-class HostCalls:
+class HostCalls(Calls):
     """Add, list, show, drain and undrain the pool's agent-run hosts."""
-
-    if TYPE_CHECKING:  # provided by Client
-
-        def _call(
-            self,
-            method: str,
-            path: str,
-            json: Any = None,
-            params: dict[str, Any] | None = None,
-            timeout: float | None = None,
-            content: bytes | None = None,
-            headers: dict[str, str] | None = None,
-        ) -> Any: ...
 
     def add_host(self, name: str) -> dict[str, Any]:
         """Declare host ``name``; returns ``{"name", "token"}``: the token is shown once (give

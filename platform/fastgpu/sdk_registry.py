@@ -4,30 +4,14 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastgpu.errors import InvalidRequest
+from fastgpu.sdk_base import Calls
 
 
-class RegistryCalls:
+class RegistryCalls(Calls):
     """Register, list, show, resolve and delete model versions (``tenant/name:vN``)."""
-
-    if TYPE_CHECKING:  # provided by Client
-
-        def _call(
-            self,
-            method: str,
-            path: str,
-            json: Any = None,
-            params: dict[str, Any] | None = None,
-            timeout: float | None = None,
-            content: bytes | None = None,
-            headers: dict[str, str] | None = None,
-        ) -> Any: ...
-
-        def _pages(self, path: str, params: dict[str, Any] | None = None) -> list[Any]: ...
-
-        def whoami(self) -> dict[str, Any]: ...
 
     def register_model(
         self,
