@@ -37,6 +37,7 @@ pytestmark = [
 ]
 
 IDLE_S = 10.0
+REPO = Path(__file__).resolve().parents[2]
 POOL = {
     "hosts": [
         {"name": "host-0", "gpu_type": "A100", "devices": [0, 1]},
@@ -223,6 +224,26 @@ def test_a_plain_ray_job_submit_acts_as_its_tenant(pool: Platform, tmp_path: Pat
     assert out["token_in_env"] is False
     labels = [t["label"] for t in pool.client().list_tokens("rayjobs")]
     assert labels.count("cluster") == 1, labels
+
+
+SEED_SAMPLE = REPO / "docs" / "examples" / "seed_sample.py"
+
+
+def test_the_seed_sample_runs_as_written(pool: Platform) -> None:
+    """docs/examples/seed_sample.py, the seed's interface verbatim (token from the
+    environment, ``perf=10.0`` picks the cheapest type that meets it, ``time`` in minutes),
+    trains on a lease of the default mode and releases it."""
+    token = pool.tenant("seed-sample", A100=1)
+    env = {**os.environ, "FASTGPU_TOKEN": token, "FASTGPU_ADDRESS": pool.url}
+    done = subprocess.run(
+        [sys.executable, str(SEED_SAMPLE)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "released: RELEASED" in done.stdout
+    losses = [float(x.split()[-1]) for x in done.stdout.splitlines() if x.startswith("step")]
+    assert losses[-1] < losses[0]
+    leases = pool.client(token).list_leases()
+    assert [(x.state, x.gpus, x.gpu_type) for x in leases] == [("RELEASED", 1, "A100")]
 
 
 def test_two_tenants_get_disjoint_devices_in_separate_clusters(
@@ -482,9 +503,6 @@ def test_up_connect_and_down_with_tenant_clusters() -> None:
         down = fastgpu("down", "-o", "json")
     assert down.returncode == 0, down.stderr
     assert processes.marked(f"{platform_id(home)}/") == {}
-
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_training_job_runs_on_its_lease_raylets(pool: Platform) -> None:
