@@ -9,13 +9,21 @@
   platform's hop from the check, straight at the tenant's Serve port with the token.
 
 Measured: closed-loop throughput and p50/p99 latency (``--clients`` concurrent clients, one row
-per request, ``--seconds`` each, after a warm-up) and the ratio to raw; the cold start from zero
-replicas (request -> answer, including a lease, a raylet and a replica); scale-up from 1 to 3
-replicas under a step load (step -> 3 replicas running, and the lease's GPUs); a rolling update
+per request, ``--seconds`` each, after a warm-up) and the ratio to raw, then p50 with one client
+(no queue: the latency a hop adds by itself); the cold start from zero replicas (request ->
+answer, including a lease, a raylet and a replica); scale-up from 1 to 3 replicas under a step
+load (step -> 3 replicas running, and the lease's GPUs); a rolling update
 under load (failed requests, p99 during the update). Raw runs first, then the platform, on the
 same machine and client. Needs root for tenants' own users.
 
-    python bench/bench_serve.py [--seconds 15 --clients 8]
+Where the CPU goes: during each throughput measurement the CPU time (user + system) of the
+client (this process), the platform's server, Serve's proxy and the replica is read from
+``/proc`` before and after, and printed as CPU milliseconds per request; ``other`` is the rest
+of the machine's busy time (Ray's own daemons, other work). With ``--profile FILE`` the server
+process is sampled with py-spy while the platform URL is measured (collapsed stacks in FILE,
+the hottest frames printed).
+
+    python bench/bench_serve.py [--seconds 15 --clients 8] [--quick] [--profile FILE]
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -45,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "platform")])
 
 import httpx  # noqa: E402
+import psutil  # noqa: E402
 
 from _server import BenchServer  # noqa: E402
 from fastgpu.controller.clusters import TenantClusters  # noqa: E402
@@ -126,9 +136,102 @@ def drive(url: str, token: str | None, clients: int, seconds: float) -> dict[str
     return asyncio.run(_drive(url, token, clients, seconds))
 
 
-def measure(url: str, token: str | None, args: argparse.Namespace) -> dict[str, Any]:
+# ---- where the CPU goes ------------------------------------------------------------------------
+ROLES = ("client", "server", "serve proxy", "replica", "other")
+
+
+def _role(proc: psutil.Process, server_pid: int | None) -> str | None:
+    if proc.pid == os.getpid():
+        return "client"
+    if proc.pid == server_pid:
+        return "server"
+    try:
+        title = " ".join(proc.cmdline()[:1])
+    except (psutil.Error, OSError):
+        return None
+    if "ProxyActor" in title:
+        return "serve proxy"
+    if "ServeReplica" in title:
+        return "replica"
+    return None
+
+
+def _cpu(server_pid: int | None) -> tuple[dict[int, tuple[str, float]], float]:
+    """CPU seconds (user + system) of each process with a role, and the machine's busy time."""
+    per: dict[int, tuple[str, float]] = {}
+    for proc in psutil.process_iter():
+        role = _role(proc, server_pid)
+        if role is None:
+            continue
+        try:
+            t = proc.cpu_times()
+        except (psutil.Error, OSError):
+            continue
+        per[proc.pid] = (role, t.user + t.system)
+    m = psutil.cpu_times()
+    busy = m.user + m.nice + m.system + m.irq + m.softirq + getattr(m, "steal", 0.0)
+    return per, busy
+
+
+def cpu_split(
+    before: tuple[dict[int, tuple[str, float]], float],
+    after: tuple[dict[int, tuple[str, float]], float],
+    requests: int,
+) -> dict[str, float]:
+    """CPU milliseconds per request of each role between two :func:`_cpu` readings."""
+    used = dict.fromkeys(ROLES, 0.0)
+    for pid, (role, t1) in after[0].items():
+        used[role] += t1 - before[0].get(pid, (role, 0.0))[1]
+    used["other"] = max(0.0, after[1] - before[1] - sum(used.values()))
+    return {role: 1e3 * v / max(1, requests) for role, v in used.items()}
+
+
+def measure(
+    url: str,
+    token: str | None,
+    args: argparse.Namespace,
+    server_pid: int | None = None,
+    profile: Path | None = None,
+) -> dict[str, Any]:
     drive(url, token, args.clients, 3)  # warm-up
-    return drive(url, token, args.clients, args.seconds)
+    spy = None
+    if profile is not None and server_pid is not None:
+        cmd = [args.py_spy, "record", "-p", str(server_pid), "-r", "200", "-f", "raw"]
+        cmd += ["-d", str(int(args.seconds)), "-o", str(profile), "--nonblocking"]
+        spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    before = _cpu(server_pid)
+    out = drive(url, token, args.clients, args.seconds)
+    out["cpu_ms"] = cpu_split(before, _cpu(server_pid), out["requests"])
+    if spy is not None:
+        spy.wait(60)
+    # one client: the latency a hop adds with no queue in front of it
+    out["p50_1_ms"] = drive(url, token, 1, max(3.0, args.seconds / 3))["p50_ms"]
+    return out
+
+
+def hottest(profile: Path, top: int = 25) -> str:
+    """The frames most often on the stack (inclusive) and at its top (self) in py-spy's
+    collapsed output."""
+    incl: dict[str, int] = {}
+    self_: dict[str, int] = {}
+    total = 0
+    for line in profile.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        frames = stack.split(";")[1:]  # the first is the process/thread
+        total += int(count)
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + int(count)
+        if frames:
+            self_[frames[-1]] = self_.get(frames[-1], 0) + int(count)
+    rows = [f"server samples: {total}", "inclusive:"]
+    for f, n in sorted(incl.items(), key=lambda kv: -kv[1])[:top]:
+        rows.append(f"  {100 * n / max(1, total):5.1f}%  {f[:150]}")
+    rows.append("self:")
+    for f, n in sorted(self_.items(), key=lambda kv: -kv[1])[:top]:
+        rows.append(f"  {100 * n / max(1, total):5.1f}%  {f[:150]}")
+    return "\n".join(rows)
 
 
 def _wait(predicate: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
@@ -177,7 +280,7 @@ def raw(ckpt: Path, args: argparse.Namespace) -> dict[str, Any]:
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(
-            Raw.options(ray_actor_options={"num_cpus": 0, "num_gpus": 1}).bind(str(ckpt)),
+            Raw.options(ray_actor_options={"num_cpus": 0, "num_gpus": 1}).bind(str(ckpt)),  # type: ignore[attr-defined]
             name="raw",
             route_prefix="/raw",
         )
@@ -241,13 +344,15 @@ def platform(root: Path, ckpts: list[Path], args: argparse.Namespace) -> dict[st
         # throughput and latency at one replica: through the platform, and at Serve's port
         t.endpoint("digits", "update", min_replicas=1, max_replicas=1)
         _wait(lambda: t.endpoint("digits")["replicas"] == 1, 120, "one replica")
-        out["platform"] = measure(url, token, args)
+        out["platform"] = measure(url, token, args, server.proc.pid, args.profile)
         details = ServeSubmissionClient(
             info["dashboard_url"], headers={"Authorization": f"Bearer {info['ray_token']}"}
         ).get_serve_details()
         port = details["http_options"]["port"]
         app = f"digits-v{t.endpoint('digits')['version']}"
-        out["serve_port"] = measure(f"http://127.0.0.1:{port}/{app}/", token, args)
+        out["serve_port"] = measure(f"http://127.0.0.1:{port}/{app}/", token, args, server.proc.pid)
+        if args.quick:
+            return out
 
         # scale-up 1 -> 3 under a step load (the lease borrows two idle GPUs)
         t.endpoint("digits", "update", max_replicas=3)
@@ -288,7 +393,8 @@ def platform(root: Path, ckpts: list[Path], args: argparse.Namespace) -> dict[st
         out["update_s"] = time.monotonic() - t0
         loader.join()
         out["update"] = result
-        out["update_model"] = t.endpoint("digits")["model"]
+        done = t.endpoint("digits")
+        out["update_model"] = f"{done['model']} ({done['message']})"
         return out
     finally:
         server.stop()
@@ -303,6 +409,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--step-s", type=float, default=60.0)
     parser.add_argument("--update-s", type=float, default=60.0)
+    parser.add_argument("--quick", action="store_true", help="Throughput only: no step load.")
+    parser.add_argument("--profile", type=Path, help="py-spy the server to this file.")
+    parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy")
     args = parser.parse_args()
     try:
         ckpts = [checkpoint(Path(_TMP) / f"ck{i}", i) for i in (1, 2)]
@@ -311,7 +420,10 @@ def main() -> int:
     finally:
         shutil.rmtree(_TMP, ignore_errors=True)
     print(f"\nendpoints vs raw Ray Serve ({args.clients} clients, {args.seconds:g} s, 1 replica)")
-    print(f"{'path':<44}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'x raw':>8}{'p50 +ms':>9}")
+    print(
+        f"{'path':<44}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'x raw':>8}{'p50 +ms':>9}"
+        f"{'1 client p50':>14}{'+ms':>7}"
+    )
     for name, r in (
         ("raw Serve, no auth", base),
         ("fastgpu: platform URL, token", ours["platform"]),
@@ -320,7 +432,24 @@ def main() -> int:
         print(
             f"{name:<44}{r['rps']:>9.0f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
             f"{r['rps'] / base['rps']:>7.2f}x{r['p50_ms'] - base['p50_ms']:>+9.1f}"
+            f"{r['p50_1_ms']:>14.2f}{r['p50_1_ms'] - base['p50_1_ms']:>+7.2f}"
         )
+    print("\nCPU ms per request (user + system), by process")
+    print(f"{'path':<44}" + "".join(f"{role:>12}" for role in ROLES) + f"{'total':>9}")
+    for name, r in (
+        ("raw Serve, no auth", base),
+        ("fastgpu: platform URL, token", ours["platform"]),
+        ("fastgpu: tenant's Serve port, token", ours["serve_port"]),
+    ):
+        cpu = r["cpu_ms"]
+        print(
+            f"{name:<44}" + "".join(f"{cpu[role]:>12.2f}" for role in ROLES)
+            + f"{sum(cpu.values()):>9.2f}"
+        )  # fmt: skip
+    if args.profile is not None and args.profile.exists():
+        print("\n" + hottest(args.profile))
+    if args.quick:
+        return 0
     step, upd = ours["step"], ours["update"]
     print(f"\ncold start, deploy -> first answer:        {ours['cold_deploy_s']:.1f} s")
     print(f"cold start from zero replicas -> answer:    {ours['cold_zero_s']:.1f} s")

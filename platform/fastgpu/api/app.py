@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fastgpu.api.deps import CURSOR, LIMIT, TENANT_Q, V1, Caller, T
+from fastgpu.api.endpoint_proxy import EndpointProxy
 from fastgpu.api.limits import BodyLimitMiddleware, RateLimitMiddleware, error_response
 from fastgpu.auth import ADMIN
 from fastgpu.config import ApiSettings
@@ -130,6 +131,13 @@ def create_app(
         rate_per_s=settings.rate_per_s,
         burst=settings.burst,
         exempt_paths=(f"{V1}/healthz",),
+    )
+    # Added last, so outermost: /t/ inference requests never reach FastAPI's routing.
+    app.add_middleware(
+        EndpointProxy,
+        routes=services.endpoints.route,
+        rate_per_s=settings.rate_per_s,
+        burst=settings.burst,
     )
     auth = services.auth
     # Writes queue for the controller's lock; they get their own threads so that reads (and
