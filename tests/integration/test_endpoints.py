@@ -171,6 +171,11 @@ def test_deploy_auth_rotation_metering_and_scale_to_zero(pool: Platform, alpha: 
     assert call(url, token, body={"inputs": [[1, 2]]}).status_code == 422
     assert "expected JSON" in call(url, token, body={"x": 1}).json()["error"]
     assert call(url, token, body={"inputs": [ROW] * 5000}).status_code == 413
+    # bodies up to the model server's own limits pass the platform (~160 KB: over the API's
+    # 64 KiB), and the replica's row limit answers 413 itself
+    assert call(url, token, body={"inputs": [ROW] * 500}).status_code == 200
+    r = call(url, token, body={"inputs": [ROW] * 1025})
+    assert (r.status_code, "1024" in r.text) == (413, True), r.text
 
     # rotation without a restart
     new = alpha.endpoint("digits", "issue_token")
