@@ -3,12 +3,14 @@
 1. Cold start: a tenant's head (:class:`TenantCluster.start_head`: its user, dirs, token,
    ports, `ray start --head`) against a raw `ray start --head` with the same
    flags, as this user, until each says it is up.
-2. Lease grant with the tenant's head running: ``request_lease(1, wait=True)`` through the
-   server's HTTP API until RESERVED (a raylet joined, the keeper's group ready) against the raw
-   floor: a raylet joining a live head (`ray start --address`) plus a placement group
-   on it, made by a driver already connected.
-3. Memory: the PSS of an idle tenant cluster (head, its agents, keeper) and of one lease's
-   raylet.
+2. Lease grant with the tenant's head running and no lease held (so no keeper: it starts
+   with the lease's raylet): ``request_lease(1, wait=True)`` through the server's HTTP API
+   until RESERVED (a raylet joined, the keeper's group ready) against the raw floor: a raylet
+   joining a live head (`ray start --address`) plus a placement group on it, made by a driver
+   already connected.
+3. Memory: the PSS of an idle tenant cluster (its head: GCS, raylet, dashboard and its modules,
+   agents, monitors; no lease, so no keeper), and, while a lease is held, of its raylet and of
+   the keeper.
 
 Runs alternate raw and platform, so drift in the machine's load hits both. Needs root for
 tenants' own users (else it runs single-user and says so).
@@ -86,9 +88,11 @@ class RawHead:
         self.python = TenantPython(sys.executable)
 
     def start(self) -> float:
-        p = dict(zip(HEAD_PORTS, free_ports(len(HEAD_PORTS)), strict=True))
+        names = (*HEAD_PORTS, "ray_client_server")
+        p = dict(zip(names, free_ports(len(names)), strict=True))
         self.gcs = p["gcs"]
-        # The same flags as a tenant's head: only the user and the platform around it differ.
+        # The same flags as a tenant's head, and a plain Ray head's Ray Client server and
+        # dashboard modules (a tenant's head leaves them out: fastgpu.pool.ray_head).
         args = head_args(p, 1, self.home / "r")
         log = self.home / "head.log"
         t0 = time.perf_counter()
@@ -129,11 +133,9 @@ def cold_starts(runs: int, clusters: TenantClusters) -> tuple[list[float], list[
         t0 = time.perf_counter()
         cluster.start_head()
         ours.append(time.perf_counter() - t0)
-        cluster.call("nodes")  # the keeper too, as a lease would start it
-        time.sleep(2)
-        idle_mb = pss_mb(processes.node_tree(cluster.marker("head"))) + pss_mb(
-            processes.node_tree(cluster.marker("keeper"))
-        )
+        time.sleep(4)  # the dashboard's modules and the agents settle
+        assert not cluster.keeper_running()  # no lease: no keeper
+        idle_mb = pss_mb(processes.node_tree(cluster.marker("head")))
         cluster.stop()
     return raw, ours, idle_mb
 
@@ -165,7 +167,7 @@ def raw_grants(runs: int) -> list[float]:
     return out
 
 
-def platform_grants(runs: int, state: Path) -> tuple[list[float], float]:
+def platform_grants(runs: int, state: Path) -> tuple[list[float], float, float]:
     server = BenchServer(
         state,
         ray_address=None,
@@ -174,7 +176,7 @@ def platform_grants(runs: int, state: Path) -> tuple[list[float], float]:
         tenant_clusters={"enabled": True},
         controller={"tick_interval_s": 0.25},
     )
-    out, raylet_mb = [], 0.0
+    out, raylet_mb, keeper_mb = [], 0.0, 0.0
     try:
         client = server.tenant_client("bench", 4)
         client.cluster()  # the head is warm, as for a tenant that already holds a lease
@@ -187,6 +189,8 @@ def platform_grants(runs: int, state: Path) -> tuple[list[float], float]:
             markers = processes.marked(f"{clusters.platform}/")
             raylet = [m for m in markers if f"raylet/{lease.id}/host-0/" in m]
             raylet_mb = pss_mb(processes.node_tree(raylet[0])) if raylet else 0.0
+            keeper = [m for m in markers if m.endswith("/keeper")]  # one tenant here
+            keeper_mb = pss_mb(processes.node_tree(keeper[0])) if keeper else 0.0
             client.release_lease(lease.id)
             deadline = time.monotonic() + 30
             while raylet and raylet[0] in processes.marked(raylet[0]):
@@ -199,7 +203,7 @@ def platform_grants(runs: int, state: Path) -> tuple[list[float], float]:
         for marker, procs in processes.marked(f"{clusters.platform}/").items():
             processes.stop_tree(procs[0].pid, 2.0, marker=marker)
         remove_platform_users(clusters.platform)
-    return out, raylet_mb
+    return out, raylet_mb, keeper_mb
 
 
 def main() -> int:
@@ -221,7 +225,7 @@ def main() -> int:
     try:
         raw_cold, our_cold, idle_mb = cold_starts(args.runs, clusters)
         raw_grant = raw_grants(args.runs)
-        our_grant, raylet_mb = platform_grants(args.runs, state)
+        our_grant, raylet_mb, keeper_mb = platform_grants(args.runs, state)
     finally:
         remove_platform_users(clusters.platform)
         shutil.rmtree(_TMP, ignore_errors=True)
@@ -234,8 +238,9 @@ def main() -> int:
     ]
     for name, raw, ours in rows:
         print(f"{name:<44}{med(raw):>11.2f}{med(ours):>15.2f}{med(ours) / med(raw):>7.2f}x")
-    print(f"idle tenant cluster (head, agents, dashboard, keeper) PSS: {idle_mb:.0f} MB")
-    print(f"one lease's raylet (1 GPU, idle) PSS: {raylet_mb:.0f} MB")
+    print(f"idle tenant cluster (head, agents, dashboard; no lease) PSS: {idle_mb:.0f} MB")
+    print(f"while a lease is held: its raylet (1 GPU, idle) PSS {raylet_mb:.0f} MB")
+    print(f"                       the keeper PSS {keeper_mb:.0f} MB")
     return 0
 
 

@@ -106,7 +106,15 @@ def run_as(cluster: TenantCluster, code: str, timeout: float = 120) -> dict[str,
         timeout=timeout,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    # The last JSON line: Ray may print after it (an autoscaler warning about the pending
+    # over-quota task reaches the driver's stdout when the machine is slow).
+    for line in reversed(done.stdout.strip().splitlines()):
+        try:
+            out: dict[str, object] = json.loads(line)
+        except ValueError:
+            continue
+        return out
+    raise AssertionError(f"no JSON line in the driver's output: {done.stdout[-3000:]}")
 
 
 def test_each_cluster_sees_only_its_leased_devices(pair: Pair) -> None:
@@ -253,3 +261,47 @@ def test_a_restarted_server_finds_and_stops_raylets_by_marker(pair: Pair) -> Non
         """,
     )
     assert out == 2
+
+
+def test_the_head_serves_the_jobs_api_and_no_ray_client(pair: Pair) -> None:
+    """What a tenant's head leaves out (fastgpu.pool.ray_head): no Ray Client server, no
+    dashboard modules for Prometheus; the Jobs API answers with the cluster's token."""
+    import urllib.request
+
+    from fastgpu.pool.ray_head import DASHBOARD_MODULES
+
+    head = processes.node_tree(pair.alpha.marker("head"))
+    cmds = []
+    for p in head:
+        try:
+            cmds.append(" ".join(p.cmdline()))
+        except Exception:
+            continue
+    assert not any("ray.util.client.server" in c for c in cmds)
+    modules = {c.split()[0].split("-")[2] for c in cmds if c.startswith("ray-dashboard-")}
+    assert modules
+    assert modules <= DASHBOARD_MODULES
+    assert {"JobHead", "ServeHead", "StateHead"} <= modules
+    assert "MetricsHead" not in modules
+    token = pair.alpha.token_path.read_text().strip()
+    req = urllib.request.Request(
+        f"{pair.alpha.dashboard_url}/api/jobs/", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.status == 200
+        assert isinstance(json.loads(resp.read()), list)
+
+
+def test_the_keeper_runs_only_while_the_cluster_holds_a_raylet(pair: Pair) -> None:
+    """Started as a lease's raylet joins, stopped with the last raylet; a call (the idle check's
+    driver count) starts it and it stops again. Runs last: beta ends with no raylet."""
+    beta = pair.beta
+    beta.add_raylet("lb2", HOST1, (5,))
+    assert beta.keeper_running()
+    assert beta.remove_raylet(("lb2", "host-1", 5), grace_s=2) > 0
+    assert beta.keeper_running()  # lb still runs
+    assert beta.remove_raylet(("lb", "host-1", 4), grace_s=2) > 0
+    assert not beta.keeper_running()
+    assert not processes.marked(beta.marker("keeper"))
+    assert beta.busy() is False
+    assert not beta.keeper_running()

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastgpu.domain.lease import GPU_TYPE_LABEL, HOST_LABEL, LEASE_LABEL, lease_resource
 from fastgpu.errors import FastGPUError
-from fastgpu.pool import processes
+from fastgpu.pool import processes, ray_head
 from fastgpu.pool.hosts import Host
 from fastgpu.pool.processes import MARKER_ENV, OsUser
 from fastgpu.pool.runtime import TenantPython, private_dir, write_private
@@ -49,18 +49,17 @@ if TYPE_CHECKING:
 #: The cluster's own FastGPU token under ``secrets/`` (FASTGPU_TOKEN_FILE of its job drivers).
 JOB_TOKEN_FILE = "job_token"
 
-HEAD_PORTS = (
-    "gcs",
-    "dashboard",
+#: The ports every node of a tenant cluster binds (head and raylets).
+NODE_PORTS = (
     "dashboard_agent_listen",
     "dashboard_agent_grpc",
     "runtime_env_agent",
     "metrics_export",
-    "ray_client_server",
     "node_manager",
     "object_manager",
 )
-NODE_PORTS = HEAD_PORTS[2:6] + HEAD_PORTS[7:]
+#: The head's: no Ray Client server runs there (:mod:`fastgpu.pool.ray_head`).
+HEAD_PORTS = ("gcs", "dashboard", *NODE_PORTS)
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -159,7 +158,9 @@ def running_raylets(prefix: str) -> dict[tuple[str, RayletKey], tuple[int, ...]]
 
 
 def head_args(p: dict[str, int], cpus: int, temp_dir: Path) -> list[str]:
-    """``ray start`` arguments of a tenant's CPU-only head on the ports ``p``."""
+    """``ray start`` arguments of a tenant's CPU-only head on the ports ``p`` (a
+    ``ray_client_server`` port among them for a plain head: the bench's raw one)."""
+    client = p.get("ray_client_server")
     return [
         "start",
         "--head",
@@ -167,7 +168,7 @@ def head_args(p: dict[str, int], cpus: int, temp_dir: Path) -> list[str]:
         "--dashboard-host=127.0.0.1",
         f"--port={p['gcs']}",
         f"--dashboard-port={p['dashboard']}",
-        f"--ray-client-server-port={p['ray_client_server']}",
+        *([f"--ray-client-server-port={client}"] if client else []),
         *node_port_args(p),
         "--num-gpus=0",
         f"--num-cpus={cpus}",
@@ -203,6 +204,8 @@ class TenantCluster:
         self._raylets: dict[RayletKey, int] = {}
         self._keeper: subprocess.Popen[bytes] | None = None
         self._keeper_lock = threading.Lock()
+        #: Raylets being started here: the keeper stays while one is on its way.
+        self._starting = 0
         #: The pool, when some hosts are run by agents: their raylets go through it.
         self.pool: Pool | None = None
         #: Set by the server: the API's address and a source of FastGPU tokens for the
@@ -253,6 +256,8 @@ class TenantCluster:
             # No idle Python worker started ahead on the CPU-only head when the first driver
             # (the keeper) connects: ~45 MB per tenant, measured; a task there starts one.
             env["RAY_prestart_worker_first_driver"] = "0"
+            # No Ray Client server, fewer dashboard modules: see fastgpu.pool.ray_head.
+            env["RAY_START_HOOK"] = ray_head.HOOK
         return env
 
     def prepare_for_raylets(self, token: str) -> None:
@@ -342,12 +347,34 @@ class TenantCluster:
                 return
             if key in self.raylets():  # adopted: started by a previous server process
                 return
-            remote = self._remote(host.name)
-            if remote is not None and address is None:
-                remote.start_raylet(self, lease_id, host, devices, cpus)
-                return
-            ports = dict(zip(NODE_PORTS, free_ports(len(NODE_PORTS)), strict=True))
-            address = address or self.address
+            local_head = address is None
+            if local_head:
+                # The lease's group comes next: start the keeper while the raylet joins.
+                self._starting += 1
+                if not self.keeper_running():
+                    threading.Thread(target=self._warm_keeper, daemon=True).start()
+        try:
+            self._join_raylet(key, host, devices, cpus, address)
+        finally:
+            if local_head:
+                with self._lock:
+                    self._starting -= 1
+
+    def _join_raylet(
+        self,
+        key: RayletKey,
+        host: Host,
+        devices: tuple[int, ...],
+        cpus: int | None,
+        address: str | None,
+    ) -> None:
+        lease_id = key[0]
+        remote = self._remote(host.name)
+        if remote is not None and address is None:
+            remote.start_raylet(self, lease_id, host, devices, cpus)
+            return
+        ports = dict(zip(NODE_PORTS, free_ports(len(NODE_PORTS)), strict=True))
+        address = address or self.address
         labels = ",".join(
             f"{k}={v}"
             for k, v in (
@@ -391,8 +418,11 @@ class TenantCluster:
             pid = self._raylets.pop(key, None)
         remote = self._remote(key[1])
         if remote is not None:
-            return remote.stop_raylet(self, key, grace_s)
-        return processes.stop_tree(pid, grace_s, marker=self.marker(self._raylet_role(key)))
+            n = remote.stop_raylet(self, key, grace_s)
+        else:
+            n = processes.stop_tree(pid, grace_s, marker=self.marker(self._raylet_role(key)))
+        self._stop_keeper_if_unleased()
+        return n
 
     def raylets(self) -> dict[RayletKey, tuple[int, ...]]:
         """(lease, host, part) -> device ids of every live raylet of this cluster, as the
@@ -405,6 +435,9 @@ class TenantCluster:
         return {key: ids for (_, key), ids in found.items()}
 
     # -- keeper ----------------------------------------------------------------------------
+    # The keeper runs while the cluster holds a lease (a raylet): started as a lease's first
+    # raylet joins (in parallel: ready before the raylet is), stopped when the last one goes.
+    # Any call starts it again; its groups are detached and outlive it.
     def call(self, op: str, **args: Any) -> Any:
         """Ask the keeper (started on first use) and return its result."""
         with self._keeper_lock:
@@ -459,6 +492,28 @@ class TenantCluster:
         self._keeper = keeper
         return keeper
 
+    def _warm_keeper(self) -> None:
+        try:
+            with self._keeper_lock:
+                self._ensure_keeper()
+        except FastGPUError:
+            pass  # the lease's first call starts it, or says why it cannot
+
+    def keeper_running(self) -> bool:
+        keeper = self._keeper
+        return keeper is not None and keeper.poll() is None
+
+    def _stop_keeper_if_unleased(self) -> None:
+        """Stop the keeper when no raylet of this cluster runs or is starting (~57 MB)."""
+        if self._keeper is None:
+            return
+        with self._keeper_lock:
+            with self._lock:
+                starting = self._starting
+            if starting or self.raylets():
+                return
+            self._stop_keeper()
+
     def _stop_keeper(self) -> None:
         keeper, self._keeper = self._keeper, None
         if keeper is not None:
@@ -472,6 +527,8 @@ class TenantCluster:
             return int(self.call("drivers")) > 0
         except FastGPUError:
             return True
+        finally:
+            self._stop_keeper_if_unleased()  # asked with no lease: it started for this
 
     # -- stop ------------------------------------------------------------------------------
     def stop(self, grace_s: float = 5.0) -> int:
