@@ -78,13 +78,23 @@ def test_controller_on_postgres(postgres_url: str) -> None:
 
 
 def test_usage_report_on_postgres(postgres_url: str) -> None:
-    """The report's SQL (recursive bucket CTE, floor, month CASE) on PostgreSQL: the same
-    hand-checked splits as on SQLite (tests/unit/test_usage_report.py)."""
-    from tests.unit.test_usage_report import NOW, _ledger, utc
+    """The report's SQL (recursive bucket CTE, floor, month CASE) and the daily rollup's
+    upsert on PostgreSQL: the same hand-checked splits as on SQLite, and a dense ledger against
+    the straightforward split (tests/unit/test_usage_report.py)."""
+    from tests.unit.test_usage_report import (
+        NOW,
+        REPORT_GROUPS,
+        _dense_spec,
+        _ledger,
+        assert_same_report,
+        utc,
+        write_ledger,
+    )
 
     store = open_store(postgres_url)
     with store._engine.begin() as conn:
         conn.execute(text("DELETE FROM usage"))
+        conn.execute(text("DELETE FROM usage_daily"))
     _ledger(store)
     days = store.usage_report(NOW, utc(2026, 10, 31), utc(2026, 12, 2), (), "day")
     assert {r.period_start: r.gpu_seconds / 3600 for r in days} == {
@@ -101,3 +111,14 @@ def test_usage_report_on_postgres(postgres_url: str) -> None:
         (utc(2026, 11, 1), "H100"): 2.0,
         (utc(2026, 12, 1), "H100"): 4.0,
     }
+    with store._engine.begin() as conn:
+        conn.execute(text("DELETE FROM usage"))
+        conn.execute(text("DELETE FROM usage_daily"))
+    now = utc(2026, 12, 10)
+    recs = write_ledger(store, _dense_spec(7, 200))
+    for _ in range(2):  # as written by the transactions, then rebuilt
+        for since, until in [(utc(2026, 11, 1), utc(2026, 12, 1)), (utc(2026, 11, 1, 5), now)]:
+            for by in [("tenant",), REPORT_GROUPS]:
+                for period in ["hour", "day", "week", "month", None]:
+                    assert_same_report(store, recs, now, since, until, by, period)
+        store.rebuild_usage_rollup()

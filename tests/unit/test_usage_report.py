@@ -1,9 +1,12 @@
 """The usage ledger: records carry the workload that held the GPUs and the price at admission;
-the report splits records at hour/day/week/month boundaries (UTC) exactly, in SQL."""
+the report splits records at hour/day/week/month boundaries (UTC) exactly, in SQL, reading the
+daily rollup for whole days. Reports are checked against a straightforward split of every
+record (:func:`reference_report`), whatever path wrote the records and the rollup."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+import random
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -15,8 +18,10 @@ from hypothesis import strategies as st
 from fastgpu.config import GpuTypeSpec
 from fastgpu.controller.metering import meter
 from fastgpu.domain.lease import LeaseState
+from fastgpu.domain.ledger import REPORT_GROUPS, period_bounds
 from fastgpu.errors import InvalidRequest, NotFound
-from fastgpu.store import Store, open_store
+from fastgpu.store import SCHEMA_VERSION, Store, StoreTx, open_store
+from fastgpu.store import schema as t
 from tests.unit.test_store import TID, _lease
 
 
@@ -36,13 +41,8 @@ def _ledger(store: Store) -> None:
     store.add_usage(a, 2, utc(2026, 10, 31, 22), utc(2026, 11, 1, 2))
     store.add_usage(_lease("b"), 2, utc(2026, 11, 1, 23), utc(2026, 11, 2, 1))
     c = replace(_lease("c"), gpu_type="H100", price_per_hour=3.0, workload="train:x")
-    store.add_usage(c, 4, utc(2026, 11, 30, 23, 30), utc(2026, 11, 30, 23, 30))
-    with store._engine.begin() as conn:  # reopen c: it still holds
-        from sqlalchemy import update
-
-        from fastgpu.store import schema
-
-        conn.execute(update(schema.usage).where(schema.usage.c.lease_id == "c").values(end=None))
+    with store._tx() as conn:  # c still holds: an open record, as metering writes it
+        StoreTx(conn).open_usage(c, utc(2026, 11, 30, 23, 30), gpus=4)
 
 
 @pytest.fixture
@@ -135,6 +135,9 @@ def test_a_price_change_never_rewrites_past_records() -> None:
     rows = store.usage_report(3 * H, 0.0, 3 * H, (), "hour")
     assert [r.cost for r in rows] == [pytest.approx(2.0), pytest.approx(10.0)]
     assert store.usage(now=3 * H)[0].cost == pytest.approx(12.0)
+    (day,) = store.usage_report(3 * 86400, 0.0, 2 * 86400, (), "day")  # from the rollup
+    assert day.cost == pytest.approx(12.0)
+    assert _rollup(store) == {(0.0, TID, "t", "A100", "lease"): (4 * H, pytest.approx(12.0))}
 
 
 records = st.lists(
@@ -167,6 +170,264 @@ def test_buckets_sum_to_the_clipped_total(
     assert sum(r.gpu_seconds for r in rows) == pytest.approx(expect, rel=1e-9, abs=1e-3)
     assert all(r.tenant == "t" for r in rows)
     assert TID
+
+
+# ---- the daily rollup against a straightforward split ------------------------------------------
+@dataclass(frozen=True)
+class Rec:
+    """A usage record as the reference sees it (``end`` None: open)."""
+
+    tenant_id: str | None
+    tenant: str
+    gpu_type: str
+    workload: str | None
+    gpus: int
+    price: float
+    start: float
+    end: float | None
+
+
+def reference_report(
+    recs: list[Rec],
+    now: float,
+    since: float,
+    until: float,
+    by: tuple[str, ...],
+    period: str | None,
+    tenant_id: str | None = None,
+) -> dict[tuple[Any, ...], tuple[float, float]]:
+    """Each record clipped to ``[since, min(until, now))``, split into the period's buckets one
+    at a time: {(tenant, gpu type, workload, bucket start): (GPU-seconds, cost)}, a field not
+    grouped by None."""
+    hi = min(until, now)
+    if hi <= since:
+        return {}
+    starts = period_bounds(since, hi, period)
+    ends = [*starts[1:], hi]
+    out: dict[tuple[Any, ...], list[float]] = {}
+    for r in recs:
+        if tenant_id is not None and r.tenant_id != tenant_id:
+            continue
+        s, e = max(r.start, since), min(r.end if r.end is not None else now, hi)
+        for b0, b1 in zip(starts, ends, strict=True):
+            secs = min(e, b1) - max(s, b0)
+            if secs <= 0:
+                continue
+            key = (
+                r.tenant if "tenant" in by else None,
+                r.gpu_type if "gpu_type" in by else None,
+                r.workload if "workload" in by else None,
+                b0 if period is not None else None,
+            )
+            acc = out.setdefault(key, [0.0, 0.0])
+            acc[0] += r.gpus * secs
+            acc[1] += r.gpus * secs / 3600 * r.price
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def _as_dict(rows: list[Any]) -> dict[tuple[Any, ...], tuple[float, float]]:
+    got = {
+        (r.tenant, r.gpu_type, r.workload, r.period_start): (r.gpu_seconds, r.cost) for r in rows
+    }
+    assert len(got) == len(rows)  # tenant names are unique here
+    return got
+
+
+def assert_same_report(store: Store, recs: list[Rec], now: float, *args: Any) -> None:
+    got = _as_dict(store.usage_report(now, *args))
+    want = reference_report(recs, now, *args)
+    # A bucket the reference gives a few microseconds may round to nothing in the report.
+    assert {k for k, v in got.items() if v[0] > 1e-3} == {k for k, v in want.items() if v[0] > 1e-3}
+    for k, (gpu_s, cost) in want.items():
+        assert got.get(k, (0.0, 0.0)) == (
+            pytest.approx(gpu_s, rel=1e-9, abs=1e-3),
+            pytest.approx(cost, rel=1e-9, abs=1e-6),
+        )
+
+
+def _rollup(store: Store) -> dict[tuple[Any, ...], tuple[float, float]]:
+    with store._read() as conn:
+        rows = conn.execute(t.usage_daily.select()).all()
+    return {
+        (r.day, r.tenant_id, r.tenant, r.gpu_type, r.workload): (r.gpu_seconds, r.cost)
+        for r in rows
+    }
+
+
+BASE = utc(2026, 10, 20)
+TENANTS = [("tid-a", "a"), ("tid-b", "b"), ("tid-c", "c")]
+DAY = 86400.0
+
+
+def write_ledger(store: Store, spec: list[tuple[Any, ...]]) -> list[Rec]:
+    """Write the records of ``spec`` the ways the platform does: closed at once (add_usage, a
+    shrink's record), opened and left open, or opened then closed (metering's close), the
+    last two through :class:`StoreTx` in their own transactions."""
+    recs = []
+    leases = []
+    for i, (start, length, gpus, price, tenant, workload, gpu_type, how) in enumerate(spec):
+        tid, name = TENANTS[tenant]
+        lease = replace(
+            _lease(f"l{i}", tenant_id=tid),
+            tenant=name,
+            gpu_type=gpu_type,
+            price_per_hour=price,
+            workload=workload,
+        )
+        begin = BASE + start
+        end = None if how == "open" else begin + length
+        if how == "closed":
+            store.add_usage(lease, gpus, begin, begin + length)
+        else:
+            with store._tx() as conn:
+                StoreTx(conn).open_usage(lease, begin, gpus=gpus)
+            leases.append((lease.id, end))
+        recs.append(Rec(tid, name, gpu_type, workload or "lease", gpus, price, begin, end))
+    for lease_id, end in leases:
+        if end is not None:
+            with store._tx() as conn:
+                StoreTx(conn).close_usage(lease_id, end)
+                StoreTx(conn).close_usage(lease_id, end + 1.0)  # again: nothing left to close
+    return recs
+
+
+ledgers = st.lists(
+    st.tuples(
+        st.one_of(st.floats(0, 40 * DAY), st.integers(0, 40).map(lambda d: d * DAY)),
+        st.one_of(st.floats(0, 5 * DAY), st.sampled_from([DAY, H, 0.0])),
+        st.integers(1, 8),
+        st.sampled_from([1.0, 2.5, 3.6]),
+        st.integers(0, len(TENANTS) - 1),
+        st.sampled_from([None, "train:x", "job:y"]),
+        st.sampled_from(["A100", "H100"]),
+        st.sampled_from(["closed", "open", "closed later"]),
+    ),
+    max_size=10,
+)
+bounds = st.one_of(st.floats(0, 45 * DAY), st.integers(0, 45).map(lambda d: d * DAY))
+groupings = st.sampled_from(
+    [(), ("tenant",), ("gpu_type",), ("workload",), ("tenant", "workload"), REPORT_GROUPS]
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    spec=ledgers,
+    since=bounds,
+    span=st.one_of(st.floats(1, 30 * DAY), st.integers(1, 30).map(lambda d: d * DAY)),
+    now=st.floats(20 * DAY, 50 * DAY),
+    by=groupings,
+    period=st.sampled_from(["hour", "day", "week", "month", None]),
+    scoped=st.booleans(),
+)
+def test_report_equals_a_straightforward_split(
+    spec: list[tuple[Any, ...]],
+    since: float,
+    span: float,
+    now: float,
+    by: tuple[str, ...],
+    period: str | None,
+    scoped: bool,
+) -> None:
+    """Records across hour, day, week and month boundaries, open ones, several prices; ranges
+    from midnight or not, ending at now or before; every grouping and period."""
+    store = open_store("sqlite://")
+    recs = write_ledger(store, [r for r in spec if r[0] < now])
+    if period == "hour":
+        span = min(span, 5 * DAY)
+    lo = BASE + since
+    assert_same_report(
+        store, recs, BASE + now, lo, lo + span, by, period, "tid-b" if scoped else None
+    )
+
+
+def _dense_spec(seed: int, n: int) -> list[tuple[Any, ...]]:
+    rng = random.Random(seed)
+    return [
+        (
+            rng.choice([rng.uniform(0, 40 * DAY), rng.randrange(40) * DAY]),
+            rng.choice([rng.uniform(0, 3 * DAY), rng.uniform(0, 2 * H), DAY, 0.0]),
+            rng.randint(1, 8),
+            rng.choice([1.0, 2.5, 3.6]),
+            rng.randrange(len(TENANTS)),
+            rng.choice([None, "train:x", "job:y"]),
+            rng.choice(["A100", "H100"]),
+            rng.choice(["closed"] * 4 + ["closed later"] * 3 + ["open"]),
+        )
+        for _ in range(n)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("since", "until", "now"),
+    [
+        (utc(2026, 11, 1), utc(2026, 12, 1), utc(2026, 12, 10)),  # a month, from midnight
+        (utc(2026, 11, 1, 5, 30), utc(2026, 11, 20, 17), utc(2026, 12, 10)),  # partial days
+        (utc(2026, 11, 2, 0, 0, 7), utc(2026, 12, 1), utc(2026, 11, 24, 13, 3)),  # until now
+        (utc(2026, 11, 3, 1), utc(2026, 11, 3, 22), utc(2026, 12, 10)),  # inside one day
+        (utc(2026, 11, 3, 12), utc(2026, 11, 4, 12), utc(2026, 12, 10)),  # across midnight
+        (utc(2026, 10, 20), utc(2026, 12, 31), utc(2026, 11, 30)),  # all, open ones to now
+    ],
+)
+def test_report_equals_a_straightforward_split_on_a_dense_ledger(
+    since: float, until: float, now: float
+) -> None:
+    """200 records of every kind, reported by every grouping and period."""
+    store = open_store("sqlite://")
+    recs = write_ledger(store, [r for r in _dense_spec(7, 200) if BASE + r[0] < now])
+    for by in [(), ("tenant",), ("gpu_type", "workload"), REPORT_GROUPS]:
+        for period in ["hour", "day", "week", "month", None]:
+            assert_same_report(store, recs, now, since, until, by, period)
+        assert_same_report(store, recs, now, since, until, by, "day", "tid-b")
+
+
+@settings(max_examples=25, deadline=None)
+@given(spec=ledgers)
+def test_the_rollup_is_the_split_of_the_closed_records(spec: list[tuple[Any, ...]]) -> None:
+    """Whatever closed them (add_usage, close_usage), the rollup holds what a rebuild from the
+    records gives: each closed record's GPU-seconds per UTC day, priced at its own price."""
+    store = open_store("sqlite://")
+    write_ledger(store, spec)
+    written = _rollup(store)
+    store.rebuild_usage_rollup()
+    rebuilt = _rollup(store)
+    assert written.keys() == rebuilt.keys()
+    for k, (gpu_s, cost) in rebuilt.items():
+        assert k[0] % DAY == 0
+        assert written[k] == (pytest.approx(gpu_s, rel=1e-12), pytest.approx(cost, rel=1e-12))
+
+
+def test_migration_backfills_the_rollup(tmp_path: Path) -> None:
+    """A store from before the rollup (records of every kind, one without tenant id or
+    workload, as versions before 4 and 5 wrote them) reports the straightforward split after
+    migrating."""
+    from sqlalchemy import insert, text
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    store = open_store(url)
+    spec = [
+        (0.5 * DAY, 3 * DAY, 2, 1.0, 0, "train:x", "A100", "closed"),
+        (2 * DAY + 5, H, 4, 2.5, 1, None, "H100", "closed later"),
+        (9 * DAY, 0.0, 1, 1.0, 2, None, "A100", "open"),
+    ]
+    recs = write_ledger(store, spec)
+    with store._tx() as conn:
+        old = {"lease_id": "old", "gpus": 1, "price_per_hour": 2.0, "gpu_type": "A100"}
+        conn.execute(insert(t.usage), {**old, "tenant": "z", "start": BASE, "end": BASE + DAY})
+    recs.append(Rec(None, "z", "A100", None, 1, 2.0, BASE, BASE + DAY))
+    args = (BASE + 12 * DAY, BASE, BASE + 11 * DAY)
+    with store._tx() as conn:  # back to the version before the rollup
+        conn.execute(text("DROP TABLE usage_daily"))
+        conn.execute(text(f"UPDATE schema_version SET version = {SCHEMA_VERSION - 1}"))
+    store.close()
+    store = open_store(url)
+    assert store.schema_version() == SCHEMA_VERSION
+    assert (BASE, "", "z", "A100", "") in _rollup(store)  # null tenant id and workload: ""
+    for by in [("tenant", "workload"), ("gpu_type",)]:
+        for period in ["hour", "day", "week", None]:
+            assert_same_report(store, recs, *args, by, period)
+    (z,) = [r for r in store.usage_report(*args, ("tenant", "workload")) if r.tenant == "z"]
+    assert (z.workload, z.gpu_seconds) == (None, DAY)
 
 
 # ---- service, API and CLI ---------------------------------------------------------------------

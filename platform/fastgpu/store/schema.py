@@ -335,6 +335,35 @@ def _v_hosts(conn: Connection) -> None:
     metadata.create_all(conn, tables=[hosts])
 
 
+# The usage report's daily rollup (issue 12): per UTC day and (tenant id, tenant, GPU type,
+# workload), the GPU-seconds and cost of the closed usage records in that day, each record split
+# exactly at midnight and priced at its own price. Written in the transaction that closes a
+# record (fastgpu.store.usage.StoreTx); open records are not in it. Key columns cannot be null:
+# "" stands for the null tenant id or workload of records older than v4 or v5. Without rowid on
+# SQLite: rows lie in key order, so a report by day and tenant reads a range without sorting.
+usage_daily = Table(
+    "usage_daily",
+    metadata,
+    Column("day", Float, primary_key=True),  # the day's start, epoch seconds (UTC)
+    Column("tenant_id", String(32), primary_key=True),
+    Column("tenant", String(63), primary_key=True),
+    Column("gpu_type", String(32), primary_key=True),
+    Column("workload", String(256), primary_key=True),
+    Column("gpu_seconds", Float, nullable=False),
+    Column("cost", Float, nullable=False),  # GPU-hours x each record's price per GPU-hour
+    Index("ix_usage_daily_tenant_day", "tenant_id", "day"),
+    sqlite_with_rowid=False,
+)
+
+
+def _v_usage_daily(conn: Connection) -> None:
+    """The usage report's daily rollup (issue 12), backfilled from the closed records."""
+    from fastgpu.store.usage import rebuild_daily  # the split rule lives with the ledger
+
+    metadata.create_all(conn, tables=[usage_daily])
+    rebuild_daily(conn)
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1,
     _v2,
@@ -345,5 +374,6 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v_budget_events,
     _v_endpoints,
     _v_hosts,
+    _v_usage_daily,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
