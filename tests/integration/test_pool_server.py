@@ -262,6 +262,19 @@ def test_two_tenants_get_disjoint_devices_in_separate_clusters(
     ca, cb = alpha.cluster(), beta.cluster()
     assert ca["address"] != cb["address"]
     assert ca["ray_token"] != cb["ray_token"]
+    # Each head's autoscaler and dashboard serve their metrics on ports of their own (Ray's
+    # fixed 44217/44227 would leave the second head without them).
+    clusters = TenantClusters(pool.config)
+    listening = {
+        c.laddr.port: c.pid
+        for c in psutil.net_connections("inet")
+        if c.status == psutil.CONN_LISTEN and c.pid
+    }
+    for client in (alpha, beta):
+        home = clusters.spec(client.whoami()["tenant_id"]).home
+        ports = json.loads((home / "cluster.json").read_text())["ports"]
+        for name in ("autoscaler_metrics", "dashboard_metrics"):
+            assert ports[name] in listening, (name, ports[name])
     # The pool is full: a third lease waits for capacity, it does not overcommit a device.
     pending = alpha.request_lease(1, "A100", "10m")
     assert pending.state == "PENDING"

@@ -58,8 +58,10 @@ NODE_PORTS = (
     "node_manager",
     "object_manager",
 )
-#: The head's: no Ray Client server runs there (:mod:`fastgpu.pool.ray_head`).
-HEAD_PORTS = ("gcs", "dashboard", *NODE_PORTS)
+#: The head's: no Ray Client server runs there (:mod:`fastgpu.pool.ray_head`); the
+#: autoscaler's and the dashboard's metrics servers take theirs from the environment (else
+#: Ray's fixed 44217 and 44227, which a second tenant's head could not bind).
+HEAD_PORTS = ("gcs", "dashboard", *NODE_PORTS, "autoscaler_metrics", "dashboard_metrics")
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -258,6 +260,12 @@ class TenantCluster:
             env["RAY_prestart_worker_first_driver"] = "0"
             # No Ray Client server, fewer dashboard modules: see fastgpu.pool.ray_head.
             env["RAY_START_HOOK"] = ray_head.HOOK
+            for name, var in (
+                ("autoscaler_metrics", "AUTOSCALER_METRIC_PORT"),
+                ("dashboard_metrics", "DASHBOARD_METRIC_PORT"),
+            ):
+                if name in self._ports:
+                    env[var] = str(self._ports[name])
         return env
 
     def prepare_for_raylets(self, token: str) -> None:
