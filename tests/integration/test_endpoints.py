@@ -464,7 +464,11 @@ def test_scales_beyond_one_replica_under_a_step_load_and_back_to_the_minimum(
         return bool(e["replicas"] == 1 and e["lease_gpus"] == 1)
 
     wait_until(at_minimum, timeout=180, interval=1)
-    time.sleep(10)  # well past idle_s: still one replica on one GPU
+    lease_id = alpha.endpoint("reg")["lease_id"]
+    time.sleep(10)  # well past idle_s: the lease stays, on one GPU
     e = alpha.endpoint("reg")
-    assert (e["replicas"], e["lease_gpus"]) == (1, 1)
+    assert (e["lease_id"], e["lease_gpus"]) == (lease_id, 1)
+    # The shrink may stop the raylet of the replica Serve kept (the pool picks which GPUs go
+    # without knowing where replicas run; docs/serve.md): Serve then starts it on the GPU left.
+    wait_until(lambda: alpha.endpoint("reg")["replicas"] == 1, timeout=120, interval=1)
     assert all(lease_id is not None and replicas >= 1 for replicas, _, lease_id in seen), seen
