@@ -26,6 +26,7 @@ which; see :mod:`fastgpu.controller.pool_resize`).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from fastgpu.pool.seam import Pool
+
+log = logging.getLogger(__name__)
 
 #: The cluster's own FastGPU token under ``secrets/`` (FASTGPU_TOKEN_FILE of its job drivers).
 JOB_TOKEN_FILE = "job_token"
@@ -504,8 +507,8 @@ class TenantCluster:
         try:
             with self._keeper_lock:
                 self._ensure_keeper()
-        except FastGPUError:
-            pass  # the lease's first call starts it, or says why it cannot
+        except FastGPUError as exc:  # the lease's first call starts it, or says why it cannot
+            log.info("tenant %s's keeper did not start ahead: %s", self.spec.tenant_id, exc)
 
     def keeper_running(self) -> bool:
         keeper = self._keeper
