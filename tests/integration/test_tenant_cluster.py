@@ -8,8 +8,10 @@ alpha's job would.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import socket
 import subprocess
 import textwrap
 from collections.abc import Iterator
@@ -290,6 +292,79 @@ def test_the_head_serves_the_jobs_api_and_no_ray_client(pair: Pair) -> None:
     with urllib.request.urlopen(req, timeout=30) as resp:
         assert resp.status == 200
         assert isinstance(json.loads(resp.read()), list)
+
+
+def _loopback(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip.split("%")[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped  # ::ffff:127.0.0.1: an IPv6 socket bound to 127.0.0.1
+    return addr.is_loopback
+
+
+def test_every_process_of_a_tenant_cluster_listens_on_loopback_only(pair: Pair) -> None:
+    """Nothing listens beyond 127.0.0.1 unless configured (the pool here is this machine's):
+    head (GCS, dashboard, agents), raylets, keeper, workers; found by the tenants' users."""
+    import psutil
+
+    assert pair.alpha.loopback
+    assert pair.beta.loopback
+    assert pair.alpha.call("nodes")  # the keeper, a driver, is running
+    users = {c.spec.user.uid: c for c in (pair.alpha, pair.beta) if c.spec.user is not None}
+    owner: dict[int, TenantCluster] = {}
+    for proc in psutil.process_iter(["pid", "uids"]):
+        uids = proc.info["uids"]
+        if uids is not None and uids.real in users:
+            owner[proc.info["pid"]] = users[uids.real]
+    listening = [
+        (owner[c.pid].spec.tenant_id, c.laddr.ip, c.laddr.port)
+        for c in psutil.net_connections("inet")
+        if c.pid in owner and (c.status == psutil.CONN_LISTEN or c.type == socket.SOCK_DGRAM)
+    ]
+    beyond = [x for x in listening if not _loopback(x[1])]
+    assert not beyond, beyond
+    for c in (pair.alpha, pair.beta):  # not vacuous: each GCS is among them
+        gcs = int(c.address.rpartition(":")[2])
+        assert (c.spec.tenant_id, gcs) in {(t, port) for t, _, port in listening}
+
+
+def test_a_driver_with_the_exports_of_fastgpu_connect_reaches_the_cluster(pair: Pair) -> None:
+    """``ray.init()`` in a shell that has only what `fastgpu connect` printed (and PATH, HOME),
+    run as the tenant's user: it reaches the loopback-only GCS and runs on the lease's raylet."""
+    from fastgpu.cli.main import connect_env
+
+    alpha = pair.alpha
+    assert alpha.spec.user is not None
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(alpha.spec.home),
+        **connect_env(alpha.address, alpha.dashboard_url, str(alpha.token_path)),
+    }
+    code = """
+    import json, ray
+    ray.init(logging_level="ERROR")
+    @ray.remote(num_gpus=1, num_cpus=0)
+    def where():
+        return ray.util.get_node_ip_address()
+    print(json.dumps({"gpus": ray.cluster_resources().get("GPU", 0),
+                      "ip": ray.get(where.remote()),
+                      "nodes": sorted(n["NodeManagerAddress"] for n in ray.nodes())}))
+    """
+    done = subprocess.run(
+        [alpha.spec.python.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        cwd=alpha.spec.home,
+        user=alpha.spec.user.uid,
+        group=alpha.spec.user.gid,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["gpus"] == 2
+    assert out["ip"] == "127.0.0.1"
+    assert set(out["nodes"]) == {"127.0.0.1"}
 
 
 def test_the_keeper_runs_only_while_the_cluster_holds_a_raylet(pair: Pair) -> None:

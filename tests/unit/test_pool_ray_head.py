@@ -1,15 +1,23 @@
-"""The start hook of a tenant's head (:mod:`fastgpu.pool.ray_head`) against the installed Ray:
-the internals it relies on are still there, and the dashboard modules it names are Ray's."""
+"""The start hook of a tenant's nodes (:mod:`fastgpu.pool.ray_head`) against the installed Ray:
+the internals it relies on are still there, the dashboard modules it names are Ray's; and the
+rule deciding where a tenant cluster listens (:func:`fastgpu.pool.tenant_cluster.node_ip`), with
+the environment it gives every process of the cluster and ``fastgpu connect``'s exports."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from fastgpu.pool import ray_head
+from fastgpu.pool.hosts import Host
+from fastgpu.pool.remote import RemotePool
+from fastgpu.pool.runtime import TenantPython
+from fastgpu.pool.seam import LocalPool
+from fastgpu.pool.tenant_cluster import ClusterSpec, TenantCluster, node_ip
 
 
 def _dashboard_modules() -> set[str]:
@@ -64,11 +72,145 @@ def test_the_hook_drops_the_client_server_and_picks_dashboard_modules(
     assert started[1][0] == ["gcs"]
 
 
-def test_the_hook_leaves_a_worker_node_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_hook_leaves_a_worker_node_alone_unless_loopback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ray._private import ray_constants, services
+
+    before = (services.start_ray_process, services.get_node_ip_address)
+    params = SimpleNamespace(ray_client_server_port=None, node_ip_address="10.0.0.5")
+    monkeypatch.setenv("RAY_START_HOOK", ray_head.HOOK)
+    monkeypatch.delenv(ray_head.LOOPBACK_ENV, raising=False)
+    enabled = ray_constants.ENABLE_RAY_CLUSTER
+    ray_head.configure(params, head=False)
+    assert (services.start_ray_process, services.get_node_ip_address) == before
+    assert ray_constants.ENABLE_RAY_CLUSTER is enabled
+    assert params.node_ip_address == "10.0.0.5"
+
+
+@pytest.fixture
+def loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray's switch off, as in a loopback-only cluster's processes; what the hook changes in
+    Ray's modules is put back after the test."""
+    from ray._private import ray_constants, services
+
+    monkeypatch.setenv(ray_head.LOOPBACK_ENV, "0")
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
+    monkeypatch.setattr(services, "get_node_ip_address", services.get_node_ip_address)
+    monkeypatch.setattr(services, "start_ray_process", services.start_ray_process)
+
+
+def test_ray_reads_the_switch_the_cluster_sets() -> None:
+    from ray._private import ray_constants
+
+    assert ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR == ray_head.LOOPBACK_ENV
+    assert ray_head.loopback_env() == {ray_head.LOOPBACK_ENV: "0"}
+
+
+@pytest.mark.usefixtures("loopback")
+def test_with_the_switch_off_a_driver_keeps_the_loopback_address() -> None:
+    """What every driver of a loopback-only cluster relies on (the keeper, jobs, Train, Tune,
+    Serve, a user after `fastgpu connect`): ``ray.init("127.0.0.1:port")`` is not rewritten to
+    the machine's address, and the driver's own node address is loopback too."""
     from ray._private import services
 
-    before = services.start_ray_process
-    params = SimpleNamespace(ray_client_server_port=None)
-    monkeypatch.setenv("RAY_START_HOOK", ray_head.HOOK)
+    assert services.canonicalize_bootstrap_address("127.0.0.1:6379") == "127.0.0.1:6379"
+    assert services.get_node_ip_address() == "127.0.0.1"
+
+
+@pytest.mark.usefixtures("loopback")
+def test_the_hook_keeps_a_raylet_on_loopback_and_lets_it_join() -> None:
+    """``ray start`` for a worker node aborts with the switch off, *after* the hook: the hook
+    turns it on in that process and keeps its addresses loopback."""
+    from ray._private import ray_constants, services
+
+    params = SimpleNamespace(ray_client_server_port=None, node_ip_address=None)
     ray_head.configure(params, head=False)
-    assert services.start_ray_process is before
+    assert params.node_ip_address == "127.0.0.1"
+    assert ray_constants.ENABLE_RAY_CLUSTER is True  # the multi-node check passes
+    # What `ray start` does next with the head's address and for the node's own.
+    assert services.canonicalize_bootstrap_address("127.0.0.1:6379") == "127.0.0.1:6379"
+    assert services.get_node_ip_address("127.0.0.1:6379") == "127.0.0.1"
+
+
+@pytest.mark.usefixtures("loopback")
+def test_the_hook_puts_a_head_on_loopback() -> None:
+    from ray._private import ray_constants
+
+    params = SimpleNamespace(ray_client_server_port=10001, node_ip_address="10.0.0.5")
+    ray_head.configure(params, head=True)
+    assert params.node_ip_address == "127.0.0.1"
+    assert params.ray_client_server_port is None
+    assert ray_constants.ENABLE_RAY_CLUSTER is False  # a head needs no multi-node check
+
+
+def test_ray_start_calls_the_hook_before_its_multi_node_check() -> None:
+    """The order the raylet's hook relies on (Ray 2.60 ``scripts.py``): hook, then the check,
+    then the head's address resolved."""
+    import inspect
+
+    from ray.scripts import scripts
+
+    source = inspect.getsource(scripts.start.callback)
+    hook = source.index("RAY_START_HOOK")
+    check = source.index("if not ray_constants.ENABLE_RAY_CLUSTER")
+    resolve = source.index("services.canonicalize_bootstrap_address(")
+    assert hook < check < resolve
+
+
+def _cluster(tmp_path: Path, pool: Any = None) -> TenantCluster:
+    spec = ClusterSpec(
+        platform_id="p",
+        tenant_id="t",
+        home=tmp_path,
+        storage=tmp_path / "storage",
+        python=TenantPython("/usr/bin/python3"),
+        user=None,
+    )
+    cluster = TenantCluster(spec)
+    cluster.pool = pool
+    cluster._ports = {"gcs": 6379, "dashboard": 8265}
+    return cluster
+
+
+def test_tenant_clusters_listen_on_loopback_unless_agents_run_the_hosts(tmp_path: Path) -> None:
+    """The one rule (``node_ip``): all hosts on this machine -> 127.0.0.1; a pool of agents'
+    hosts (other machines) -> the machine's address, as configured."""
+    assert node_ip(None) == "127.0.0.1"
+    assert node_ip(LocalPool([Host("h0", "A100", (0, 1))])) == "127.0.0.1"
+    assert node_ip(RemotePool([Host("h0", "A100", (0, 1))])) is None
+
+    local = _cluster(tmp_path)
+    assert local.loopback
+    assert local.address == "127.0.0.1:6379"
+    for role in ("head", "keeper", "job", "raylet/l1/h0/0"):
+        assert local.env(role)[ray_head.LOOPBACK_ENV] == "0", role
+    assert local.env("head")["RAY_START_HOOK"] == ray_head.HOOK
+    assert local.env("raylet/l1/h0/0")["RAY_START_HOOK"] == ray_head.HOOK
+    assert "RAY_START_HOOK" not in local.env("keeper")
+
+    remote = _cluster(tmp_path, RemotePool([Host("h0", "A100", (0, 1))]))
+    assert not remote.loopback
+    host, _, port = remote.address.rpartition(":")
+    assert port == "6379"
+    assert host != "127.0.0.1"  # what Ray made of 127.0.0.1 before: the machine's address
+    for role in ("head", "keeper", "job", "raylet/l1/h0/0"):
+        assert ray_head.LOOPBACK_ENV not in remote.env(role), role
+    assert "RAY_START_HOOK" not in remote.env("raylet/l1/h0/0")
+    # An agent's raylet joins a head on another machine: never loopback.
+    assert ray_head.LOOPBACK_ENV not in local.env("raylet/l1/h0/0", loopback=False)
+
+
+def test_connect_exports_the_switch_for_a_loopback_cluster_only() -> None:
+    from fastgpu.cli.main import RAY_LOOPBACK_ENV, connect_env
+
+    assert RAY_LOOPBACK_ENV == ray_head.LOOPBACK_ENV
+    env = connect_env("127.0.0.1:6379", "http://127.0.0.1:8265", "/t/ray_token")
+    assert env == {
+        "RAY_ADDRESS": "127.0.0.1:6379",
+        "RAY_API_SERVER_ADDRESS": "http://127.0.0.1:8265",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": "/t/ray_token",
+        RAY_LOOPBACK_ENV: "0",
+    }
+    assert RAY_LOOPBACK_ENV not in connect_env("10.0.0.5:6379", "http://127.0.0.1:8265", "/t")

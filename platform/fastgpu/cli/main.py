@@ -248,6 +248,27 @@ def whoami(output: Output = OutputOpt) -> None:
     _show(data, output, "caller")
 
 
+#: Ray's switch that keeps a driver's ``127.0.0.1`` GCS address on loopback (else Ray rewrites
+#: it to the machine's address, where a loopback-only cluster does not listen); the name is
+#: ``fastgpu.pool.ray_head.LOOPBACK_ENV``, which every process of such a cluster runs with.
+RAY_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def connect_env(address: str, dashboard_url: str, token_path: str) -> dict[str, str]:
+    """The variables ``fastgpu connect`` prints for a cluster at ``address`` (GCS) whose Ray
+    token is in ``token_path``: what `ray job submit` and ``ray.init()`` need."""
+    env = {
+        "RAY_ADDRESS": address,
+        "RAY_API_SERVER_ADDRESS": dashboard_url,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": token_path,
+    }
+    host = address.rpartition(":")[0].strip("[]")
+    if host in ("127.0.0.1", "localhost", "::1"):  # a cluster that listens on loopback only
+        env[RAY_LOOPBACK_ENV] = "0"
+    return env
+
+
 @app.command()
 def connect(
     tenant: str = typer.Option(None, "--tenant", help="The tenant (admin only)."),
@@ -266,12 +287,7 @@ def connect(
     data = _client().cluster(tenant)
     path = Path(token_file) if token_file else default_state_dir() / f"ray_token.{data['tenant']}"
     write_secret(path, data.pop("ray_token"))
-    env = {
-        "RAY_ADDRESS": data["address"],
-        "RAY_API_SERVER_ADDRESS": data["dashboard_url"],
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN_PATH": str(path.resolve()),
-    }
+    env = connect_env(data["address"], data["dashboard_url"], str(path.resolve()))
     if output == Output.json:
         render.emit_json({**data, "ray_token_file": str(path.resolve()), "env": env})
         return

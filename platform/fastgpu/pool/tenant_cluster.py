@@ -12,10 +12,11 @@ Layout of a cluster's home (``<root>/<tenant id>``, 0700, owned by the tenant's 
     logs/         what each ``ray start`` printed
     tmp/          TMPDIR of every process
 
-Invariants: every port is chosen here (free, on 127.0.0.1) and passed explicitly; every process
+Invariants: every port is chosen here (free) and passed explicitly; every process
 carries the marker ``<platform>/<tenant>/<role>`` (:mod:`fastgpu.pool.processes`), role being
 ``head``, ``keeper`` or ``raylet/<lease>/<host>/<part>``; environments are built from nothing (the
-server's variables never reach tenants' processes).
+server's variables never reach tenants' processes); where the nodes listen is decided by
+:func:`node_ip` alone: 127.0.0.1 unless the pool's hosts are other machines.
 
 A lease holds one raylet per host at first; growing it adds a raylet for the new devices (a
 *part*, named by its first device id), so the raylets already running are left alone. A
@@ -25,6 +26,7 @@ which; see :mod:`fastgpu.controller.pool_resize`).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -40,6 +42,7 @@ from fastgpu.errors import FastGPUError
 from fastgpu.pool import processes, ray_head
 from fastgpu.pool.hosts import Host
 from fastgpu.pool.processes import MARKER_ENV, OsUser
+from fastgpu.pool.remote import RemotePool
 from fastgpu.pool.runtime import TenantPython, private_dir, write_private
 
 if TYPE_CHECKING:
@@ -65,6 +68,31 @@ NODE_PORTS = (
 #: autoscaler's and the dashboard's metrics servers take theirs from the environment (else
 #: Ray's fixed 44217 and 44227, which a second tenant's head could not bind).
 HEAD_PORTS = ("gcs", "dashboard", *NODE_PORTS, "autoscaler_metrics", "dashboard_metrics")
+
+
+def node_ip(pool: Pool | None) -> str | None:
+    """Where a tenant cluster's nodes listen: the one rule (docs/threat-model.md).
+
+    * ``127.0.0.1`` when every host of the pool is this machine (no pool, or
+      :class:`~fastgpu.pool.seam.LocalPool`: the default, the tests, ``make demo``). Every
+      listener of the head, the raylets, the keeper and the job drivers is then on loopback,
+      and every process of the cluster runs with :func:`ray_head.loopback_env` so that its
+      drivers keep that address (:mod:`fastgpu.pool.ray_head`).
+    * ``None`` when agents run the pool's hosts (``pool.agents`` in the config:
+      :class:`~fastgpu.pool.remote.RemotePool`): raylets on other machines must reach the head
+      and each other, so Ray picks the machine's address and binds some ports on all
+      interfaces, as configured by the operator (a firewall is theirs to set).
+    """
+    return None if isinstance(pool, RemotePool) else ray_head.LOOPBACK
+
+
+@functools.cache
+def _machine_ip() -> str:
+    """This machine's address as Ray picks it for a node given ``--node-ip-address=127.0.0.1``
+    when clusters span machines (``services.resolve_ip_for_localhost``)."""
+    from ray._common.network_utils import node_ip_address_from_perspective
+
+    return str(node_ip_address_from_perspective(None))
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -229,17 +257,31 @@ class TenantCluster:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self._ports['gcs']}"
+        """The GCS address raylets and drivers join: ``127.0.0.1:<port>`` on a loopback-only
+        cluster, else the machine's address, which is what Ray made of ``127.0.0.1`` there
+        (and what agents on other machines can reach)."""
+        return f"{node_ip(self.pool) or _machine_ip()}:{self._ports['gcs']}"
 
     @property
     def dashboard_url(self) -> str:
         return f"http://127.0.0.1:{self._ports['dashboard']}"
 
+    @property
+    def loopback(self) -> bool:
+        """Whether this cluster's nodes listen on 127.0.0.1 only (:func:`node_ip`)."""
+        return node_ip(self.pool) is not None
+
     def marker(self, role: str) -> str:
         return f"{self.spec.platform_id}/{self.spec.tenant_id}/{role}"
 
-    def env(self, role: str, devices: tuple[int, ...] = ()) -> dict[str, str]:
+    def env(
+        self, role: str, devices: tuple[int, ...] = (), loopback: bool | None = None
+    ) -> dict[str, str]:
+        """The environment of the cluster's process ``role`` (``job``: a driver's), built
+        from nothing; ``loopback`` (default :attr:`loopback`) keeps it on 127.0.0.1."""
         home = self.spec.home
+        if loopback is None:
+            loopback = self.loopback
         env = {
             # `python` in a job's entrypoint is the tenants' interpreter.
             "PATH": f"{Path(self.spec.python.executable).parent}:/usr/local/bin:/usr/bin:/bin",
@@ -254,6 +296,10 @@ class TenantCluster:
             "CUDA_VISIBLE_DEVICES": ",".join(str(d) for d in devices),
             MARKER_ENV: self.marker(role),
         }
+        if loopback:  # inherited by everything the node starts: workers, jobs' drivers
+            env |= ray_head.loopback_env()
+            if role.startswith("raylet/"):  # ray start of a raylet: see fastgpu.pool.ray_head
+                env["RAY_START_HOOK"] = ray_head.HOOK
         if role == "head" and self.api_url is not None:  # job drivers run on the head
             env["FASTGPU_ADDRESS"] = self.api_url
             env["FASTGPU_TOKEN_FILE"] = str(self.spec.home / "secrets" / JOB_TOKEN_FILE)
@@ -261,7 +307,8 @@ class TenantCluster:
             # No idle Python worker started ahead on the CPU-only head when the first driver
             # (the keeper) connects: ~45 MB per tenant, measured; a task there starts one.
             env["RAY_prestart_worker_first_driver"] = "0"
-            # No Ray Client server, fewer dashboard modules: see fastgpu.pool.ray_head.
+            # No Ray Client server, fewer dashboard modules (and loopback only, above): see
+            # fastgpu.pool.ray_head.
             env["RAY_START_HOOK"] = ray_head.HOOK
             for name, var in (
                 ("autoscaler_metrics", "AUTOSCALER_METRIC_PORT"),
@@ -385,6 +432,7 @@ class TenantCluster:
             remote.start_raylet(self, lease_id, host, devices, cpus)
             return
         ports = dict(zip(NODE_PORTS, free_ports(len(NODE_PORTS)), strict=True))
+        joins_elsewhere = address is not None
         address = address or self.address
         labels = ",".join(
             f"{k}={v}"
@@ -407,7 +455,8 @@ class TenantCluster:
         ]
         role = self._raylet_role(key)
         log = self.spec.home / "logs" / f"raylet-{lease_id}-{host.name}-{devices[0]}.log"
-        env = self.env(role, devices)
+        # An agent's raylet (``address`` given) joins a head on another machine: never loopback.
+        env = self.env(role, devices, loopback=self.loopback and not joins_elsewhere)
         proc = processes.spawn(
             self.spec.python.ray(*args), env, self.spec.home, log, self.spec.user
         )
