@@ -3,6 +3,12 @@ lease's nodes, release; the run's GPU-seconds land in the tenant's usage.
 
 Two GPU nodes of 2 logical A100s; another tenant holds one node, so the lease (and therefore
 every worker) must land on the other one.
+
+This is the legacy shared cluster (``tenant_clusters.enabled: false``). A run that follows its
+lease as it grows, shrinks, loses a host or a worker is tested on tenant clusters, the default
+(``test_pool_server.py``, ``test_agents.py``); the shared cluster's own side of it (an elastic
+lease growing, shrinking, and shrinking to the survivor when a node dies) is tested without
+training in ``test_scheduler_live.py`` and ``test_multinode.py``.
 """
 
 from __future__ import annotations
@@ -95,147 +101,3 @@ def test_run_on_lease_binds_pins_meters_and_releases(
     (usage,) = client.usage()
     assert usage["gpu_seconds"] > 0
     held.release()
-
-
-def _stepping_train(total: int, sleep_s: float) -> Any:
-    """A train function of ``total`` slow steps on TrainLoop that logs, on rank 0, the world size
-    and the step it resumed from at every (re)start. Returned as a closure: Ray pickles it by
-    value, so workers need not import this test module."""
-
-    def train(config: dict[str, Any]) -> None:
-        import time
-
-        import ray.train
-        import torch
-
-        from fastgpu.train import TrainLoop
-
-        loop = TrainLoop.from_config(config)
-        model = loop.prepare_model(torch.nn.Linear(4, 1))
-        opt = torch.optim.SGD(model.parameters(), lr=0.01)
-        resumed = loop.restore(model=model, optimizer=opt)
-        ctx = ray.train.get_context()
-        if ctx.get_world_rank() == 0:
-            with open(config["log"], "a") as f:
-                f.write(json.dumps({"world": ctx.get_world_size(), "start": resumed.step}) + "\n")
-        for step in range(resumed.step + 1, total + 1):
-            with loop.autocast():
-                loss = model(torch.randn(8, 4)).pow(2).mean()
-            loop.backward_and_step(loss, opt)
-            time.sleep(sleep_s)
-            state = {"model": loop.unwrap(model).state_dict()}
-            if loop.end_step(
-                step, {"loss": float(loss)}, state=lambda s=state: s, final=step == total
-            ):
-                return
-
-    return train
-
-
-def test_run_follows_the_lease_when_it_grows(setup: tuple[Platform, str], tmp_path: Path) -> None:
-    """Elastic start below max, then growth: the scheduler grows the bound lease when another
-    tenant frees GPUs; the run checkpoints, and continues from that checkpoint on 4 workers
-    across both nodes."""
-    import threading
-    import time
-
-    from fastgpu.train import run_on_lease
-
-    platform, url = setup
-    holder = Client(token=platform.tenant("holder2", A100=2), address=url)
-    held = holder.request_lease(2, "A100", "10m", strategy="STRICT_PACK", wait=True)
-    token = platform.tenant("grower", borrowing_limit=2, A100=2)
-    client = Client(token=token, address=url)
-    log = tmp_path / "segments.jsonl"
-
-    train = _stepping_train(total=60, sleep_s=0.05)
-
-    def free_when_bound() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if any(x.state == "BOUND" for x in client.list_leases(live=True)):
-                held.release()
-                return
-            time.sleep(0.2)
-
-    helper = threading.Thread(target=free_when_bound, daemon=True)
-    helper.start()
-    done = run_on_lease(
-        train,
-        gpus=(1, 4),
-        gpu_type="A100",
-        duration="10m",
-        run_name="grow-test",
-        client=client,
-        config={"log": str(log)},
-        cpus_per_worker=0.25,
-        report_every=5,
-        checkpoint_every=10,
-    )
-    helper.join()
-    assert [count for count, _ in done.segments] == [2, 4]
-    assert len(set(done.segments[0][1])) == 1  # first on the one free node
-    assert len(set(done.segments[1][1])) == 2  # then across both
-    starts = [json.loads(line) for line in log.read_text().splitlines()]
-    assert starts[0] == {"world": 2, "start": 0}
-    assert starts[-1]["world"] == 4
-    assert starts[-1]["start"] > 0  # continued from the checkpoint taken when asked to stop
-    assert done.outcome.metrics["step"] == 60
-    assert done.lease.state == "RELEASED"
-
-
-def test_losing_a_node_shrinks_the_lease_and_the_run_continues(
-    setup: tuple[Platform, str], tmp_path: Path
-) -> None:
-    """Runs last in this module (it removes a node). A bound elastic lease on both nodes loses
-    one: the controller shrinks the lease to the survivor instead of failing it, and the run
-    continues from its last checkpoint with fewer workers, never below min."""
-    import threading
-    import time
-
-    from fastgpu.train import run_on_lease
-
-    platform, url = setup
-    cluster: Cluster = platform.extra["cluster"]  # type: ignore[attr-defined]
-    token = platform.tenant("survivor", borrowing_limit=2, A100=2)
-    client = Client(token=token, address=url)
-    log = tmp_path / "segments.jsonl"
-
-    train = _stepping_train(total=80, sleep_s=0.1)
-
-    def kill_a_node_mid_run() -> None:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if log.exists() and len(list((tmp_path).glob("segments.jsonl"))) and log.read_text():
-                time.sleep(3)  # a few steps and a checkpoint in
-                (lease,) = [x for x in client.list_leases(live=True) if x.state == "BOUND"]
-                victim = next(n for n in cluster.list_all_nodes() if n.node_id == lease.nodes[-1])
-                cluster.remove_node(victim)
-                return
-            time.sleep(0.2)
-
-    killer = threading.Thread(target=kill_a_node_mid_run, daemon=True)
-    killer.start()
-    done = run_on_lease(
-        train,
-        gpus=(1, 4),
-        gpu_type="A100",
-        duration="10m",
-        run_name="node-loss",
-        client=client,
-        config={"log": str(log)},
-        cpus_per_worker=0.25,
-        report_every=2,
-        checkpoint_every=5,
-        max_failures=3,
-    )
-    killer.join()
-    assert done.segments[0][0] == 4
-    assert done.segments[-1][0] == 2  # shrunk to the surviving node's GPUs
-    assert len(set(done.segments[-1][1])) == 1
-    starts = [json.loads(line) for line in log.read_text().splitlines()]
-    assert starts[0] == {"world": 4, "start": 0}
-    assert starts[-1]["start"] > 0  # continued from a checkpoint
-    assert done.outcome.metrics["step"] == 80
-    assert done.lease.state == "RELEASED"
-    assert done.lease.held_gpus == 2  # the controller shrank it rather than failing it
