@@ -204,3 +204,40 @@ def local_platform(
         )
     finally:
         ray.shutdown()
+
+
+def stop_marked(prefix: str, grace_s: float = 2.0) -> int:
+    """Stop every process of the tenant clusters whose marker starts with ``prefix`` (all
+    nodes at once: one grace for all of them, not one each), then what a dying raylet started
+    meanwhile. Returns how many processes were signalled."""
+    from fastgpu.pool import processes
+
+    def every() -> list[Any]:
+        seen: dict[int, Any] = {}
+        for procs in processes.marked(prefix).values():
+            for proc in procs:
+                for p in processes.tree(proc.pid):
+                    seen[p.pid] = p
+        return list(seen.values())
+
+    first = every()
+    processes.stop_processes(first, grace_s)
+    late = every()
+    processes.stop_processes(late, 0)
+    return len(first) + len(late)
+
+
+def end_elastic_job_soon(log: Path, step_s: float, margin: int = 8) -> int:
+    """Make ``job_scripts/elastic_job.py`` (whose (re)starts ``log`` records) end a few steps
+    from now instead of at its ``STEPS``; returns the step it now ends at. Every step sleeps
+    ``step_s``, so none can be past the estimate: every rank reads the same end ahead of it."""
+    import json
+    import math
+
+    last = [json.loads(x) for x in log.read_text().splitlines() if x.strip()][-1]
+    at = last["start"] + 1 + (time.time() - last["t"]) / step_s
+    end = math.ceil(at) + margin
+    tmp = log.with_suffix(".stop_at.tmp")
+    tmp.write_text(str(end))
+    tmp.replace(log.with_suffix(".stop_at"))
+    return end

@@ -29,7 +29,13 @@ from fastgpu.auth import write_secret
 from fastgpu.controller.clusters import TenantClusters
 from fastgpu.pool import processes
 from fastgpu.pool.runtime import remove_platform_users
-from tests.integration.platform_fixtures import Platform, start_platform, wait_until
+from tests.integration.platform_fixtures import (
+    Platform,
+    end_elastic_job_soon,
+    start_platform,
+    stop_marked,
+    wait_until,
+)
 
 pytestmark = [
     pytest.mark.ray,
@@ -133,8 +139,7 @@ def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agents]:
 
             shutil.copytree(state, os.environ["FASTGPU_KEEP_LOGS"], dirs_exist_ok=True)
         clusters = TenantClusters(platform.config)
-        for marker, procs in processes.marked(f"{clusters.platform}/").items():
-            processes.stop_tree(procs[0].pid, 2.0, marker=marker)
+        stop_marked(f"{clusters.platform}/")
         remove_platform_users(clusters.platform)
 
 
@@ -343,6 +348,9 @@ def test_elastic_training_survives_a_drain_and_a_host_crash(agents: Agents) -> N
     marked_s = time.time() - killed_at
     wait_until(lambda: trainer.get_lease(lease.id).held_gpus < held, timeout=30, interval=0.2)
     shrunk_s = time.time() - killed_at
+    # Once the run has restarted after the crash, it need not go on to its STEPS.
+    wait_until(lambda: starts()[-1]["t"] > killed_at, timeout=240, interval=0.5)
+    end = end_elastic_job_soon(log, step_s)
     final = wait_until(
         lambda: (
             (s := trainer.job_status(job["id"]))["status"] in ("SUCCEEDED", "FAILED", "STOPPED")
@@ -354,7 +362,7 @@ def test_elastic_training_survives_a_drain_and_a_host_crash(agents: Agents) -> N
     logs = trainer.job_logs(job["id"])
     assert final["status"] == "SUCCEEDED", logs[-4000:]
     result = json.loads(next(x for x in reversed(logs.splitlines()) if x.startswith("{")))
-    assert result["step"] == 320
+    assert result["step"] == end
     assert starts()[-1]["start"] > after["start"]  # resumed from a later checkpoint
     agents.start(victim)
     agents.wait_state(victim, "READY", timeout=60)

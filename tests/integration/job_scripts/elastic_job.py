@@ -1,8 +1,12 @@
 """Elastic training on a pool lease, as a tenant's Ray job: ``run_on_lease`` with a slow
 stepping train function that logs each (re)start's world size and resumed step to
 ``<tenant storage>/elastic.jsonl`` (readable by the test), then prints the run's segments.
+A step number in ``elastic.stop_at`` beside that log (the test writes it once it has seen
+what it waits for) ends the run at that step instead of ``STEPS``: each step costs a report or
+a checkpoint in Ray Train, so the steps after a test's last event are what a test waits for.
 Used by tests/integration/test_pool_server.py and bench/bench_elastic.py."""
 
+import itertools
 import json
 import os
 import time
@@ -29,7 +33,16 @@ def train(config: dict[str, Any]) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     resumed = loop.restore(model=model, optimizer=opt)
     ctx = ray.train.get_context()
-    for step in range(resumed.step + 1, TOTAL + 1):
+    stop_at = Path(config["log"]).with_suffix(".stop_at")
+
+    def total() -> int:
+        try:
+            return int(stop_at.read_text())
+        except (OSError, ValueError):
+            return TOTAL
+
+    for step in itertools.count(resumed.step + 1):
+        last = step >= total()
         with loop.autocast():
             loss = model(torch.randn(8, 4)).pow(2).mean()
         loop.backward_and_step(loss, opt)
@@ -39,7 +52,8 @@ def train(config: dict[str, Any]) -> None:
                 f.write(json.dumps(line) + "\n")
         time.sleep(SLEEP_S)
         state = {"model": loop.unwrap(model).state_dict()}
-        if loop.end_step(step, {"loss": float(loss)}, state=lambda s=state: s, final=step == TOTAL):
+        stop = loop.end_step(step, {"loss": float(loss)}, state=lambda s=state: s, final=last)
+        if stop or last:
             return
 
 
