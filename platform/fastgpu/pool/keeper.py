@@ -13,6 +13,7 @@ one answer per line on stdout, in order::
     {"op": "drivers"}
     -> {"ok": true, "result": ...} | {"ok": false, "error": "..."}
 
+Answers are the only thing on stdout (what Ray prints there goes to stderr, the keeper's log).
 The keeper exits when stdin closes (the server stopped or died); detached groups stay. Group
 names live in the Ray namespace :data:`NAMESPACE`; tenants' code finds a group by its id (the
 SDK's ``lease.scheduling_strategy``), which needs no namespace.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -129,9 +131,14 @@ def main() -> None:
     import ray
 
     address = sys.argv[1]
+    # The answers get stdout to themselves: Ray prints the cluster's error messages (a node
+    # marked dead, a worker killed) on every driver's stdout, which would break the protocol.
+    # Everything else written there goes to stderr, the keeper's log.
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
     # A fixed namespace: group names are scoped to it, and a restarted keeper must find them.
     ray.init(address=address, namespace=NAMESPACE, logging_level=logging.ERROR, log_to_driver=False)
-    out = sys.stdout
     print(json.dumps({"ok": True, "result": "ready"}), file=out, flush=True)
     for line in sys.stdin:
         if not line.strip():
