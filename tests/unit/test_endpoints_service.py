@@ -15,6 +15,7 @@ from fastgpu.api.app import create_app
 from fastgpu.auth import new_token
 from fastgpu.config import GpuTypeSpec, PlatformConfig
 from fastgpu.controller.backend import NodeInfo
+from fastgpu.controller.endpoints import stopping_replicas
 from fastgpu.controller.loop import Controller
 from fastgpu.domain.endpoint import EndpointRecord
 from fastgpu.domain.lease import LeaseState
@@ -205,3 +206,34 @@ def test_endpoint_settings_are_validated() -> None:
         EndpointSettings(reconcile_interval_s=0)
     with pytest.raises(ValidationError, match="Extra inputs"):
         EndpointSettings.model_validate({"idle": 5})
+
+
+def test_replicas_serve_is_stopping_are_told_to_the_pool() -> None:
+    """Their actors live on for a while (a graceful shutdown; a retired version Serve has not
+    begun to delete): a shrink must not count their raylets as busy (the pool keeps the
+    raylets of live actors)."""
+    replicas = [
+        {"state": "RUNNING", "actor_id": "kept"},
+        {"state": "STOPPING", "actor_id": "going"},
+        {"state": "STARTING", "actor_id": "new"},
+    ]
+    details = {
+        "applications": {
+            "reg-v2": {"deployments": {"ModelServer": {"replicas": replicas}}},
+            "reg-v1": {  # the retired version, being deleted
+                "status": "DELETING",
+                "deployments": {
+                    "ModelServer": {"replicas": [{"state": "STOPPING", "actor_id": "old"}]}
+                },
+            },
+        }
+    }
+    assert stopping_replicas(details) == {"going", "old"}
+    assert stopping_replicas({}) == frozenset()
+    # a version the config no longer names goes next, though Serve may not have begun yet
+    details["applications"]["reg-v1"] = {
+        "status": "RUNNING",
+        "deployments": {"ModelServer": {"replicas": [{"state": "RUNNING", "actor_id": "old"}]}},
+    }
+    assert stopping_replicas(details) == {"going"}
+    assert stopping_replicas(details, applied={"reg-v2"}) == {"going", "old"}

@@ -2,8 +2,9 @@
 real ones run in tests/integration/test_pool_server.py): devices are never given twice,
 readiness and failure reach the controller, a release during a start leaks no raylet, a
 waiter that gives up does not cancel the reservation, and an elastic lease's raylets follow its
-resizes (grow at once; shrink after the grace or a checkpoint; a start waits for the devices it
-was given to be drained)."""
+resizes (grow at once; shrink after the grace or a checkpoint, stopping the raylets where none
+of the workload's actors runs first; a start waits for the devices it was given to be
+drained)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ class FakeCluster:
         self.gate = threading.Event()
         self.gate.set()
         self.fail: str | None = None
+        #: What the keeper reports: live actors per raylet key (none: idle).
+        self.actors: dict[tuple[str, str, int], list[str]] = {}
+        self.keeper = threading.Event()  # cleared: the keeper is stuck in a long call
+        self.keeper.set()
 
     def start_head(self) -> None:
         pass
@@ -51,6 +56,19 @@ class FakeCluster:
         return dict(self.live)
 
     def call(self, op: str, **args: Any) -> Any:
+        assert self.keeper.wait(10)
+        if op == "actors":
+            return [
+                {
+                    "node_id": f"n{part}",
+                    "host": host,
+                    "part": part,
+                    "actors": self.actors.get(key, []),
+                }
+                for key in self.live
+                for lease, host, part in [key]
+                if lease == args["lease"]
+            ]
         return {"create_group": f"gid-{args.get('name')}", "ready": True}.get(op, True)
 
     def running(self) -> bool:
@@ -263,3 +281,88 @@ def test_a_release_ends_a_shrinks_grace(backend: Any) -> None:
     assert wait_for(lambda: cluster.live == {})
     b.create_group("fastgpu-lease-f", BUNDLE, ["host-1", "host-1"], "PACK", tenant="t1")
     assert wait_ready(b, "fastgpu-lease-f")
+
+
+def three_parts(b: PoolBackend, clusters: FakeClusters, name: str) -> FakeCluster:
+    """An elastic lease grown to three one-GPU raylets on host-0 (parts 0, 1, 2)."""
+    b.create_group(f"fastgpu-lease-{name}", BUNDLE, ["host-0"], "PACK", tenant="t1")
+    assert wait_ready(b, f"fastgpu-lease-{name}")
+    cluster = clusters.get("t1")
+    for n in (2, 3):
+        b.resize(f"fastgpu-lease-{name}", ["host-0"] * n)
+        assert wait_for(lambda n=n: len(cluster.live) == n)
+    return cluster
+
+
+def test_a_shrink_stops_the_raylets_without_the_workload_first(backend: Any) -> None:
+    b, clusters = backend
+    b.elastic.grace_s = 0.1
+    cluster = three_parts(b, clusters, "w")
+    cluster.actors = {("w", "host-0", 2): ["replica-kept"]}
+    b.resize("fastgpu-lease-w", ["host-0"])
+    assert wait_for(lambda: len(cluster.live) == 1)
+    assert cluster.live == {("w", "host-0", 2): (2,)}  # the kept replica's raylet stayed
+    assert sorted(cluster.stopped) == [("w", "host-0", 0), ("w", "host-0", 1)]
+
+
+def test_actors_the_workload_is_stopping_leave_their_raylet_idle(backend: Any) -> None:
+    b, clusters = backend
+    b.elastic.grace_s = 0.1
+    cluster = three_parts(b, clusters, "v")
+    # Serve stops the replicas on parts 0 and 1; they live on for their graceful shutdown
+    cluster.actors = {
+        ("v", "host-0", 0): ["old-0"],
+        ("v", "host-0", 1): ["old-1"],
+        ("v", "host-0", 2): ["kept"],
+    }
+    b.elastic.stopping.append(lambda tenant: {"old-0", "old-1"} if tenant == "t1" else set())
+    b.resize("fastgpu-lease-v", ["host-0"])
+    assert wait_for(lambda: len(cluster.live) == 1)
+    assert cluster.live == {("v", "host-0", 2): (2,)}
+
+
+def test_a_keeper_that_does_not_answer_in_time_leaves_the_order_to_pick(backend: Any) -> None:
+    b, clusters = backend
+    b.elastic.grace_s = 0.1
+    b.elastic.busy_timeout_s = 0.1
+    cluster = three_parts(b, clusters, "k")
+    cluster.actors = {("k", "host-0", 2): ["replica-kept"]}
+    cluster.keeper.clear()  # busy with a long call (a group's readiness)
+    t0 = time.monotonic()
+    b.resize("fastgpu-lease-k", ["host-0"])
+    assert time.monotonic() - t0 < 2  # the controller's lock is not held for long
+    assert wait_for(lambda: len(cluster.live) == 1)
+    assert cluster.live == {("k", "host-0", 0): (0,)}
+    cluster.keeper.set()
+
+
+def test_a_resize_while_a_raylet_starts_does_not_start_it_twice(backend: Any) -> None:
+    b, clusters = backend
+    b.create_group("fastgpu-lease-t", BUNDLE, ["host-0"], "PACK", tenant="t1")
+    assert wait_ready(b, "fastgpu-lease-t")
+    cluster = clusters.get("t1")
+    cluster.gate.clear()  # the grown raylet is starting
+    b.resize("fastgpu-lease-t", ["host-0"] * 2)
+    b.resize("fastgpu-lease-t", ["host-0"] * 2)  # the same placement again (a maximum raised)
+    cluster.gate.set()
+    assert wait_for(lambda: len(cluster.live) == 2)
+    time.sleep(0.2)
+    assert cluster.started == [("t", "host-0", (0,)), ("t", "host-0", (1,))]
+
+
+def test_a_shrink_stops_a_raylet_still_starting_first(backend: Any) -> None:
+    """A raylet being started is a part of the lease (idle: no actor yet): a shrink meanwhile
+    stops it, rather than the busy one, and never leaves it running outside the lease."""
+    b, clusters = backend
+    b.elastic.grace_s = 0.5
+    b.create_group("fastgpu-lease-r", BUNDLE, ["host-0"], "PACK", tenant="t1")
+    assert wait_ready(b, "fastgpu-lease-r")
+    cluster = clusters.get("t1")
+    cluster.actors = {("r", "host-0", 0): ["replica"]}
+    cluster.gate.clear()  # the grown raylet is starting
+    b.resize("fastgpu-lease-r", ["host-0"] * 2)
+    b.resize("fastgpu-lease-r", ["host-0"])
+    cluster.gate.set()
+    assert wait_for(lambda: ("r", "host-0", 1) in cluster.stopped)
+    assert wait_for(lambda: cluster.live == {("r", "host-0", 0): (0,)})
+    assert b.groups()["fastgpu-lease-r"].bundle_nodes == ("host-0",)

@@ -17,6 +17,14 @@ cannot bind beside it.
 The valid token hashes reach the replicas as a 0600 file of the tenant's user in its cluster
 home (``secrets/endpoint-tokens.json``), replaced atomically; replicas re-read it when it
 changes, so a rotation needs no restart.
+
+When an endpoint's lease shrinks, the pool stops the raylets that hold no live actor first
+(:mod:`fastgpu.controller.pool_elastic`). Replicas on their way out still live for a while: in
+STOPPING in Serve's last view (read each reconcile pass, before the resize), or of an
+application the last config applied no longer names (a retired version: Serve may not have
+started deleting it yet). The gateway tells the pool about them
+(:meth:`ServeGateway.stopping_actors`): their raylets count as idle, so the raylet of a
+replica Serve keeps is the one that stays.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import logging
 import os
 import shutil
 import threading
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +58,11 @@ class ServeGateway:
         self._clients: dict[str, tuple[str, Any]] = {}
         self._uris: dict[str, str] = {}
         self._mu = threading.Lock()
+        #: Per tenant, the actor ids of the replicas on their way out in Serve's last view read.
+        self._stopping: dict[str, frozenset[str]] = {}
+        #: Per tenant, the applications of the config last applied.
+        self._applied: dict[str, frozenset[str]] = {}
+        backend.elastic.stopping.append(self.stopping_actors)
 
     # -- the tenant's cluster ------------------------------------------------------------------
     def running(self, tenant_id: str) -> bool:
@@ -119,6 +133,7 @@ class ServeGateway:
             client.deploy_applications(config)
         except RuntimeError as exc:
             raise Unavailable(f"Serve in the tenant's cluster refused the config: {exc}") from None
+        self._applied[tenant_id] = frozenset(a["name"] for a in apps)
 
     def details(self, tenant_id: str, tenant: str) -> dict[str, Any]:
         """Serve's view (applications, deployments, replicas); {} when the cluster is down."""
@@ -126,10 +141,15 @@ class ServeGateway:
             return {}
         try:
             out: dict[str, Any] = self._client(tenant_id, tenant).get_serve_details()
-            return out
         except Exception as exc:  # the dashboard restarting: no view this pass
             log.debug("serve details of %s: %s", tenant, exc)
             return {}
+        self._stopping[tenant_id] = stopping_replicas(out, self._applied.get(tenant_id))
+        return out
+
+    def stopping_actors(self, tenant_id: str) -> frozenset[str]:
+        """Actor ids of the tenant's replicas on their way out when Serve was last asked."""
+        return self._stopping.get(tenant_id, frozenset())
 
     def log_file(self, tenant_id: str, tenant: str, node_id: str, path: str, lines: int) -> str:
         """The last ``lines`` of one log file of the tenant's cluster (Ray's log API)."""
@@ -139,3 +159,19 @@ class ServeGateway:
             "GET", f"/api/v0/logs/file?node_id={node_id}&filename={name}&lines={lines}"
         )
         return str(resp.text)
+
+
+def stopping_replicas(
+    details: dict[str, Any], applied: Collection[str] | None = None
+) -> frozenset[str]:
+    """Actor ids of the replicas on their way out in Serve's view (``get_serve_details``): in
+    STOPPING, or of an application that ``applied`` (the config last applied; None: not
+    known) does not name, which Serve deletes next."""
+    return frozenset(
+        r["actor_id"]
+        for name, app in (details.get("applications") or {}).items()
+        for dep in (app.get("deployments") or {}).values()
+        for r in dep.get("replicas") or ()
+        if r.get("actor_id")
+        and (r.get("state") == "STOPPING" or (applied is not None and name not in applied))
+    )

@@ -11,7 +11,8 @@ is ready in the tenant's cluster) or ``failed`` (reported by :meth:`groups` as s
 with the error, for reconcile to end the lease). Removal cancels a start in progress, then
 stops the lease's raylets (everything running on them stops with them). A bound elastic lease
 follows :meth:`resize`: growing adds raylets at once, shrinking stops some after the grace
-(or the workload's next checkpoint), as :mod:`~fastgpu.controller.pool_resize` plans; devices
+(or the workload's next checkpoint), those where none of the workload's actors runs first, as
+:mod:`~fastgpu.controller.pool_resize` plans; devices
 leaving a lease are *drained* (:mod:`~fastgpu.controller.pool_ledger`) so that no start uses
 them before their raylet has stopped. After a restart, the
 raylets found running are ``adopted``: their group is left alone (a bound lease's workload owns
@@ -368,4 +369,5 @@ class PoolBackend:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.elastic.close()
         self.pool.close()

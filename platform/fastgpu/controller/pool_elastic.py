@@ -6,7 +6,12 @@ size at once (the policy may give the devices to someone else), but the raylets 
 devices the lease gives back keep running until the grace ends or the workload reports a
 checkpoint, whichever comes first: a start that was given those devices waits for that (the
 drain, :mod:`fastgpu.controller.pool_ledger`). Which raylets to keep, stop or split is
-:func:`~fastgpu.controller.pool_resize.plan_resize`'s decision.
+:func:`~fastgpu.controller.pool_resize.plan_resize`'s decision; when a shrink has a choice
+(a host keeps some of two parts or more), the tenant's keeper is asked first which raylets
+hold live actors of the workload (a Serve replica, a Train worker), so that those are kept and
+idle ones stop. Actors the workload is stopping already (Serve's replicas in STOPPING, told by
+:attr:`ElasticRaylets.stopping`) do not count. When the keeper cannot answer in
+:data:`BUSY_TIMEOUT_S` the shrink goes on without it (the order alone picks).
 
 A raylet that fails to start is not retried: :meth:`PoolBackend.groups` reports its devices
 missing and reconcile shrinks the lease to what runs.
@@ -20,19 +25,27 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from fastgpu.config import PlatformConfig
 from fastgpu.controller.backend import GROUP_PREFIX, gpu_bundle
 from fastgpu.controller.clusters import TenantClusters
 from fastgpu.controller.pool_ledger import DeviceLedger, Drain, Reservation
-from fastgpu.controller.pool_resize import Devices, ResizePlan, plan_resize
+from fastgpu.controller.pool_resize import Devices, ResizePlan, busy_parts, plan_resize
 from fastgpu.pool.hosts import Host
 
 log = logging.getLogger(__name__)
 
 #: How long a start waits for a drain past its deadline before it gives up.
 DRAIN_SLACK_S = 60.0
+#: How long a shrink waits for the keeper to say which raylets hold the workload (the caller
+#: holds the controller's lock; a keeper busy with a long call answers late).
+BUSY_TIMEOUT_S = 2.0
+
+#: Per tenant, the ids of actors its workload is stopping already (tenant id -> actor ids).
+StoppingActors = Callable[[str], Collection[str]]
+
+Parts = dict[tuple[str, int], tuple[int, ...]]
 
 
 def raylet_cpus(bundle: Mapping[str, float], gpus: int) -> int:
@@ -49,6 +62,23 @@ def await_drains(res: Reservation, drains: list[Drain]) -> None:
             raise TimeoutError(
                 f"devices {drain.devices} of lease {drain.lease_id} were not given back"
             )
+
+
+def has_choice(parts: Parts, want: Mapping[str, int]) -> bool:
+    """Whether a resize keeps some, not all, of a host's live GPUs held by two parts or more:
+    only then does it matter which parts are busy."""
+    for host in {h for h, _ in parts}:
+        mine = [ids for (h, _), ids in parts.items() if h == host]
+        if len(mine) > 1 and 0 < want.get(host, 0) < sum(len(ids) for ids in mine):
+            return True
+    return False
+
+
+def _now(plan: ResizePlan) -> Devices:
+    """Devices of ``plan.restart`` started at once: on hosts with nothing to drain (their
+    raylet died); a split part's kept devices start after its drain."""
+    drained = {h for h, _ in plan.drain}
+    return {h: ids for h, ids in plan.restart.items() if h not in drained}
 
 
 def _merge(a: Mapping[str, tuple[int, ...]], b: Mapping[str, tuple[int, ...]]) -> Devices:
@@ -71,6 +101,15 @@ class ElasticRaylets:
         self._pool = pool
         #: Seconds a shrunk lease keeps the GPUs it gives back, for its workload's checkpoint.
         self.grace_s = config.scheduler.grace_s
+        #: Asked on a shrink: actors being stopped, which leave their raylet idle (the Serve
+        #: gateway adds Serve's replicas in STOPPING).
+        self.stopping: list[StoppingActors] = []
+        self.busy_timeout_s = BUSY_TIMEOUT_S
+        # Its own threads: a keeper call that hangs never holds a start's worker.
+        self._asks = cf.ThreadPoolExecutor(2, thread_name_prefix="fastgpu-busy")
+        #: Per lease, the raylets a resize is starting (host, part) -> devices: parts of the
+        #: lease for the next resize (never started twice; a shrink may stop one, as idle).
+        self._starting: dict[str, Parts] = {}
 
     def bundle(self, res: Reservation) -> dict[str, float]:
         return gpu_bundle(self.config.gpu_types.get(res.gpu_type))
@@ -87,9 +126,21 @@ class ElasticRaylets:
             (h, p): ids for (lease, h, p), ids in cluster.raylets().items() if lease == lease_id
         }
         with self.ledger.lock:
+            parts = {**self._starting.get(lease_id, {}), **parts}
+        want = Counter(nodes)
+        asked = time.monotonic()
+        busy = self.busy(res, parts) if has_choice(parts, want) else None
+        asked = time.monotonic() - asked
+        with self.ledger.lock:
             if self.ledger.reservations.get(lease_id) is not res:
                 return
-            plan = plan_resize(res.devices, parts, Counter(nodes))
+            plan = plan_resize(res.devices, parts, want, busy or ())
+            # A device whose raylet is still starting is not dead: never start it twice.
+            plan.restart = {
+                h: left
+                for h, ids in plan.restart.items()
+                if (left := tuple(d for d in ids if (h, d) not in res.starting))
+            }
             if not plan.changes:
                 res.devices = dict(plan.keep)  # devices whose raylet died are dropped
                 return
@@ -99,11 +150,29 @@ class ElasticRaylets:
             drain = self.ledger.drain(lease_id, res.tenant_id, leaving, self.grace_s, metered=True)
             res.devices = _merge(plan.keep, grown)
             res.starting |= {(h, d) for h, ids in _merge(grown, plan.restart).items() for d in ids}
+            starting = self._starting.setdefault(lease_id, {})
+            for h, ids in _merge(grown, _now(plan)).items():  # as _grow starts them: one a host
+                starting[(h, min(ids))] = ids
+        if busy is not None:
+            log.info("lease %s: busy raylets %s (asked in %.2f s)", lease_id, busy, asked)
         log.info("lease %s resized to %d GPUs: %s", lease_id, res.gpus, plan)
         self._pool.submit(self._grow, res, grown, plan, waits)
         threading.Thread(
             target=self._drain, args=(res, plan, drain), name="fastgpu-drain", daemon=True
         ).start()
+
+    def busy(self, res: Reservation, parts: Parts) -> set[tuple[str, int]]:
+        """The lease's parts holding live actors of its workload, as its keeper says (empty
+        when it cannot say in ``busy_timeout_s``: the order alone picks then)."""
+        cluster = self.clusters.get(res.tenant_id)
+        asked = self._asks.submit(cluster.call, "actors", lease=res.lease_id)
+        try:
+            nodes = asked.result(timeout=self.busy_timeout_s)
+            stopping = {a for source in self.stopping for a in source(res.tenant_id)}
+            return busy_parts(nodes, parts, stopping)
+        except Exception as exc:  # a shrink never fails for want of this
+            log.info("lease %s: which raylets hold its workload is unknown: %r", res.lease_id, exc)
+            return set()
 
     def add(self, res: Reservation, devices: Mapping[str, tuple[int, ...]]) -> None:
         """Start a raylet of the lease for each host's ``devices``; one that fails is logged
@@ -112,26 +181,35 @@ class ElasticRaylets:
         bundle = self.bundle(res)
         for host, ids in sorted(devices.items()):
             try:
-                if not res.cancelled:
+                with self.ledger.lock:  # a shrink meanwhile may have given some back
+                    ids = tuple(d for d in ids if d in res.devices.get(host, ()))
+                if ids and not res.cancelled:
                     cpus = raylet_cpus(bundle, len(ids))
                     cluster.add_raylet(res.lease_id, self.hosts[host], ids, cpus=cpus)
             except Exception:
                 log.exception("starting lease %s's raylet on %s failed", res.lease_id, host)
             finally:
-                with self.ledger.lock:
-                    res.starting -= {(host, d) for d in ids}
+                self._started(res, {host: devices[host]})
+
+    def _started(self, res: Reservation, devices: Mapping[str, tuple[int, ...]]) -> None:
+        """These devices' raylets are started, or never will be: no longer starting."""
+        with self.ledger.lock:
+            res.starting -= {(h, d) for h, ids in devices.items() for d in ids}
+            starting = self._starting.get(res.lease_id, {})
+            for (h, part), ids in list(starting.items()):
+                if set(ids) & set(devices.get(h, ())):
+                    del starting[(h, part)]
+            if not starting:
+                self._starting.pop(res.lease_id, None)
 
     def _grow(self, res: Reservation, grown: Devices, plan: ResizePlan, waits: list[Drain]) -> None:
-        drained = {h for h, _ in plan.drain}
-        now = {h: ids for h, ids in plan.restart.items() if h not in drained}
         try:
             await_drains(res, waits)
         except TimeoutError:
             log.exception("lease %s cannot grow", res.lease_id)
-            with self.ledger.lock:
-                res.starting -= {(h, d) for h, ids in grown.items() for d in ids}
+            self._started(res, grown)
             grown = {}
-        self.add(res, _merge(grown, now))
+        self.add(res, _merge(grown, _now(plan)))
 
     def _drain(self, res: Reservation, plan: ResizePlan, drain: Drain) -> None:
         """After the grace (or a checkpoint): stop the parts the lease gives back, then start
@@ -152,6 +230,9 @@ class ElasticRaylets:
             self.add(res, {h: ids for h, ids in plan.restart.items() if h in drained})
         finally:
             self.ledger.drained(drain)
+
+    def close(self) -> None:
+        self._asks.shutdown(wait=False, cancel_futures=True)
 
     def checkpointed(self, name: str) -> None:
         """The lease's workload saved its state: GPUs it is giving back may go now."""

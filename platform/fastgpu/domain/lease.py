@@ -45,10 +45,11 @@ from fastgpu.validation import (
 )
 
 #: Ray node labels of a tenant cluster's lease raylets (set by the pool; workloads select on
-#: them): the lease, its GPU type, the host.
+#: them): the lease, its GPU type, the host, the part (the raylet's first device id).
 LEASE_LABEL = "fastgpu.io/lease"
 GPU_TYPE_LABEL = "fastgpu.io/gpu-type"
 HOST_LABEL = "fastgpu.io/host"
+PART_LABEL = "fastgpu.io/part"
 
 
 LEASE_RESOURCE_PREFIX = "fastgpu_lease_"

@@ -11,6 +11,7 @@ one answer per line on stdout, in order::
     {"op": "ready", "name": "...", "timeout_s": 0}
     {"op": "nodes"}
     {"op": "drivers"}
+    {"op": "actors", "lease": "<id>"}
     -> {"ok": true, "result": ...} | {"ok": false, "error": "..."}
 
 Answers are the only thing on stdout (what Ray prints there goes to stderr, the keeper's log).
@@ -27,7 +28,7 @@ import os
 import sys
 from typing import Any
 
-from fastgpu.domain.lease import HOST_LABEL, LEASE_LABEL
+from fastgpu.domain.lease import HOST_LABEL, LEASE_LABEL, PART_LABEL
 
 NAMESPACE = "fastgpu"
 
@@ -110,6 +111,40 @@ def drivers() -> int:
     return sum(1 for job in jobs() if not job["IsDead"] and job["JobID"] != me)
 
 
+#: Actor states that hold (or are about to hold) a worker on their node.
+LIVE_ACTOR_STATES = ("ALIVE", "PENDING_CREATION", "RESTARTING")
+
+
+def actors(lease: str) -> list[dict[str, Any]]:
+    """The live raylets of ``lease``, each with the ids of the live actors on it (a Serve
+    replica, a Train worker): which raylets hold the lease's workload, for a shrink to stop
+    the others first. ``part`` is None for a raylet started without that label."""
+    import ray
+    from ray._private.state import actors as actor_table
+
+    on_node: dict[str, list[str]] = {}
+    for state in LIVE_ACTOR_STATES:
+        for actor_id, info in actor_table(actor_state_name=state).items():
+            node = (info.get("Address") or {}).get("NodeID")
+            if node:
+                on_node.setdefault(node, []).append(actor_id)
+    out = []
+    for n in ray.nodes():
+        labels = n.get("Labels") or {}
+        if not n.get("Alive") or labels.get(LEASE_LABEL) != lease:
+            continue
+        part = labels.get(PART_LABEL)
+        out.append(
+            {
+                "node_id": n["NodeID"],
+                "host": labels.get(HOST_LABEL),
+                "part": int(part) if part is not None and part.isdigit() else None,
+                "actors": sorted(on_node.get(n["NodeID"], [])),
+            }
+        )
+    return out
+
+
 def handle(request: dict[str, Any]) -> Any:
     op = request.get("op")
     if op == "create_group":
@@ -124,6 +159,8 @@ def handle(request: dict[str, Any]) -> Any:
         return nodes()
     if op == "drivers":
         return drivers()
+    if op == "actors":
+        return actors(request["lease"])
     raise ValueError(f"unknown op {op!r}")
 
 

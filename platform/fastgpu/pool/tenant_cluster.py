@@ -37,7 +37,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fastgpu.domain.lease import GPU_TYPE_LABEL, HOST_LABEL, LEASE_LABEL, lease_resource
+from fastgpu.domain.lease import (
+    GPU_TYPE_LABEL,
+    HOST_LABEL,
+    LEASE_LABEL,
+    PART_LABEL,
+    lease_resource,
+)
 from fastgpu.errors import FastGPUError
 from fastgpu.pool import processes, ray_head
 from fastgpu.pool.hosts import Host
@@ -440,6 +446,7 @@ class TenantCluster:
                 (LEASE_LABEL, lease_id),
                 (GPU_TYPE_LABEL, host.gpu_type),
                 (HOST_LABEL, host.name),
+                (PART_LABEL, devices[0]),
             )
         )
         args = [
