@@ -80,8 +80,11 @@ def test_a_good_payload() -> None:
     [
         (Demand(0, False, 0), None, Action.NONE, 0),  # scaled to zero, stays there
         (Demand(1, False, 0), None, Action.REQUEST, 2),  # first request after zero
-        (Demand(3, False, 0), 2, Action.RESIZE, 6),  # demand grows the lease
-        (Demand(9, False, 0), 2, Action.RESIZE, 8),  # ... up to max_replicas
+        (Demand(3, False, 0), None, Action.REQUEST, 2),  # one replica's GPUs first
+        (Demand(3, False, 0), 2, Action.RESIZE, 4),  # demand grows the lease, a replica a pass
+        (Demand(3, False, 0), 4, Action.RESIZE, 6),
+        (Demand(9, False, 0), 6, Action.RESIZE, 8),  # ... up to max_replicas
+        (Demand(9, False, 0), 8, Action.NONE, 8),
         (Demand(1, False, 0), 6, Action.RESIZE, 2),  # and shrinks it
         (Demand(1, True, 0), 2, Action.RESIZE, 4),  # an update asks one replica of surge
         (Demand(0, False, 5), 2, Action.NONE, 2),  # idle, not for long enough yet

@@ -129,8 +129,9 @@ def test_the_lease_maximum_follows_serve_and_shrinks_to_the_minimum_not_zero(
     api: EndpointsApi,
 ) -> None:
     """Serve wants 1, then 3, then 1, then 0 replicas of an endpoint with min_replicas 1:
-    the lease is requested, its maximum grows to 3 GPUs (the scheduler fills it, borrowing
-    beyond the guarantee of 1), shrinks back to 1 at once, and is kept at 1 (not released)."""
+    the lease is requested, its maximum grows to 3 GPUs a replica at a time (the scheduler
+    fills it, borrowing beyond the guarantee of 1), shrinks back to 1 at once, and is kept at
+    1 (not released)."""
     r = api.call(
         "admin",
         "POST",
@@ -182,10 +183,14 @@ def test_the_lease_maximum_follows_serve_and_shrinks_to_the_minimum_not_zero(
     assert lease.state == LeaseState.BOUND
     assert lease.workload == "endpoint:reg"
     assert resource() == {f"fastgpu_lease_{lease.id}": 1}
-    lease = step(3)  # Serve wants 3: the maximum grows; the scheduler fills it by borrowing
-    assert lease.gpus == 3
+    # Serve wants 3: the maximum grows a replica's GPUs per pass, each step filled by the
+    # scheduler (borrowing) before the next: a raylet per replica
     lease = step(3)
-    assert lease.held_gpus == 3
+    assert (lease.gpus, lease.held_gpus) == (2, 2)
+    lease = step(3)
+    assert (lease.gpus, lease.held_gpus) == (3, 3)
+    lease = step(3)
+    assert (lease.gpus, lease.held_gpus) == (3, 3)
     lease = step(1)  # back to one: given back now
     assert (lease.gpus, lease.held_gpus) == (1, 1)
     rec.doc["idle_since"] = api.ctl.clock() - 10 * rc.idle_s

@@ -7,6 +7,12 @@ rolls (the new version starts beside the old one). With nothing wanted for ``idl
 lease is released (scale to zero): a lease cannot hold 0 GPUs. The next request makes Serve
 want a replica again; the platform then asks for a new lease and the request waits for it.
 
+The lease grows *one replica's GPUs per pass* (asked for, then its maximum raised): the
+scheduler fills each step with a raylet of its own, so a replica's GPUs are a raylet of their
+own and a shrink can stop the raylet of a replica Serve stopped without the one it kept (a
+raylet's GPUs are fixed: a raylet holding two replicas' GPUs stops whole when the lease keeps
+one of them). Shrinks are at once, to what is wanted.
+
 :func:`decide` is the whole rule; the service acts on its :class:`Plan`.
 """
 
@@ -58,14 +64,17 @@ def decide(
     """What to do with the endpoint's lease (``lease_max_gpus``: its current maximum, None when
     it has no live lease)."""
     want = wanted_gpus(demand, gpus_per_replica, min_replicas, max_replicas)
+    why = f"Serve wants {want // gpus_per_replica} replicas"
     if lease_max_gpus is None:
         if want > 0:
-            return Plan(Action.REQUEST, want, f"Serve wants {want // gpus_per_replica} replicas")
+            return Plan(Action.REQUEST, min(want, gpus_per_replica), why)
         return Plan(Action.NONE, 0, "scaled to zero")
     if want == 0:
         if demand.idle_for_s >= idle_s:
             return Plan(Action.RELEASE, 0, f"no replica wanted for {demand.idle_for_s:.0f} s")
         return Plan(Action.NONE, lease_max_gpus, "idle; waiting before scaling to zero")
-    if want != lease_max_gpus:
-        return Plan(Action.RESIZE, want, f"Serve wants {want // gpus_per_replica} replicas")
+    if want > lease_max_gpus:  # a replica's GPUs at a time: a raylet each
+        return Plan(Action.RESIZE, min(want, lease_max_gpus + gpus_per_replica), why)
+    if want < lease_max_gpus:
+        return Plan(Action.RESIZE, want, why)
     return Plan(Action.NONE, want, "holds what is wanted")
