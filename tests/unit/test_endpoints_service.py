@@ -242,3 +242,56 @@ def test_replicas_serve_is_stopping_are_told_to_the_pool() -> None:
     }
     assert stopping_replicas(details) == {"going"}
     assert stopping_replicas(details, applied={"reg-v2"}) == {"going", "old"}
+
+
+def test_a_pass_never_writes_over_an_update_made_since_it_began(api: EndpointsApi) -> None:
+    """The pass reads the endpoints, then Serve's view (slow: the tenant's dashboard); an
+    update saved meanwhile must survive the pass (it read the record again under the lock)."""
+    from types import SimpleNamespace
+
+    r = api.call(
+        "admin", "POST", "/tenants", json={"name": "alpha", "quotas": {"A100": {"nominal": 1}}}
+    )
+    assert r.status_code == 201, r.text
+    owner = api.ctl.tenant("alpha")
+    assert owner is not None
+    gateway = SimpleNamespace(
+        keep_alive=lambda tenant_id: None,
+        details=lambda tenant_id, tenant: _details("reg-v1", 1),
+        token_path=lambda tenant_id: "/t",
+        apply=lambda *args: None,
+    )
+    eps = EndpointService(api.ctl, gateway)  # type: ignore[arg-type]
+    rec = EndpointRecord(new_endpoint_id(), owner.id, "alpha", "reg", 0.0, 0.0)
+    rec.doc = {
+        "model": "alpha/clf:v1",
+        "checkpoint": "/x",
+        "version": 1,
+        "app": "reg-v1",
+        "gpu_type": "A100",
+        "scaling": {
+            "gpus_per_replica": 1,
+            "min_replicas": 1,
+            "max_replicas": 1,
+            "max_batch_size": 4,
+            "batch_wait_ms": 5,
+        },
+        "lease_id": None,
+        "serve_port": 1,
+        "state": "READY",
+        "message": "",
+        "next": None,
+        "idle_since": None,
+    }
+    api.ctl.store.create_endpoint(rec, "tok1", "0" * 64)
+    rc = EndpointReconciler(api.ctl, eps, api.svc.leases, interval_s=60)
+    read_by_the_pass = api.ctl.store.endpoint(owner.id, "reg")
+    assert read_by_the_pass is not None
+    updated = api.ctl.store.endpoint(owner.id, "reg")
+    assert updated is not None
+    updated.doc["next"] = {"model": "alpha/clf:v2", "version": 2, "app": "reg-v2"}
+    eps.save(updated)
+    rc._tenant(owner.id, "alpha", [read_by_the_pass])
+    after = api.ctl.store.endpoint(owner.id, "reg")
+    assert after is not None
+    assert (after.doc["next"] or {}).get("app") == "reg-v2"

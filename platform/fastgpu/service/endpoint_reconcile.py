@@ -104,7 +104,11 @@ class EndpointReconciler:
         changed = not details or not (wanted - {None}) <= have
         for rec in recs:
             with self._eps.mu:
-                changed |= self._endpoint(rec, details)
+                # read again under the lock: an update (or delete) since the pass began
+                # would otherwise be written over with the doc read before it
+                fresh = self._ctl.store.endpoint(rec.tenant_id, rec.name)
+                if fresh is not None:
+                    changed |= self._endpoint(fresh, details)
         if changed:
             self._eps.apply(tenant_id, tenant)
 
