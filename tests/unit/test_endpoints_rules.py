@@ -85,6 +85,8 @@ def test_a_good_payload() -> None:
         (Demand(3, False, 0), 4, Action.RESIZE, 6),
         (Demand(9, False, 0), 6, Action.RESIZE, 8),  # ... up to max_replicas
         (Demand(9, False, 0), 8, Action.NONE, 8),
+        (Demand(1, False, 0, 3), 6, Action.NONE, 6),  # Serve has not picked what it stops
+        (Demand(1, False, 0, 1), 6, Action.RESIZE, 2),  # it has: the others are STOPPING
         (Demand(1, False, 0), 6, Action.RESIZE, 2),  # and shrinks it
         (Demand(1, True, 0), 2, Action.RESIZE, 4),  # an update asks one replica of surge
         (Demand(0, False, 5), 2, Action.NONE, 2),  # idle, not for long enough yet

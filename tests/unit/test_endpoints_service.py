@@ -15,8 +15,9 @@ from fastgpu.api.app import create_app
 from fastgpu.auth import new_token
 from fastgpu.config import GpuTypeSpec, PlatformConfig
 from fastgpu.controller.backend import NodeInfo
-from fastgpu.controller.endpoints import stopping_replicas
+from fastgpu.controller.endpoints import ServeGateway, replica_states
 from fastgpu.controller.loop import Controller
+from fastgpu.controller.pool_backend import PoolBackend
 from fastgpu.domain.endpoint import EndpointRecord
 from fastgpu.domain.lease import LeaseState
 from fastgpu.endpoints.tokens import new_endpoint_id
@@ -28,6 +29,7 @@ from fastgpu.service.endpoints import EndpointService, app_config
 from fastgpu.store import open_store
 
 from .fakes import FakeBackend, FakeClock
+from .test_pool_backend import FakeClusters
 from .test_registry import Api, _checkpoint
 
 
@@ -215,14 +217,14 @@ def test_endpoint_settings_are_validated() -> None:
 
 def test_replicas_serve_is_stopping_are_told_to_the_pool() -> None:
     """Their actors live on for a while (a graceful shutdown; a retired version Serve has not
-    begun to delete): a shrink must not count their raylets as busy (the pool keeps the
-    raylets of live actors)."""
+    begun to delete; a replica Serve dropped once it asked Ray to kill it): a shrink must not
+    count their raylets as busy (the pool keeps the raylets of live actors)."""
     replicas = [
         {"state": "RUNNING", "actor_id": "kept"},
         {"state": "STOPPING", "actor_id": "going"},
         {"state": "STARTING", "actor_id": "new"},
     ]
-    details = {
+    details: dict[str, Any] = {
         "applications": {
             "reg-v2": {"deployments": {"ModelServer": {"replicas": replicas}}},
             "reg-v1": {  # the retired version, being deleted
@@ -233,15 +235,28 @@ def test_replicas_serve_is_stopping_are_told_to_the_pool() -> None:
             },
         }
     }
-    assert stopping_replicas(details) == {"going", "old"}
-    assert stopping_replicas({}) == frozenset()
+    assert replica_states(details) == ({"kept", "new"}, {"going", "old"})
+    assert replica_states({}) == (frozenset(), frozenset())
     # a version the config no longer names goes next, though Serve may not have begun yet
     details["applications"]["reg-v1"] = {
         "status": "RUNNING",
         "deployments": {"ModelServer": {"replicas": [{"state": "RUNNING", "actor_id": "old"}]}},
     }
-    assert stopping_replicas(details) == {"going"}
-    assert stopping_replicas(details, applied={"reg-v2"}) == {"going", "old"}
+    assert replica_states(details)[1] == {"going"}
+    assert replica_states(details, applied={"reg-v2"})[1] == {"going", "old"}
+
+    # the gateway: a replica that ran and left Serve's view is still on its way out
+    config = PlatformConfig(gpu_types={"A100": GpuTypeSpec(price_per_hour=1.0)})
+    pool = PoolBackend(config, [], clusters=FakeClusters())  # type: ignore[arg-type]
+    gateway = ServeGateway(pool, Path("/nonexistent"))
+    gateway._note_replicas("t1", details)
+    assert gateway.stopping_actors("t1") == {"going"}
+    del details["applications"]["reg-v1"]
+    replicas[:] = [{"state": "RUNNING", "actor_id": "new"}]
+    gateway._note_replicas("t1", details)
+    assert gateway.stopping_actors("t1") == {"kept", "old"}
+    assert pool.elastic.stopping == [gateway.stopping_actors]
+    pool.close()
 
 
 def test_a_pass_never_writes_over_an_update_made_since_it_began(api: EndpointsApi) -> None:

@@ -20,9 +20,10 @@ changes, so a rotation needs no restart.
 
 When an endpoint's lease shrinks, the pool stops the raylets that hold no live actor first
 (:mod:`fastgpu.controller.pool_elastic`). Replicas on their way out still live for a while: in
-STOPPING in Serve's last view (read each reconcile pass, before the resize), or of an
+STOPPING in Serve's last view (read each reconcile pass, before the resize); of an
 application the last config applied no longer names (a retired version: Serve may not have
-started deleting it yet). The gateway tells the pool about them
+started deleting it yet); or gone from the view though their actor has not exited yet (Serve
+drops a replica once it asked Ray to kill it). The gateway tells the pool about them
 (:meth:`ServeGateway.stopping_actors`): their raylets count as idle, so the raylet of a
 replica Serve keeps is the one that stays.
 """
@@ -33,6 +34,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +49,9 @@ log = logging.getLogger(__name__)
 #: The repository's Serve applications (``serve_apps/`` beside ``platform/``).
 SERVE_APPS = Path(__file__).resolve().parents[3] / "serve_apps"
 TOKEN_FILE = "endpoint-tokens.json"
+#: How long a replica Serve ran is remembered once gone from its view (its actor may outlive
+#: that by a moment: Serve drops it once it asked Ray to kill it).
+REMEMBER_S = 600.0
 
 
 class ServeGateway:
@@ -60,6 +65,10 @@ class ServeGateway:
         self._mu = threading.Lock()
         #: Per tenant, the actor ids of the replicas on their way out in Serve's last view read.
         self._stopping: dict[str, frozenset[str]] = {}
+        #: Per tenant, replicas Serve ran (actor id -> time.monotonic() last seen so), kept
+        #: :data:`REMEMBER_S`: one no longer running is on its way out.
+        self._ran: dict[str, dict[str, float]] = {}
+        self._noting = threading.Lock()
         #: Per tenant, the applications of the config last applied.
         self._applied: dict[str, frozenset[str]] = {}
         backend.elastic.stopping.append(self.stopping_actors)
@@ -144,8 +153,20 @@ class ServeGateway:
         except Exception as exc:  # the dashboard restarting: no view this pass
             log.debug("serve details of %s: %s", tenant, exc)
             return {}
-        self._stopping[tenant_id] = stopping_replicas(out, self._applied.get(tenant_id))
+        self._note_replicas(tenant_id, out)
         return out
+
+    def _note_replicas(self, tenant_id: str, details: dict[str, Any]) -> None:
+        now = time.monotonic()
+        live, leaving = replica_states(details, self._applied.get(tenant_id))
+        with self._noting:  # the reconciler's pass and API calls (show, logs) read views
+            ran = self._ran.setdefault(tenant_id, {})
+            for actor in live:
+                ran[actor] = now
+            for actor, seen in list(ran.items()):
+                if now - seen > REMEMBER_S:
+                    del ran[actor]
+            self._stopping[tenant_id] = leaving | (ran.keys() - live)
 
     def stopping_actors(self, tenant_id: str) -> frozenset[str]:
         """Actor ids of the tenant's replicas on their way out when Serve was last asked."""
@@ -161,17 +182,19 @@ class ServeGateway:
         return str(resp.text)
 
 
-def stopping_replicas(
+def replica_states(
     details: dict[str, Any], applied: Collection[str] | None = None
-) -> frozenset[str]:
-    """Actor ids of the replicas on their way out in Serve's view (``get_serve_details``): in
-    STOPPING, or of an application that ``applied`` (the config last applied; None: not
-    known) does not name, which Serve deletes next."""
-    return frozenset(
-        r["actor_id"]
-        for name, app in (details.get("applications") or {}).items()
-        for dep in (app.get("deployments") or {}).values()
-        for r in dep.get("replicas") or ()
-        if r.get("actor_id")
-        and (r.get("state") == "STOPPING" or (applied is not None and name not in applied))
-    )
+) -> tuple[frozenset[str], frozenset[str]]:
+    """Actor ids of the replicas in Serve's view (``get_serve_details``) that Serve keeps, and
+    of those on their way out: in STOPPING, or of an application that ``applied`` (the config
+    last applied; None: not known) does not name, which Serve deletes next."""
+    live: set[str] = set()
+    leaving: set[str] = set()
+    for name, app in (details.get("applications") or {}).items():
+        retired = applied is not None and name not in applied
+        for dep in (app.get("deployments") or {}).values():
+            for r in dep.get("replicas") or ():
+                if r.get("actor_id"):
+                    going = retired or r.get("state") == "STOPPING"
+                    (leaving if going else live).add(r["actor_id"])
+    return frozenset(live), frozenset(leaving)

@@ -169,6 +169,12 @@ class ElasticRaylets:
         try:
             nodes = asked.result(timeout=self.busy_timeout_s)
             stopping = {a for source in self.stopping for a in source(res.tenant_id)}
+            log.debug(
+                "lease %s: actors per raylet %s; on their way out %s",
+                res.lease_id,
+                {(n.get("host"), n.get("part")): n.get("actors") for n in nodes},
+                sorted(stopping),
+            )
             return busy_parts(nodes, parts, stopping)
         except Exception as exc:  # a shrink never fails for want of this
             log.info("lease %s: which raylets hold its workload is unknown: %r", res.lease_id, exc)

@@ -11,7 +11,9 @@ The lease grows *one replica's GPUs per pass* (asked for, then its maximum raise
 scheduler fills each step with a raylet of its own, so a replica's GPUs are a raylet of their
 own and a shrink can stop the raylet of a replica Serve stopped without the one it kept (a
 raylet's GPUs are fixed: a raylet holding two replicas' GPUs stops whole when the lease keeps
-one of them). Shrinks are at once, to what is wanted.
+one of them). Shrinks are at once, to what is wanted, once Serve has picked the replicas it
+stops (no more RUNNING than it wants: the others are STOPPING), so that the pool can tell
+which raylets hold the replicas it keeps.
 
 :func:`decide` is the whole rule; the service acts on its :class:`Plan`.
 """
@@ -36,6 +38,9 @@ class Demand:
     replicas_wanted: int  # Serve's target replicas, summed over the endpoint's applications
     updating: bool  # a new version is rolling: ask for one replica's GPUs of surge
     idle_for_s: float  # seconds since Serve last wanted a replica (0 while it does)
+    #: Serve's RUNNING replicas (None: not known). More than wanted: Serve has not yet picked
+    #: the replicas it stops (they turn STOPPING), and a shrink waits for that.
+    replicas_running: int | None = None
 
 
 @dataclass(frozen=True)
@@ -76,5 +81,9 @@ def decide(
     if want > lease_max_gpus:  # a replica's GPUs at a time: a raylet each
         return Plan(Action.RESIZE, min(want, lease_max_gpus + gpus_per_replica), why)
     if want < lease_max_gpus:
+        running = demand.replicas_running
+        if running is not None and running > demand.replicas_wanted:
+            # the pool keeps the raylets of the replicas Serve keeps: known once it chose
+            return Plan(Action.NONE, lease_max_gpus, "waiting for Serve to pick what it stops")
         return Plan(Action.RESIZE, want, why)
     return Plan(Action.NONE, want, "holds what is wanted")

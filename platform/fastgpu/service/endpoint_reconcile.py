@@ -155,11 +155,11 @@ class EndpointReconciler:
             d["idle_since"] = None
         elif d.get("idle_since") is None:
             d["idle_since"] = now
-        changed |= self._lease(rec, target, now)
+        changed |= self._lease(rec, target, now, running)
         self._eps.save(rec)
         return changed
 
-    def _lease(self, rec: EndpointRecord, target: int, now: float) -> bool:
+    def _lease(self, rec: EndpointRecord, target: int, now: float, running: int) -> bool:
         d, s = rec.doc, rec.doc["scaling"]
         g = int(s["gpus_per_replica"])
         lease = self._ctl.store.get_lease(d["lease_id"]) if d.get("lease_id") else None
@@ -167,7 +167,7 @@ class EndpointReconciler:
             d["lease_id"], d["bound_lease"], lease = None, None, None
             return True
         idle_for = 0.0 if d.get("idle_since") is None else now - d["idle_since"]
-        demand = Demand(target, bool(d.get("next")), idle_for)
+        demand = Demand(target, bool(d.get("next")), idle_for, running)
         plan = decide(
             demand,
             lease.gpus if lease else None,
