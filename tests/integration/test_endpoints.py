@@ -5,7 +5,8 @@ metering, scale to zero and back (cold start measured); deploy from the registry
 tenant's model 404s), a rolling update under a steady load with no failed request, an update
 to a model that fails to load (the previous version keeps serving and the endpoint says why);
 another tenant's job attacking the endpoint; scaling beyond one replica under a step load
-(borrowing idle GPUs) and back down to the minimum, never to zero."""
+(borrowing idle GPUs) and back down to the minimum, never to zero, the replica Serve kept
+running on through the lease's shrink (its raylet is the one that stays)."""
 
 from __future__ import annotations
 
@@ -427,16 +428,41 @@ def test_another_tenants_job_cannot_reach_the_endpoint(
     beta.endpoint("own", "delete")
 
 
+def serve_replicas(alpha: Any, app: str) -> Any:
+    """A reader of the RUNNING replicas of ``app`` in alpha's Serve: actor id -> pid (None
+    when the dashboard does not answer this time)."""
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    info = alpha.cluster()
+    serve = ServeSubmissionClient(
+        info["dashboard_url"], headers={"Authorization": f"Bearer {info['ray_token']}"}
+    )
+
+    def running() -> dict[str, int] | None:
+        try:
+            a = serve.get_serve_details()["applications"].get(app) or {}
+        except Exception as exc:  # the dashboard busy (two cores): no view this time
+            print(f"no view of Serve: {exc!r}")
+            return None
+        replicas = a.get("deployments", {}).get("ModelServer", {}).get("replicas", [])
+        return {r["actor_id"]: r["pid"] for r in replicas if r["state"] == "RUNNING"}
+
+    return running
+
+
 def test_scales_beyond_one_replica_under_a_step_load_and_back_to_the_minimum(
-    alpha: Any,
+    pool: Platform, alpha: Any
 ) -> None:
     """A step load makes Serve want more replicas; the lease grows past alpha's guarantee of
-    one GPU by borrowing idle ones; when the load stops it shrinks to min_replicas, not zero."""
+    one GPU by borrowing idle ones, a raylet per replica; when the load stops it shrinks to
+    min_replicas, not zero, and the replica Serve kept runs on: its raylet is not the one the
+    shrink stops (the others are stopped first: no replica of theirs is alive)."""
     if not any(e["name"] == "reg" for e in alpha.list_endpoints()):
         pytest.skip("needs the endpoint of test_registry_deploy_update_under_load")
     ep = alpha.endpoint("reg")
     assert (ep["min_replicas"], ep["max_replicas"]) == (1, 3)
     wait_until(lambda: alpha.endpoint("reg")["replicas"] == 1, timeout=120, interval=1)
+    running = serve_replicas(alpha, f"reg-v{ep['version']}")
     token = alpha.endpoint("reg", "issue_token")["token"]
     peak: dict[str, Any] = {}
     with Load(ep["url"], token, clients=12) as load:
@@ -449,6 +475,7 @@ def test_scales_beyond_one_replica_under_a_step_load_and_back_to_the_minimum(
         up = time.monotonic() - t0
         time.sleep(5)
         most = alpha.endpoint("reg")
+        under_load = wait_until(running, timeout=30, interval=1)
     print(
         f"step load (12 clients): {peak['replicas']} replicas on {peak['lease_gpus']} GPUs "
         f"after {up:.1f} s, then {most['replicas']} on {most['lease_gpus']}; "
@@ -457,18 +484,42 @@ def test_scales_beyond_one_replica_under_a_step_load_and_back_to_the_minimum(
     assert load.failed() == []
     # the load stops: back to the minimum, never to zero
     seen: list[tuple[int, int, str | None]] = []
+    before: dict[str, int] = dict(under_load)  # replicas Serve ran before raylets stopped
 
     def at_minimum() -> bool:
         e = alpha.endpoint("reg")
         seen.append((e["replicas"], e["lease_gpus"], e["lease_id"]))
+        before.update(running() or {})
         return bool(e["replicas"] == 1 and e["lease_gpus"] == 1)
 
     wait_until(at_minimum, timeout=180, interval=1)
+    t_shrunk = time.monotonic()
     lease_id = alpha.endpoint("reg")["lease_id"]
-    time.sleep(10)  # well past idle_s: the lease stays, on one GPU
+    before.update(running() or {})
+    # Nothing to save: the raylets the lease gives back stop now, not after the grace (30 s).
+    alpha.get_lease(lease_id).report_checkpoint()
+    raylets = f"{TenantClusters(pool.config).platform}/{alpha.whoami()['tenant_id']}/raylet/"
+    since: list[dict[str, int] | None] = []  # Serve's RUNNING replicas while they stop
+
+    def shrink_done() -> bool:  # only the kept raylet runs
+        since.append(running())
+        return len(processes.marked(f"{raylets}{lease_id}/")) == 1
+
+    wait_until(shrink_done, timeout=60, interval=0.5)
+    drained = time.monotonic() - t_shrunk
+    time.sleep(max(0.0, 8 - drained))  # past idle_s: the lease stays, on one GPU
     e = alpha.endpoint("reg")
     assert (e["lease_id"], e["lease_gpus"]) == (lease_id, 1)
-    # The shrink may stop the raylet of the replica Serve kept (the pool picks which GPUs go
-    # without knowing where replicas run; docs/serve.md): Serve then starts it on the GPU left.
-    wait_until(lambda: alpha.endpoint("reg")["replicas"] == 1, timeout=120, interval=1)
     assert all(lease_id is not None and replicas >= 1 for replicas, _, lease_id in seen), seen
+    # The replica Serve kept ran before the other raylets stopped and runs on in the same
+    # process (its raylet was not stopped): Serve had it running all along, never none.
+    after = wait_until(running, timeout=30, interval=1)
+    since.append(after)
+    print(
+        f"back to the minimum: {len(before)} replicas before the shrink -> {after}; raylets "
+        f"stopped {drained:.1f} s after it; {len(since)} views of Serve meanwhile"
+    )
+    assert len(after) == 1, after
+    ((kept, pid),) = after.items()
+    assert before.get(kept) == pid, (before, after)
+    assert all(kept in view for view in since if view is not None), since
