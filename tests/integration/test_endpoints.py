@@ -28,7 +28,7 @@ from fastgpu.endpoints.tokens import new_endpoint_id, new_token
 from fastgpu.errors import NotFound
 from fastgpu.pool import processes
 from fastgpu.pool.runtime import remove_platform_users
-from tests.integration.platform_fixtures import Platform, start_platform, wait_until
+from tests.integration.platform_fixtures import Platform, start_platform, stop_marked, wait_until
 
 pytestmark = [
     pytest.mark.ray,
@@ -58,8 +58,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     finally:
         platform.stop_server()
         clusters = TenantClusters(platform.config)
-        for marker, procs in processes.marked(f"{clusters.platform}/").items():
-            processes.stop_tree(procs[0].pid, 2.0, marker=marker)
+        stop_marked(f"{clusters.platform}/")
         remove_platform_users(clusters.platform)
 
 
