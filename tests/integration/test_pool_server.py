@@ -98,10 +98,11 @@ def raylet_parts(platform: Platform) -> list[dict[str, Any]]:
         if not role.startswith("raylet/"):
             continue
         _, lease, host, _part = role.split("/")
-        if not any(_is_raylet(p) for p in procs):
+        raylet = next((p for p in procs if _is_raylet(p)), None)
+        if raylet is None:
             continue  # its raylet died; what is left of its node is on its way out
         try:
-            env, user = procs[0].environ(), procs[0].username()
+            env, user = raylet.environ(), raylet.username()
         except psutil.Error:  # it stopped meanwhile
             continue
         out.append(
@@ -111,7 +112,8 @@ def raylet_parts(platform: Platform) -> list[dict[str, Any]]:
                 "host": host,
                 "devices": env["CUDA_VISIBLE_DEVICES"],
                 "user": user,
-                "pid": procs[0].pid,
+                # The raylet's: the node's lowest pid may be a worker once pids wrap around.
+                "pid": raylet.pid,
                 "marker": marker,
             }
         )
