@@ -59,6 +59,33 @@ def _service(api: EndpointsApi) -> EndpointService:
     return EndpointService(api.ctl, None)
 
 
+def _ready_endpoint(api: Any, tenant_id: str, max_replicas: int) -> EndpointRecord:
+    """Store alpha's endpoint "reg" as deployed and READY (v1, one GPU per replica)."""
+    rec = EndpointRecord(new_endpoint_id(), tenant_id, "alpha", "reg", 0.0, 0.0)
+    rec.doc = {
+        "model": "alpha/clf:v1",
+        "checkpoint": "/x",
+        "version": 1,
+        "app": "reg-v1",
+        "gpu_type": "A100",
+        "scaling": {
+            "gpus_per_replica": 1,
+            "min_replicas": 1,
+            "max_replicas": max_replicas,
+            "max_batch_size": 4,
+            "batch_wait_ms": 5,
+        },
+        "lease_id": None,
+        "serve_port": 1,
+        "state": "READY",
+        "message": "",
+        "next": None,
+        "idle_since": None,
+    }
+    api.ctl.store.create_endpoint(rec, "tok1", "0" * 64)
+    return rec
+
+
 def test_registered_models_resolve_pinned_to_a_version_and_scoped(
     api: EndpointsApi, tmp_path: Path
 ) -> None:
@@ -144,28 +171,7 @@ def test_the_lease_maximum_follows_serve_and_shrinks_to_the_minimum_not_zero(
     owner = api.ctl.tenant("alpha")
     assert owner is not None
     eps = _service(api)
-    rec = EndpointRecord(new_endpoint_id(), owner.id, "alpha", "reg", 0.0, 0.0)
-    rec.doc = {
-        "model": "alpha/clf:v1",
-        "checkpoint": "/x",
-        "version": 1,
-        "app": "reg-v1",
-        "gpu_type": "A100",
-        "scaling": {
-            "gpus_per_replica": 1,
-            "min_replicas": 1,
-            "max_replicas": 3,
-            "max_batch_size": 4,
-            "batch_wait_ms": 5,
-        },
-        "lease_id": None,
-        "serve_port": 1,
-        "state": "READY",
-        "message": "",
-        "next": None,
-        "idle_since": None,
-    }
-    api.ctl.store.create_endpoint(rec, "tok1", "0" * 64)
+    rec = _ready_endpoint(api, owner.id, max_replicas=3)
     rc = EndpointReconciler(api.ctl, eps, api.svc.leases, interval_s=60)
     assert rc.idle_s == api.ctl.config.endpoints.idle_s  # from the config
 
@@ -277,28 +283,7 @@ def test_a_pass_never_writes_over_an_update_made_since_it_began(api: EndpointsAp
         apply=lambda *args: None,
     )
     eps = EndpointService(api.ctl, gateway)  # type: ignore[arg-type]
-    rec = EndpointRecord(new_endpoint_id(), owner.id, "alpha", "reg", 0.0, 0.0)
-    rec.doc = {
-        "model": "alpha/clf:v1",
-        "checkpoint": "/x",
-        "version": 1,
-        "app": "reg-v1",
-        "gpu_type": "A100",
-        "scaling": {
-            "gpus_per_replica": 1,
-            "min_replicas": 1,
-            "max_replicas": 1,
-            "max_batch_size": 4,
-            "batch_wait_ms": 5,
-        },
-        "lease_id": None,
-        "serve_port": 1,
-        "state": "READY",
-        "message": "",
-        "next": None,
-        "idle_since": None,
-    }
-    api.ctl.store.create_endpoint(rec, "tok1", "0" * 64)
+    _ready_endpoint(api, owner.id, max_replicas=1)
     rc = EndpointReconciler(api.ctl, eps, api.svc.leases, interval_s=60)
     read_by_the_pass = api.ctl.store.endpoint(owner.id, "reg")
     assert read_by_the_pass is not None
