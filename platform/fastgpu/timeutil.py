@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -15,7 +16,10 @@ def wall_clock() -> float:
     return time.time()
 
 
+@functools.lru_cache(maxsize=8192)
 def iso(ts: float | None) -> str | None:
+    """ISO 8601 (UTC, milliseconds) of epoch seconds; memoised: a page of leases shows the
+    same stored times call after call."""
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds")

@@ -75,6 +75,21 @@ def test_controller_on_postgres(postgres_url: str) -> None:
     assert svc.leases.get(p, lease.id).state == "EXPIRED"
     assert svc.leases.get(p, queued.id).state == "ADMITTED"
     assert svc.reads.usage(p).items[0].gpu_seconds == pytest.approx(240)
+    # The list's row path (bound limit, cursor and state filter) pages through every lease once.
+    more = [svc.leases.request(p, LeaseCreate(gpus=1)).id for _ in range(4)]
+    pages, cursor = [], None
+    while True:
+        page = svc.leases.list(p, limit=2, cursor=cursor)
+        pages.append([x.id for x in page.items])
+        if (cursor := page.next_cursor) is None:
+            break
+    flat = [i for ids in pages for i in ids]
+    assert flat == [x.id for x in svc.leases.list(p).items]  # one page of all, same order
+    assert sorted(flat) == sorted([lease.id, queued.id, *more])
+    assert [len(ids) for ids in pages] == [2, 2, 2]
+    live = svc.leases.list(p, live=True).items
+    assert [(x.id, x.state) for x in live][:1] == [(queued.id, "ADMITTED")]
+    assert lease.id not in {x.id for x in live}
 
 
 def test_usage_report_on_postgres(postgres_url: str) -> None:

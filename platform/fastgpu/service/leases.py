@@ -20,6 +20,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio.to_thread
+import pydantic_core
 from pydantic import ValidationError
 
 from fastgpu.auth import Principal
@@ -27,11 +28,13 @@ from fastgpu.domain.gpu_choice import choose_gpu_type
 from fastgpu.domain.lease import LIVE_STATES, Lease, LeaseRequest, LeaseSpec, LeaseState
 from fastgpu.errors import InvalidRequest, NotFound
 from fastgpu.service.models import (
+    LEASE_COLUMNS,
     LeaseCreate,
     LeaseOut,
     Page,
     decode_cursor,
     encode_cursor,
+    lease_items,
     page_limit,
 )
 from fastgpu.store import TenantRecord
@@ -219,6 +222,17 @@ class LeaseService:
         limit: int | None = None,
         cursor: str | None = None,
     ) -> Page[LeaseOut]:
+        return Page[LeaseOut].model_validate_json(self.list_json(p, tenant, live, limit, cursor))
+
+    def list_json(
+        self,
+        p: Principal,
+        tenant: str | None = None,
+        live: bool = False,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> bytes:
+        """:meth:`list`'s page as the API's JSON, from stored rows (:func:`lease_items`)."""
         n = page_limit(limit)
         tenant_id = None
         if tenant is not None or not p.is_admin:
@@ -229,13 +243,14 @@ class LeaseService:
                 raise InvalidRequest("cursor: expected the next_cursor of a previous page")
             after = (float(after[0]), str(after[1]))
         states = LIVE_STATES if live else None
-        rows = self._store.list_leases(tenant_id=tenant_id, states=states, limit=n + 1, after=after)
+        # The key (stored created_at, id) first: the cursor is the last row's.
+        columns = ("created_at", "id", *LEASE_COLUMNS)
+        rows = self._store.lease_rows(columns, tenant_id, states, limit=n + 1, after=after)
         more = len(rows) > n
         rows = rows[:n]
-        return Page[LeaseOut](
-            items=[LeaseOut.of(r) for r in rows],
-            next_cursor=encode_cursor([rows[-1].created_at, rows[-1].id]) if more else None,
-        )
+        next_cursor = encode_cursor(list(rows[-1][:2])) if more else None
+        page = {"items": lease_items(row[2:] for row in rows), "next_cursor": next_cursor}
+        return pydantic_core.to_json(page)
 
     def release(self, p: Principal, lease_id: str) -> LeaseOut:
         """Release (idempotent: releasing an ended lease returns it unchanged)."""

