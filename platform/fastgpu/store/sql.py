@@ -366,6 +366,10 @@ class Store(AccountsMixin, UsageMixin, RegistryMixin, BudgetMixin, EndpointsMixi
         return [dict(r._mapping) for r in rows]
 
 
+SQLITE_POOL_SIZE = 64
+"""Open connections a file SQLite store keeps (as many again may open under a burst)."""
+
+
 def open_store(url: str) -> Store:
     """Open (creating and migrating as needed) the store at a SQLAlchemy URL."""
     kwargs: dict[str, Any] = {}
@@ -376,6 +380,11 @@ def open_store(url: str) -> Store:
         else:
             path = url.split("sqlite:///", 1)[-1]
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            # A connection per thread that may read at once (the API's 40 worker threads, its
+            # write threads, the controller's), kept open: SQLAlchemy's default pool of 5 + 10
+            # overflow made reads under load queue for a connection, and opened and closed
+            # an overflow connection (with its pragmas) per read.
+            kwargs.update(pool_size=SQLITE_POOL_SIZE, max_overflow=SQLITE_POOL_SIZE)
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
 
