@@ -224,6 +224,7 @@ class Load:
                 self.results.append((t0, status, model, time.monotonic() - t0))
 
     def __enter__(self) -> Load:
+        self.started = time.monotonic()
         for t in self._threads:
             t.start()
         return self
@@ -234,7 +235,8 @@ class Load:
             t.join(timeout=70)
 
     def failed(self) -> list[tuple[float, int, str, float]]:
-        return [r for r in self.results if r[1] != 200]
+        """The requests that did not answer 200, their start as seconds into the load."""
+        return [(t - self.started, s, m, d) for t, s, m, d in self.results if s != 200]
 
     def p99_ms(self) -> float:
         lat = sorted(r[3] for r in self.results)
