@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -353,3 +354,24 @@ def test_a_recreated_tenant_name_is_a_new_tenant() -> None:
     fresh, created = store.insert_lease(_lease("b", request_id="r1", tenant_id=second.id))
     assert created
     assert fresh.id == "b"
+
+
+def test_lease_pages_read_an_index_in_page_order(tmp_path: Path) -> None:
+    """A page of leases, a tenant's or all, walks an index in (created_at, id) order: SQLite
+    neither scans the table nor sorts the leases for it."""
+    from fastgpu.service.models import LEASE_COLUMNS
+    from fastgpu.store.sql import _lease_query
+
+    store = open_store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    for i in range(20):
+        store.insert_lease(replace(_lease(f"l{i:02d}", tenant_id=f"t{i % 3}"), created_at=float(i)))
+    for by_tenant in (True, False):
+        q = _lease_query(("created_at", "id", *LEASE_COLUMNS), by_tenant, False, True, True)
+        params = {"tenant_id": "t1", "after_at": 3.0, "after_id": "l03", "limit": 5}
+        sql = q.params(**params).compile(store._engine, compile_kwargs={"literal_binds": True})
+        with store._engine.connect() as conn:
+            plan = " | ".join(r[-1] for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+        assert "ix_leases_tenant_page" in plan if by_tenant else "ix_leases_page" in plan, plan
+        assert "TEMP B-TREE" not in plan, plan
+    ids = [x.id for x in store.list_leases(tenant_id="t1", limit=3, after=(3.0, "l03"))]
+    assert ids == ["l04", "l07", "l10"]

