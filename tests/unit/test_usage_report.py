@@ -22,6 +22,7 @@ from fastgpu.domain.ledger import REPORT_GROUPS, period_bounds
 from fastgpu.errors import InvalidRequest, NotFound
 from fastgpu.store import SCHEMA_VERSION, Store, StoreTx, open_store
 from fastgpu.store import schema as t
+from fastgpu.store.schema import MIGRATIONS, _v_usage_daily
 from tests.unit.test_store import TID, _lease
 
 
@@ -418,7 +419,8 @@ def test_migration_backfills_the_rollup(tmp_path: Path) -> None:
     args = (BASE + 12 * DAY, BASE, BASE + 11 * DAY)
     with store._tx() as conn:  # back to the version before the rollup
         conn.execute(text("DROP TABLE usage_daily"))
-        conn.execute(text(f"UPDATE schema_version SET version = {SCHEMA_VERSION - 1}"))
+        before = MIGRATIONS.index(_v_usage_daily)
+        conn.execute(text(f"UPDATE schema_version SET version = {before}"))
     store.close()
     store = open_store(url)
     assert store.schema_version() == SCHEMA_VERSION
