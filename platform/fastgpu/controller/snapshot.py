@@ -8,7 +8,7 @@ move slowly and a full read per pass would dominate the 4 Hz loop.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from fastgpu.config import PlatformConfig
 from fastgpu.controller.backend import NodeInfo
@@ -53,12 +53,20 @@ class UsageStats:
 
 
 def lease_view(lease: Lease, placement: dict[str, int]) -> LeaseView:
+    """The policy's view of a live lease; ``placement``: its GPUs per node. A lease holding GPUs is seen at the size it holds unless bound (only a bound,
+    elastic workload's lease can change size), and with its announced preemption (its GPUs are
+    leaving: never a victim twice)."""
+    gpus, min_gpus, preempt_at = lease.gpus, lease.min_gpus, None
+    if lease.state in HOLDING_STATES:
+        if lease.state != LeaseState.BOUND:
+            gpus = min_gpus = lease.held_gpus
+        preempt_at = lease.preempt_at
     return LeaseView(
         id=lease.id,
         tenant=lease.tenant,
         gpu_type=lease.gpu_type,
-        gpus=lease.gpus,
-        min_gpus=lease.min_gpus,
+        gpus=gpus,
+        min_gpus=min_gpus,
         strategy=lease.strategy,
         preemptible=lease.preemptible,
         priority=lease.priority,
@@ -68,6 +76,7 @@ def lease_view(lease: Lease, placement: dict[str, int]) -> LeaseView:
         placement=placement,
         last_checkpoint_at=lease.last_checkpoint_at,
         restarts=lease.restarts,
+        preempt_at=preempt_at,
     )
 
 
@@ -88,14 +97,7 @@ def build_snapshot(
             for n in lease.nodes:
                 placement[n] = placement.get(n, 0) + 1
                 held[n] = held.get(n, 0) + 1
-            view = lease_view(lease, placement)
-            if lease.state != LeaseState.BOUND:
-                # Only a bound (elastic workload) lease can change size.
-                view = replace(view, gpus=lease.held_gpus, min_gpus=lease.held_gpus)
-            if lease.preempt_at is not None:
-                # Already announced: its GPUs are leaving; not a victim twice.
-                view = replace(view, preempt_at=lease.preempt_at)
-            running.append(view)
+            running.append(lease_view(lease, placement))
         elif lease.state == LeaseState.PENDING:
             pending.append(lease_view(lease, {}))
     node_views = tuple(
