@@ -34,6 +34,7 @@ def postgres_url() -> Iterator[str]:
 def test_store_on_postgres(postgres_url: str) -> None:
     store = open_store(postgres_url)
     assert store.schema_version() == SCHEMA_VERSION
+    assert not store.reads_inline  # a network round trip: reads go to a worker thread
     assert open_store(postgres_url).schema_version() == SCHEMA_VERSION  # re-open: no re-migration
     rec, _ = store.create_tenant("pg", TenantSpec(), "h" * 64, 0.0)
     lease = replace(_lease("pg1", "r", tenant_id=rec.id), tenant="pg", price_per_hour=3.6)

@@ -375,3 +375,10 @@ def test_lease_pages_read_an_index_in_page_order(tmp_path: Path) -> None:
         assert "TEMP B-TREE" not in plan, plan
     ids = [x.id for x in store.list_leases(tenant_id="t1", limit=3, after=(3.0, "l03"))]
     assert ids == ["l04", "l07", "l10"]
+
+
+def test_only_a_file_sqlite_store_reads_on_the_event_loop(tmp_path: Path) -> None:
+    """Reads run in place only where they never wait for a writer (WAL file); an in-memory
+    store's one connection is the writers' (under their lock), so its reads go to a thread."""
+    assert open_store(f"sqlite:///{tmp_path / 'db.sqlite'}").reads_inline
+    assert not open_store("sqlite://").reads_inline

@@ -241,7 +241,7 @@ def create_app(
 
     # ---- leases -------------------------------------------------------------------------------
     @app.get(f"{V1}/leases", response_model=Page[LeaseOut])
-    def list_leases(
+    async def list_leases(
         p: Caller,
         tenant: str | None = TENANT_Q,
         live: bool = Query(default=False, description="Only leases that have not ended."),
@@ -249,7 +249,7 @@ def create_app(
         cursor: str | None = CURSOR,
     ) -> Response:
         # JSON straight from the stored rows (LeaseService.list_json), not validated again.
-        page = services.leases.list_json(p, tenant, live, limit, cursor)
+        page = await services.leases.page_json(p, tenant, live, limit, cursor)
         return Response(page, media_type="application/json")
 
     @app.post(f"{V1}/leases", status_code=201)

@@ -53,9 +53,10 @@ class UsageStats:
 
 
 def lease_view(lease: Lease, placement: dict[str, int]) -> LeaseView:
-    """The policy's view of a live lease; ``placement``: its GPUs per node. A lease holding GPUs is seen at the size it holds unless bound (only a bound,
-    elastic workload's lease can change size), and with its announced preemption (its GPUs are
-    leaving: never a victim twice)."""
+    """The policy's view of a live lease; ``placement``: its GPUs per node. A lease holding
+    GPUs is seen at the size it holds unless bound (only a bound, elastic workload's lease can
+    change size), and with its announced preemption (its GPUs are leaving: never a victim
+    twice)."""
     gpus, min_gpus, preempt_at = lease.gpus, lease.min_gpus, None
     if lease.state in HOLDING_STATES:
         if lease.state != LeaseState.BOUND:

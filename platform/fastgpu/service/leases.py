@@ -224,6 +224,20 @@ class LeaseService:
     ) -> Page[LeaseOut]:
         return Page[LeaseOut].model_validate_json(self.list_json(p, tenant, live, limit, cursor))
 
+    async def page_json(
+        self,
+        p: Principal,
+        tenant: str | None = None,
+        live: bool = False,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> bytes:
+        """:meth:`list_json` from the event loop: in place where the store reads inline
+        (:attr:`Store.reads_inline`), else in a worker thread."""
+        if self._store.reads_inline:
+            return self.list_json(p, tenant, live, limit, cursor)
+        return await anyio.to_thread.run_sync(self.list_json, p, tenant, live, limit, cursor)
+
     def list_json(
         self,
         p: Principal,
