@@ -41,19 +41,13 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "api.json"
 V1 = "/api/v1"
-
-UVICORN_KW: dict[str, Any] = {
-    "log_level": "warning",
-    "access_log": False,
-    "timeout_keep_alive": 30,
-    "lifespan": "off",
-}
 
 
 def free_port() -> int:
@@ -74,10 +68,11 @@ def pct(values: list[float], q: float) -> float:
 def _serve_uvicorn(app: Any, port: int) -> None:
     import uvicorn
 
-    from fastgpu.server import bind_socket
+    from fastgpu.server import UVICORN_SETTINGS, bind_socket, settle_heap
 
     sock = bind_socket("127.0.0.1", port)
-    server = uvicorn.Server(uvicorn.Config(app, **UVICORN_KW))
+    server = uvicorn.Server(uvicorn.Config(app, **UVICORN_SETTINGS))
+    settle_heap()  # as the server does once started (the hello gets it too)
     signal.signal(signal.SIGTERM, lambda *_: setattr(server, "should_exit", True))
     server.run(sockets=[sock])
 
@@ -214,8 +209,10 @@ def serve_fastgpu(port: int, state_dir: Path, info_path: Path, memory: bool) -> 
         info["tenant_tokens"] = [tenant(f"load{i:02d}", 24) for i in range(20)]
         # Quota 1, no borrowing, that one GPU held: further leases stay PENDING (over_quota),
         # the long-poll targets. (Quota 0 would make them REJECTED 'infeasible' at once.)
+        # Two per load mode: a mode's polls never meet the waits the previous mode's polls left
+        # open on the server (they run out their 30 s there).
         info["idle"] = []
-        for k in range(2):
+        for k in range(2 * len(LOAD_MODES)):
             tok = tenant(f"idle{k}", 1, borrowing_limit=0)
             p = services.auth.authenticate(tok)
             services.leases.request(p, LeaseCreate.model_validate({"gpus": 1, "gpu_type": "A100"}))
@@ -404,7 +401,12 @@ def bench_overhead(fg: Proc, hello: Proc, n: int, rounds: int = 10) -> dict[str,
     return out
 
 
-async def _load(fg: Proc, seconds: float, clients: int, polls: int) -> dict[str, Any]:
+async def _load(
+    fg: Proc, seconds: float, clients: int, polls: int, think_s: float = 0.0, mode: int = 0
+) -> dict[str, Any]:
+    """``clients`` closed-loop clients for ``seconds``; each waits ``think_s`` on average
+    (exponential) between its requests: 0 is back to back (the server saturated). The
+    long-polls wait on the ``mode``-th pair of idle tenants."""
     import httpx
 
     tokens = fg.info["tenant_tokens"]
@@ -436,6 +438,8 @@ async def _load(fg: Proc, seconds: float, clients: int, polls: int) -> dict[str,
             limits=limits,
             headers={"Authorization": f"Bearer {tok}"},
         ) as c:
+            if think_s:  # spread the clients' starts over their pace
+                await asyncio.sleep(rnd.uniform(0, 2 * think_s))
             while time.monotonic() < stop_at:
                 x = rnd.random()
                 t0 = time.perf_counter()
@@ -475,6 +479,8 @@ async def _load(fg: Proc, seconds: float, clients: int, polls: int) -> dict[str,
                 (read_lat if kind in ("whoami", "lease_get", "lease_list") else write_lat).append(
                     dt
                 )
+                if think_s:
+                    await asyncio.sleep(rnd.expovariate(1.0 / think_s))
             # release what is left, to keep the tenant under its live limit for reruns
             for lid in mine:
                 try:
@@ -487,7 +493,7 @@ async def _load(fg: Proc, seconds: float, clients: int, polls: int) -> dict[str,
 
     async def poller(j: int) -> None:
         nonlocal poll_open
-        idle = fg.info["idle"][j % 2]
+        idle = fg.info["idle"][2 * mode + j % 2]
         lid = idle["leases"][(j // 2) % len(idle["leases"])]
         async with httpx.AsyncClient(
             base_url=fg.url,
@@ -506,6 +512,8 @@ async def _load(fg: Proc, seconds: float, clients: int, polls: int) -> dict[str,
                 finally:
                     poll_open -= 1
                 poll_results[key] = poll_results.get(key, 0) + 1
+                if not key.startswith("200"):
+                    await asyncio.sleep(1.0)  # as a client honouring Retry-After would
 
     watch_quiet: list[float] = []
     watch_load: list[float] = []
@@ -577,6 +585,31 @@ async def _load(fg: Proc, seconds: float, clients: int, polls: int) -> dict[str,
         },
         "_sent": sent,
     }
+
+
+LOAD_MODES = {"saturated": 0.0, "paced": 0.5}
+"""Think time per client between requests: none (back to back: the server saturated, and the
+latency is mostly its queue: by Little's law 200 clients / X requests per second), and 0.5 s
+on average (the 200 clients then send ~300 requests/s, about 3/4 of what this server answers
+saturated on 2 cores)."""
+
+
+def _measure_load(fg: Proc, seconds: float, think_s: float, mode: int) -> dict[str, Any]:
+    import psutil
+
+    print(f"load: 200 clients, think {think_s:g} s, for {seconds:g} s ...", file=sys.stderr)
+    sp, me = psutil.Process(fg.proc.pid), psutil.Process()
+    c0s, c0c, w0 = sum(sp.cpu_times()[:2]), sum(me.cpu_times()[:2]), time.time()
+    load = asyncio.run(_load(fg, seconds, clients=200, polls=50, think_s=think_s, mode=mode))
+    wall = time.time() - w0
+    load["think_s"] = think_s
+    load["cpu_share"] = {  # CPU-seconds per wall second, over the whole phase
+        "server": (sum(sp.cpu_times()[:2]) - c0s) / wall,
+        "client": (sum(me.cpu_times()[:2]) - c0c) / wall,
+    }
+    load["store_check"] = check_store(fg.info["db"], load.pop("_sent"))
+    load["server_rss_after_mb"] = fg.rss_mb()
+    return load
 
 
 def check_store(db: str, sent: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -672,6 +705,8 @@ def main() -> int:
 
     import uvicorn
 
+    from fastgpu.server import UVICORN_SETTINGS
+
     n = 300 if args.quick else 2000
     load_s = 8.0 if args.quick else 30.0
     skip = set(filter(None, args.skip.split(",")))
@@ -680,7 +715,7 @@ def main() -> int:
         "setup": {
             "servers": "uvicorn in subprocesses (this script --serve), 127.0.0.1, free ports",
             "uvicorn": uvicorn.__version__,
-            "uvicorn_settings": UVICORN_KW,
+            "uvicorn_settings": UVICORN_SETTINGS,
             "backend": "FakeBackend (tests/unit/fakes.py), no Ray; real SQLite file store, "
             "real controller loop thread, services and app",
             "rate_limits": {"rate_per_s": 1e6, "burst": 1_000_000},
@@ -701,21 +736,10 @@ def main() -> int:
                     print(f"overhead: {n} requests per endpoint ...", file=sys.stderr)
                     result["overhead"] = bench_overhead(fg, hello, n)
                 if "load" not in skip:
-                    print(f"load: 200 clients for {load_s:g} s ...", file=sys.stderr)
-                    import psutil
-
-                    sp, me = psutil.Process(fg.proc.pid), psutil.Process()
-                    c0s, c0c, w0 = sum(sp.cpu_times()[:2]), sum(me.cpu_times()[:2]), time.time()
-                    load = asyncio.run(_load(fg, load_s, clients=200, polls=50))
-                    wall = time.time() - w0
-                    load["cpu_share"] = {  # CPU-seconds per wall second, over the whole phase
-                        "server": (sum(sp.cpu_times()[:2]) - c0s) / wall,
-                        "client": (sum(me.cpu_times()[:2]) - c0c) / wall,
+                    result["load"] = {
+                        mode: _measure_load(fg, load_s, think_s, i)
+                        for i, (mode, think_s) in enumerate(LOAD_MODES.items())
                     }
-                    sent = load.pop("_sent")
-                    load["store_check"] = check_store(fg.info["db"], sent)
-                    load["server_rss_after_mb"] = fg.rss_mb()
-                    result["load"] = load
             finally:
                 fg.stop()
                 hello.stop()
@@ -759,48 +783,79 @@ def report(r: dict[str, Any]) -> None:
             )
         print()
     if "load" in r:
-        ld = r["load"]
-        sc = ld["store_check"]
+        modes = r["load"]
+        first = next(iter(modes.values()))
         print(
-            f"### Load ({ld['clients']} clients over {ld['tenants']} tenants, "
-            f"{ld['seconds']:.1f} s, {ld['polls_held']} long-polls held)\n"
+            f"### Load ({first['clients']} clients over {first['tenants']} tenants, "
+            f"{first['polls_held']} long-polls held; think time per client between requests)\n"
         )
-        print("| metric | value |")
-        print("|---|---|")
-        rows = [
-            ("requests (rps)", f"{ld['requests']} ({ld['rps']:.0f}/s)"),
-            ("by kind", ", ".join(f"{k} {v}" for k, v in sorted(ld["counts"].items()))),
-            ("errors (non-2xx but 409, transport)", str(ld["errors"])),
-            ("409s", str(ld["status_409"])),
-            ("read p50 / p99 ms", f"{fmt(ld['read_p50_ms'])} / {fmt(ld['read_p99_ms'])}"),
-            ("write p50 / p99 ms", f"{fmt(ld['write_p50_ms'])} / {fmt(ld['write_p99_ms'])}"),
-            ("long-polls open at start", f"{ld['polls_open_at_start']} / {ld['polls_held']}"),
-            ("long-poll answers", ", ".join(f"{k}: {v}" for k, v in ld["poll_results"].items())),
+        print(
+            "| metric | "
+            + " | ".join(f"{m}, think {ld['think_s']:g} s" for m, ld in modes.items())
+            + " |"
+        )
+        print("|---|" + "---|" * len(modes))
+        cpus = r["setup"]["cpus"]
+        metrics: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+            ("seconds", lambda ld: f"{ld['seconds']:.1f}"),
+            ("requests (rps)", lambda ld: f"{ld['requests']} ({ld['rps']:.0f}/s)"),
+            ("by kind", lambda ld: ", ".join(f"{k} {v}" for k, v in sorted(ld["counts"].items()))),
+            ("errors (non-2xx but 409, transport)", lambda ld: str(ld["errors"])),
+            ("409s", lambda ld: str(ld["status_409"])),
+            (
+                "read p50 / p99 ms",
+                lambda ld: f"{fmt(ld['read_p50_ms'])} / {fmt(ld['read_p99_ms'])}",
+            ),
+            (
+                "write p50 / p99 ms",
+                lambda ld: f"{fmt(ld['write_p50_ms'])} / {fmt(ld['write_p99_ms'])}",
+            ),
+            (
+                "long-polls open at start",
+                lambda ld: f"{ld['polls_open_at_start']} / {ld['polls_held']}",
+            ),
+            (
+                "long-poll answers",
+                lambda ld: ", ".join(f"{k}: {v}" for k, v in ld["poll_results"].items()),
+            ),
             (
                 "watcher whoami, polls open, no load: p50 / max ms",
-                f"{fmt(ld['watcher_quiet']['p50_ms'])} / {fmt(ld['watcher_quiet']['max_ms'])} "
-                f"(n={ld['watcher_quiet']['n']})",
+                lambda ld: (
+                    f"{fmt(ld['watcher_quiet']['p50_ms'])} / "
+                    f"{fmt(ld['watcher_quiet']['max_ms'])} (n={ld['watcher_quiet']['n']})"
+                ),
             ),
             (
                 "watcher whoami, polls open + load: p50 / max ms",
-                f"{fmt(ld['watcher_under_load']['p50_ms'])} / "
-                f"{fmt(ld['watcher_under_load']['max_ms'])} (n={ld['watcher_under_load']['n']})",
+                lambda ld: (
+                    f"{fmt(ld['watcher_under_load']['p50_ms'])} / "
+                    f"{fmt(ld['watcher_under_load']['max_ms'])} (n={ld['watcher_under_load']['n']})"
+                ),
             ),
-            ("request ids (acknowledged)", f"{sc['request_ids']} ({sc['acknowledged']})"),
+            (
+                "request ids (acknowledged)",
+                lambda ld: (
+                    f"{ld['store_check']['request_ids']} ({ld['store_check']['acknowledged']})"
+                ),
+            ),
             (
                 "lost / doubled / id mismatch",
-                f"{sc['lost']} / {sc['doubled']} / {sc['id_mismatch']}",
+                lambda ld: (
+                    f"{ld['store_check']['lost']} / {ld['store_check']['doubled']} / "
+                    f"{ld['store_check']['id_mismatch']}"
+                ),
             ),
-            ("server RSS after load MB", f"{ld['server_rss_after_mb']:.0f}"),
+            ("server RSS after load MB", lambda ld: f"{ld['server_rss_after_mb']:.0f}"),
             (
-                f"CPU cores busy, server / client (of {r['setup']['cpus']})",
-                f"{ld['cpu_share']['server']:.2f} / {ld['cpu_share']['client']:.2f}",
+                f"CPU cores busy, server / client (of {cpus})",
+                lambda ld: f"{ld['cpu_share']['server']:.2f} / {ld['cpu_share']['client']:.2f}",
             ),
         ]
-        for k, v in rows:
-            print(f"| {k} | {v} |")
-        if ld["error_samples"]:
-            print("\nerror samples:", *ld["error_samples"], sep="\n  ")
+        for name, cell in metrics:
+            print(f"| {name} | " + " | ".join(cell(ld) for ld in modes.values()) + " |")
+        for m, ld in modes.items():
+            if ld["error_samples"]:
+                print(f"\nerror samples ({m}):", *ld["error_samples"], sep="\n  ")
         print()
     for note in r.get("notes", []):
         print(f"NOTE: {note}\n")
