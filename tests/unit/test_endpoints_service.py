@@ -229,6 +229,7 @@ def test_replicas_serve_is_stopping_are_told_to_the_pool() -> None:
         {"state": "RUNNING", "actor_id": "kept"},
         {"state": "STOPPING", "actor_id": "going"},
         {"state": "STARTING", "actor_id": "new"},
+        {"state": "PENDING_MIGRATION", "actor_id": "moving"},  # on a raylet being given back
     ]
     details: dict[str, Any] = {
         "applications": {
@@ -241,22 +242,22 @@ def test_replicas_serve_is_stopping_are_told_to_the_pool() -> None:
             },
         }
     }
-    assert replica_states(details) == ({"kept", "new"}, {"going", "old"})
+    assert replica_states(details) == ({"kept", "new"}, {"going", "moving", "old"})
     assert replica_states({}) == (frozenset(), frozenset())
     # a version the config no longer names goes next, though Serve may not have begun yet
     details["applications"]["reg-v1"] = {
         "status": "RUNNING",
         "deployments": {"ModelServer": {"replicas": [{"state": "RUNNING", "actor_id": "old"}]}},
     }
-    assert replica_states(details)[1] == {"going"}
-    assert replica_states(details, applied={"reg-v2"})[1] == {"going", "old"}
+    assert replica_states(details)[1] == {"going", "moving"}
+    assert replica_states(details, applied={"reg-v2"})[1] == {"going", "moving", "old"}
 
     # the gateway: a replica that ran and left Serve's view is still on its way out
     config = PlatformConfig(gpu_types={"A100": GpuTypeSpec(price_per_hour=1.0)})
     pool = PoolBackend(config, [], clusters=FakeClusters())  # type: ignore[arg-type]
     gateway = ServeGateway(pool, Path("/nonexistent"))
     gateway._note_replicas("t1", details)
-    assert gateway.stopping_actors("t1") == {"going"}
+    assert gateway.stopping_actors("t1") == {"going", "moving"}
     del details["applications"]["reg-v1"]
     replicas[:] = [{"state": "RUNNING", "actor_id": "new"}]
     gateway._note_replicas("t1", details)

@@ -37,6 +37,11 @@ class FakeCluster:
         self.actors: dict[tuple[str, str, int], list[str]] = {}
         self.keeper = threading.Event()  # cleared: the keeper is stuck in a long call
         self.keeper.set()
+        #: The raylets the keeper marked as draining in Ray: (lease, host, part, deadline_s).
+        self.drained: list[tuple[str, str, int, float]] = []
+        self.drain_fails = False
+        #: Ray stops a raylet marked draining once nothing runs there.
+        self.drain_stops_idle = False
 
     def start_head(self) -> None:
         pass
@@ -57,6 +62,15 @@ class FakeCluster:
 
     def call(self, op: str, **args: Any) -> Any:
         assert self.keeper.wait(10)
+        if op == "drain":
+            if self.drain_fails:
+                raise FastGPUError("keeper: drain_node refused")
+            key = (args["lease"], args["host"], args["part"])
+            assert key in self.live  # marked before it stops
+            self.drained.append((*key, args["deadline_s"]))
+            if self.drain_stops_idle and not self.actors.get(key):
+                del self.live[key]
+            return [f"n{args['part']}"]
         if op == "actors":
             return [
                 {
@@ -303,6 +317,73 @@ def test_a_shrink_stops_the_raylets_without_the_workload_first(backend: Any) -> 
     assert wait_for(lambda: len(cluster.live) == 1)
     assert cluster.live == {("w", "host-0", 2): (2,)}  # the kept replica's raylet stayed
     assert sorted(cluster.stopped) == [("w", "host-0", 0), ("w", "host-0", 1)]
+
+
+def test_a_shrink_marks_the_raylets_it_gives_back_as_draining_in_ray_before_the_grace(
+    backend: Any,
+) -> None:
+    """Ray then places nothing new there during the grace (a replica Serve started there
+    would get requests and die with the raylet) and Serve moves what runs there."""
+    b, clusters = backend
+    b.elastic.grace_s = 60.0
+    cluster = three_parts(b, clusters, "m")
+    cluster.actors = {("m", "host-0", 2): ["replica-kept"]}
+    b.resize("fastgpu-lease-m", ["host-0"])
+    assert wait_for(lambda: len(cluster.drained) == 2)
+    assert sorted(d[:3] for d in cluster.drained) == [("m", "host-0", 0), ("m", "host-0", 1)]
+    assert all(50 < d[3] <= 60 for d in cluster.drained)  # Ray is told when they stop
+    assert len(cluster.live) == 3  # in the grace: still running
+    b.checkpointed("fastgpu-lease-m")
+    assert wait_for(lambda: cluster.live == {("m", "host-0", 2): (2,)})
+
+
+def test_raylets_ray_stopped_once_drained_give_their_devices_back_before_the_grace(
+    backend: Any,
+) -> None:
+    b, clusters = backend
+    b.elastic.grace_s = 60.0
+    cluster = three_parts(b, clusters, "q")
+    cluster.drain_stops_idle = True
+    cluster.actors = {("q", "host-0", 2): ["replica-kept"]}
+    b.resize("fastgpu-lease-q", ["host-0"])
+    assert wait_for(lambda: cluster.live == {("q", "host-0", 2): (2,)})
+    # devices 0 and 1 go to another lease long before the 60 s grace
+    b.create_group("fastgpu-lease-o", BUNDLE, ["host-0"] * 3, "PACK", tenant="t2")
+    assert wait_ready(b, "fastgpu-lease-o")
+    assert clusters.get("t2").started == [("o", "host-0", (0, 1, 3))]
+    assert cluster.live == {("q", "host-0", 2): (2,)}
+
+
+def test_a_shrink_that_drains_two_raylets_of_a_host_holds_the_devices_of_both(
+    backend: Any,
+) -> None:
+    """Until both have stopped, no start is given their devices: not another lease (two
+    raylets on one GPU), not the lease's own grow (it found the draining raylet under its key
+    and took it for its new one, which the drain then stopped)."""
+    b, clusters = backend
+    b.elastic.grace_s = 60.0
+    cluster = three_parts(b, clusters, "two")
+    cluster.actors = {("two", "host-0", 2): ["replica-kept"]}
+    b.resize("fastgpu-lease-two", ["host-0"])
+    assert wait_for(lambda: len(cluster.drained) == 2)
+    b.create_group("fastgpu-lease-n", BUNDLE, ["host-0", "host-0"], "PACK", tenant="t2")
+    time.sleep(0.3)
+    assert clusters.get("t2").started == []  # devices 0 and 1 are still drained
+    b.checkpointed("fastgpu-lease-two")
+    assert wait_ready(b, "fastgpu-lease-n")
+    assert cluster.live == {("two", "host-0", 2): (2,)}
+    (started,) = clusters.get("t2").started
+    assert set(started[2]) & {0, 1}  # one of them, once its raylet stopped
+
+
+def test_a_drain_ray_refuses_to_mark_still_stops_the_raylets(backend: Any) -> None:
+    b, clusters = backend
+    b.elastic.grace_s = 0.1
+    cluster = three_parts(b, clusters, "x")
+    cluster.drain_fails = True
+    b.resize("fastgpu-lease-x", ["host-0"])
+    assert wait_for(lambda: len(cluster.live) == 1)
+    assert cluster.drained == []
 
 
 def test_actors_the_workload_is_stopping_leave_their_raylet_idle(backend: Any) -> None:

@@ -52,6 +52,8 @@ TOKEN_FILE = "endpoint-tokens.json"
 #: How long a replica Serve ran is remembered once gone from its view (its actor may outlive
 #: that by a moment: Serve drops it once it asked Ray to kill it).
 REMEMBER_S = 600.0
+#: Replica states on the way out: stopping, or on a draining raylet, replaced elsewhere first.
+LEAVING_STATES = ("STOPPING", "PENDING_MIGRATION")
 
 
 class ServeGateway:
@@ -186,7 +188,8 @@ def replica_states(
     details: dict[str, Any], applied: Collection[str] | None = None
 ) -> tuple[frozenset[str], frozenset[str]]:
     """Actor ids of the replicas in Serve's view (``get_serve_details``) that Serve keeps, and
-    of those on their way out: in STOPPING, or of an application that ``applied`` (the config
+    of those on their way out: in STOPPING or PENDING_MIGRATION (on a raylet the lease gives
+    back, which Ray knows is draining), or of an application that ``applied`` (the config
     last applied; None: not known) does not name, which Serve deletes next."""
     live: set[str] = set()
     leaving: set[str] = set()
@@ -195,6 +198,6 @@ def replica_states(
         for dep in (app.get("deployments") or {}).values():
             for r in dep.get("replicas") or ():
                 if r.get("actor_id"):
-                    going = retired or r.get("state") == "STOPPING"
+                    going = retired or r.get("state") in LEAVING_STATES
                     (leaving if going else live).add(r["actor_id"])
     return frozenset(live), frozenset(leaving)

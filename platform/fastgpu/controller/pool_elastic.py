@@ -3,15 +3,21 @@
 Growing starts a raylet for the new devices at once (once any drain holding them has ended);
 the workload sees the lease's new size and brings workers up there. Shrinking commits the new
 size at once (the policy may give the devices to someone else), but the raylets that hold the
-devices the lease gives back keep running until the grace ends or the workload reports a
-checkpoint, whichever comes first: a start that was given those devices waits for that (the
-drain, :mod:`fastgpu.controller.pool_ledger`). Which raylets to keep, stop or split is
-:func:`~fastgpu.controller.pool_resize.plan_resize`'s decision; when a shrink has a choice
-(a host keeps some of two parts or more), the tenant's keeper is asked first which raylets
-hold live actors of the workload (a Serve replica, a Train worker), so that those are kept and
-idle ones stop. Actors the workload is stopping already (Serve's replicas in STOPPING, told by
-:attr:`ElasticRaylets.stopping`) do not count. When the keeper cannot answer in
-:data:`BUSY_TIMEOUT_S` the shrink goes on without it (the order alone picks).
+devices the lease gives back keep running until the grace ends, the workload reports a
+checkpoint, or Ray has stopped them, whichever comes first: a start that was given those
+devices waits for that (the drain, :mod:`fastgpu.controller.pool_ledger`). A drain begins by
+marking its raylets draining in Ray (the keeper's ``drain``): nothing new is placed there
+during the grace, Serve moves what it still runs there, and Ray stops a drained raylet once
+nothing runs on it. A drain stops raylets by their key (lease, host, part), so a raylet for a
+device a drain of the lease holds starts only after that drain.
+
+Which raylets to keep, stop or split is :func:`~fastgpu.controller.pool_resize.plan_resize`'s
+decision; when a shrink has a choice (a host keeps some of two parts or more), the tenant's
+keeper is asked first which raylets hold live actors of the workload (a Serve replica, a Train
+worker), so that those are kept and idle ones stop. Actors the workload is stopping already
+(Serve's replicas in STOPPING or PENDING_MIGRATION, told by :attr:`ElasticRaylets.stopping`)
+do not count. When the keeper cannot answer in :data:`BUSY_TIMEOUT_S` the shrink goes on
+without it (the order alone picks), and a drain without marking its raylets.
 
 A raylet that fails to start is not retried: :meth:`PoolBackend.groups` reports its devices
 missing and reconcile shrinks the lease to what runs.
@@ -26,6 +32,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping
+from typing import TYPE_CHECKING
 
 from fastgpu.config import PlatformConfig
 from fastgpu.controller.backend import GROUP_PREFIX, gpu_bundle
@@ -34,10 +41,15 @@ from fastgpu.controller.pool_ledger import DeviceLedger, Drain, Reservation
 from fastgpu.controller.pool_resize import Devices, ResizePlan, busy_parts, plan_resize
 from fastgpu.pool.hosts import Host
 
+if TYPE_CHECKING:
+    from fastgpu.pool.tenant_cluster import TenantCluster
+
 log = logging.getLogger(__name__)
 
 #: How long a start waits for a drain past its deadline before it gives up.
 DRAIN_SLACK_S = 60.0
+#: How often a drain looks whether Ray has stopped its raylets already.
+DRAIN_POLL_S = 1.0
 #: How long a shrink waits for the keeper to say which raylets hold the workload (the caller
 #: holds the controller's lock; a keeper busy with a long call answers late).
 BUSY_TIMEOUT_S = 2.0
@@ -145,8 +157,18 @@ class ElasticRaylets:
                 res.devices = dict(plan.keep)  # devices whose raylet died are dropped
                 return
             grown, waits = self.ledger.pick(plan.grow)
-            kept = {d for ids in plan.keep.values() for d in ids}
-            leaving = {h: tuple(d for d in parts[(h, p)] if d not in kept) for h, p in plan.drain}
+            # A device whose raylet died while a drain of the lease holds it (a drained raylet
+            # Ray stopped early: nothing ran there) starts again once that drain has ended:
+            # the drain stops the raylet under its key, which must not be the new one.
+            waits += [d for d in self.ledger.draining(_now(plan)) if d not in waits]
+            kept = {(h, d) for h, ids in plan.keep.items() for d in ids}
+            # Every drained part's devices (one dict entry per part, not per host, left all
+            # but a host's last part out of the drain: free at once while their raylet ran on,
+            # and a grow given one "started" it by finding that raylet under its key).
+            leaving: Devices = {}
+            for h, p in plan.drain:
+                gone = {d for d in parts[(h, p)] if (h, d) not in kept}
+                leaving[h] = tuple(sorted(set(leaving.get(h, ())) | gone))
             drain = self.ledger.drain(lease_id, res.tenant_id, leaving, self.grace_s, metered=True)
             res.devices = _merge(plan.keep, grown)
             res.starting |= {(h, d) for h, ids in _merge(grown, plan.restart).items() for d in ids}
@@ -223,8 +245,12 @@ class ElasticRaylets:
         try:
             if not plan.drain:
                 return
-            drain.wait_due()
             cluster = self.clusters.get(res.tenant_id)
+            marked = self._unschedulable(cluster, res, plan.drain, drain)
+            if marked:
+                self._wait_drained(cluster, res, plan.drain, drain)
+            else:
+                drain.wait_due()
             for host, part in plan.drain:
                 try:
                     cluster.remove_raylet((res.lease_id, host, part))
@@ -236,6 +262,54 @@ class ElasticRaylets:
             self.add(res, {h: ids for h, ids in plan.restart.items() if h in drained})
         finally:
             self.ledger.drained(drain)
+
+    def _unschedulable(
+        self, cluster: TenantCluster, res: Reservation, parts: list[tuple[str, int]], drain: Drain
+    ) -> bool:
+        """Tell Ray that these raylets of the lease are draining until the drain's deadline
+        (the keeper's ``drain``): nothing new is placed there, and Serve moves what it runs
+        there elsewhere before they stop. A raylet left schedulable during the grace may get
+        a replica that Serve then routes requests to, and it dies with the raylet. When the
+        keeper does not answer in ``busy_timeout_s`` (busy with a long call), the drain goes
+        on as before, to its deadline or a checkpoint, and the keeper drops the late request
+        (``until``: a new raylet with the same labels may run by then). Whether every raylet
+        was marked in time."""
+        left = max(0.0, drain.deadline - time.monotonic())
+        until = time.time() + self.busy_timeout_s
+        marked = True
+        for host, part in parts:
+            asked = self._asks.submit(
+                cluster.call,
+                "drain",
+                lease=res.lease_id,
+                host=host,
+                part=part,
+                deadline_s=left,
+                until=until,
+            )
+            try:
+                asked.result(timeout=max(0.0, until - time.time()))
+            except Exception as exc:  # a shrink never fails for want of this
+                marked = False
+                log.info(
+                    "lease %s: raylet %s/%s stays schedulable while it drains: %r",
+                    res.lease_id,
+                    host,
+                    part,
+                    exc,
+                )
+        return marked
+
+    def _wait_drained(
+        self, cluster: TenantCluster, res: Reservation, parts: list[tuple[str, int]], drain: Drain
+    ) -> None:
+        """Until the grace ends, the workload checkpoints, or every raylet in ``parts`` has
+        stopped by itself (Ray stops a raylet marked draining once nothing runs there): the
+        devices are given back as soon as nothing holds them."""
+        keys = {(res.lease_id, host, part) for host, part in parts}
+        while not drain.early.wait(min(DRAIN_POLL_S, max(0.0, drain.deadline - time.monotonic()))):
+            if time.monotonic() >= drain.deadline or not keys & cluster.raylets().keys():
+                return
 
     def close(self) -> None:
         self._asks.shutdown(wait=False, cancel_futures=True)

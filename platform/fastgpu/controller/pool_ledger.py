@@ -139,6 +139,11 @@ class DeviceLedger:
         drain.early.set()
         drain.finished.set()
 
+    def draining(self, devices: Mapping[str, tuple[int, ...]]) -> list[Drain]:
+        """The drains holding any of ``devices``: a raylet started for them waits until those
+        have stopped theirs. Call with ``lock`` held."""
+        return [d for d in self._drains if d.covers(devices)]
+
     def hurry(self, lease_id: str) -> int:
         """End the grace of the lease's drains now (the workload checkpointed, or the lease
         ended); how many there were."""

@@ -12,6 +12,7 @@ one answer per line on stdout, in order::
     {"op": "nodes"}
     {"op": "drivers"}
     {"op": "actors", "lease": "<id>"}
+    {"op": "drain", "lease": "<id>", "host": "...", "part": 0, "deadline_s": 30, "until": 1.7e9}
     -> {"ok": true, "result": ...} | {"ok": false, "error": "..."}
 
 Answers are the only thing on stdout (what Ray prints there goes to stderr, the keeper's log).
@@ -145,6 +146,48 @@ def actors(lease: str) -> list[dict[str, Any]]:
     return out
 
 
+def drain(lease: str, host: str, part: int, deadline_s: float, until: float = 0.0) -> list[str]:
+    """Mark the lease's raylet ``(host, part)`` as draining in Ray (the GCS's DrainNode, as
+    Ray's autoscaler does before it preempts a node): Ray places no new task or actor there,
+    and Serve moves the replicas it runs there to other nodes before ``deadline_s``, when the
+    server stops the raylet; Ray stops it itself once nothing runs there. Without it a
+    draining raylet stays schedulable: a replica Serve starts there meanwhile gets requests
+    and dies with the raylet. ``until`` (wall clock, 0: none): after it the server no longer
+    waits for the answer and may start a new raylet under the same labels, which must not be
+    marked, so nothing is done. The ids of the nodes marked (none: the raylet is gone, Ray
+    refused, or the request came too late)."""
+    import time
+
+    import ray
+    from ray.core.generated import autoscaler_pb2
+
+    if until and time.time() > until:
+        return []
+
+    gcs = ray._private.worker.global_worker.gcs_client  # type: ignore[attr-defined]
+    deadline_ms = int((time.time() + max(0.0, deadline_s)) * 1000)
+    marked = []
+    for n in ray.nodes():
+        labels = n.get("Labels") or {}
+        if (
+            n.get("Alive")
+            and labels.get(LEASE_LABEL) == lease
+            and labels.get(HOST_LABEL) == host
+            and labels.get(PART_LABEL) == str(part)
+        ):
+            accepted, why = gcs.drain_node(
+                n["NodeID"],
+                autoscaler_pb2.DrainNodeReason.DRAIN_NODE_REASON_PREEMPTION,  # type: ignore[attr-defined]
+                f"lease {lease} gives back its raylet {host}/{part}",
+                deadline_ms,
+            )
+            if accepted:
+                marked.append(n["NodeID"])
+            else:
+                print(f"drain of {n['NodeID']} refused: {why}", file=sys.stderr)
+    return marked
+
+
 def handle(request: dict[str, Any]) -> Any:
     op = request.get("op")
     if op == "create_group":
@@ -161,6 +204,14 @@ def handle(request: dict[str, Any]) -> Any:
         return drivers()
     if op == "actors":
         return actors(request["lease"])
+    if op == "drain":
+        return drain(
+            request["lease"],
+            request["host"],
+            int(request["part"]),
+            float(request.get("deadline_s", 0)),
+            float(request.get("until", 0)),
+        )
     raise ValueError(f"unknown op {op!r}")
 
 
