@@ -241,6 +241,29 @@ def test_growing_adds_a_raylet_and_leaves_the_running_one_alone(backend: Any) ->
     assert (group.state, group.bundle_nodes) == ("CREATED", ("host-0",) * 3 + ("host-1",))
 
 
+def test_a_raylet_that_ends_its_start_while_groups_looks_is_not_taken_for_a_dead_one(
+    backend: Any,
+) -> None:
+    b, clusters = backend
+    b.create_group("fastgpu-lease-h", BUNDLE, ["host-0"], "PACK", tenant="t1")
+    assert wait_ready(b, "fastgpu-lease-h")
+    cluster = clusters.get("t1")
+    cluster.gate.clear()  # the grown raylet is starting
+    b.resize("fastgpu-lease-h", ["host-0"] * 2)
+    scan = clusters.running_raylets
+
+    def start_ends_after_the_scan() -> Any:
+        found = scan()  # the new raylet is not running yet when the processes are scanned...
+        cluster.gate.set()  # ...and its start ends before the reservation is looked at
+        assert wait_for(lambda: ("h", "host-0", 1) in cluster.live)
+        time.sleep(0.1)  # its devices are no longer starting
+        return found
+
+    clusters.running_raylets = start_ends_after_the_scan  # type: ignore[method-assign]
+    group = b.groups()["fastgpu-lease-h"]
+    assert (group.state, group.bundle_nodes) == ("CREATED", ("host-0", "host-0"))
+
+
 def test_shrinking_keeps_the_raylets_until_a_checkpoint_and_a_new_start_waits(
     backend: Any,
 ) -> None:

@@ -225,23 +225,28 @@ class PoolBackend:
         reconcile ends the lease (node lost) or, for a bound elastic one, shrinks it to the
         GPUs still there (``bundle_nodes`` then lists those only)."""
         self._adopt_once()
-        running = self._running()
+        # What the reservations hold and start is read before what runs: a raylet that ends
+        # its start in between is then in ``running``, not taken for one that stopped (read
+        # the other way round, it was neither, and reconcile shrank the lease under it).
         with self._mu:
             reservations = list(self._res.values())
+            held = {r.lease_id: (dict(r.devices), set(r.starting)) for r in reservations}
+        running = self._running()
         reservations += self._orphans(running).values()
         out = {}
         states = {"starting": "PENDING", "ready": "CREATED", "failed": "FAILED"}
         for res in reservations:
             state, detail = states.get(res.state, "CREATED"), res.error
             missing: set[tuple[str, int]] = set()
+            devices, starting = held.get(res.lease_id, (res.devices, res.starting))
             if res.state in ("ready", "adopted"):
                 live = running.get(res.lease_id)
                 there = {(h, d) for h, ids in (live.devices if live else {}).items() for d in ids}
                 missing = {
                     (h, d)
-                    for h, ids in res.devices.items()
+                    for h, ids in devices.items()
                     for d in ids
-                    if (h, d) not in there and (h, d) not in res.starting
+                    if (h, d) not in there and (h, d) not in starting
                 }
                 if missing:
                     gone = sorted({h for h, _ in missing})
@@ -251,7 +256,7 @@ class PoolBackend:
                         f"({len(missing)} of {res.gpus} GPUs)"
                     )
             nodes = tuple(
-                h for h, ids in sorted(res.devices.items()) for d in ids if (h, d) not in missing
+                h for h, ids in sorted(devices.items()) for d in ids if (h, d) not in missing
             )
             out[res.name] = GroupInfo(res.name, res.group_id, state, "", nodes, detail)
         return out
