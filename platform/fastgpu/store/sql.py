@@ -115,7 +115,8 @@ def _lease_query(
     if by_state:
         q = q.where(t.leases.c.state.in_(bindparam("states", expanding=True)))
     if after:
-        at, lease_id = bindparam("after_at"), bindparam("after_id")
+        at: Any = bindparam("after_at")
+        lease_id: Any = bindparam("after_id")
         q = q.where(
             or_(
                 t.leases.c.created_at > at,

@@ -370,7 +370,10 @@ class UsageMixin:
         # One statement: one snapshot on SQLite and on PostgreSQL (READ COMMITTED gives each
         # statement its own), so a record closing meanwhile counts once, open or in the rollup.
         with self._read() as conn:
-            rows = conn.execute(parts[0] if len(parts) == 1 else union_all(*parts)).all()
+            # Typed Any: mypy 2.4 crashes inferring execute()'s overload for the union of a
+            # select and a compound select.
+            stmt: Any = parts[0] if len(parts) == 1 else union_all(*parts)
+            rows = conn.execute(stmt).all()
         workload = names.index("workload") if "workload" in names else -1
         for rollup, *head, i0, i1, g, gs, ge, p, ps, pe in rows:
             if not rollup:
