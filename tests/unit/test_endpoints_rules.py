@@ -111,3 +111,22 @@ def test_deploy_spec_says_what_is_wrong() -> None:
     with pytest.raises(ValueError, match="name"):
         DeploySpec(name="Bad Name", model="run-1")
     assert DeploySpec(name="m", model="acme/digits:v3").model == "acme/digits:v3"
+
+
+def test_a_shrink_waits_while_serve_keeps_a_replica_that_is_not_running_yet() -> None:
+    """Serve wants one replica and has one RUNNING and one STARTING: the shrink waits (both
+    raylets hold a replica Serve keeps, and which one it stops is not known yet); a STOPPING or
+    migrating replica is on its way out and does not hold the shrink."""
+    from fastgpu.service.endpoint_reconcile import serve_view
+
+    def view(*states: str) -> dict[str, object]:
+        dep = {"target_num_replicas": 1, "replicas": [{"state": s} for s in states]}
+        return {"applications": {"a": {"status": "RUNNING", "deployments": {"ModelServer": dep}}}}
+
+    _, _, target, running, kept = serve_view(view("RUNNING", "STARTING"), "a")
+    assert (target, running, kept) == (1, 1, 2)
+    plan = decide(Demand(target, False, 0, kept), 4, 2, 1, 3, 60)
+    assert (plan.action, plan.why) == (Action.NONE, "waiting for Serve to pick what it stops")
+    for leaving in ("STOPPING", "PENDING_MIGRATION"):
+        _, _, target, _, kept = serve_view(view("RUNNING", leaving), "a")
+        assert decide(Demand(target, False, 0, kept), 4, 2, 1, 3, 60).action == Action.RESIZE

@@ -39,6 +39,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fastgpu.endpoints.autoscale import LEAVING_STATES
 from fastgpu.errors import Unavailable
 
 if TYPE_CHECKING:
@@ -52,8 +53,6 @@ TOKEN_FILE = "endpoint-tokens.json"
 #: How long a replica Serve ran is remembered once gone from its view (its actor may outlive
 #: that by a moment: Serve drops it once it asked Ray to kill it).
 REMEMBER_S = 600.0
-#: Replica states on the way out: stopping, or on a draining raylet, replaced elsewhere first.
-LEAVING_STATES = ("STOPPING", "PENDING_MIGRATION")
 
 
 class ServeGateway:

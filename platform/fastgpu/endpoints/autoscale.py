@@ -31,6 +31,11 @@ class Action(str, enum.Enum):
     RELEASE = "release"  # nothing wanted for long enough: give the GPUs back
 
 
+#: Serve replica states on the way out: stopping, or on a draining raylet (replaced elsewhere
+#: first). Every other state is a replica Serve keeps, running or not yet.
+LEAVING_STATES = ("STOPPING", "PENDING_MIGRATION")
+
+
 @dataclass(frozen=True)
 class Demand:
     """What Serve wants for one endpoint now (every version together)."""
@@ -40,6 +45,8 @@ class Demand:
     idle_for_s: float  # seconds since Serve last wanted a replica (0 while it does)
     #: Serve's RUNNING replicas (None: not known). More than wanted: Serve has not yet picked
     #: the replicas it stops (they turn STOPPING), and a shrink waits for that.
+    #: Replicas Serve has that are not on their way out (any state but LEAVING_STATES): a
+    #: shrink waits until that is no more than it wants, so the replicas it keeps are known.
     replicas_running: int | None = None
 
 

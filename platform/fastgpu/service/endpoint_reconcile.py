@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from fastgpu.auth import Principal
 from fastgpu.domain.endpoint import EndpointRecord
 from fastgpu.domain.lease import LeaseState
-from fastgpu.endpoints.autoscale import Action, Demand, decide
+from fastgpu.endpoints.autoscale import LEAVING_STATES, Action, Demand, decide
 from fastgpu.service.models import LeaseCreate
 
 if TYPE_CHECKING:
@@ -43,16 +43,20 @@ log = logging.getLogger(__name__)
 LEASE_DURATION = "7d"
 
 
-def serve_view(details: dict[str, Any], app: str) -> tuple[str, str, int, int]:
-    """(status, message, target replicas, running replicas) of one application."""
+def serve_view(details: dict[str, Any], app: str) -> tuple[str, str, int, int, int]:
+    """(status, message, target replicas, running replicas, kept replicas) of one application;
+    kept: every replica not on its way out (:data:`LEAVING_STATES`), running or starting."""
     a = details.get("applications", {}).get(app)
     if a is None:
-        return "MISSING", "", 0, 0
+        return "MISSING", "", 0, 0, 0
     dep = a.get("deployments", {}).get("ModelServer", {})
-    running = sum(1 for r in dep.get("replicas", []) if r.get("state") == "RUNNING")
+    replicas = dep.get("replicas", [])
+    running = sum(1 for r in replicas if r.get("state") == "RUNNING")
+    kept = sum(1 for r in replicas if r.get("state") not in LEAVING_STATES)
     # the application says that it failed, its deployment why (a replica's traceback)
     message = " ".join(m for m in (a.get("message"), dep.get("message")) if m)
-    return str(a.get("status")), message, int(dep.get("target_num_replicas", 0)), running
+    target = int(dep.get("target_num_replicas", 0))
+    return str(a.get("status")), message, target, running, kept
 
 
 class EndpointReconciler:
@@ -115,11 +119,11 @@ class EndpointReconciler:
     def _endpoint(self, rec: EndpointRecord, details: dict[str, Any]) -> bool:
         """One endpoint's pass; True when the tenant's Serve config must be applied again."""
         d, changed, now = rec.doc, False, time.time()
-        status, message, target, running = serve_view(details, d["app"])
+        status, message, target, running, kept = serve_view(details, d["app"])
         nxt = d.get("next")
         if nxt:
-            n_status, n_message, n_target, n_running = serve_view(details, nxt["app"])
-            target, running = target + n_target, running + n_running
+            n_status, n_message, n_target, n_running, n_kept = serve_view(details, nxt["app"])
+            target, running, kept = target + n_target, running + n_running, kept + n_kept
             if n_running >= 1 and n_status in ("RUNNING", "DEPLOYING"):
                 # one replica of the new version answers: it takes the traffic now, and the
                 # old version's GPUs go back to it (a lease at its maximum could not start
@@ -155,11 +159,11 @@ class EndpointReconciler:
             d["idle_since"] = None
         elif d.get("idle_since") is None:
             d["idle_since"] = now
-        changed |= self._lease(rec, target, now, running)
+        changed |= self._lease(rec, target, now, kept)
         self._eps.save(rec)
         return changed
 
-    def _lease(self, rec: EndpointRecord, target: int, now: float, running: int) -> bool:
+    def _lease(self, rec: EndpointRecord, target: int, now: float, kept: int) -> bool:
         d, s = rec.doc, rec.doc["scaling"]
         g = int(s["gpus_per_replica"])
         lease = self._ctl.store.get_lease(d["lease_id"]) if d.get("lease_id") else None
@@ -167,7 +171,7 @@ class EndpointReconciler:
             d["lease_id"], d["bound_lease"], lease = None, None, None
             return True
         idle_for = 0.0 if d.get("idle_since") is None else now - d["idle_since"]
-        demand = Demand(target, bool(d.get("next")), idle_for, running)
+        demand = Demand(target, bool(d.get("next")), idle_for, kept)
         plan = decide(
             demand,
             lease.gpus if lease else None,
