@@ -138,6 +138,18 @@ def wait_ready(b: PoolBackend, name: str) -> bool:
     return name in b.ready([name], timeout_s=5)
 
 
+def growing(backend: Any, name: str, held: list[str], grown: list[str]) -> Any:
+    """Lease ``name`` of tenant t1 reserved on ``held``, then resized to ``grown`` while the
+    raylets that adds are still starting (the fake cluster's gate is closed); its cluster."""
+    b, clusters = backend
+    b.create_group(name, BUNDLE, held, "PACK", tenant="t1")
+    assert wait_ready(b, name)
+    cluster = clusters.get("t1")
+    cluster.gate.clear()
+    b.resize(name, grown)
+    return cluster
+
+
 def test_leases_get_disjoint_devices_and_a_full_host_is_a_conflict(backend: Any) -> None:
     b, clusters = backend
     b.create_group("fastgpu-lease-a", BUNDLE, ["host-0", "host-0"], "PACK", tenant="t1")
@@ -221,12 +233,9 @@ def wait_for(check: Any, timeout: float = 5.0) -> bool:
 
 
 def test_growing_adds_a_raylet_and_leaves_the_running_one_alone(backend: Any) -> None:
-    b, clusters = backend
-    b.create_group("fastgpu-lease-g", BUNDLE, ["host-0", "host-0"], "PACK", tenant="t1")
-    assert wait_ready(b, "fastgpu-lease-g")
-    cluster = clusters.get("t1")
-    cluster.gate.clear()  # the new raylets are "starting"
-    b.resize("fastgpu-lease-g", ["host-0", "host-0", "host-0", "host-1"])
+    b, _ = backend
+    grown = ["host-0", "host-0", "host-0", "host-1"]
+    cluster = growing(backend, "fastgpu-lease-g", ["host-0", "host-0"], grown)
     # Starting is not missing: the lease is not reported lost meanwhile.
     assert b.groups()["fastgpu-lease-g"].state == "CREATED"
     cluster.gate.set()
@@ -245,11 +254,7 @@ def test_a_raylet_that_ends_its_start_while_groups_looks_is_not_taken_for_a_dead
     backend: Any,
 ) -> None:
     b, clusters = backend
-    b.create_group("fastgpu-lease-h", BUNDLE, ["host-0"], "PACK", tenant="t1")
-    assert wait_ready(b, "fastgpu-lease-h")
-    cluster = clusters.get("t1")
-    cluster.gate.clear()  # the grown raylet is starting
-    b.resize("fastgpu-lease-h", ["host-0"] * 2)
+    cluster = growing(backend, "fastgpu-lease-h", ["host-0"], ["host-0"] * 2)
     scan = clusters.running_raylets
 
     def start_ends_after_the_scan() -> Any:
@@ -441,12 +446,8 @@ def test_a_keeper_that_does_not_answer_in_time_leaves_the_order_to_pick(backend:
 
 
 def test_a_resize_while_a_raylet_starts_does_not_start_it_twice(backend: Any) -> None:
-    b, clusters = backend
-    b.create_group("fastgpu-lease-t", BUNDLE, ["host-0"], "PACK", tenant="t1")
-    assert wait_ready(b, "fastgpu-lease-t")
-    cluster = clusters.get("t1")
-    cluster.gate.clear()  # the grown raylet is starting
-    b.resize("fastgpu-lease-t", ["host-0"] * 2)
+    b, _ = backend
+    cluster = growing(backend, "fastgpu-lease-t", ["host-0"], ["host-0"] * 2)
     b.resize("fastgpu-lease-t", ["host-0"] * 2)  # the same placement again (a maximum raised)
     cluster.gate.set()
     assert wait_for(lambda: len(cluster.live) == 2)

@@ -249,7 +249,8 @@ def create_app(
         cursor: str | None = CURSOR,
     ) -> Response:
         # JSON straight from the stored rows (LeaseService.list_json), not validated again.
-        page = await services.leases.page_json(p, tenant, live, limit, cursor)
+        leases = services.leases
+        page = await leases.read(leases.list_json, p, tenant, live, limit, cursor)
         return Response(page, media_type="application/json")
 
     @app.post(f"{V1}/leases", status_code=201)

@@ -16,8 +16,9 @@ import asyncio
 import concurrent.futures
 import contextlib
 import time
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio.to_thread
 import pydantic_core
@@ -50,6 +51,7 @@ class WaitLimiter(Protocol):
     def hold(self, key: str) -> AbstractAsyncContextManager[None]: ...
 
 
+T = TypeVar("T")
 _HELD = (LeaseState.RESERVED, LeaseState.BOUND)
 #: A long-poll re-reads the lease at least this often, whatever notifications it got.
 _RECHECK_S = 1.0
@@ -224,19 +226,12 @@ class LeaseService:
     ) -> Page[LeaseOut]:
         return Page[LeaseOut].model_validate_json(self.list_json(p, tenant, live, limit, cursor))
 
-    async def page_json(
-        self,
-        p: Principal,
-        tenant: str | None = None,
-        live: bool = False,
-        limit: int | None = None,
-        cursor: str | None = None,
-    ) -> bytes:
-        """:meth:`list_json` from the event loop: in place where the store reads inline
-        (:attr:`Store.reads_inline`), else in a worker thread."""
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)``, a store read, from the event loop: in place where the store reads
+        inline (:attr:`Store.reads_inline`), else in a worker thread."""
         if self._store.reads_inline:
-            return self.list_json(p, tenant, live, limit, cursor)
-        return await anyio.to_thread.run_sync(self.list_json, p, tenant, live, limit, cursor)
+            return fn(*args)
+        return await anyio.to_thread.run_sync(fn, *args)
 
     def list_json(
         self,
