@@ -227,6 +227,22 @@ def stop_marked(prefix: str, grace_s: float = 2.0) -> int:
     return len(first) + len(late)
 
 
+#: Environment of a test's ``job_scripts/elastic_job.py`` run, for speed only (what each does:
+#: that script's docstring): Ray Train takes the workers' reports every 0.5 s instead of 2 s,
+#: which paced the steps that report; a segment that started on fewer GPUs than its lease holds
+#: grows 5 s later instead of 60 s.
+ELASTIC_ENV = {"TRAIN_POLL_S": "0.5", "RESIZE_MONITOR_S": "5"}
+
+
+def checkpointed_after(run: Path, step: int) -> bool:
+    """Whether the run folder ``run`` holds a complete checkpoint later than ``step`` (what a
+    restart would now resume from)."""
+    from fastgpu.train.checkpoints import CheckpointStore
+
+    latest = CheckpointStore(run, keep=1_000_000).latest()
+    return latest is not None and latest.step > step
+
+
 def end_elastic_job_soon(log: Path, step_s: float, margin: int = 8) -> int:
     """Make ``job_scripts/elastic_job.py`` (whose (re)starts ``log`` records) end a few steps
     from now instead of at its ``STEPS``; returns the step it now ends at. Every step sleeps

@@ -30,7 +30,9 @@ from fastgpu.controller.clusters import TenantClusters
 from fastgpu.pool import processes
 from fastgpu.pool.runtime import remove_platform_users
 from tests.integration.platform_fixtures import (
+    ELASTIC_ENV,
     Platform,
+    checkpointed_after,
     end_elastic_job_soon,
     start_platform,
     stop_marked,
@@ -293,6 +295,7 @@ def test_elastic_training_survives_a_drain_and_a_host_crash(agents: Agents) -> N
     trainer = pool.client(pool.tenant("trainer", A100=6))
     me = trainer.whoami()
     log = Path(me["storage_root"]) / me["storage_key"] / "elastic.jsonl"
+    run = log.parent / "runs" / "elastic"
 
     def starts() -> list[dict[str, Any]]:
         text = log.read_text() if log.exists() else ""
@@ -306,13 +309,16 @@ def test_elastic_training_survives_a_drain_and_a_host_crash(agents: Agents) -> N
         gpu_type="A100",
         duration="15m",
         working_dir=JOB_SCRIPTS,
-        env={"STEPS": "320", "STEP_S": str(step_s)},
+        env=ELASTIC_ENV | {"STEPS": "320", "STEP_S": str(step_s)},
     )
     wait_until(lambda: starts(), timeout=300, interval=1.0)
     (lease,) = [x for x in trainer.list_leases(live=True) if x.state == "BOUND"]
     wait_until(lambda: trainer.get_lease(lease.id).held_gpus == 4, timeout=120, interval=0.5)
-    wait_until(lambda: any(s["world"] == 4 for s in starts()), timeout=240, interval=0.5)
-    time.sleep(6)  # some steps and a checkpoint on 4 workers
+    on_4 = wait_until(
+        lambda: next((s for s in starts() if s["world"] == 4), None), timeout=240, interval=0.5
+    )
+    # Some steps and a checkpoint on 4 workers.
+    wait_until(lambda: checkpointed_after(run, on_4["start"]), timeout=120, interval=0.2)
     hosts = sorted({p["host"] for p in parts(pool, lease.id)})
     drained = hosts[0]
     before = starts()[-1]
@@ -329,8 +335,16 @@ def test_elastic_training_survives_a_drain_and_a_host_crash(agents: Agents) -> N
     lost_steps = step_at_drain - after["start"]
     # Shrinking waits for the workload's checkpoint: at most one interval (8 steps) is redone.
     assert lost_steps <= 8 + 4, (step_at_drain, after)
-    # It may grow back on the third host; then a host it runs on crashes (every process).
-    time.sleep(8)
+    # It grows back on the third host and checkpoints after its restart; then a host it runs
+    # on crashes (every process).
+    wait_until(
+        lambda: (
+            len({p["host"] for p in parts(pool, lease.id)}) >= 2
+            and checkpointed_after(run, after["start"])
+        ),
+        timeout=120,
+        interval=0.2,
+    )
     live = parts(pool, lease.id)
     victim = next(
         h for h in sorted({p["host"] for p in live}) if sum(p["host"] != h for p in live) >= 1
@@ -357,7 +371,7 @@ def test_elastic_training_survives_a_drain_and_a_host_crash(agents: Agents) -> N
             and s
         ),
         timeout=600,
-        interval=2.0,
+        interval=0.5,
     )
     logs = trainer.job_logs(job["id"])
     assert final["status"] == "SUCCEEDED", logs[-4000:]

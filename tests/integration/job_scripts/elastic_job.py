@@ -4,6 +4,13 @@ stepping train function that logs each (re)start's world size and resumed step t
 A step number in ``elastic.stop_at`` beside that log (the test writes it once it has seen
 what it waits for) ends the run at that step instead of ``STEPS``: each step costs a report or
 a checkpoint in Ray Train, so the steps after a test's last event are what a test waits for.
+Two settings a test may shorten, for speed only: ``RESIZE_MONITOR_S`` (unset: TrainSpec's
+default, 60 s) is how often an elastic segment looks for room to grow (when a grown lease's new
+raylets are not yet in Ray Train's view at the segment's first scaling decision, it starts on
+fewer workers and grows at its next look); ``TRAIN_POLL_S`` (unset: Ray's 2 s) is Ray Train's
+health-check interval, at which its controller takes each worker's report: a report waits until
+the last one is taken, so that interval, not ``STEP_S``, paces the steps that report. A job's
+environment may not set ``RAY_*`` variables (the platform does), so this script sets it.
 Used by tests/integration/test_pool_server.py and bench/bench_elastic.py."""
 
 import itertools
@@ -20,6 +27,11 @@ from fastgpu.train import run_on_lease
 
 TOTAL = int(os.environ.get("STEPS", "120"))
 SLEEP_S = float(os.environ.get("STEP_S", "0.25"))
+MONITOR = (
+    {"elastic_resize_monitor_interval_s": float(os.environ["RESIZE_MONITOR_S"])}
+    if "RESIZE_MONITOR_S" in os.environ
+    else {}
+)
 
 
 def train(config: dict[str, Any]) -> None:
@@ -62,6 +74,8 @@ SPEC = {"cpus_per_worker": 0.25, "report_every": 4, "checkpoint_every": 8}
 
 
 def main() -> None:
+    if "TRAIN_POLL_S" in os.environ:  # the driver's setting reaches Train's controller
+        os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = os.environ["TRAIN_POLL_S"]
     ray.init()
     client = fgpu.Client()
     me = client.whoami()
@@ -77,6 +91,7 @@ def main() -> None:
         request_id=os.environ["FASTGPU_LEASE_REQUEST_ID"],
         config={"log": str(log)},
         **SPEC,
+        **MONITOR,
     )
     print(json.dumps({"segments": done.segments, "step": done.outcome.metrics.get("step")}))
 
