@@ -29,7 +29,9 @@ from fastgpu.pool.hosts import Host
 from fastgpu.pool.runtime import remove_platform_users
 from fastgpu.sdk import Client
 from tests.integration.platform_fixtures import (
+    ELASTIC_ENV,
     Platform,
+    checkpointed_after,
     end_elastic_job_soon,
     free_port,
     start_platform,
@@ -634,6 +636,7 @@ def test_an_elastic_training_job_grows_and_shrinks_as_raylets(pool: Platform) ->
     held = holder.request_lease(2, "A100", "10m", wait=True, timeout=180)
     me = grower.whoami()
     log = Path(me["storage_root"]) / me["storage_key"] / "elastic.jsonl"
+    run = log.parent / "runs" / "elastic"
     watch = DeviceWatch(pool)
     watch.start()
 
@@ -649,9 +652,9 @@ def test_an_elastic_training_job_grows_and_shrinks_as_raylets(pool: Platform) ->
             gpu_type="A100",
             duration="10m",
             working_dir=JOB_SCRIPTS,
-            env={"STEPS": "200", "STEP_S": "0.25"},
+            env=ELASTIC_ENV | {"STEPS": "200", "STEP_S": "0.25"},
         )
-        wait_until(lambda: starts(), timeout=300, interval=1.0)
+        wait_until(lambda: starts(), timeout=300, interval=0.5)
         (lease,) = [x for x in grower.list_leases(live=True) if x.state == "BOUND"]
         assert lease.held_gpus == 2
         first = {p["pid"] for p in raylet_parts(pool) if p["lease"] == lease.id}
@@ -682,7 +685,10 @@ def test_an_elastic_training_job_grows_and_shrinks_as_raylets(pool: Platform) ->
         shrunk_start = wait_until(
             lambda: next((s for s in starts() if s["start"] > grown["start"]), None), timeout=240
         )
-        time.sleep(4)  # a few steps and a checkpoint in
+        # A checkpoint in: the restart after the kill resumes from it.
+        wait_until(
+            lambda: checkpointed_after(run, shrunk_start["start"]), timeout=120, interval=0.2
+        )
         workers = [
             p
             for p in psutil.process_iter(["name", "username"])
@@ -698,7 +704,7 @@ def test_an_elastic_training_job_grows_and_shrinks_as_raylets(pool: Platform) ->
                 and s
             ),
             timeout=400,
-            interval=2.0,
+            interval=0.5,
         )
         logs = grower.job_logs(job["id"])
         assert final["status"] == "SUCCEEDED", logs[-4000:]
