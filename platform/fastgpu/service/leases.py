@@ -170,7 +170,7 @@ class LeaseService:
 
     async def wait(self, p: Principal, lease_id: str, wait_s: float) -> LeaseOut:
         """The lease once it holds its GPUs or ended, or as it is when ``wait_s`` ran out."""
-        lease = await anyio.to_thread.run_sync(self.visible, p, lease_id)
+        lease = await self.read(self.visible, p, lease_id)
         return await self.wait_on(p, lease, wait_s)
 
     async def wait_on(self, p: Principal, lease: Lease, wait_s: float) -> LeaseOut:
@@ -200,11 +200,11 @@ class LeaseService:
                     pass
             else:
                 async with self._ctl.watch.subscription(lease.id) as changed:
-                    fresh = await anyio.to_thread.run_sync(self._store.get_lease, lease.id)
+                    fresh = await self.read(self._store.get_lease, lease.id)
                     if fresh is not None and fresh.state == lease.state:
                         with contextlib.suppress(asyncio.TimeoutError):
                             await asyncio.wait_for(changed.wait(), min(left, _RECHECK_S))
-            fresh = await anyio.to_thread.run_sync(self._store.get_lease, lease.id)
+            fresh = await self.read(self._store.get_lease, lease.id)
             if fresh is None:
                 return LeaseOut.of(lease)
             lease = fresh
