@@ -45,7 +45,7 @@ def _finished(client: Client, job_id: str, timeout: float = 600) -> dict[str, An
         wait_until(
             lambda: (s := client.job_status(job_id))["status"] in DONE and s,
             timeout=timeout,
-            interval=2.0,
+            interval=0.5,
         )
     )
 
