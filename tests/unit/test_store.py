@@ -99,6 +99,28 @@ def test_failed_transaction_changes_nothing() -> None:
     assert store.usage(now=10.0) == []
 
 
+def test_save_leases_is_one_compare_and_set_transaction() -> None:
+    store = open_store("sqlite://")
+    a, _ = store.insert_lease(_lease("a"))
+    b, _ = store.insert_lease(_lease("b"))
+    a.reason_detail, b.reason_detail = "4 A100 GPUs wanted, 2 free", "behind a"
+    store.save_leases([a, b], LeaseState.PENDING)
+    assert [store.get_lease(x).reason_detail for x in "ab"] == [  # type: ignore[union-attr]
+        "4 A100 GPUs wanted, 2 free",
+        "behind a",
+    ]
+    # One stale lease in the batch: nothing of it is written.
+    stale = store.get_lease("b")
+    assert stale is not None
+    store.transition(b, LeaseState.CANCELLED, 5.0)
+    a.reason_detail, stale.reason_detail = "3 free", "gone"
+    with pytest.raises(Conflict, match="concurrently"):
+        store.save_leases([a, stale], LeaseState.PENDING)
+    assert store.get_lease("a").reason_detail == "4 A100 GPUs wanted, 2 free"  # type: ignore[union-attr]
+    with pytest.raises(FastGPUError, match="cannot change state"):
+        store.save_leases([a, b], LeaseState.PENDING)
+
+
 def _old_database(url: str, version: int) -> None:
     """A database as FastGPU at schema ``version`` left it, with a tenant, its token, an ended
     lease and its usage record (written with that version's columns only)."""

@@ -31,13 +31,17 @@ def apply_decisions(ctl: Controller, decisions: Decisions, by_id: dict[str, Leas
             continue
         lease.reason, lease.reason_detail = rej.reason, rej.detail
         ctl.end(lease, LeaseState.REJECTED, rej.detail)
+    # Waiting leases whose reason changed: one transaction for all of them (a pass over a
+    # busy queue changes several: "N free" moves with every admission and release).
+    waiting = []
     for q in decisions.queue:
         lease = by_id.get(q.lease_id)
         if lease is None or lease.state != LeaseState.PENDING:
             continue
         if (lease.reason, lease.reason_detail) != (q.reason, q.detail):
             lease.reason, lease.reason_detail = q.reason, q.detail
-            ctl.store.save_lease(lease, LeaseState.PENDING)
+            waiting.append(lease)
+    ctl.store.save_leases(waiting, LeaseState.PENDING)
     for adm in decisions.admit:
         lease = by_id.get(adm.lease_id)
         if lease is None or lease.state != LeaseState.PENDING:

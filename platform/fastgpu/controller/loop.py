@@ -40,7 +40,7 @@ from fastgpu.controller.budgets import BudgetPass
 from fastgpu.controller.housekeeping import meter_held_after
 from fastgpu.controller.housekeeping import purge as purge_retained
 from fastgpu.controller.metering import meter
-from fastgpu.controller.snapshot import UsageStats, build_snapshot
+from fastgpu.controller.snapshot import LeaseViews, UsageStats, build_snapshot
 from fastgpu.controller.watch import LeaseWatch
 from fastgpu.domain.lease import HOLDING_STATES, Lease, LeaseState, PendingReason
 from fastgpu.errors import Conflict, NotFound
@@ -116,6 +116,7 @@ class Controller:
         #: write number, so a pass that covers a write also sees its lease.
         self._inbox: list[Lease] = []
         self._stats = UsageStats(store, config)
+        self._views = LeaseViews()
         self.budgets = BudgetPass(self)
 
     @property
@@ -405,6 +406,7 @@ class Controller:
                 tenants,
                 self._stats.get(tenants, now),
                 self.live() if live is None else live,
+                self._views,
             )
 
     def schedule(self) -> dict[str, Lease]:

@@ -9,6 +9,8 @@ move slowly and a full read per pass would dominate the 4 Hz loop.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
+from typing import Any
 
 from fastgpu.config import PlatformConfig
 from fastgpu.controller.backend import NodeInfo
@@ -81,6 +83,60 @@ def lease_view(lease: Lease, placement: dict[str, int]) -> LeaseView:
     )
 
 
+#: Every field of a lease that :func:`lease_view` reads (``nodes`` apart: a list, copied into
+#: the key). A test holds this to what ``lease_view`` touches.
+VIEW_FIELDS = (
+    "id",
+    "tenant",
+    "gpu_type",
+    "state",
+    "gpus",
+    "min_gpus",
+    "held_gpus",
+    "strategy",
+    "preemptible",
+    "priority",
+    "created_at",
+    "duration_s",
+    "reserved_at",
+    "admitted_at",
+    "last_checkpoint_at",
+    "restarts",
+    "preempt_at",
+)
+_view_fields = attrgetter(*VIEW_FIELDS)
+
+
+class LeaseViews:
+    """:func:`lease_view` of each live lease, kept from pass to pass and rebuilt only when a
+    field it reads changed. Leases are changed in place by many writers, so the cache is keyed
+    by the values themselves, not by a version someone must remember to bump. A pass over 1,000
+    live leases built every view anew (frozen dataclasses: ~2 us each, a third of a write's
+    time under load)."""
+
+    def __init__(self) -> None:
+        self._memo: dict[str, tuple[tuple[Any, ...], LeaseView]] = {}
+
+    def __call__(self, lease: Lease) -> LeaseView:
+        key = (*_view_fields(lease), tuple(lease.nodes))
+        hit = self._memo.get(lease.id)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        placement: dict[str, int] = {}
+        if lease.state in HOLDING_STATES:
+            for n in lease.nodes:
+                placement[n] = placement.get(n, 0) + 1
+        view = lease_view(lease, placement)
+        self._memo[lease.id] = (key, view)
+        return view
+
+    def keep_only(self, live: list[Lease]) -> None:
+        """Forget the views of leases no longer live (once the memo has grown past them)."""
+        if len(self._memo) > 2 * len(live) + 64:
+            ids = {lease.id for lease in live}
+            self._memo = {k: v for k, v in self._memo.items() if k in ids}
+
+
 def build_snapshot(
     now: float,
     config: PlatformConfig,
@@ -88,19 +144,23 @@ def build_snapshot(
     tenants: list[TenantRecord],
     stats: dict[str, TenantStats],
     live: list[Lease],
+    views: LeaseViews | None = None,
 ) -> Snapshot:
+    """``views``: the caller's memo of lease views (a fresh one without)."""
+    view = views if views is not None else LeaseViews()
     held: dict[str, int] = {}
     running: list[LeaseView] = []
     pending: list[LeaseView] = []
     for lease in live:
         if lease.state in HOLDING_STATES:
-            placement: dict[str, int] = {}
-            for n in lease.nodes:
-                placement[n] = placement.get(n, 0) + 1
-                held[n] = held.get(n, 0) + 1
-            running.append(lease_view(lease, placement))
+            v = view(lease)
+            for n, count in v.placement.items():
+                held[n] = held.get(n, 0) + count
+            running.append(v)
         elif lease.state == LeaseState.PENDING:
-            pending.append(lease_view(lease, {}))
+            pending.append(view(lease))
+    if views is not None:
+        views.keep_only(live)
     node_views = tuple(
         NodeView(
             node_id=n.node_id,

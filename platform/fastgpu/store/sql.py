@@ -293,10 +293,17 @@ class Store(AccountsMixin, UsageMixin, RegistryMixin, BudgetMixin, EndpointsMixi
 
     def save_lease(self, lease: Lease, expected_state: LeaseState) -> None:
         """Write fields of a lease whose state does not change (compare-and-set on state)."""
-        if lease.state != expected_state:
+        self.save_leases([lease], expected_state)
+
+    def save_leases(self, leases: Sequence[Lease], expected_state: LeaseState) -> None:
+        """:meth:`save_lease` of several leases in one transaction (all or none)."""
+        if any(lease.state != expected_state for lease in leases):
             raise FastGPUError("save_lease cannot change state; use transition()")
+        if not leases:
+            return
         with self._tx() as conn:
-            self._cas(conn, lease, expected_state)
+            for lease in leases:
+                self._cas(conn, lease, expected_state)
 
     def transition(
         self,
