@@ -18,6 +18,7 @@ from fastgpu.controller.backend import NodeInfo
 from fastgpu.controller.loop import Controller
 from fastgpu.controller.metering import meter
 from fastgpu.domain.lease import Lease, LeaseState
+from fastgpu.errors import Conflict
 from fastgpu.service import Services
 from fastgpu.service.models import LeaseCreate, TenantCreate
 from fastgpu.store import SCHEMA_VERSION, open_store
@@ -42,6 +43,13 @@ def test_store_on_postgres(postgres_url: str) -> None:
     again, created = store.insert_lease(Lease(**{**lease.__dict__, "id": "pg2"}))
     assert not created
     assert again.id == "pg1"
+    # A waiting lease's reason: written alone, compare-and-set on PENDING (rowcount on PG).
+    lease.reason, lease.reason_detail = "capacity", "2 A100 GPUs wanted, 0 free"
+    store.save_wait_reasons([lease])
+    assert store.get_lease("pg1").reason_detail == "2 A100 GPUs wanted, 0 free"  # type: ignore[union-attr]
+    gone = replace(lease, id="pg-none")
+    with pytest.raises(Conflict):
+        store.save_wait_reasons([gone])
     store.transition(lease, LeaseState.ADMITTED, 1.0, hooks=[meter])
     store.transition(lease, LeaseState.RESERVED, 2.0, hooks=[meter])
     store.transition(lease, LeaseState.RELEASED, 12.0, hooks=[meter])

@@ -99,12 +99,16 @@ def test_failed_transaction_changes_nothing() -> None:
     assert store.usage(now=10.0) == []
 
 
-def test_save_leases_is_one_compare_and_set_transaction() -> None:
+def test_wait_reasons_are_saved_in_one_compare_and_set_transaction() -> None:
     store = open_store("sqlite://")
     a, _ = store.insert_lease(_lease("a"))
     b, _ = store.insert_lease(_lease("b"))
     a.reason_detail, b.reason_detail = "4 A100 GPUs wanted, 2 free", "behind a"
-    store.save_leases([a, b], LeaseState.PENDING)
+    a.reason, a.priority = "capacity", 7  # only the reason is the call's to write
+    store.save_wait_reasons([a, b])
+    got = store.get_lease("a")
+    assert got is not None
+    assert (got.reason, got.priority) == ("capacity", 0)
     assert [store.get_lease(x).reason_detail for x in "ab"] == [  # type: ignore[union-attr]
         "4 A100 GPUs wanted, 2 free",
         "behind a",
@@ -115,10 +119,10 @@ def test_save_leases_is_one_compare_and_set_transaction() -> None:
     store.transition(b, LeaseState.CANCELLED, 5.0)
     a.reason_detail, stale.reason_detail = "3 free", "gone"
     with pytest.raises(Conflict, match="concurrently"):
-        store.save_leases([a, stale], LeaseState.PENDING)
+        store.save_wait_reasons([a, stale])
     assert store.get_lease("a").reason_detail == "4 A100 GPUs wanted, 2 free"  # type: ignore[union-attr]
-    with pytest.raises(FastGPUError, match="cannot change state"):
-        store.save_leases([a, b], LeaseState.PENDING)
+    with pytest.raises(FastGPUError, match="for PENDING leases"):
+        store.save_wait_reasons([a, b])
 
 
 def _old_database(url: str, version: int) -> None:

@@ -41,7 +41,7 @@ def apply_decisions(ctl: Controller, decisions: Decisions, by_id: dict[str, Leas
         if (lease.reason, lease.reason_detail) != (q.reason, q.detail):
             lease.reason, lease.reason_detail = q.reason, q.detail
             waiting.append(lease)
-    ctl.store.save_leases(waiting, LeaseState.PENDING)
+    ctl.store.save_wait_reasons(waiting)
     for adm in decisions.admit:
         lease = by_id.get(adm.lease_id)
         if lease is None or lease.state != LeaseState.PENDING:

@@ -80,6 +80,14 @@ _CAS_LEASE = (
     .values({c.name: bindparam(c.name) for c in t.leases.columns if c.name != "id"})
 )
 
+# A waiting lease's new wait reason: two columns, not the whole row (a busy queue re-reasons
+# several leases a pass).
+_SET_WAIT_REASON = (
+    update(t.leases)
+    .where((t.leases.c.id == bindparam("_id")) & (t.leases.c.state == LeaseState.PENDING.value))
+    .values(reason=bindparam("reason"), reason_detail=bindparam("reason_detail"))
+)
+
 
 #: ``hook(tx, lease, prev, new, now)``; ``prev == new`` for a resize (same state, new size).
 TxHook = Callable[[StoreTx, Lease, LeaseState, LeaseState, float], None]
@@ -293,17 +301,26 @@ class Store(AccountsMixin, UsageMixin, RegistryMixin, BudgetMixin, EndpointsMixi
 
     def save_lease(self, lease: Lease, expected_state: LeaseState) -> None:
         """Write fields of a lease whose state does not change (compare-and-set on state)."""
-        self.save_leases([lease], expected_state)
-
-    def save_leases(self, leases: Sequence[Lease], expected_state: LeaseState) -> None:
-        """:meth:`save_lease` of several leases in one transaction (all or none)."""
-        if any(lease.state != expected_state for lease in leases):
+        if lease.state != expected_state:
             raise FastGPUError("save_lease cannot change state; use transition()")
+        with self._tx() as conn:
+            self._cas(conn, lease, expected_state)
+
+    def save_wait_reasons(self, leases: Sequence[Lease]) -> None:
+        """The wait reasons (``reason``, ``reason_detail``) of PENDING leases, in one
+        transaction: all or none (Conflict if one is no longer PENDING)."""
+        if any(lease.state != LeaseState.PENDING for lease in leases):
+            raise FastGPUError("save_wait_reasons is for PENDING leases")
         if not leases:
             return
         with self._tx() as conn:
             for lease in leases:
-                self._cas(conn, lease, expected_state)
+                res = conn.execute(
+                    _SET_WAIT_REASON,
+                    {"_id": lease.id, "reason": lease.reason, "reason_detail": lease.reason_detail},
+                )
+                if res.rowcount != 1:
+                    raise Conflict(f"lease {lease.id} changed concurrently (expected PENDING)")
 
     def transition(
         self,
