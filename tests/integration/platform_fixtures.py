@@ -239,7 +239,7 @@ def checkpointed_after(run: Path, step: int) -> bool:
     restart would now resume from)."""
     from fastgpu.train.checkpoints import CheckpointStore
 
-    latest = CheckpointStore(run, keep=1_000_000).latest()
+    latest = CheckpointStore(run).latest()
     return latest is not None and latest.step > step
 
 

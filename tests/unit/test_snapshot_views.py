@@ -9,25 +9,19 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastgpu.controller.snapshot import VIEW_FIELDS, LeaseViews, lease_view
+from fastgpu.controller.snapshot import VIEW_FIELDS, LeaseViews, lease_view, placement_of
 from fastgpu.domain.lease import Lease, LeaseState
+from tests.unit.test_store import _lease as _stored
 
 
 def _lease(state: LeaseState = LeaseState.RESERVED) -> Lease:
-    return Lease(
-        id="l1",
-        tenant="acme",
-        tenant_id="t-acme",
+    """A lease holding 3 GPUs on two nodes (as ``state``), elastic down to 2."""
+    return dataclasses.replace(
+        _stored("l1"),
         state=state,
         gpus=4,
         min_gpus=2,
-        gpu_type="A100",
-        strategy="PACK",
-        duration_s=600.0,
         preemptible=True,
-        priority=0,
-        price_per_hour=3.6,
-        created_at=10.0,
         admitted_at=11.0,
         reserved_at=12.0,
         nodes=["n1", "n1", "n2"],
@@ -60,7 +54,7 @@ _CHANGES: dict[str, Any] = {
     "strategy": "SPREAD",
     "preemptible": False,
     "priority": 5,
-    "duration_s": 60.0,
+    "duration_s": 900.0,
     "reserved_at": 99.0,
     "admitted_at": 98.0,
     "last_checkpoint_at": 50.0,
@@ -84,11 +78,8 @@ def test_a_memoised_view_equals_a_fresh_one_after_any_change(fields: list[str]) 
             lease.nodes.extend(value)
         else:
             setattr(lease, name, value)
-        placement: dict[str, int] = {}
-        if lease.state in (LeaseState.RESERVED, LeaseState.BOUND):
-            for n in lease.nodes:
-                placement[n] = placement.get(n, 0) + 1
-        assert dataclasses.asdict(views(lease)) == dataclasses.asdict(lease_view(lease, placement))
+        fresh = lease_view(lease, placement_of(lease))
+        assert dataclasses.asdict(views(lease)) == dataclasses.asdict(fresh)
 
 
 def test_ended_leases_are_forgotten() -> None:
@@ -98,3 +89,9 @@ def test_ended_leases_are_forgotten() -> None:
         views(lease)
     views.keep_only(leases[:10])
     assert set(views._memo) == {f"l{i}" for i in range(10)}
+
+
+def test_a_view_places_held_gpus_per_node_and_a_waiting_lease_nowhere() -> None:
+    assert LeaseViews()(_lease()).placement == {"n1": 2, "n2": 1}
+    assert placement_of(_lease(LeaseState.BOUND)) == {"n1": 2, "n2": 1}
+    assert LeaseViews()(_lease(LeaseState.PENDING)).placement == {}

@@ -8,6 +8,7 @@ move slowly and a full read per pass would dominate the 4 Hz loop.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
@@ -83,6 +84,11 @@ def lease_view(lease: Lease, placement: dict[str, int]) -> LeaseView:
     )
 
 
+def placement_of(lease: Lease) -> dict[str, int]:
+    """The GPUs a lease holds per node (none unless it holds GPUs)."""
+    return dict(Counter(lease.nodes)) if lease.state in HOLDING_STATES else {}
+
+
 #: Every field of a lease that :func:`lease_view` reads (``nodes`` apart: a list, copied into
 #: the key). A test holds this to what ``lease_view`` touches.
 VIEW_FIELDS = (
@@ -122,11 +128,7 @@ class LeaseViews:
         hit = self._memo.get(lease.id)
         if hit is not None and hit[0] == key:
             return hit[1]
-        placement: dict[str, int] = {}
-        if lease.state in HOLDING_STATES:
-            for n in lease.nodes:
-                placement[n] = placement.get(n, 0) + 1
-        view = lease_view(lease, placement)
+        view = lease_view(lease, placement_of(lease))
         self._memo[lease.id] = (key, view)
         return view
 
@@ -144,23 +146,21 @@ def build_snapshot(
     tenants: list[TenantRecord],
     stats: dict[str, TenantStats],
     live: list[Lease],
-    views: LeaseViews | None = None,
+    views: LeaseViews,
 ) -> Snapshot:
-    """``views``: the caller's memo of lease views (a fresh one without)."""
-    view = views if views is not None else LeaseViews()
+    """``views``: the caller's memo of lease views, kept from pass to pass."""
     held: dict[str, int] = {}
     running: list[LeaseView] = []
     pending: list[LeaseView] = []
     for lease in live:
         if lease.state in HOLDING_STATES:
-            v = view(lease)
+            v = views(lease)
             for n, count in v.placement.items():
                 held[n] = held.get(n, 0) + count
             running.append(v)
         elif lease.state == LeaseState.PENDING:
-            pending.append(view(lease))
-    if views is not None:
-        views.keep_only(live)
+            pending.append(views(lease))
+    views.keep_only(live)
     node_views = tuple(
         NodeView(
             node_id=n.node_id,
