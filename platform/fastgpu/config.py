@@ -214,6 +214,17 @@ class ControllerSettings(_Spec):
     purge_interval_s: float = Field(
         default=600, gt=0, description="How often ended leases past retention are purged (s)."
     )
+    pass_share: float = Field(
+        default=1 / 3,
+        gt=0,
+        le=1,
+        description=(
+            "Under a stream of writes, the largest share of the server's time scheduling "
+            "passes may take: after a pass of t seconds, the next one starts no sooner than "
+            "t / pass_share after it started (at most 50 ms later), and every write arriving "
+            "meanwhile joins it. A lone write never waits. 1 runs passes back to back."
+        ),
+    )
 
 
 class SchedulerSettings(_Spec):

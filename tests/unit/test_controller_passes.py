@@ -1,7 +1,9 @@
-"""The controller's two throughput mechanisms, on a fake Ray seam and a real SQLite file:
+"""The controller's throughput mechanisms, on a fake Ray seam and a real SQLite file:
 
 * concurrent requests *join* a scheduling pass (group commit): N requests cost fewer than N
   passes, and every request still answers with the lease as a pass that saw it left it;
+* pacing: under a stream of writes the next pass waits for room (``controller.pass_share``),
+  while a lone write is never held back;
 * the in-memory live set: a write that fails half-way drops it, and the next pass works from
   the store's truth, not from a half-changed lease.
 """
@@ -9,6 +11,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +48,15 @@ class SlowCountingPolicy:
         return self.inner.schedule(snapshot)
 
 
-def _world(tmp_path: Path, policy: Any = None) -> tuple[Controller, Services, Any]:
-    cfg = PlatformConfig(
-        gpu_types={"A100": GpuTypeSpec(price_per_hour=1.0)}, state_dir=str(tmp_path)
+def _world(
+    tmp_path: Path, policy: Any = None, **controller: Any
+) -> tuple[Controller, Services, Any]:
+    cfg = PlatformConfig.model_validate(
+        {
+            "gpu_types": {"A100": GpuTypeSpec(price_per_hour=1.0)},
+            "state_dir": str(tmp_path),
+            "controller": controller,
+        }
     )
     backend = FakeBackend(node_list=[NodeInfo("n1", "A100", 16, True)])
     ctl = Controller(cfg, open_store(cfg.resolved_store_url()), backend, clock=FakeClock())
@@ -141,3 +150,72 @@ def test_a_lease_released_before_any_pass_is_not_scheduled_from_memory(tmp_path:
     ctl.tick()  # no Conflict: the pass sees the lease as ended
     assert ctl.live() == []
     assert ctl.store.get_lease(lease.id).state == LeaseState.CANCELLED  # type: ignore[union-attr]
+
+
+class TimedPolicy:
+    """Wraps the real policy: records when each pass started; each pass takes ``took_s``."""
+
+    def __init__(self, took_s: float) -> None:
+        self.inner: Policy | None = None
+        self.took_s = took_s
+        self.started: list[float] = []
+        self.go = threading.Event()
+
+    def schedule(self, snapshot: Snapshot) -> Decisions:
+        self.started.append(time.monotonic())
+        if len(self.started) == 1:
+            self.go.wait(10)  # the first pass runs until every request is in
+        time.sleep(self.took_s)
+        assert self.inner is not None
+        return self.inner.schedule(snapshot)
+
+
+def test_under_a_stream_of_writes_passes_leave_room_between_them(tmp_path: Path) -> None:
+    policy = TimedPolicy(took_s=0.03)
+    ctl, svc, p = _world(tmp_path, policy, pass_share=0.5)
+    n = 6
+    store_insert = ctl.store.insert_lease
+    inserts: list[int] = []
+
+    def counting_insert(*args: Any, **kw: Any) -> Any:
+        out = store_insert(*args, **kw)
+        inserts.append(1)
+        if len(inserts) == n:
+            policy.go.set()
+        return out
+
+    ctl.store.insert_lease = counting_insert  # type: ignore[method-assign]
+    answers: dict[int, Any] = {}
+
+    def request(i: int) -> None:
+        answers[i] = svc.leases.request(p, LeaseCreate(gpus=1, request_id=f"s{i}"))
+
+    threads = [threading.Thread(target=request, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(answers) == list(range(n))
+    assert all(a.state == "ADMITTED" for a in answers.values())
+    # The writes that waited through the first pass joined one paced pass, which started
+    # no sooner than the first pass's duration / pass_share (0.5) after the first began.
+    assert len(policy.started) == 2, policy.started
+    gap = policy.started[1] - policy.started[0]
+    assert gap >= 2 * 0.03, gap
+
+
+def test_a_lone_write_is_never_held_back(tmp_path: Path) -> None:
+    policy = TimedPolicy(took_s=0.02)
+    policy.go.set()
+    ctl, svc, p = _world(tmp_path, policy)
+    naps: list[float] = []
+    ctl._nap = naps.append
+    first = svc.leases.request(p, LeaseCreate(gpus=1, request_id="one"))
+    # Right after a 20 ms pass, a write with no company runs its pass at once...
+    second = svc.leases.request(p, LeaseCreate(gpus=1, request_id="two"))
+    assert first.state == second.state == "ADMITTED"
+    assert naps == []
+    # ...and a release, the other write that joins a pass, likewise.
+    svc.leases.release(p, first.id)
+    assert naps == []
+    assert ctl._covered_seq == ctl._write_seq  # its pass ran

@@ -21,7 +21,8 @@ Invariants:
 * new requests and releases are committed first, then *join* a scheduling pass: a pass that
   started after a write was committed covers it, so N concurrent requests cost one pass, not N
   (like a database's group commit), and each caller still answers with the lease as a pass
-  that saw it left it.
+  that saw it left it. Under a stream of writes, passes are paced (``controller.pass_share``)
+  so that more writes join each one and reads get the interpreter between them.
 
 The clock, store, backend and policy are injected, so tests can step :meth:`Controller.tick`.
 """
@@ -57,6 +58,8 @@ from fastgpu.timeutil import Clock, wall_clock
 log = logging.getLogger(__name__)
 
 _NODE_CACHE_S = 1.0
+#: The longest nap of a write waiting for room between passes (:meth:`Controller._room_wait`).
+PASS_GAP_MAX_S = 0.05
 #: Preemptions of a workload older than this do not lengthen its minimum runtime.
 RESTART_WINDOW_S = 24 * 3600.0
 
@@ -106,6 +109,10 @@ class Controller:
         self._seq_mu = threading.Lock()
         self._write_seq = 0
         self._covered_seq = 0
+        #: When the last pass started and how long it took (monotonic seconds), for pacing.
+        self._pass_at = -1e18
+        self._pass_took = 0.0
+        self._nap: Callable[[float], None] = time.sleep
         self._nodes: list[NodeInfo] = []
         self._nodes_at = -1e18
         self._last_reconcile = -1e18
@@ -186,17 +193,38 @@ class Controller:
             return self._write_seq
 
     def _join_pass(self, mine: int) -> dict[str, Lease]:
-        """Schedule unless a pass that started after write ``mine`` already ran (lock held)."""
-        if self._covered_seq >= mine:
-            return {}
-        return self.schedule()
+        """Schedule unless a pass that started after write ``mine`` already ran (caller holds
+        no lock: a paced write naps without it)."""
+        while True:
+            with self._mu:
+                if self._covered_seq >= mine:
+                    return {}
+                wait = self._room_wait()
+                if wait <= 0:
+                    return self.schedule()
+            self._nap(wait)
+
+    def _room_wait(self) -> float:
+        """How long a write should wait before it starts a pass (lock held).
+
+        When writes other than this one also wait for a pass, the next pass starts no sooner
+        than the last one's duration divided by ``controller.pass_share`` after that one
+        started (each nap at most ``PASS_GAP_MAX_S``): the writes arriving meanwhile join it,
+        and the event loop's reads get the interpreter in between. A lone write is never held
+        back, so a quiet platform answers at once."""
+        with self._seq_mu:
+            waiting = self._write_seq - self._covered_seq
+        if waiting <= 1:
+            return 0.0
+        due = self._pass_at + self._pass_took / self.config.controller.pass_share
+        return min(due - time.monotonic(), PASS_GAP_MAX_S)
 
     def submit(self, lease: Lease, max_live: int | None = None) -> tuple[Lease, bool]:
         """Store a new PENDING lease (or find the one with its request id) and schedule."""
         stored, created = self.store.insert_lease(lease, max_live)
         mine = self._wrote(stored) if created else 0
+        seen = self._join_pass(mine) if created else {}
         with self._mu:
-            seen = self._join_pass(mine) if created else {}
             # The pass read (and updated in place) every live lease: no second read needed.
             fresh = seen.get(stored.id) or self.store.get_lease(stored.id)
             assert fresh is not None
@@ -225,9 +253,7 @@ class Controller:
                 self.end(lease, LeaseState.CANCELLED, "released while pending")
             else:
                 self.end(lease, LeaseState.RELEASED, "released by tenant")
-        mine = self._wrote()
-        with self._mu:
-            self._join_pass(mine)
+        self._join_pass(self._wrote())
         return lease
 
     def bind(self, lease_id: str, workload: str) -> Lease:
@@ -413,23 +439,30 @@ class Controller:
         """Run the policy over a snapshot and apply its decisions (caller may hold the lock).
 
         Returns the live leases the pass read, as they are after it (keyed by id)."""
+        with self._mu:
+            t0 = time.monotonic()
+            try:
+                return self._schedule()
+            finally:
+                self._pass_at, self._pass_took = t0, time.monotonic() - t0
+
+    def _schedule(self) -> dict[str, Lease]:
         from fastgpu.controller.apply import apply_decisions
 
-        with self._mu:
-            started_at = self._sync_live()
-            live = self.live()
-            self._covered_seq = max(self._covered_seq, started_at)
-            by_id = {lease.id: lease for lease in live}
-            snap = self.snapshot(live)
-            if not snap.pending and not any(v.held_gpus < v.gpus for v in snap.running):
-                return by_id  # nothing waits and nothing can grow: no decision to make
-            decisions = self.policy.schedule(snap)
-            try:
-                apply_decisions(self, decisions, by_id)
-            except BaseException:
-                self.forget_live()  # a lease may be half-changed in memory: reload
-                raise
-            return by_id
+        started_at = self._sync_live()
+        live = self.live()
+        self._covered_seq = max(self._covered_seq, started_at)
+        by_id = {lease.id: lease for lease in live}
+        snap = self.snapshot(live)
+        if not snap.pending and not any(v.held_gpus < v.gpus for v in snap.running):
+            return by_id  # nothing waits and nothing can grow: no decision to make
+        decisions = self.policy.schedule(snap)
+        try:
+            apply_decisions(self, decisions, by_id)
+        except BaseException:
+            self.forget_live()  # a lease may be half-changed in memory: reload
+            raise
+        return by_id
 
     def create_group(self, lease: Lease, may_exist: bool = True) -> None:
         assert lease.placement_group is not None
