@@ -5,9 +5,9 @@ A step number in ``elastic.stop_at`` beside that log (the test writes it once it
 what it waits for) ends the run at that step instead of ``STEPS``: each step costs a report or
 a checkpoint in Ray Train, so the steps after a test's last event are what a test waits for.
 Two settings a test may shorten, for speed only: ``RESIZE_MONITOR_S`` (unset: TrainSpec's
-default, 60 s) is how often an elastic segment looks for room to grow (when a grown lease's new
-raylets are not yet in Ray Train's view at the segment's first scaling decision, it starts on
-fewer workers and grows at its next look); ``TRAIN_POLL_S`` (unset: Ray's 2 s) is Ray Train's
+default, 60 s) is how often an elastic segment looks for room to grow (a segment after a
+lease grew starts at the lease's size: ``run_on_lease`` refreshes Ray Train's view of the nodes
+first); ``TRAIN_POLL_S`` (unset: Ray's 2 s) is Ray Train's
 health-check interval, at which its controller takes each worker's report: a report waits until
 the last one is taken, so that interval, not ``STEP_S``, paces the steps that report. A job's
 environment may not set ``RAY_*`` variables (the platform does), so this script sets it.
