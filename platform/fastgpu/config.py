@@ -221,8 +221,9 @@ class ControllerSettings(_Spec):
         description=(
             "Under a stream of writes, the largest share of the server's time scheduling "
             "passes may take: after a pass of t seconds, the next one starts no sooner than "
-            "t / pass_share after it started (at most 50 ms later), and every write arriving "
-            "meanwhile joins it. A lone write never waits. 1 runs passes back to back."
+            "t / pass_share after it started (and at most 50 ms after it ended), and every "
+            "write arriving meanwhile joins it. A lone write never waits. 1 runs passes back "
+            "to back."
         ),
     )
 

@@ -170,10 +170,8 @@ class TimedPolicy:
         return self.inner.schedule(snapshot)
 
 
-def test_under_a_stream_of_writes_passes_leave_room_between_them(tmp_path: Path) -> None:
-    policy = TimedPolicy(took_s=0.03)
-    ctl, svc, p = _world(tmp_path, policy, pass_share=0.5)
-    n = 6
+def _stream(ctl: Controller, svc: Services, p: Any, policy: TimedPolicy, n: int) -> dict[int, Any]:
+    """``n`` concurrent requests, all inserted while the first pass runs."""
     store_insert = ctl.store.insert_lease
     inserts: list[int] = []
 
@@ -197,11 +195,36 @@ def test_under_a_stream_of_writes_passes_leave_room_between_them(tmp_path: Path)
         t.join(30)
     assert sorted(answers) == list(range(n))
     assert all(a.state == "ADMITTED" for a in answers.values())
+    return answers
+
+
+def test_under_a_stream_of_writes_passes_leave_room_between_them(tmp_path: Path) -> None:
+    policy = TimedPolicy(took_s=0.03)
+    ctl, svc, p = _world(tmp_path, policy, pass_share=0.5)
+    _stream(ctl, svc, p, policy, 6)
     # The writes that waited through the first pass joined one paced pass, which started
     # no sooner than the first pass's duration / pass_share (0.5) after the first began.
     assert len(policy.started) == 2, policy.started
     gap = policy.started[1] - policy.started[0]
     assert gap >= 2 * 0.03, gap
+
+
+def test_a_slow_pass_holds_writes_back_at_most_50_ms(tmp_path: Path) -> None:
+    """A pass slowed down (by Ray, say) to 0.3 s with a share of 0.1 would ask for 2.7 s of
+    room: writes gather for at most 50 ms after it instead."""
+    policy = TimedPolicy(took_s=0.3)
+    ctl, svc, p = _world(tmp_path, policy, pass_share=0.1)
+    naps: dict[int, float] = {}
+
+    def nap(seconds: float) -> None:
+        me = threading.get_ident()
+        naps[me] = naps.get(me, 0.0) + seconds
+        time.sleep(seconds)
+
+    ctl._nap = nap
+    _stream(ctl, svc, p, policy, 4)
+    assert naps, "the writes behind the slow pass did not wait for room"
+    assert max(naps.values()) <= 0.05, naps
 
 
 def test_a_lone_write_is_never_held_back(tmp_path: Path) -> None:

@@ -58,7 +58,7 @@ from fastgpu.timeutil import Clock, wall_clock
 log = logging.getLogger(__name__)
 
 _NODE_CACHE_S = 1.0
-#: The longest nap of a write waiting for room between passes (:meth:`Controller._room_wait`).
+#: The most room left after a pass for writes to gather (:meth:`Controller._room_wait`).
 PASS_GAP_MAX_S = 0.05
 #: Preemptions of a workload older than this do not lengthen its minimum runtime.
 RESTART_WINDOW_S = 24 * 3600.0
@@ -209,15 +209,17 @@ class Controller:
 
         When writes other than this one also wait for a pass, the next pass starts no sooner
         than the last one's duration divided by ``controller.pass_share`` after that one
-        started (each nap at most ``PASS_GAP_MAX_S``): the writes arriving meanwhile join it,
-        and the event loop's reads get the interpreter in between. A lone write is never held
-        back, so a quiet platform answers at once."""
+        started, and never more than ``PASS_GAP_MAX_S`` after it ended (a pass slowed down by
+        Ray does not hold writes back longer): the writes arriving meanwhile join it, and the
+        event loop's reads get the interpreter in between. A lone write is never held back,
+        so a quiet platform answers at once."""
         with self._seq_mu:
             waiting = self._write_seq - self._covered_seq
         if waiting <= 1:
             return 0.0
-        due = self._pass_at + self._pass_took / self.config.controller.pass_share
-        return min(due - time.monotonic(), PASS_GAP_MAX_S)
+        took = self._pass_took
+        room = min(took / self.config.controller.pass_share - took, PASS_GAP_MAX_S)
+        return self._pass_at + took + room - time.monotonic()
 
     def submit(self, lease: Lease, max_live: int | None = None) -> tuple[Lease, bool]:
         """Store a new PENDING lease (or find the one with its request id) and schedule."""
