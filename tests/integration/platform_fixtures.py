@@ -231,7 +231,7 @@ def stop_marked(prefix: str, grace_s: float = 2.0) -> int:
 #: that script's docstring): Ray Train takes the workers' reports every 0.5 s instead of 2 s,
 #: which paced the steps that report; a segment that started on fewer GPUs than its lease holds
 #: grows 5 s later instead of 60 s.
-ELASTIC_ENV = {"TRAIN_POLL_S": "0.5", "RESIZE_MONITOR_S": "5"}
+ELASTIC_ENV = {"RESIZE_MONITOR_S": "5"}
 
 
 def checkpointed_after(run: Path, step: int) -> bool:

@@ -3,8 +3,8 @@
 One cluster for the module (head without GPUs, nodes A and B with 2 GPUs each): an elastic (1, 4)
 run pinned to a lease's node starts with the 2 GPUs there (and only there), a worker killed
 mid-run resumes from the last checkpoint, and a resubmitted run resumes where it ended.
-Each ``fit()`` costs ~15 s on a 2-core machine with Ray Train's health check (which paces a
-run that reports every step) at 0.25 s instead of its default 2 s.
+Each ``fit()`` costs ~15 s on a 2-core machine (Ray Train takes the reports every TrainSpec
+``report_poll_s``, 0.25 s, instead of its default 2 s, which paced a run reporting every step).
 
 Measured on Ray 2.60: the elastic policy sizes the group from the AutoscalingCoordinator's view of
 whole nodes, ignoring ``label_selector`` and GPUs held by other actors; without the lease cap
@@ -46,18 +46,12 @@ def cluster() -> Iterator[dict[str, Any]]:
     try:
         ray.init(address=c.address, log_to_driver=False)
         c.wait_for_nodes()
-        with pytest.MonkeyPatch.context() as env:
-            # Ray Train's controller takes a worker's report every health-check interval (2 s
-            # by default) and a report waits until the last one is taken: reporting every
-            # step, as here, that interval was the step time. The driver's setting reaches
-            # the controller and the workers.
-            env.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
-            yield {
-                "a": node_a.node_id,
-                "b": node_b.node_id,
-                "storage": Path(short) / "storage",
-                "cluster": c,
-            }
+        yield {
+            "a": node_a.node_id,
+            "b": node_b.node_id,
+            "storage": Path(short) / "storage",
+            "cluster": c,
+        }
     finally:
         ray.shutdown()
         c.shutdown()
@@ -194,3 +188,54 @@ def test_a_node_that_joined_is_in_train_view_once_refreshed(cluster: dict[str, A
     finally:
         ray.get(coordinator.cancel_request.remote("fg-test"))
         cluster["cluster"].remove_node(node_c)
+
+
+def _timed_steps(steps: int, out: Path):
+    """A train function (a closure: pickled by value) that makes ``steps`` fast steps,
+    reporting each, and writes the seconds from its first step to its last."""
+
+    def train(config: dict[str, Any]) -> None:
+        import time
+
+        import torch
+
+        from fastgpu.train import TrainLoop
+
+        loop = TrainLoop.from_config(config)
+        model = loop.prepare_model(torch.nn.Linear(4, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        start = time.monotonic()
+        for step in range(1, steps + 1):
+            loss = model(torch.randn(8, 4)).pow(2).mean()
+            loop.backward_and_step(loss, opt)
+            loop.end_step(step, {"loss": float(loss)}, state=dict, final=step == steps)
+        if loop.rank == 0:
+            out.write_text(str(time.monotonic() - start))
+
+    return train
+
+
+def test_reports_do_not_pace_the_steps_at_rays_default(
+    cluster: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A report waits until Ray Train's controller took the previous one, every health-check
+    interval (Ray's default 2 s): 16 steps reporting each took 28 s at that default. The
+    run's ``report_poll_s`` (0.25 s by default) reaches the controller, and the driver's
+    environment is as it was after."""
+    import fastgpu.train as ft
+    from fastgpu.train.trainer import REPORT_POLL_ENV
+
+    monkeypatch.setenv(REPORT_POLL_ENV, "2")  # Ray's default, as a plain driver has it
+    out = cluster["storage"] / "timed.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ft.run(
+        _timed_steps(16, out),
+        tenant=TENANT,
+        run_name="timed",
+        storage_root=str(cluster["storage"]),
+        workers=2,
+        report_every=1,
+        checkpoint_every=1000,
+    )
+    assert float(out.read_text()) < 15
+    assert os.environ[REPORT_POLL_ENV] == "2"

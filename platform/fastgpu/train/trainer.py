@@ -28,8 +28,10 @@ snapshot in the run directory, and the loop falls back to the newest complete ch
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -45,6 +47,8 @@ from fastgpu.validation import NAME_PATTERN, invalid_from
 logger = logging.getLogger(__name__)
 
 NODE_ID_LABEL = "ray.io/node-id"
+#: Ray Train's setting (read by its controller, which gets it from the driver's environment).
+REPORT_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 
 TrainFn = Callable[[dict[str, Any]], Any]
 
@@ -114,6 +118,17 @@ class TrainSpec(BaseModel):
     )
     elastic_resize_monitor_interval_s: float = Field(
         default=60.0, ge=0, description="How often an elastic run looks for room to grow."
+    )
+    report_poll_s: float = Field(
+        default=0.25,
+        gt=0,
+        le=60,
+        description=(
+            "How often Ray Train's controller takes the workers' reports (its health-check "
+            "interval; Ray's default is 2 s). A report waits until the previous one was taken, "
+            "so a run makes at most report_every steps per interval: with Ray's default, a "
+            "run of 10 ms steps reporting every 10 made 5.5 steps/s instead of 41."
+        ),
     )
 
     @field_validator("workers")
@@ -289,6 +304,21 @@ def build_trainer(
     )
 
 
+@contextlib.contextmanager
+def _report_poll(seconds: float) -> Iterator[None]:
+    """Ray Train's controller takes the setting from the driver's environment when ``fit()``
+    starts it: set it for the run, then put back what was there."""
+    before = os.environ.get(REPORT_POLL_ENV)
+    os.environ[REPORT_POLL_ENV] = str(seconds)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(REPORT_POLL_ENV, None)
+        else:
+            os.environ[REPORT_POLL_ENV] = before
+
+
 @dataclass(frozen=True)
 class TrainOutcome:
     """What a finished run left: its directory, last metrics and newest complete checkpoint."""
@@ -332,7 +362,8 @@ def run(
     except ValidationError as exc:
         raise invalid_from(exc) from None
     trainer = build_trainer(_resolve_builtin(train_fn), spec, config, callbacks)
-    result = trainer.fit()
+    with _report_poll(spec.report_poll_s):
+        result = trainer.fit()
     latest = CheckpointStore(spec.run_dir, keep=spec.keep).latest()
     return TrainOutcome(
         run_dir=spec.run_dir,

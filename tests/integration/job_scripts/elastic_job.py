@@ -4,14 +4,11 @@ stepping train function that logs each (re)start's world size and resumed step t
 A step number in ``elastic.stop_at`` beside that log (the test writes it once it has seen
 what it waits for) ends the run at that step instead of ``STEPS``: each step costs a report or
 a checkpoint in Ray Train, so the steps after a test's last event are what a test waits for.
-Two settings a test may shorten, for speed only: ``RESIZE_MONITOR_S`` (unset: TrainSpec's
-default, 60 s) is how often an elastic segment looks for room to grow (a segment after a
-lease grew starts at the lease's size: ``run_on_lease`` refreshes Ray Train's view of the nodes
-first); ``TRAIN_POLL_S`` (unset: Ray's 2 s) is Ray Train's
-health-check interval, at which its controller takes each worker's report: a report waits until
-the last one is taken, so that interval, not ``STEP_S``, paces the steps that report. A job's
-environment may not set ``RAY_*`` variables (the platform does), so this script sets it.
-Used by tests/integration/test_pool_server.py and bench/bench_elastic.py."""
+A test may shorten ``RESIZE_MONITOR_S`` (unset: TrainSpec's default, 60 s), how often an
+elastic segment looks for room to grow, for speed only (a segment after a lease grew starts at
+the lease's size: ``run_on_lease`` refreshes Ray Train's view of the nodes first). Ray Train
+takes the reports every TrainSpec ``report_poll_s`` (0.25 s). Used by
+tests/integration/test_pool_server.py and bench/bench_elastic.py."""
 
 import itertools
 import json
@@ -74,8 +71,6 @@ SPEC = {"cpus_per_worker": 0.25, "report_every": 4, "checkpoint_every": 8}
 
 
 def main() -> None:
-    if "TRAIN_POLL_S" in os.environ:  # the driver's setting reaches Train's controller
-        os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = os.environ["TRAIN_POLL_S"]
     ray.init()
     client = fgpu.Client()
     me = client.whoami()

@@ -4,7 +4,6 @@ tenant's job under ``fastgpu sweep submit`` with ``train_trials``: each trial ca
 the Train runs' folders. Used by tests/integration/test_sweeps.py."""
 
 import json
-import os
 from typing import Any
 
 import ray
@@ -40,11 +39,6 @@ def per_worker(config: dict[str, Any]) -> None:
 
 
 def trial(config: dict[str, Any]) -> None:
-    # For speed only: Ray Train's controller takes a worker's report every health-check
-    # interval (2 s by default) and a report waits until the last one is taken, so that
-    # interval paced the steps that report. A job's environment may not set RAY_* variables,
-    # and the trial's Train run reads this trial process's.
-    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.5"
     run_train_trial(
         per_worker,
         config,
