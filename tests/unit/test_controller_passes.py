@@ -221,7 +221,7 @@ def test_a_slow_pass_holds_writes_back_at_most_50_ms(tmp_path: Path) -> None:
         naps[me] = naps.get(me, 0.0) + seconds
         time.sleep(seconds)
 
-    ctl._nap = nap
+    ctl.passes.nap = nap
     _stream(ctl, svc, p, policy, 4)
     assert naps, "the writes behind the slow pass did not wait for room"
     assert max(naps.values()) <= 0.05, naps
@@ -232,7 +232,7 @@ def test_a_lone_write_is_never_held_back(tmp_path: Path) -> None:
     policy.go.set()
     ctl, svc, p = _world(tmp_path, policy)
     naps: list[float] = []
-    ctl._nap = naps.append
+    ctl.passes.nap = naps.append
     first = svc.leases.request(p, LeaseCreate(gpus=1, request_id="one"))
     # Right after a 20 ms pass, a write with no company runs its pass at once...
     second = svc.leases.request(p, LeaseCreate(gpus=1, request_id="two"))
@@ -241,4 +241,4 @@ def test_a_lone_write_is_never_held_back(tmp_path: Path) -> None:
     # ...and a release, the other write that joins a pass, likewise.
     svc.leases.release(p, first.id)
     assert naps == []
-    assert ctl._covered_seq == ctl._write_seq  # its pass ran
+    assert ctl.passes.settled()  # its pass ran

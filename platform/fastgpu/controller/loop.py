@@ -22,7 +22,8 @@ Invariants:
   started after a write was committed covers it, so N concurrent requests cost one pass, not N
   (like a database's group commit), and each caller still answers with the lease as a pass
   that saw it left it. Under a stream of writes, passes are paced (``controller.pass_share``)
-  so that more writes join each one and reads get the interpreter between them.
+  so that more writes join each one and reads get the interpreter between them
+  (:mod:`fastgpu.controller.group_commit`).
 
 The clock, store, backend and policy are injected, so tests can step :meth:`Controller.tick`.
 """
@@ -38,6 +39,7 @@ from collections.abc import Callable
 from fastgpu.config import PlatformConfig
 from fastgpu.controller.backend import Backend, NodeInfo, gpu_bundle, group_name
 from fastgpu.controller.budgets import BudgetPass
+from fastgpu.controller.group_commit import GroupCommit
 from fastgpu.controller.housekeeping import meter_held_after
 from fastgpu.controller.housekeeping import purge as purge_retained
 from fastgpu.controller.metering import meter
@@ -58,8 +60,6 @@ from fastgpu.timeutil import Clock, wall_clock
 log = logging.getLogger(__name__)
 
 _NODE_CACHE_S = 1.0
-#: The most room left after a pass for writes to gather (:meth:`Controller._room_wait`).
-PASS_GAP_MAX_S = 0.05
 #: Preemptions of a workload older than this do not lengthen its minimum runtime.
 RESTART_WINDOW_S = 24 * 3600.0
 
@@ -104,24 +104,14 @@ class Controller:
         #: Run by each pass with the lock held, after budgets: ``hook(now)`` (hosts' loss, drains).
         self.tick_hooks: list[Callable[[float], None]] = []
         self._mu = threading.RLock()
-        # Group commit of scheduling passes: writes are numbered; a pass records the number it
-        # started at, and a write already covered by a finished pass does not start another.
-        self._seq_mu = threading.Lock()
-        self._write_seq = 0
-        self._covered_seq = 0
-        #: When the last pass started and how long it took (monotonic seconds), for pacing.
-        self._pass_at = -1e18
-        self._pass_took = 0.0
-        self._nap: Callable[[float], None] = time.sleep
+        #: Numbers writes and paces the passes they join.
+        self.passes = GroupCommit(config.controller.pass_share)
         self._nodes: list[NodeInfo] = []
         self._nodes_at = -1e18
         self._last_reconcile = -1e18
         self._last_purge = -1e18
         self._tenant_cache: list[TenantRecord] | None = None
         self._live: dict[str, Lease] | None = None
-        #: Leases inserted (outside ``_mu``) but not yet in ``_live``; taken together with the
-        #: write number, so a pass that covers a write also sees its lease.
-        self._inbox: list[Lease] = []
         self._stats = UsageStats(store, config)
         self._views = LeaseViews()
         self.budgets = BudgetPass(self)
@@ -160,8 +150,7 @@ class Controller:
     def _sync_live(self) -> int:
         """Bring the new inserts into the live set; return the number of the last write they
         include (caller holds the lock)."""
-        with self._seq_mu:
-            seq, inbox, self._inbox = self._write_seq, self._inbox, []
+        seq, inbox = self.passes.take()
         if self._live is None:
             # Committed before ``seq`` was read: the store has every one of them.
             self._live = {lease.id: lease for lease in self.store.live_leases()}
@@ -184,47 +173,22 @@ class Controller:
         self._live = None
 
     # ==== lease writes (the services authorize; these act) =====================================
-    def _wrote(self, inserted: Lease | None = None) -> int:
-        """Number a committed write (call after the commit), with the lease it inserted."""
-        with self._seq_mu:
-            self._write_seq += 1
-            if inserted is not None:
-                self._inbox.append(inserted)
-            return self._write_seq
-
     def _join_pass(self, mine: int) -> dict[str, Lease]:
         """Schedule unless a pass that started after write ``mine`` already ran (caller holds
         no lock: a paced write naps without it)."""
         while True:
             with self._mu:
-                if self._covered_seq >= mine:
+                if self.passes.covered(mine):
                     return {}
-                wait = self._room_wait()
+                wait = self.passes.room_wait()
                 if wait <= 0:
                     return self.schedule()
-            self._nap(wait)
-
-    def _room_wait(self) -> float:
-        """How long a write should wait before it starts a pass (lock held).
-
-        When writes other than this one also wait for a pass, the next pass starts no sooner
-        than the last one's duration divided by ``controller.pass_share`` after that one
-        started, and never more than ``PASS_GAP_MAX_S`` after it ended (a pass slowed down by
-        Ray does not hold writes back longer): the writes arriving meanwhile join it, and the
-        event loop's reads get the interpreter in between. A lone write is never held back,
-        so a quiet platform answers at once."""
-        with self._seq_mu:
-            waiting = self._write_seq - self._covered_seq
-        if waiting <= 1:
-            return 0.0
-        took = self._pass_took
-        room = min(took / self.config.controller.pass_share - took, PASS_GAP_MAX_S)
-        return self._pass_at + took + room - time.monotonic()
+            self.passes.nap(wait)
 
     def submit(self, lease: Lease, max_live: int | None = None) -> tuple[Lease, bool]:
         """Store a new PENDING lease (or find the one with its request id) and schedule."""
         stored, created = self.store.insert_lease(lease, max_live)
-        mine = self._wrote(stored) if created else 0
+        mine = self.passes.wrote(stored) if created else 0
         seen = self._join_pass(mine) if created else {}
         with self._mu:
             # The pass read (and updated in place) every live lease: no second read needed.
@@ -255,7 +219,7 @@ class Controller:
                 self.end(lease, LeaseState.CANCELLED, "released while pending")
             else:
                 self.end(lease, LeaseState.RELEASED, "released by tenant")
-        self._join_pass(self._wrote())
+        self._join_pass(self.passes.wrote())
         return lease
 
     def bind(self, lease_id: str, workload: str) -> Lease:
@@ -441,19 +405,15 @@ class Controller:
         """Run the policy over a snapshot and apply its decisions (caller may hold the lock).
 
         Returns the live leases the pass read, as they are after it (keyed by id)."""
-        with self._mu:
-            t0 = time.monotonic()
-            try:
-                return self._schedule()
-            finally:
-                self._pass_at, self._pass_took = t0, time.monotonic() - t0
+        with self._mu, self.passes.timed():
+            return self._schedule()
 
     def _schedule(self) -> dict[str, Lease]:
         from fastgpu.controller.apply import apply_decisions
 
         started_at = self._sync_live()
         live = self.live()
-        self._covered_seq = max(self._covered_seq, started_at)
+        self.passes.cover(started_at)
         by_id = {lease.id: lease for lease in live}
         snap = self.snapshot(live)
         if not snap.pending and not any(v.held_gpus < v.gpus for v in snap.running):
