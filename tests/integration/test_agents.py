@@ -309,7 +309,7 @@ def test_elastic_training_survives_a_drain_and_a_host_crash(agents: Agents) -> N
         gpu_type="A100",
         duration="15m",
         working_dir=JOB_SCRIPTS,
-        env=ELASTIC_ENV | {"STEPS": "320", "STEP_S": str(step_s)},
+        env=ELASTIC_ENV | {"STEPS": "3200", "STEP_S": str(step_s)},  # ended by the test
     )
     wait_until(lambda: starts(), timeout=300, interval=1.0)
     (lease,) = [x for x in trainer.list_leases(live=True) if x.state == "BOUND"]

@@ -652,7 +652,9 @@ def test_an_elastic_training_job_grows_and_shrinks_as_raylets(pool: Platform) ->
             gpu_type="A100",
             duration="10m",
             working_dir=JOB_SCRIPTS,
-            env=ELASTIC_ENV | {"STEPS": "200", "STEP_S": "0.25"},
+            # Far more steps than the test needs (it ends the job once it has seen it all):
+            # on a loaded machine the 200 it had ran out before the worker was killed.
+            env=ELASTIC_ENV | {"STEPS": "2000", "STEP_S": "0.25"},
         )
         wait_until(lambda: starts(), timeout=300, interval=0.5)
         (lease,) = [x for x in grower.list_leases(live=True) if x.state == "BOUND"]
