@@ -72,35 +72,44 @@ def _world(
     return ctl, svc, svc.auth.authenticate(token)
 
 
-def test_concurrent_requests_share_scheduling_passes(tmp_path: Path) -> None:
-    inserted = threading.Event()
-    policy = SlowCountingPolicy(None, inserted)  # type: ignore[arg-type]
-    ctl, svc, p = _world(tmp_path, policy)
-    n = 8
-    answers: dict[int, Any] = {}
+def _stream(
+    ctl: Controller, svc: Services, p: Any, inserted: threading.Event, n: int
+) -> dict[int, Any]:
+    """``n`` concurrent requests; ``inserted`` is set once all of them are in the store (the
+    first pass waits for it). Each answers with its lease admitted."""
     store_insert = ctl.store.insert_lease
-    done_inserts = []
+    inserts: list[int] = []
 
     def counting_insert(*args: Any, **kw: Any) -> Any:
         out = store_insert(*args, **kw)
-        done_inserts.append(1)
-        if len(done_inserts) == n:
+        inserts.append(1)
+        if len(inserts) == n:
             inserted.set()
         return out
 
     ctl.store.insert_lease = counting_insert  # type: ignore[method-assign]
+    answers: dict[int, Any] = {}
 
     def request(i: int) -> None:
-        answers[i] = svc.leases.request(p, LeaseCreate(gpus=1, request_id=f"r{i}"))
+        answers[i] = svc.leases.request(p, LeaseCreate(gpus=1, request_id=f"s{i}"))
 
     threads = [threading.Thread(target=request, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
-    # Every request answers with its lease admitted by a pass that saw it...
     assert sorted(answers) == list(range(n))
     assert all(a.state == "ADMITTED" for a in answers.values())
+    return answers
+
+
+def test_concurrent_requests_share_scheduling_passes(tmp_path: Path) -> None:
+    inserted = threading.Event()
+    policy = SlowCountingPolicy(None, inserted)  # type: ignore[arg-type]
+    ctl, svc, p = _world(tmp_path, policy)
+    n = 8
+    # Every request answers with its lease admitted by a pass that saw it...
+    _stream(ctl, svc, p, inserted, n)
     # ...and the requests that were inserted while the first pass ran joined the next one:
     # far fewer passes than requests.
     assert policy.passes <= 3, policy.pending_seen
@@ -170,38 +179,10 @@ class TimedPolicy:
         return self.inner.schedule(snapshot)
 
 
-def _stream(ctl: Controller, svc: Services, p: Any, policy: TimedPolicy, n: int) -> dict[int, Any]:
-    """``n`` concurrent requests, all inserted while the first pass runs."""
-    store_insert = ctl.store.insert_lease
-    inserts: list[int] = []
-
-    def counting_insert(*args: Any, **kw: Any) -> Any:
-        out = store_insert(*args, **kw)
-        inserts.append(1)
-        if len(inserts) == n:
-            policy.go.set()
-        return out
-
-    ctl.store.insert_lease = counting_insert  # type: ignore[method-assign]
-    answers: dict[int, Any] = {}
-
-    def request(i: int) -> None:
-        answers[i] = svc.leases.request(p, LeaseCreate(gpus=1, request_id=f"s{i}"))
-
-    threads = [threading.Thread(target=request, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert sorted(answers) == list(range(n))
-    assert all(a.state == "ADMITTED" for a in answers.values())
-    return answers
-
-
 def test_under_a_stream_of_writes_passes_leave_room_between_them(tmp_path: Path) -> None:
     policy = TimedPolicy(took_s=0.03)
     ctl, svc, p = _world(tmp_path, policy, pass_share=0.5)
-    _stream(ctl, svc, p, policy, 6)
+    _stream(ctl, svc, p, policy.go, 6)
     # The writes that waited through the first pass joined one paced pass, which started
     # no sooner than the first pass's duration / pass_share (0.5) after the first began.
     assert len(policy.started) == 2, policy.started
@@ -222,7 +203,7 @@ def test_a_slow_pass_holds_writes_back_at_most_50_ms(tmp_path: Path) -> None:
         time.sleep(seconds)
 
     ctl.passes.nap = nap
-    _stream(ctl, svc, p, policy, 4)
+    _stream(ctl, svc, p, policy.go, 4)
     assert naps, "the writes behind the slow pass did not wait for room"
     assert max(naps.values()) <= 0.05, naps
 
