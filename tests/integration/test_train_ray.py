@@ -4,7 +4,7 @@ One cluster for the module (head without GPUs, nodes A and B with 2 GPUs each): 
 run pinned to a lease's node starts with the 2 GPUs there (and only there), a worker killed
 mid-run resumes from the last checkpoint, and a resubmitted run resumes where it ended.
 Each ``fit()`` costs ~15 s on a 2-core machine (Ray Train takes the reports every TrainSpec
-``report_poll_s``, 0.25 s, instead of its default 2 s, which paced a run reporting every step).
+``report_poll_s``, 0.5 s, instead of its default 2 s, which paced a run reporting every step).
 
 Measured on Ray 2.60: the elastic policy sizes the group from the AutoscalingCoordinator's view of
 whole nodes, ignoring ``label_selector`` and GPUs held by other actors; without the lease cap
@@ -220,7 +220,7 @@ def test_reports_do_not_pace_the_steps_at_rays_default(
 ) -> None:
     """A report waits until Ray Train's controller took the previous one, every health-check
     interval (Ray's default 2 s): 16 steps reporting each took 28 s at that default. The
-    run's ``report_poll_s`` (0.25 s by default) reaches the controller, and the driver's
+    run's ``report_poll_s`` (0.5 s by default) reaches the controller, and the driver's
     environment is as it was after."""
     import fastgpu.train as ft
     from fastgpu.train.trainer import REPORT_POLL_ENV

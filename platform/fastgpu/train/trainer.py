@@ -120,14 +120,15 @@ class TrainSpec(BaseModel):
         default=60.0, ge=0, description="How often an elastic run looks for room to grow."
     )
     report_poll_s: float = Field(
-        default=0.25,
+        default=0.5,
         gt=0,
         le=60,
         description=(
             "How often Ray Train's controller takes the workers' reports (its health-check "
             "interval; Ray's default is 2 s). A report waits until the previous one was taken, "
             "so a run makes at most report_every steps per interval: with Ray's default, a "
-            "run of 10 ms steps reporting every 10 made 5.5 steps/s instead of 41."
+            "run of 10 ms steps reporting every 10 made 5.5 steps/s (41 at 0.25 s). Lower "
+            "means more polls of every worker by Train's controller."
         ),
     )
 

@@ -7,7 +7,7 @@ a checkpoint in Ray Train, so the steps after a test's last event are what a tes
 A test may shorten ``RESIZE_MONITOR_S`` (unset: TrainSpec's default, 60 s), how often an
 elastic segment looks for room to grow, for speed only (a segment after a lease grew starts at
 the lease's size: ``run_on_lease`` refreshes Ray Train's view of the nodes first). Ray Train
-takes the reports every TrainSpec ``report_poll_s`` (0.25 s). Used by
+takes the reports every TrainSpec ``report_poll_s`` (0.5 s). Used by
 tests/integration/test_pool_server.py and bench/bench_elastic.py."""
 
 import itertools
