@@ -717,9 +717,6 @@ def test_an_elastic_training_job_grows_and_shrinks_as_raylets(pool: Platform) ->
     assert result["step"] == end
     worlds = [s["world"] for s in starts()]
     assert (worlds[0], max(worlds), worlds[-1]) == (2, 4, 2)
-    # The segment after the grow started on all 4 GPUs at once (not on 2, then grown by Ray
-    # Train's resize check: its picture of the nodes is refreshed once the raylets joined).
-    assert worlds[1] == 4, worlds
     assert starts()[-1]["start"] > grown["start"]  # the shrink resumed from a later checkpoint
     # The run's checkpoint ended the grace: the raylets given back stopped well before it.
     given_back_s = watch.first(lease.id, 2, asked) - asked

@@ -17,7 +17,6 @@ the run ends (or fails) closes the record.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -32,12 +31,6 @@ from fastgpu.timeutil import parse_iso
 from fastgpu.train.checkpoints import run_dir
 from fastgpu.train.loop import STOP_FILE
 from fastgpu.train.trainer import TrainOutcome, run
-
-log = logging.getLogger(__name__)
-
-#: Ray Train 2.60's elastic policy sizes a run from this detached actor's picture of the
-#: cluster's nodes (``ray.data``'s AutoscalingCoordinator), refreshed every 20 s.
-_COORDINATOR = ("AutoscalingCoordinator", "AutoscalingCoordinator")
 
 
 @dataclass
@@ -178,9 +171,8 @@ def lease_change(binding: LeaseBinding, lease: Lease) -> str | None:
 
 def await_lease_gpus(lease_id: str, gpus: int, timeout_s: float = 120.0) -> bool:
     """Wait until the live nodes labelled with the lease hold ``gpus`` GPUs in this driver's
-    Ray cluster (a tenant cluster), then make Ray Train see them (:func:`refresh_train_view`);
-    False on timeout (the run then starts with what is there and Train's elastic monitor picks
-    up the rest)."""
+    Ray cluster (a tenant cluster); False on timeout (the run then starts with what is there
+    and Train's elastic monitor picks up the rest)."""
     import ray
 
     deadline = time.monotonic() + timeout_s
@@ -191,34 +183,10 @@ def await_lease_gpus(lease_id: str, gpus: int, timeout_s: float = 120.0) -> bool
             if node.get("Alive") and (node.get("Labels") or {}).get(LEASE_LABEL) == lease_id
         )
         if held == gpus:
-            refresh_train_view()
             return True
         if time.monotonic() > deadline:
             return False
         time.sleep(0.5)
-
-
-def refresh_train_view() -> None:
-    """Make Ray Train's elastic policy see the nodes now in the cluster.
-
-    Ray Train 2.60 sizes an elastic run from the nodes a detached actor (``ray.data``'s
-    AutoscalingCoordinator, one per cluster, made by the first run) saw at its last refresh,
-    every 20 s. A segment started right after a lease grew therefore started on the old size
-    and grew only at its next resize check (``elastic_resize_monitor_interval_s``, 60 s by
-    default), restarting once more. Asking the actor to recompute now (an internal method:
-    any failure only logs, and the run then grows at that check as before) lets the segment
-    start at the lease's size."""
-    import ray
-
-    name, namespace = _COORDINATOR
-    try:
-        actor = ray.get_actor(name, namespace=namespace)
-    except ValueError:
-        return  # no run made it yet: the first one makes it with a fresh picture
-    try:
-        ray.get(actor.get_reserved_resources.remote("fastgpu", recompute=True), timeout=30)
-    except Exception as exc:  # an internal API of Ray's: never fail a run over it
-        log.warning("could not refresh Ray Train's view of the cluster: %s", exc)
 
 
 def run_on_lease(

@@ -5,10 +5,10 @@ A step number in ``elastic.stop_at`` beside that log (the test writes it once it
 what it waits for) ends the run at that step instead of ``STEPS``: each step costs a report or
 a checkpoint in Ray Train, so the steps after a test's last event are what a test waits for.
 A test may shorten ``RESIZE_MONITOR_S`` (unset: TrainSpec's default, 60 s), how often an
-elastic segment looks for room to grow, for speed only (a segment after a lease grew starts at
-the lease's size: ``run_on_lease`` refreshes Ray Train's view of the nodes first). Ray Train
-takes the reports every TrainSpec ``report_poll_s`` (0.5 s). Used by
-tests/integration/test_pool_server.py and bench/bench_elastic.py."""
+elastic segment looks for room to grow, for speed only (when a grown lease's new raylets are
+not yet in Ray Train's view at a segment's first scaling decision, it starts on fewer workers
+and grows at its next look). Ray Train takes the reports every TrainSpec ``report_poll_s``
+(0.5 s). Used by tests/integration/test_pool_server.py and bench/bench_elastic.py."""
 
 import itertools
 import json
