@@ -9,7 +9,7 @@ loop/http implementations) on a socket bound the way the server binds it. The Fa
 runs the real store (SQLite file), controller (its loop ticking in a thread, as in
 ``fastgpu server``), services and app, but over the in-memory **FakeBackend**
 (``tests/unit/fakes.py``) instead of Ray: the reads measured do not touch Ray, and lease
-requests only create fake placement groups. The clients run in this process.
+requests only create fake placement groups.
 
 1. Overhead: sequential keep-alive httpx client, p50/p99 of whoami, lease get and lease list
    (limit=100) against ``GET /hello`` of a bare FastAPI app, in interleaved rounds.
@@ -17,7 +17,11 @@ requests only create fake placement groups. The clients run in this process.
    request ids, some re-sent) and releases; 50 long-polls held open on pending leases of two
    tenants at quota without borrowing; a watcher tenant's whoami latency while they are open
    (alone, then under the load); then the store is checked: every request id has exactly one
-   lease. The load's seconds include the clients' final releases.
+   lease. The load's seconds include the clients' final releases. The clients run in two
+   processes of their own (``CLIENT_PROCESSES``); this process meanwhile reads as another
+   tenant would, one request at a time (``_probe``): back to back, the load's clients measure
+   their own processes' queues too (each reports how late its loop wakes a timer), the probe
+   what the server answers a client that is not itself overloaded.
 3. Memory: RSS of a server process holding 1,000 tenants and 10,000 ended leases.
 
 Results: a markdown table on stdout and JSON in ``bench/results/api.json``.
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import random
@@ -401,15 +406,30 @@ def bench_overhead(fg: Proc, hello: Proc, n: int, rounds: int = 10) -> dict[str,
     return out
 
 
-async def _load(
-    fg: Proc, seconds: float, clients: int, polls: int, think_s: float = 0.0, mode: int = 0
-) -> dict[str, Any]:
-    """``clients`` closed-loop clients for ``seconds``; each waits ``think_s`` on average
-    (exponential) between its requests: 0 is back to back (the server saturated). The
-    long-polls wait on the ``mode``-th pair of idle tenants."""
+@dataclasses.dataclass(frozen=True)
+class LoadPart:
+    """What one client process runs: its share of the workers; the lead (``polls`` > 0) also
+    holds the long-polls and runs the watcher, and starts the load for every process."""
+
+    url: str
+    info: dict[str, Any]
+    list_path: str
+    seconds: float
+    workers: list[int]
+    polls: int
+    think_s: float
+    mode: int
+
+
+async def _load(part: LoadPart, go: Any, end_wall: Any) -> dict[str, Any]:
+    """``part.workers`` closed-loop clients until the load ends; each waits ``think_s`` on
+    average (exponential) between its requests: 0 is back to back (the server saturated).
+    The lead's long-polls wait on the ``mode``-th pair of idle tenants. Returns raw samples
+    (:func:`_merge_parts` sums the processes' parts)."""
     import httpx
 
-    tokens = fg.info["tenant_tokens"]
+    info, url, think_s = part.info, part.url, part.think_s
+    tokens = info["tenant_tokens"]
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     # One TLS context for every client (unused over http://): httpx builds one per client
     # otherwise, loading the CA bundle (~15 ms of this loop each), and 250 clients starting
@@ -421,6 +441,7 @@ async def _load(
     errors: list[str] = []
     sent: dict[str, dict[str, Any]] = {}  # request id -> {tenant, leases seen, ok}
     status_409 = 0
+    stop_at = time.monotonic() + 3600.0
 
     def bump(k: str) -> None:
         counts[k] = counts.get(k, 0) + 1
@@ -431,7 +452,7 @@ async def _load(
         rnd = random.Random(i)
         mine: list[str] = []
         async with httpx.AsyncClient(
-            base_url=fg.url,
+            base_url=url,
             verify=tls,
             trust_env=False,
             timeout=30,
@@ -449,7 +470,7 @@ async def _load(
                     elif x < 0.5 and mine:
                         kind, r = "lease_get", await c.get(f"{V1}/leases/{rnd.choice(mine)}")
                     elif x < 0.65:
-                        kind, r = "lease_list", await c.get(LIST_PATH)
+                        kind, r = "lease_list", await c.get(part.list_path)
                     elif x < 0.85 or not mine:
                         rid = f"{i}-{uuid.uuid4().hex[:12]}"
                         body = {"gpus": 1, "gpu_type": "A100", "request_id": rid}
@@ -493,10 +514,10 @@ async def _load(
 
     async def poller(j: int) -> None:
         nonlocal poll_open
-        idle = fg.info["idle"][2 * mode + j % 2]
+        idle = info["idle"][2 * part.mode + j % 2]
         lid = idle["leases"][(j // 2) % len(idle["leases"])]
         async with httpx.AsyncClient(
-            base_url=fg.url,
+            base_url=url,
             verify=tls,
             trust_env=False,
             timeout=60,
@@ -520,71 +541,135 @@ async def _load(
 
     async def watcher(into: list[float], until: float) -> None:
         async with httpx.AsyncClient(
-            base_url=fg.url,
+            base_url=url,
             verify=tls,
             trust_env=False,
             timeout=30,
-            headers={"Authorization": f"Bearer {fg.info['watcher']}"},
+            headers={"Authorization": f"Bearer {info['watcher']}"},
         ) as c:
             while time.monotonic() < until:
                 t0 = time.perf_counter()
                 r = await c.get(f"{V1}/whoami")
-                if r.is_success and poll_open >= polls:
+                if r.is_success and poll_open >= part.polls:
                     into.append((time.perf_counter() - t0) * 1000)
                 await asyncio.sleep(0.02)
 
-    # Phase A: only the long-polls and the watcher (the latency the polls alone cause).
-    quiet_s = min(5.0, seconds / 2)
-    stop_at = time.monotonic() + seconds + quiet_s + 2
-    ptasks = [asyncio.create_task(poller(j)) for j in range(polls)]
-    t_open = time.monotonic()
-    while poll_open < polls and time.monotonic() - t_open < 10:
-        await asyncio.sleep(0.05)
-    polls_opened = poll_open
-    await watcher(watch_quiet, time.monotonic() + quiet_s)
+    client_lag: list[float] = []
+
+    async def lag_probe(until: float) -> None:
+        # How late this process's own loop wakes a 5 ms timer: time a request spent waiting
+        # here, not in the server, is in every latency above.
+        while time.monotonic() < until:
+            t0 = time.perf_counter()
+            await asyncio.sleep(0.005)
+            client_lag.append((time.perf_counter() - t0 - 0.005) * 1000)
+
+    ptasks: list[asyncio.Task[None]] = []
+    polls_opened = 0
+    if part.polls:
+        # Phase A: only the long-polls and the watcher (the latency the polls alone cause).
+        quiet_s = min(5.0, part.seconds / 2)
+        ptasks = [asyncio.create_task(poller(j)) for j in range(part.polls)]
+        t_open = time.monotonic()
+        while poll_open < part.polls and time.monotonic() - t_open < 10:
+            await asyncio.sleep(0.05)
+        polls_opened = poll_open
+        await watcher(watch_quiet, time.monotonic() + quiet_s)
+        end_wall.value = time.time() + part.seconds
+        go.set()
+    else:
+        await asyncio.to_thread(go.wait)
     # Phase B: the load, with the polls still open and the watcher sampling.
-    load_end = time.monotonic() + seconds
-    t0 = time.monotonic()
-    wtask = asyncio.create_task(watcher(watch_load, load_end))
+    load_end = time.monotonic() + (end_wall.value - time.time())
+    t0, cpu0 = time.monotonic(), time.process_time()
+    side = [asyncio.create_task(lag_probe(load_end))]
+    if part.polls:
+        side.append(asyncio.create_task(watcher(watch_load, load_end)))
     stop_at = load_end  # workers and pollers stop re-issuing at load_end
-    await asyncio.gather(*(worker(i) for i in range(clients)))
+    await asyncio.gather(*(worker(i) for i in part.workers))
     elapsed = time.monotonic() - t0
-    await wtask
+    cpu_s = time.process_time() - cpu0
+    await asyncio.gather(*side)
     stop_at = time.monotonic()  # let pollers finish after their current wait
     for tsk in ptasks:
         tsk.cancel()
     await asyncio.gather(*ptasks, return_exceptions=True)
+    return {
+        "seconds": elapsed,
+        "cpu_s": cpu_s,
+        "counts": counts,
+        "errors": errors,
+        "status_409": status_409,
+        "read_lat": read_lat,
+        "write_lat": write_lat,
+        "client_lag": client_lag,
+        "polls_open_at_start": polls_opened,
+        "poll_results": poll_results,
+        "watch_quiet": watch_quiet,
+        "watch_load": watch_load,
+        "sent": sent,
+    }
 
+
+def _load_process(part: LoadPart, go: Any, end_wall: Any, out: Any) -> None:
+    out.put(asyncio.run(_load(part, go, end_wall)))
+
+
+def _merge_parts(
+    parts: list[dict[str, Any]], clients: int, tenants: int, polls: int
+) -> dict[str, Any]:
+    def cat(key: str) -> list[Any]:
+        return [x for p in parts for x in p[key]]
+
+    counts: dict[str, int] = {}
+    poll_results: dict[str, int] = {}
+    sent: dict[str, dict[str, Any]] = {}
+    for p in parts:
+        for k, v in p["counts"].items():
+            counts[k] = counts.get(k, 0) + v
+        for k, v in p["poll_results"].items():
+            poll_results[k] = poll_results.get(k, 0) + v
+        sent.update(p["sent"])
+    read_lat, write_lat, lag = cat("read_lat"), cat("write_lat"), cat("client_lag")
+    watch_quiet, watch_load, errors = cat("watch_quiet"), cat("watch_load"), cat("errors")
+    elapsed = max(p["seconds"] for p in parts)
     total = sum(counts.values())  # a re-sent request counts twice
+
+    def spread(v: list[float]) -> dict[str, float]:
+        return {
+            "n": len(v),
+            "p50_ms": pct(v, 50),
+            "p95_ms": pct(v, 95),
+            "p99_ms": pct(v, 99),
+            "max_ms": max(v, default=float("nan")),
+        }
+
     return {
         "clients": clients,
-        "tenants": len(tokens),
+        "client_processes": len(parts),
+        "tenants": tenants,
         "seconds": elapsed,
         "requests": total,
         "rps": total / elapsed,
         "counts": counts,
         "errors": len(errors),
         "error_samples": errors[:10],
-        "status_409": status_409,
+        "status_409": sum(p["status_409"] for p in parts),
         "read_p50_ms": pct(read_lat, 50),
         "read_p99_ms": pct(read_lat, 99),
         "write_p50_ms": pct(write_lat, 50),
         "write_p99_ms": pct(write_lat, 99),
         "polls_held": polls,
-        "polls_open_at_start": polls_opened,
+        "polls_open_at_start": sum(p["polls_open_at_start"] for p in parts),
         "poll_results": poll_results,
-        "watcher_quiet": {
-            "n": len(watch_quiet),
-            "p50_ms": pct(watch_quiet, 50),
-            "p95_ms": pct(watch_quiet, 95),
-            "max_ms": max(watch_quiet, default=float("nan")),
+        "watcher_quiet": spread(watch_quiet),
+        "watcher_under_load": spread(watch_load),
+        "client_loop_lag_ms": {
+            "p50": pct(lag, 50),
+            "p99": pct(lag, 99),
+            "max": max(lag, default=float("nan")),
         },
-        "watcher_under_load": {
-            "n": len(watch_load),
-            "p50_ms": pct(watch_load, 50),
-            "p95_ms": pct(watch_load, 95),
-            "max_ms": max(watch_load, default=float("nan")),
-        },
+        "client_cpu_s": sum(p["cpu_s"] for p in parts),
         "_sent": sent,
     }
 
@@ -596,18 +681,89 @@ on average (the 200 clients then send ~300 requests/s, about 3/4 of what this se
 saturated on 2 cores)."""
 
 
+CLIENTS, POLLS = 200, 50
+CLIENT_PROCESSES = 2
+"""The load's clients run in this many processes (the lead one also holds the long-polls and
+the watcher): one asyncio loop driving all 200 httpx clients fell up to ~90 ms behind its own
+timers back to back, and that wait was in every latency it measured."""
+
+
+PROBE_EVERY_S = 0.01
+
+
+def _probe(fg: Proc, until_wall: float, into: dict[str, list[float]]) -> None:
+    """Another tenant's reads while the load runs, one at a time every ``PROBE_EVERY_S`` from
+    a blocking client in this process (idle otherwise: the load runs in its own): the latency
+    the server gives a client that is not itself overloaded. Back to back, the load's clients
+    measure their own processes' queues as well (see ``client_loop_lag_ms``)."""
+    import httpx
+
+    reads = [
+        ("whoami", f"{V1}/whoami", fg.info["watcher"]),
+        ("lease_get", f"{V1}/leases/{fg.info['bench_lease']}", fg.info["bench"]),
+        ("lease_list", LIST_PATH, fg.info["bench"]),
+    ]
+    for kind, _, _ in reads:
+        into[kind] = []
+    with httpx.Client(base_url=fg.url, trust_env=False, timeout=30) as c:
+        k = 0
+        while time.time() < until_wall:
+            kind, path, token = reads[k % len(reads)]
+            k += 1
+            t0 = time.perf_counter()
+            r = c.get(path, headers={"Authorization": f"Bearer {token}"})
+            if r.is_success:
+                into[kind].append((time.perf_counter() - t0) * 1000)
+            time.sleep(PROBE_EVERY_S)
+
+
 def _measure_load(fg: Proc, seconds: float, think_s: float, mode: int) -> dict[str, Any]:
+    import multiprocessing
+
     import psutil
 
-    print(f"load: 200 clients, think {think_s:g} s, for {seconds:g} s ...", file=sys.stderr)
-    sp, me = psutil.Process(fg.proc.pid), psutil.Process()
-    c0s, c0c, w0 = sum(sp.cpu_times()[:2]), sum(me.cpu_times()[:2]), time.time()
-    load = asyncio.run(_load(fg, seconds, clients=200, polls=50, think_s=think_s, mode=mode))
+    print(
+        f"load: {CLIENTS} clients in {CLIENT_PROCESSES} processes, think {think_s:g} s, "
+        f"for {seconds:g} s ...",
+        file=sys.stderr,
+    )
+    ctx = multiprocessing.get_context("spawn")
+    go, end_wall, out = ctx.Event(), ctx.Value("d", 0.0), ctx.Queue()
+    procs = []
+    for k in range(CLIENT_PROCESSES):
+        part = LoadPart(
+            url=fg.url,
+            info=fg.info,
+            list_path=LIST_PATH,
+            seconds=seconds,
+            workers=list(range(k, CLIENTS, CLIENT_PROCESSES)),
+            polls=POLLS if k == 0 else 0,
+            think_s=think_s,
+            mode=mode,
+        )
+        procs.append(ctx.Process(target=_load_process, args=(part, go, end_wall, out)))
+    sp = psutil.Process(fg.proc.pid)
+    for pr in procs:
+        pr.start()
+    go.wait()
+    c0s, w0 = sum(sp.cpu_times()[:2]), time.time()
+    probe: dict[str, list[float]] = {}
+    prober = threading.Thread(target=_probe, args=(fg, time.time() + seconds, probe))
+    prober.start()
+    parts = [out.get(timeout=seconds + 300) for _ in procs]
+    prober.join()
     wall = time.time() - w0
+    for pr in procs:
+        pr.join(timeout=30)
+    load = _merge_parts(parts, CLIENTS, len(fg.info["tenant_tokens"]), POLLS)
     load["think_s"] = think_s
-    load["cpu_share"] = {  # CPU-seconds per wall second, over the whole phase
+    load["cpu_share"] = {  # CPU-seconds per wall second, during the load
         "server": (sum(sp.cpu_times()[:2]) - c0s) / wall,
-        "client": (sum(me.cpu_times()[:2]) - c0c) / wall,
+        "client": load.pop("client_cpu_s") / load["seconds"],
+    }
+    load["probe"] = {
+        k: {"n": len(v), "p50_ms": pct(v, 50), "p99_ms": pct(v, 99), "max_ms": max(v)}
+        for k, v in probe.items()
     }
     load["store_check"] = check_store(fg.info["db"], load.pop("_sent"))
     load["server_rss_after_mb"] = fg.rss_mb()
@@ -685,7 +841,10 @@ def bench_memory(state_dir: Path) -> dict[str, Any]:
 
 
 def _spread(d: dict[str, Any]) -> str:
-    return f"{fmt(d['p50_ms'])} / {fmt(d['p95_ms'])} / {fmt(d['max_ms'])} (n={d['n']})"
+    return (
+        f"{fmt(d['p50_ms'])} / {fmt(d['p95_ms'])} / {fmt(d['p99_ms'])} / {fmt(d['max_ms'])} "
+        f"(n={d['n']})"
+    )
 
 
 def fmt(x: float) -> str:
@@ -809,9 +968,19 @@ def report(r: dict[str, Any]) -> None:
             ("errors (non-2xx but 409, transport)", lambda ld: str(ld["errors"])),
             ("409s", lambda ld: str(ld["status_409"])),
             (
-                "read p50 / p99 ms",
+                "read p50 / p99 ms (the load's clients)",
                 lambda ld: f"{fmt(ld['read_p50_ms'])} / {fmt(ld['read_p99_ms'])}",
             ),
+            *[
+                (
+                    f"{kind}, another tenant's client of its own (one at a time): "
+                    "p50 / p99 / max ms",
+                    lambda ld, kind=kind: "{p50_ms:.2f} / {p99_ms:.1f} / {max_ms:.1f}".format(
+                        **ld["probe"][kind]
+                    ),
+                )
+                for kind in ("whoami", "lease_get", "lease_list")
+            ],
             (
                 "write p50 / p99 ms",
                 lambda ld: f"{fmt(ld['write_p50_ms'])} / {fmt(ld['write_p99_ms'])}",
@@ -825,11 +994,11 @@ def report(r: dict[str, Any]) -> None:
                 lambda ld: ", ".join(f"{k}: {v}" for k, v in ld["poll_results"].items()),
             ),
             (
-                "watcher whoami, polls open, no load: p50 / p95 / max ms",
+                "watcher whoami, polls open, no load: p50 / p95 / p99 / max ms",
                 lambda ld: _spread(ld["watcher_quiet"]),
             ),
             (
-                "watcher whoami, polls open + load: p50 / p95 / max ms",
+                "watcher whoami, polls open + load: p50 / p95 / p99 / max ms",
                 lambda ld: _spread(ld["watcher_under_load"]),
             ),
             (
@@ -849,6 +1018,10 @@ def report(r: dict[str, Any]) -> None:
             (
                 f"CPU cores busy, server / client (of {cpus})",
                 lambda ld: f"{ld['cpu_share']['server']:.2f} / {ld['cpu_share']['client']:.2f}",
+            ),
+            (
+                "client's own loop late on a 5 ms timer: p50 / p99 / max ms",
+                lambda ld: "{p50:.1f} / {p99:.1f} / {max:.1f}".format(**ld["client_loop_lag_ms"]),
             ),
         ]
         for name, cell in metrics:
