@@ -50,6 +50,18 @@ def test_store_on_postgres(postgres_url: str) -> None:
     gone = replace(lease, id="pg-none")
     with pytest.raises(Conflict):
         store.save_wait_reasons([gone])
+    # A batch (one executemany where the driver counts its rows): all or none.
+    other, _ = store.insert_lease(replace(lease, id="pg3", request_id="r3"))
+    lease.reason_detail, other.reason_detail = "2 A100 GPUs wanted, 1 free", "behind pg1"
+    with pytest.raises(Conflict):
+        store.save_wait_reasons([lease, gone])
+    assert store.get_lease("pg1").reason_detail == "2 A100 GPUs wanted, 0 free"  # type: ignore[union-attr]
+    store.save_wait_reasons([lease, other])
+    assert [store.get_lease(x).reason_detail for x in ("pg1", "pg3")] == [  # type: ignore[union-attr]
+        "2 A100 GPUs wanted, 1 free",
+        "behind pg1",
+    ]
+    store.transition(other, LeaseState.CANCELLED, 1.0)
     store.transition(lease, LeaseState.ADMITTED, 1.0, hooks=[meter])
     store.transition(lease, LeaseState.RESERVED, 2.0, hooks=[meter])
     store.transition(lease, LeaseState.RELEASED, 12.0, hooks=[meter])

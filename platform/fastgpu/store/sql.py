@@ -313,14 +313,20 @@ class Store(AccountsMixin, UsageMixin, RegistryMixin, BudgetMixin, EndpointsMixi
             raise FastGPUError("save_wait_reasons is for PENDING leases")
         if not leases:
             return
+        rows = [
+            {"_id": lease.id, "reason": lease.reason, "reason_detail": lease.reason_detail}
+            for lease in leases
+        ]
         with self._tx() as conn:
-            for lease in leases:
-                res = conn.execute(
-                    _SET_WAIT_REASON,
-                    {"_id": lease.id, "reason": lease.reason, "reason_detail": lease.reason_detail},
-                )
-                if res.rowcount != 1:
-                    raise Conflict(f"lease {lease.id} changed concurrently (expected PENDING)")
+            # One executemany (a pass over a busy queue saves ~100: 1.3 -> 0.x ms on SQLite)
+            # where the driver counts its rows; row by row where it does not.
+            if len(rows) > 1 and conn.dialect.supports_sane_multi_rowcount:
+                if conn.execute(_SET_WAIT_REASON, rows).rowcount != len(rows):
+                    raise Conflict("a waiting lease changed concurrently (expected PENDING)")
+                return
+            for row in rows:
+                if conn.execute(_SET_WAIT_REASON, row).rowcount != 1:
+                    raise Conflict(f"lease {row['_id']} changed concurrently (expected PENDING)")
 
     def transition(
         self,
