@@ -90,6 +90,13 @@ def _is_raylet(proc: psutil.Process) -> bool:
         return False
 
 
+def _is_train_worker(proc: psutil.Process) -> bool:
+    try:
+        return "RayTrainWorker" in proc.name() and proc.is_running()
+    except psutil.Error:  # it stopped meanwhile
+        return False
+
+
 def raylet_parts(platform: Platform) -> list[dict[str, Any]]:
     """{lease, tenant, host, devices, user, pid, marker} of every live raylet of this
     platform's tenants (a lease that grew has several)."""
@@ -691,14 +698,32 @@ def test_an_elastic_training_job_grows_and_shrinks_as_raylets(pool: Platform) ->
         wait_until(
             lambda: checkpointed_after(run, shrunk_start["start"]), timeout=120, interval=0.2
         )
-        workers = [
-            p
-            for p in psutil.process_iter(["name", "username"])
-            if "RayTrainWorker" in (p.info["name"] or "") and p.info["username"] == mine[0]["user"]
-        ]
-        assert workers, "no Train worker of the tenant's user found"
-        workers[0].kill()
-        wait_until(lambda: starts()[-1]["start"] > shrunk_start["start"], timeout=240, interval=0.5)
+        # One of the running group's workers: on the lease's raylets now (a worker of an
+        # earlier group, on a raylet given back, may still be on its way out under load, and
+        # killing it restarts nothing), the newest.
+        workers = sorted(
+            (
+                p
+                for part in mine
+                for p in processes.node_tree(part["marker"])
+                if _is_train_worker(p)
+            ),
+            key=lambda p: p.create_time(),
+        )
+        assert workers, "no Train worker on the lease's raylets"
+        victim = workers[-1]
+        victim.kill()
+        try:
+            wait_until(
+                lambda: starts()[-1]["start"] > shrunk_start["start"], timeout=240, interval=0.5
+            )
+        except AssertionError:
+            left = [(p.pid, p.create_time()) for p in workers if p.is_running()]
+            raise AssertionError(
+                f"no restart within 240 s of killing Train worker {victim.pid} (started "
+                f"{victim.create_time():.1f}; the shrunk run's start {shrunk_start['t']:.1f}); "
+                f"workers still there: {left}; job log:\n" + grower.job_logs(job["id"])[-6000:]
+            ) from None
         end = end_elastic_job_soon(log, 0.25)  # seen it all: no need to go on to STEPS
         final = wait_until(
             lambda: (
