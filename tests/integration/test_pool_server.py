@@ -8,6 +8,7 @@ One server process per module, no shared Ray cluster: a pool of two hosts (host-
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -735,6 +736,17 @@ def test_an_elastic_training_job_grows_and_shrinks_as_raylets(pool: Platform) ->
         )
         logs = grower.job_logs(job["id"])
         assert final["status"] == "SUCCEEDED", logs[-4000:]
+        holder.release_lease(back.id)
+    except BaseException:
+        # Leave the pool's GPUs free for the tests after this one: stop the job and end both
+        # tenants' leases (a failure here used to fail the next test too, for want of GPUs).
+        with contextlib.suppress(Exception):
+            grower.stop_job(job["id"])
+        for client in (grower, holder):
+            for live in client.list_leases(live=True):
+                with contextlib.suppress(Exception):
+                    client.release_lease(live.id)
+        raise
     finally:
         watch.stop()
     result = json.loads(next(x for x in reversed(logs.splitlines()) if x.startswith("{")))
@@ -754,7 +766,6 @@ def test_an_elastic_training_job_grows_and_shrinks_as_raylets(pool: Platform) ->
         f"{shrunk - asked:.1f} s, raylets stopped in {given_back_s:.1f} s, the other tenant's "
         f"lease reserved in {reclaimed_s:.1f} s"
     )
-    holder.release_lease(back.id)
 
 
 def test_a_bound_elastic_lease_that_loses_a_host_shrinks_to_the_rest(pool: Platform) -> None:
