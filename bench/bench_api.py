@@ -69,6 +69,17 @@ def pct(values: list[float], q: float) -> float:
     return s[k]
 
 
+def summary(v: list[float]) -> dict[str, float]:
+    """n, p50, p95, p99 and max (ms) of a list of latencies."""
+    return {
+        "n": len(v),
+        "p50_ms": pct(v, 50),
+        "p95_ms": pct(v, 95),
+        "p99_ms": pct(v, 99),
+        "max_ms": max(v, default=float("nan")),
+    }
+
+
 # ==== server side (subprocess) ==================================================================
 def _serve_uvicorn(app: Any, port: int) -> None:
     import uvicorn
@@ -635,15 +646,6 @@ def _merge_parts(
     elapsed = max(p["seconds"] for p in parts)
     total = sum(counts.values())  # a re-sent request counts twice
 
-    def spread(v: list[float]) -> dict[str, float]:
-        return {
-            "n": len(v),
-            "p50_ms": pct(v, 50),
-            "p95_ms": pct(v, 95),
-            "p99_ms": pct(v, 99),
-            "max_ms": max(v, default=float("nan")),
-        }
-
     return {
         "clients": clients,
         "client_processes": len(parts),
@@ -662,13 +664,9 @@ def _merge_parts(
         "polls_held": polls,
         "polls_open_at_start": sum(p["polls_open_at_start"] for p in parts),
         "poll_results": poll_results,
-        "watcher_quiet": spread(watch_quiet),
-        "watcher_under_load": spread(watch_load),
-        "client_loop_lag_ms": {
-            "p50": pct(lag, 50),
-            "p99": pct(lag, 99),
-            "max": max(lag, default=float("nan")),
-        },
+        "watcher_quiet": summary(watch_quiet),
+        "watcher_under_load": summary(watch_load),
+        "client_loop_lag": summary(lag),
         "client_cpu_s": sum(p["cpu_s"] for p in parts),
         "_sent": sent,
     }
@@ -696,7 +694,7 @@ def _probe(fg: Proc, until_wall: float, into: dict[str, list[float]]) -> None:
     """Another tenant's reads while the load runs, one at a time every ``PROBE_EVERY_S`` from
     a blocking client in this process (idle otherwise: the load runs in its own): the latency
     the server gives a client that is not itself overloaded. Back to back, the load's clients
-    measure their own processes' queues as well (see ``client_loop_lag_ms``)."""
+    measure their own processes' queues as well (see ``client_loop_lag``)."""
     import httpx
 
     reads = [
@@ -746,7 +744,10 @@ def _measure_load(fg: Proc, seconds: float, think_s: float, mode: int) -> dict[s
     sp = psutil.Process(fg.proc.pid)
     for pr in procs:
         pr.start()
-    go.wait()
+    if not go.wait(timeout=60):  # the lead opens its polls (<= 10 s) and watches 5 s
+        for pr in procs:
+            pr.kill()
+        raise SystemExit("the load's lead client process did not start the load within 60 s")
     c0s, w0 = sum(sp.cpu_times()[:2]), time.time()
     probe: dict[str, list[float]] = {}
     prober = threading.Thread(target=_probe, args=(fg, time.time() + seconds, probe))
@@ -762,10 +763,7 @@ def _measure_load(fg: Proc, seconds: float, think_s: float, mode: int) -> dict[s
         "server": (sum(sp.cpu_times()[:2]) - c0s) / wall,
         "client": load.pop("client_cpu_s") / load["seconds"],
     }
-    load["probe"] = {
-        k: {"n": len(v), "p50_ms": pct(v, 50), "p99_ms": pct(v, 99), "max_ms": max(v)}
-        for k, v in probe.items()
-    }
+    load["probe"] = {k: summary(v) for k, v in probe.items()}
     load["store_check"] = check_store(fg.info["db"], load.pop("_sent"))
     load["server_rss_after_mb"] = fg.rss_mb()
     return load
@@ -1022,7 +1020,9 @@ def report(r: dict[str, Any]) -> None:
             ),
             (
                 "client's own loop late on a 5 ms timer: p50 / p99 / max ms",
-                lambda ld: "{p50:.1f} / {p99:.1f} / {max:.1f}".format(**ld["client_loop_lag_ms"]),
+                lambda ld: "{p50_ms:.1f} / {p99_ms:.1f} / {max_ms:.1f}".format(
+                    **ld["client_loop_lag"]
+                ),
             ),
         ]
         for name, cell in metrics:

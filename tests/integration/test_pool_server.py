@@ -652,6 +652,7 @@ def test_an_elastic_training_job_grows_and_shrinks_as_raylets(pool: Platform) ->
         text = log.read_text() if log.exists() else ""
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
+    job: dict[str, Any] = {}
     try:
         job = grower.submit_job(
             "python elastic_job.py",
@@ -740,8 +741,9 @@ def test_an_elastic_training_job_grows_and_shrinks_as_raylets(pool: Platform) ->
     except BaseException:
         # Leave the pool's GPUs free for the tests after this one: stop the job and end both
         # tenants' leases (a failure here used to fail the next test too, for want of GPUs).
-        with contextlib.suppress(Exception):
-            grower.stop_job(job["id"])
+        if job:
+            with contextlib.suppress(Exception):
+                grower.stop_job(job["id"])
         for client in (grower, holder):
             for live in client.list_leases(live=True):
                 with contextlib.suppress(Exception):
