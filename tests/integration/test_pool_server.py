@@ -714,10 +714,13 @@ def test_an_elastic_training_job_grows_and_shrinks_as_raylets(pool: Platform) ->
         )
         assert workers, "no Train worker on the lease's raylets"
         victim = workers[-1]
+        killed_at = time.time()
         victim.kill()
         try:
-            wait_until(
-                lambda: starts()[-1]["start"] > shrunk_start["start"], timeout=240, interval=0.5
+            restart = wait_until(
+                lambda: next((s for s in starts() if s["t"] > killed_at), None),
+                timeout=240,
+                interval=0.5,
             )
         except AssertionError:
             left = [(p.pid, p.create_time()) for p in workers if p.is_running()]
@@ -726,6 +729,9 @@ def test_an_elastic_training_job_grows_and_shrinks_as_raylets(pool: Platform) ->
                 f"{victim.create_time():.1f}; the shrunk run's start {shrunk_start['t']:.1f}); "
                 f"workers still there: {left}; job log:\n" + grower.job_logs(job["id"])[-6000:]
             ) from None
+        # It resumed from the newest checkpoint on disk, not from an older one Ray Train had
+        # recorded (the kill may land before Ray collected the last report).
+        assert restart["start"] > shrunk_start["start"], (restart, shrunk_start)
         end = end_elastic_job_soon(log, 0.25)  # seen it all: no need to go on to STEPS
         final = wait_until(
             lambda: (

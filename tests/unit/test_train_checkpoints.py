@@ -18,6 +18,7 @@ from fastgpu.train.checkpoints import (
     is_complete,
     load_state,
     publish,
+    read_manifest,
     resolve_checkpoint,
     run_dir,
     write_checkpoint_files,
@@ -143,3 +144,20 @@ def test_publish_replaces_an_existing_step_whole(tmp_path: Path) -> None:
 def test_unknown_reason_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidRequest, match="reason"):
         write_checkpoint_files(tmp_path / "x", step=1, state=_state(0), reason="whim")
+
+
+def test_resume_takes_the_newest_complete_checkpoint(tmp_path: Path) -> None:
+    from fastgpu.train.loop import newest_checkpoint
+
+    store = CheckpointStore(tmp_path / "run", keep=5)
+    s2 = store.save(2, {"w": torch.zeros(1)})
+    s4 = store.save(4, {"w": torch.ones(1)})
+    # Ray Train recorded step 2; step 4 reached the disk before a worker died: resume at 4.
+    assert newest_checkpoint(s2, store.latest()) == s4
+    assert newest_checkpoint(s4, store.latest()) == s4
+    assert newest_checkpoint(None, store.latest()) == s4
+    assert newest_checkpoint(s2, None) == s2
+    assert newest_checkpoint(None, None) is None
+    # An incomplete checkpoint Ray names is passed over for the disk's.
+    (s2 / next(iter(read_manifest(s2)["files"]))).unlink()
+    assert newest_checkpoint(s2, None) is None

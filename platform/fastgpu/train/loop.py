@@ -23,9 +23,12 @@ Invariants:
   (:mod:`fastgpu.train.checkpoints`): through Ray Train's ``checkpoint_upload_fn`` when
   distributed, straight into the run directory in local mode (``num_workers=0``), where Ray Train
   does not persist checkpoints itself.
-- Resume order: the checkpoint Ray Train hands back (``ray.train.get_checkpoint()``: after a
-  worker failure or when a run of the same name is resubmitted), else the newest complete
-  checkpoint on disk in the run directory, else a fresh start at step 0.
+- Resume from the newest complete checkpoint (:func:`newest_checkpoint`): the one Ray Train
+  hands back (``ray.train.get_checkpoint()``: after a worker failure or when a run of the same
+  name is resubmitted) or a newer one on disk in the run directory, else a fresh start at step
+  0. Ray Train records a checkpoint only once its controller has collected every rank's report
+  (a poll every 0.5 s): a worker that dies just after rank 0 published one leaves it on disk
+  but unrecorded, and resuming from Ray's record alone would redo those steps.
 - Cooperative preemption: every ``report_every`` steps the loop asks
   ``ray.train.get_preemption_info()``; on the first announcement of a drain it takes a
   just-in-time checkpoint (reason ``preemption``), so the steps lost are those since that call.
@@ -49,6 +52,7 @@ from typing import Any
 import torch
 
 from fastgpu.train.checkpoints import (
+    CheckpointInfo,
     CheckpointStore,
     checkpoint_dir_name,
     is_complete,
@@ -203,10 +207,9 @@ class TrainLoop:
         import ray.train
 
         reported = ray.train.get_checkpoint()
-        if reported is not None and is_complete(Path(reported.path)):
-            return Path(reported.path)
-        latest = self.store.latest()
-        return latest.path if latest is not None else None
+        return newest_checkpoint(
+            Path(reported.path) if reported is not None else None, self.store.latest()
+        )
 
     def state_dict(
         self,
@@ -328,3 +331,15 @@ def _worker_device(local: bool) -> torch.device:
     import ray.train.torch
 
     return ray.train.torch.get_device()
+
+
+def newest_checkpoint(reported: Path | None, on_disk: CheckpointInfo | None) -> Path | None:
+    """The checkpoint to resume from: Ray Train's (``reported``, if complete) or the newest
+    complete one on disk, whichever holds the later step (Ray's on a tie)."""
+    if reported is not None and not is_complete(reported):
+        reported = None
+    if on_disk is None:
+        return reported
+    if reported is None or on_disk.step > int(read_manifest(reported)["step"]):
+        return on_disk.path
+    return reported
