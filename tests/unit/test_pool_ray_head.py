@@ -5,6 +5,7 @@ the environment it gives every process of the cluster and ``fastgpu connect``'s 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -214,3 +215,38 @@ def test_connect_exports_the_switch_for_a_loopback_cluster_only() -> None:
         RAY_LOOPBACK_ENV: "0",
     }
     assert RAY_LOOPBACK_ENV not in connect_env("10.0.0.5:6379", "http://127.0.0.1:8265", "/t")
+
+
+class _CountingRay(TenantPython):
+    """`ray start` stand-in: a shell that counts its runs in ``<executable>`` (a file) and
+    exits 1 for the first ``fails`` of them."""
+
+    fails = 1
+
+    def ray(self, *args: str) -> list[str]:
+        count = self.executable
+        script = (
+            f"n=$(cat {count} 2>/dev/null || echo 0); echo $((n+1)) > {count}; "
+            f'[ "$n" -ge {self.fails} ]'
+        )
+        return ["sh", "-c", script]
+
+
+def test_a_raylet_whose_ray_start_gave_up_is_started_once_more(tmp_path: Path) -> None:
+    from fastgpu.pool import processes
+
+    cluster = _cluster(tmp_path)
+    counter = tmp_path / "runs"
+    cluster.spec = dataclasses.replace(cluster.spec, python=_CountingRay(str(counter)))
+    host = Host("h0", "A100", (0, 1))
+    cluster._join_raylet(("l1", "h0", 0), host, (0,), 1, None)
+    assert counter.read_text().strip() == "2"  # failed once, then started
+
+    counter.unlink()
+    _CountingRay.fails = 5
+    try:
+        with pytest.raises(processes.StartFailed, match="exited with code 1"):
+            cluster._join_raylet(("l2", "h0", 1), host, (1,), 1, None)
+    finally:
+        _CountingRay.fails = 1
+    assert counter.read_text().strip() == "2"  # RAYLET_START_ATTEMPTS, no more

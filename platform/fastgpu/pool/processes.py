@@ -61,6 +61,15 @@ def spawn(
         )
 
 
+class StartFailed(FastGPUError):
+    """``ray start`` failed: ``exited`` when it gave up itself (its own waits, such as the 30 s
+    a raylet's registration may take, are shorter than ours), not when ours ran out."""
+
+    def __init__(self, message: str, exited: bool) -> None:
+        super().__init__(message)
+        self.exited = exited
+
+
 def wait_started(
     proc: subprocess.Popen[bytes], log: Path, what: str, timeout_s: float, marker: str
 ) -> None:
@@ -77,7 +86,7 @@ def wait_started(
     proc.wait(timeout=10)
     text = log.read_bytes()[start:].decode(errors="replace") if log.exists() else ""
     why = f"exited with code {code}" if code is not None else f"not up in {timeout_s:.0f} s"
-    raise FastGPUError(f"{what}: `ray start` {why}; its log ends:\n{text[-3000:]}")
+    raise StartFailed(f"{what}: `ray start` {why}; its log ends:\n{text[-3000:]}", code is not None)
 
 
 def node_pid(marker: str, name: str) -> int | None:

@@ -61,6 +61,9 @@ log = logging.getLogger(__name__)
 #: The cluster's own FastGPU token under ``secrets/`` (FASTGPU_TOKEN_FILE of its job drivers).
 JOB_TOKEN_FILE = "job_token"
 
+#: Tries of a raylet's `ray start` that gave up itself (see TenantCluster._join_raylet).
+RAYLET_START_ATTEMPTS = 2
+
 #: The ports every node of a tenant cluster binds (head and raylets).
 NODE_PORTS = (
     "dashboard_agent_listen",
@@ -437,7 +440,6 @@ class TenantCluster:
         if remote is not None and address is None:
             remote.start_raylet(self, lease_id, host, devices, cpus)
             return
-        ports = dict(zip(NODE_PORTS, free_ports(len(NODE_PORTS)), strict=True))
         joins_elsewhere = address is not None
         address = address or self.address
         labels = ",".join(
@@ -453,7 +455,6 @@ class TenantCluster:
             "start",
             f"--address={address}",
             "--node-ip-address=127.0.0.1",
-            *node_port_args(ports),
             f"--num-gpus={len(devices)}",
             f"--num-cpus={cpus if cpus is not None else len(devices)}",
             f"--labels={labels}",
@@ -461,14 +462,26 @@ class TenantCluster:
             "--disable-usage-stats",
         ]
         role = self._raylet_role(key)
-        log = self.spec.home / "logs" / f"raylet-{lease_id}-{host.name}-{devices[0]}.log"
+        log_path = self.spec.home / "logs" / f"raylet-{lease_id}-{host.name}-{devices[0]}.log"
         # An agent's raylet (``address`` given) joins a head on another machine: never loopback.
         env = self.env(role, devices, loopback=self.loopback and not joins_elsewhere)
-        proc = processes.spawn(
-            self.spec.python.ray(*args), env, self.spec.home, log, self.spec.user
-        )
         what = f"raylet of lease {lease_id}"
-        processes.wait_started(proc, log, what, self.spec.start_timeout_s, self.marker(role))
+        for attempt in range(1, RAYLET_START_ATTEMPTS + 1):
+            ports = dict(zip(NODE_PORTS, free_ports(len(NODE_PORTS)), strict=True))
+            cmd = self.spec.python.ray(*args, *node_port_args(ports))
+            proc = processes.spawn(cmd, env, self.spec.home, log_path, self.spec.user)
+            try:
+                processes.wait_started(
+                    proc, log_path, what, self.spec.start_timeout_s, self.marker(role)
+                )
+                break
+            except processes.StartFailed as exc:
+                # `ray start` gives a raylet 30 s to register with the head (fixed in Ray
+                # 2.60); a loaded machine or a busy head can take longer. What it started is
+                # stopped by now: once more, on fresh ports, before the lease fails.
+                if not exc.exited or attempt == RAYLET_START_ATTEMPTS:
+                    raise
+                log.warning("%s did not start (attempt %d); trying again", what, attempt)
         pid = processes.node_pid(self.marker(role), "raylet")
         with self._lock:
             if pid is not None:
