@@ -206,6 +206,65 @@ def local_platform(
         ray.shutdown()
 
 
+#: A pool of two hosts of four logical A100s each on this machine (what ``local_platform`` used
+#: to be: 8 logical A100s, now as raylets of each tenant's own cluster).
+EIGHT_A100 = {
+    "hosts": [
+        {"name": "host-0", "gpu_type": "A100", "devices": [0, 1, 2, 3]},
+        {"name": "host-1", "gpu_type": "A100", "devices": [4, 5, 6, 7]},
+    ]
+}
+
+
+def pool_platform(
+    tmp_path_factory: Any, pool: dict[str, Any] | None = None, **config_extra: Any
+) -> Iterator[Platform]:
+    """A server with tenant clusters on a pool of logical GPUs on this machine (default:
+    :data:`EIGHT_A100`); on exit every tenant cluster it started is stopped and the tenants'
+    OS users are removed."""
+    from fastgpu.controller.clusters import TenantClusters
+    from fastgpu.pool.runtime import remove_platform_users
+
+    base = Path(os.environ["RAY_TMPDIR"])
+    base.chmod(0o711)  # tenants pass through the test's temp dir to their own dirs
+    state = tmp_path_factory.mktemp("state")
+    config_extra.setdefault("tenant_clusters", {"enabled": True, "idle_timeout_s": 600})
+    config_extra.setdefault("storage_root", str(base / f"storage-{state.name}"))
+    platform = start_platform(state, None, pool=pool or EIGHT_A100, **config_extra)
+    try:
+        yield platform
+    finally:
+        platform.stop_server()
+        prefix = TenantClusters(platform.config).platform
+        stop_marked(f"{prefix}/")
+        remove_platform_users(prefix)
+
+
+def lease_devices(platform: Platform) -> dict[str, list[str]]:
+    """Lease id -> the devices (``CUDA_VISIBLE_DEVICES`` entries) of its live raylets, for
+    every lease of the platform that has one: what each tenant can use, seen from outside."""
+    import psutil
+
+    from fastgpu.controller.clusters import TenantClusters
+    from fastgpu.pool import processes
+
+    prefix = f"{TenantClusters(platform.config).platform}/"
+    out: dict[str, list[str]] = {}
+    for marker, procs in processes.marked(prefix).items():
+        role = marker[len(prefix) :].partition("/")[2]
+        if not role.startswith("raylet/"):
+            continue
+        lease = role.split("/")[1]
+        for proc in procs:
+            try:
+                if proc.name() == "raylet":
+                    env = proc.environ()["CUDA_VISIBLE_DEVICES"]
+                    out.setdefault(lease, []).extend(d for d in env.split(",") if d)
+            except psutil.Error:  # it stopped meanwhile
+                continue
+    return {lease: sorted(devices) for lease, devices in out.items()}
+
+
 def stop_marked(prefix: str, grace_s: float = 2.0) -> int:
     """Stop every process of the tenant clusters whose marker starts with ``prefix`` (all
     nodes at once: one grace for all of them, not one each), then what a dying raylet started

@@ -1,5 +1,5 @@
-"""Budgets that stop spend, end to end: a real ``fastgpu server`` process on a local Ray
-cluster with logical GPUs, a real SQLite store, HTTP through the SDK and the CLI.
+"""Budgets that stop spend, end to end: a real ``fastgpu server`` process with tenant clusters
+on a pool of logical GPUs, a real SQLite store, HTTP through the SDK and the CLI.
 
 A tenant with a tiny money budget and ``action: stop`` holds a preemptible and a
 non-preemptible lease; its spend crosses the cap in seconds. The preemptible lease gets its
@@ -24,9 +24,9 @@ import pytest
 from fastgpu.errors import NotFound
 from fastgpu.sdk import Client
 from fastgpu.timeutil import parse_iso
-from tests.integration.platform_fixtures import Platform, local_platform, wait_until
+from tests.integration.platform_fixtures import Platform, pool_platform, wait_until
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 PRICE = 3.6  # A100 per GPU-hour in the test config
 GRACE_S = 2.0
@@ -35,9 +35,9 @@ TICK_S = 0.25
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    yield from local_platform(
+    yield from pool_platform(
         tmp_path_factory,
-        num_gpus=4,
+        {"hosts": [{"name": "host-0", "gpu_type": "A100", "devices": [0, 1, 2, 3]}]},
         scheduler={"grace_s": GRACE_S, "min_runtime_s": 0, "usage_refresh_s": 1.0},
         controller={"tick_interval_s": TICK_S},
     )

@@ -11,15 +11,17 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.integration.platform_fixtures import Platform, local_platform
+from tests.integration.platform_fixtures import Platform, pool_platform
 from tests.unit.test_metrics import parse, value
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+FOUR_A100 = {"hosts": [{"name": "host-0", "gpu_type": "A100", "devices": [0, 1, 2, 3]}]}
 
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    yield from local_platform(tmp_path_factory, num_gpus=4)
+    yield from pool_platform(tmp_path_factory, FOUR_A100)
 
 
 def scrape(platform: Platform, token: str | None) -> httpx.Response:
@@ -31,7 +33,7 @@ def test_scrape_matches_status_and_the_leases_made(platform: Platform) -> None:
     admin = platform.client()
     token = str(admin.create_tenant("meter", {"A100": 2}, budget={"gpu_hours": 100})["token"])
     tenant = platform.client(token)
-    held = tenant.request_lease(2, "A100", "30m", wait=True)
+    held = tenant.request_lease(2, "A100", "30m", wait=True, timeout=60)
     assert held.state == "RESERVED"
     # Its own lease holds 2 of the 4 GPUs: 4 more must wait (they fit once it ends).
     waiting = tenant.request_lease(4, "A100", "30m")
