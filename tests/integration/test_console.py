@@ -1,7 +1,7 @@
 """The web console (``/console/``) of a real ``fastgpu server`` process, in a real browser:
 Debian's ``chromium``, headless, driven by Playwright (never ``playwright install``).
 
-One platform for the module (a local Ray cluster with 8 logical A100s): tenant ``alpha`` holds
+One platform for the module (tenant clusters on a pool of 8 logical A100s): tenant ``alpha`` holds
 its 2 guaranteed GPUs with a lease whose workload label is an HTML injection, and waits for a
 third (``over_quota``); tenant ``beta`` holds 1 GPU. The tests sign in as the admin and as
 tenants and compare what the page shows with what the API answers. Screenshots go to the
@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from fastgpu.console import ASSETS
-from tests.integration.platform_fixtures import Platform, local_platform, wait_until
+from tests.integration.platform_fixtures import Platform, pool_platform, wait_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -57,7 +57,7 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    for platform in local_platform(tmp_path_factory):
+    for platform in pool_platform(tmp_path_factory):
         admin = platform.client()
         alpha = admin.create_tenant(
             "alpha",
@@ -66,12 +66,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         )["token"]
         beta = platform.tenant("beta", A100=2)
         a = platform.client(alpha)
-        held = a.request_lease(2, "A100", "30m", wait=True)
+        held = a.request_lease(2, "A100", "30m", wait=True, timeout=60)
         assert held.state == "RESERVED"
         a.bind_lease(held.id, INJECTION)
         waiting = a.request_lease(1, "A100", "30m")
         wait_until(lambda a=a, w=waiting.id: a.get_lease(w).reason == "over_quota", timeout=20)
-        beta_lease = platform.client(beta).request_lease(1, "A100", "30m", wait=True)
+        beta_lease = platform.client(beta).request_lease(1, "A100", "30m", wait=True, timeout=60)
         yield World(platform, alpha, beta, held.id, waiting.id, beta_lease.id)
 
 
@@ -342,7 +342,7 @@ def test_budget_stop_shows_for_the_tenant_and_flags_the_admin(
     budget = {"money": 0.004, "action": "stop", "period": "day"}
     token = admin.create_tenant("capped", {"A100": 1}, budget=budget)["token"]
     capped = world.platform.client(token)
-    lease = capped.request_lease(1, "A100", "30m", preemptible=True, wait=True)
+    lease = capped.request_lease(1, "A100", "30m", preemptible=True, wait=True, timeout=60)
     wait_until(lambda: lease.refresh().preempt_at, timeout=60)
     api_budget = capped.budget()
     assert api_budget["state"] == "exhausted"
