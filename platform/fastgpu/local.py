@@ -37,7 +37,7 @@ from fastgpu.config import (
     parse_config,
 )
 from fastgpu.controller.backend import GPU_TYPE_LABEL
-from fastgpu.controller.clusters import platform_id
+from fastgpu.controller.clusters import platform_id, platform_of
 from fastgpu.errors import ConfigError, FastGPUError, InvalidRequest
 from fastgpu.pool import processes
 from fastgpu.pool.hosts import default_pool_spec
@@ -487,7 +487,9 @@ def down(state_dir: Path | None = None) -> dict[str, Any]:
     stop_processes(procs, grace_s=10)
     # Tenants' own clusters (each process carries the platform's marker).
     tenants = 0
-    for marker, marked in processes.marked(f"{platform_id(sd)}/").items():
+    saved = sd / CONFIG_FILE
+    platform = platform_of(load_config(saved)) if saved.exists() else platform_id(sd)
+    for marker, marked in processes.marked(f"{platform}/").items():
         tenants += processes.stop_tree(marked[0].pid, grace_s=5, marker=marker)
     # Anything started meanwhile by a dying raylet (a worker, a job driver): once more.
     late = cluster_processes(sd)

@@ -49,8 +49,26 @@ log = logging.getLogger(__name__)
 
 
 def platform_id(state_dir: Path) -> str:
-    """A short id of this platform (its state dir): names its processes and tenants' users."""
+    """A short id of a platform whose store is a SQLite file in ``state_dir``: names its
+    processes and tenants' users (see :func:`platform_of`)."""
     return hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:10]
+
+
+def platform_of(config: PlatformConfig) -> str:
+    """This platform's id. A platform is its store: servers on one PostgreSQL database (a
+    leader and its standbys, each with its own state dir) share the id, so a standby that
+    takes over adopts the tenants' clusters the leader started; a SQLite store lives in the
+    state dir, which names the platform then. The URL is taken without its password (a
+    rotated password keeps the id), as written: every server of a platform must spell it the
+    same way."""
+    url = config.store_url
+    if not url or url.startswith("sqlite"):
+        return platform_id(config.resolved_state_dir())
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    ident = (u.drivername, u.username, u.host, u.port, u.database, sorted(u.query.items()))
+    return hashlib.sha256(f"store:{ident!r}".encode()).hexdigest()[:10]
 
 
 #: A tenant's home is named by the start of its id: Ray's socket paths (under the home) must
@@ -66,7 +84,7 @@ def clusters_root(config: PlatformConfig) -> Path:
     if setting:
         return Path(setting)
     base = Path(os.environ.get("RAY_TMPDIR") or "/tmp")
-    return base / f"fg{platform_id(config.resolved_state_dir())[:8]}"
+    return base / f"fg{platform_of(config)[:8]}"
 
 
 class TenantClusters:
@@ -74,7 +92,7 @@ class TenantClusters:
         """``pool``: when agents run some hosts, raylets there go through it."""
         self.config = config
         self.pool = pool
-        self.platform = platform_id(config.resolved_state_dir())
+        self.platform = platform_of(config)
         self.isolation: Isolation = resolve_isolation(config.tenant_clusters.isolation)
         if self.isolation == "single_user":
             log.warning(SINGLE_USER_WARNING)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from fastgpu.auth import hash_token, new_token
 from fastgpu.config import PlatformConfig
 from fastgpu.controller.apply import announce_preemption
-from fastgpu.controller.clusters import platform_id
+from fastgpu.controller.clusters import platform_of
 from fastgpu.domain.agent_protocol import Heartbeat, HeartbeatReply, Register, Registered
 from fastgpu.domain.host import HostRecord, HostState
 from fastgpu.domain.lease import HOLDING_STATES, LeaseState
@@ -194,7 +194,7 @@ def make_pool(config: PlatformConfig) -> Pool:
         hosts_from_spec(spec),
         heartbeat_s=spec.agents.heartbeat_s,
         lost_after_s=spec.agents.lost_after_s,
-        platform_id=platform_id(config.resolved_state_dir()),
+        platform_id=platform_of(config),
     )
 
 
