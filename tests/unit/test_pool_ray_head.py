@@ -250,3 +250,38 @@ def test_a_raylet_whose_ray_start_gave_up_is_started_once_more(tmp_path: Path) -
     finally:
         _CountingRay.fails = 1
     assert counter.read_text().strip() == "2"  # RAYLET_START_ATTEMPTS, no more
+
+
+def test_a_raylet_an_earlier_server_was_starting_is_adopted_not_started_twice(
+    tmp_path: Path,
+) -> None:
+    """A server killed while its `ray start` of a lease's raylet ran leaves that command
+    running: the next server waits for it and adopts the raylet it left."""
+    import shutil
+    import subprocess
+    import sys
+
+    from fastgpu.pool import processes
+
+    cluster = _cluster(tmp_path)
+    counter = tmp_path / "runs"
+    cluster.spec = dataclasses.replace(cluster.spec, python=_CountingRay(str(counter)))
+    key = ("l1", "h0", 0)
+    env = {**os.environ, processes.MARKER_ENV: cluster.marker(cluster._raylet_role(key))}
+    raylet_exe = tmp_path / "raylet"  # a process called raylet, as Ray's is
+    shutil.copy(shutil.which("sleep") or "/bin/sleep", raylet_exe)
+    raylet = subprocess.Popen([str(raylet_exe), "30"], env=env)
+    # The earlier server's `ray start`, still waiting for its raylet to register.
+    earlier = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(1.5)", "ray.scripts.scripts", "start"],
+        env=env,
+    )
+    try:
+        cluster._join_raylet(key, Host("h0", "A100", (0, 1)), (0,), 1, None)
+        assert earlier.poll() is not None  # it waited for the earlier start to end
+        assert not counter.exists()  # and started no second raylet
+        assert cluster._raylets[key] == raylet.pid
+    finally:
+        for proc in (raylet, earlier):
+            proc.kill()
+            proc.wait()

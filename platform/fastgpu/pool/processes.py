@@ -163,6 +163,20 @@ def marked(prefix: str) -> dict[str, list[Any]]:
     return out
 
 
+def starting(marker: str) -> list[Any]:
+    """The ``ray start`` commands still running for the node ``marker`` (each runs in a
+    session of its own, so one outlives a server killed while it waited for it)."""
+    out = []
+    for proc in marked(marker).get(marker, []):
+        try:
+            cmd = proc.cmdline()
+        except Exception:  # it ended meanwhile
+            continue
+        if "ray.scripts.scripts" in cmd and "start" in cmd:
+            out.append(proc)
+    return out
+
+
 def node_tree(marker: str) -> list[Any]:
     """Every process of the node ``marker``: the marked ones and their descendants."""
     seen: dict[int, Any] = {}

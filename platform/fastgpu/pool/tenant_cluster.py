@@ -33,6 +33,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -466,7 +467,12 @@ class TenantCluster:
         # An agent's raylet (``address`` given) joins a head on another machine: never loopback.
         env = self.env(role, devices, loopback=self.loopback and not joins_elsewhere)
         what = f"raylet of lease {lease_id}"
-        for attempt in range(1, RAYLET_START_ATTEMPTS + 1):
+        if self._earlier_start_left_raylet(role):
+            log.info("%s: adopted the raylet an earlier server process started", what)
+            attempts = 0  # nothing to start
+        else:
+            attempts = RAYLET_START_ATTEMPTS
+        for attempt in range(1, attempts + 1):
             ports = dict(zip(NODE_PORTS, free_ports(len(NODE_PORTS)), strict=True))
             cmd = self.spec.python.ray(*args, *node_port_args(ports))
             proc = processes.spawn(cmd, env, self.spec.home, log_path, self.spec.user)
@@ -486,6 +492,18 @@ class TenantCluster:
         with self._lock:
             if pid is not None:
                 self._raylets[key] = pid
+
+    def _earlier_start_left_raylet(self, role: str) -> bool:
+        """Whether a raylet of ``role`` runs once any ``ray start`` of it still running ended.
+        A server killed while it started a lease's raylet leaves that `ray start` running (in
+        a session of its own); the next server must adopt what it starts, not start a second
+        raylet of the lease on the same devices (found by the HA test: two raylets on one
+        device, a 1-GPU lease seen by Ray as 2 GPUs)."""
+        marker = self.marker(role)
+        deadline = time.monotonic() + self.spec.start_timeout_s
+        while processes.starting(marker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return processes.node_pid(marker, "raylet") is not None
 
     @staticmethod
     def _raylet_role(key: RayletKey) -> str:
