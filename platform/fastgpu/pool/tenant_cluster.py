@@ -64,6 +64,11 @@ JOB_TOKEN_FILE = "job_token"
 
 #: Tries of a raylet's `ray start` that gave up itself (see TenantCluster._join_raylet).
 RAYLET_START_ATTEMPTS = 2
+#: Raylets starting at once on this machine, over every tenant: a raylet must register with its
+#: head within 30 s of its start (fixed in Ray 2.60), and a burst of starts (a server taking
+#: over leases mid-start, many grants at once) on a few cores made some miss that. The wait for
+#: a slot is not part of that 30 s.
+_RAYLET_STARTS = threading.BoundedSemaphore(2)
 
 #: The ports every node of a tenant cluster binds (head and raylets).
 NODE_PORTS = (
@@ -473,13 +478,14 @@ class TenantCluster:
         else:
             attempts = RAYLET_START_ATTEMPTS
         for attempt in range(1, attempts + 1):
-            ports = dict(zip(NODE_PORTS, free_ports(len(NODE_PORTS)), strict=True))
-            cmd = self.spec.python.ray(*args, *node_port_args(ports))
-            proc = processes.spawn(cmd, env, self.spec.home, log_path, self.spec.user)
             try:
-                processes.wait_started(
-                    proc, log_path, what, self.spec.start_timeout_s, self.marker(role)
-                )
+                with _RAYLET_STARTS:
+                    ports = dict(zip(NODE_PORTS, free_ports(len(NODE_PORTS)), strict=True))
+                    cmd = self.spec.python.ray(*args, *node_port_args(ports))
+                    proc = processes.spawn(cmd, env, self.spec.home, log_path, self.spec.user)
+                    processes.wait_started(
+                        proc, log_path, what, self.spec.start_timeout_s, self.marker(role)
+                    )
                 break
             except processes.StartFailed as exc:
                 # `ray start` gives a raylet 30 s to register with the head (fixed in Ray
