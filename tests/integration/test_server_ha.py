@@ -1,14 +1,17 @@
-"""Two ``fastgpu server`` processes on one PostgreSQL store and one Ray cluster: a leader and
-a standby. The standby serves nothing (its API port refuses connections) while the leader holds
-the leader lock; SIGKILL the leader during lease requests and the standby takes over within
-``TAKEOVER_LIMIT_S``, with every lease made before the kill still there exactly once and Ray's
-placement groups matching the store.
+"""Two ``fastgpu server`` processes on one PostgreSQL store and one pool (tenant clusters on
+logical GPUs of this machine), each with its own state dir: a leader and a standby. The standby
+serves nothing (its API port refuses connections) while the leader holds the leader lock;
+SIGKILL the leader during lease requests and the standby takes over within
+``TAKEOVER_LIMIT_S``, with every lease made before the kill still there exactly once, the
+raylets the leader started adopted (the platform's id comes from its store, not a state dir),
+and the raylets matching the store.
 
 Skips when no PostgreSQL server binaries are installed (:mod:`tests.integration.pg_fixtures`).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -17,22 +20,25 @@ from typing import Any
 
 import httpx
 import pytest
-import ray
 import yaml
-from ray.util.placement_group import placement_group_table
 
 from fastgpu.auth import new_token, write_secret
-from fastgpu.controller.backend import GROUP_PREFIX
+from fastgpu.controller.clusters import TenantClusters
+from fastgpu.pool.runtime import remove_platform_users
 from fastgpu.sdk import Client
 from tests.integration.pg_fixtures import private_postgres
 from tests.integration.platform_fixtures import (
     Platform,
+    lease_devices,
     make_config,
-    start_local_ray,
+    stop_marked,
     wait_until,
 )
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+GPUS = 4
+POOL = {"hosts": [{"name": "host-0", "gpu_type": "A100", "devices": list(range(GPUS))}]}
 
 TAKEOVER_LIMIT_S = 10.0
 
@@ -42,30 +48,43 @@ def postgres_url() -> Iterator[str]:
     yield from private_postgres()
 
 
-def _platform(state_dir: Path, store_url: str, admin: str, ray_address: str) -> Platform:
-    """A server's config and state dir: its own API port, the shared store and admin token."""
+def _platform(state_dir: Path, store_url: str, admin: str, storage: Path) -> Platform:
+    """A server's config and state dir: its own API port and state dir; the shared store,
+    pool, storage root and admin token."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    config = make_config(state_dir, store_url=store_url, tenant_clusters={"enabled": False})
+    config = make_config(
+        state_dir,
+        store_url=store_url,
+        pool=POOL,
+        storage_root=str(storage),
+        tenant_clusters={"enabled": True, "idle_timeout_s": 600},
+        controller={"min_duration_s": 1.0, "tick_interval_s": 0.25},
+    )
     (state_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
     write_secret(state_dir / "admin_token", admin)
-    return Platform(config, admin, state_dir, ray_address)
+    return Platform(config, admin, state_dir, None)
 
 
 @pytest.fixture(scope="module")
 def pair(
     postgres_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Platform, Platform]]:
-    address = start_local_ray(num_gpus=8)
+    base = Path(os.environ["RAY_TMPDIR"])
+    base.chmod(0o711)  # tenants pass through the test's temp dir to their own dirs
+    storage = base / "ha-storage"
     admin = new_token()
-    first = _platform(tmp_path_factory.mktemp("first"), postgres_url, admin, address)
-    second = _platform(tmp_path_factory.mktemp("second"), postgres_url, admin, address)
+    first = _platform(tmp_path_factory.mktemp("first"), postgres_url, admin, storage)
+    second = _platform(tmp_path_factory.mktemp("second"), postgres_url, admin, storage)
     assert first.config.api.port != second.config.api.port
+    platform = TenantClusters(first.config).platform
+    assert TenantClusters(second.config).platform == platform  # one platform: one store
     try:
         yield first, second
     finally:
         for p in (first, second):
             p.stop_server()
-        ray.shutdown()
+        stop_marked(f"{platform}/")
+        remove_platform_users(platform)
 
 
 def _refused(platform: Platform) -> bool:
@@ -86,14 +105,6 @@ def _health(platform: Platform) -> dict[str, Any]:
     )
     assert r.status_code == 200, r.text
     return dict(r.json())
-
-
-def _platform_groups() -> dict[str, str]:
-    return {
-        info["name"]: info["state"]
-        for info in placement_group_table().values()
-        if info["name"].startswith(GROUP_PREFIX) and info["state"] != "REMOVED"
-    }
 
 
 def _by_request(client: Client, prefix: str) -> dict[str, list[dict[str, Any]]]:
@@ -117,14 +128,18 @@ def test_standby_takes_over_after_the_leader_is_killed(pair: tuple[Platform, Pla
     assert _refused(second)
     assert "standby" in second.log()
 
-    token = first.tenant("ha", A100=8)
+    token = first.tenant("ha", A100=GPUS)
     on_first = first.client(token)
     before: dict[str, str] = {}
-    for i in range(4):
-        lease = on_first.request_lease(1, duration="10m", request_id=f"pre-{i}", wait=True)
+    for i in range(2):
+        lease = on_first.request_lease(
+            1, duration="10m", request_id=f"pre-{i}", wait=True, timeout=90
+        )
         assert lease.state == "RESERVED"
         before[f"pre-{i}"] = lease.id
-    assert len(set(before.values())) == 4
+    assert len(set(before.values())) == 2
+    adopted = lease_devices(first)
+    assert set(adopted) == set(before.values())
 
     # Lease requests in flight against the leader while it is killed; each caller gives up on
     # the dead address and retries the same request id against the new leader.
@@ -177,28 +192,40 @@ def test_standby_takes_over_after_the_leader_is_killed(pair: tuple[Platform, Pla
         assert row["state"] == "RESERVED"
     assert set(outcome) <= set(rows)
 
-    # Store and Ray agree: every holding lease has its CREATED group, and no other group.
+    # The raylets the leader started for the leases made before the kill are still there, on
+    # the same devices (adopted, not failed), and store and raylets agree both ways: every
+    # RESERVED lease has its raylet, no raylet is left without one, no device is doubled.
+    for lease_id, devices in adopted.items():
+        assert lease_devices(second)[lease_id] == devices
+
     def agree() -> bool:
         live = [x.data for x in on_second.list_leases(live=True)]
-        holding = {x["placement_group"] for x in live if x["state"] in ("ADMITTED", "RESERVED")}
-        reserved = {f"{GROUP_PREFIX}{x['id']}" for x in live if x["state"] == "RESERVED"}
-        groups = _platform_groups()
+        reserved = {x["id"] for x in live if x["state"] == "RESERVED"}
+        held = lease_devices(second)
+        devices = [d for ds in held.values() for d in ds]
         return (
-            set(groups) == holding == reserved
-            and len(reserved) == sum(x["held_gpus"] for x in live if x["state"] == "RESERVED")
-            and all(s == "CREATED" for s in groups.values())
+            set(held) == reserved
+            and len(devices) == len(set(devices))
+            and len(devices) == sum(x["held_gpus"] for x in live if x["state"] == "RESERVED")
         )
-
-    wait_until(agree, timeout=20)
 
     def allocated() -> int:
         status = second.client().status()
         (a100,) = [t for t in status["gpu_types"] if t["gpu_type"] == "A100"]
         return int(a100["allocated"])
 
-    # One GPU per lease, 8 GPUs: nothing doubled, nothing lost.
-    wait_until(lambda: allocated() == min(8, len(rows)), timeout=20)
-    wait_until(agree, timeout=20)
+    # One GPU per lease, 4 GPUs: nothing doubled, nothing lost.
+    try:
+        wait_until(lambda: allocated() == min(GPUS, len(rows)) and agree(), timeout=90)
+    except AssertionError:
+        live = [
+            (x.data["id"], x.data["state"], x.data["held_gpus"], x.data["reason"])
+            for x in on_second.list_leases(live=True)
+        ]
+        raise AssertionError(
+            f"allocated {allocated()} of {min(GPUS, len(rows))}; live leases {live}; "
+            f"raylets {lease_devices(second)}\n{second.log()}"
+        ) from None
     for rows_of in rows.values():
         on_second.release_lease(rows_of[0]["id"])
-    wait_until(lambda: not _platform_groups(), timeout=20)
+    wait_until(lambda: not lease_devices(second), timeout=60)
