@@ -1,5 +1,6 @@
-"""A ``fastgpu server`` process for benchmarks, on the Ray cluster this driver is connected to
-(as ``fastgpu up`` runs it: a separate process, outside Ray, real SQLite, HTTP on 127.0.0.1)."""
+"""A ``fastgpu server`` process for benchmarks, as ``fastgpu up`` runs it: a separate process,
+outside Ray, real SQLite, HTTP on 127.0.0.1, each tenant's leases in its own Ray cluster carved
+from the ``pool`` the bench passes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import ray
 import yaml
 
 from fastgpu.auth import new_token, write_secret
@@ -19,13 +19,17 @@ from fastgpu.local import free_port
 
 
 class BenchServer:
-    """``ray_address``: the legacy shared cluster (default: the one this driver is connected
-    to); None with tenant clusters (the default mode; needs a ``pool``)."""
+    """``config``: the platform config's sections (``pool`` among them) over the bench's
+    defaults. ``ray_address`` must be None: benches written when this class also ran the
+    shared cluster (since removed) still pass it; it goes once they no longer do."""
 
-    def __init__(self, state: Path, ray_address: str | None = "", **config: Any) -> None:
+    def __init__(self, state: Path, ray_address: None = None, **config: Any) -> None:
+        if ray_address is not None:
+            raise ValueError(
+                f"ray_address: got {ray_address!r}; expected None (the shared cluster was "
+                "removed: pass a pool)"
+            )
         state.mkdir(parents=True, exist_ok=True)
-        if ray_address is not None:  # the legacy shared cluster, unless the bench says otherwise
-            config.setdefault("tenant_clusters", {"enabled": False})
         self.config = PlatformConfig(
             gpu_types={"A100": GpuTypeSpec(price_per_hour=2.0, perf=312)},
             state_dir=str(state),
@@ -36,12 +40,8 @@ class BenchServer:
         self.admin = new_token()
         write_secret(state / "admin_token", self.admin)
         self.url = f"http://127.0.0.1:{self.config.api.port}"
-        if ray_address == "":
-            ray_address = ray.get_runtime_context().gcs_address
         cmd = [sys.executable, "-m", "fastgpu.cli.main", "server", "--config"]
         cmd += [str(state / "config.yaml")]
-        if ray_address is not None:
-            cmd += ["--ray-address", ray_address]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 90
         while not self._healthy():

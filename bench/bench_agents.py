@@ -54,10 +54,9 @@ def _server(root: Path, agents: bool) -> BenchServer:
         pool["agents"] = {"heartbeat_s": HEARTBEAT_S, "lost_after_s": 2 * HEARTBEAT_S}
     return BenchServer(
         root / "state",
-        ray_address=None,
         pool=pool,
         storage_root=str(root / "storage"),
-        tenant_clusters={"enabled": True, "idle_timeout_s": 600},
+        tenant_clusters={"idle_timeout_s": 600},
         controller={"tick_interval_s": 0.25, "min_duration_s": 1.0},
     )
 

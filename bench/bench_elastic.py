@@ -130,10 +130,8 @@ def raw_grow(root: Path) -> tuple[float, float]:
 def platform_grow(root: Path) -> tuple[float, float]:
     server = BenchServer(
         root / "state",
-        ray_address=None,
         pool=POOL,
         storage_root=str(root / "storage"),
-        tenant_clusters={"enabled": True},
         controller={"tick_interval_s": 0.25, "min_duration_s": 1.0},
     )
     clusters = TenantClusters(server.config)

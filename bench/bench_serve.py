@@ -298,10 +298,9 @@ def platform(root: Path, ckpts: list[Path], args: argparse.Namespace) -> dict[st
 
     server = BenchServer(
         root / "state",
-        ray_address=None,
         pool=POOL,
         storage_root=str(root / "storage"),
-        tenant_clusters={"enabled": True, "idle_timeout_s": 600},
+        tenant_clusters={"idle_timeout_s": 600},
         controller={"tick_interval_s": 0.25, "min_duration_s": 1.0},
         endpoints={"idle_s": 5, "downscale_delay_s": 3, "reconcile_interval_s": 0.5},
     )

@@ -170,10 +170,8 @@ def raw_grants(runs: int) -> list[float]:
 def platform_grants(runs: int, state: Path) -> tuple[list[float], float, float]:
     server = BenchServer(
         state,
-        ray_address=None,
         pool=POOL,
         storage_root=str(Path(_TMP) / "storage"),
-        tenant_clusters={"enabled": True},
         controller={"tick_interval_s": 0.25},
     )
     out, raylet_mb, keeper_mb = [], 0.0, 0.0
@@ -219,7 +217,6 @@ def main() -> int:
         state_dir=str(Path(_TMP) / "cold"),
         storage_root=str(Path(_TMP) / "storage-cold"),
         pool=POOL,
-        tenant_clusters={"enabled": True},
     )
     clusters = TenantClusters(config)
     try:

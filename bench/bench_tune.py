@@ -114,10 +114,8 @@ def raw(root: Path, trials: int, scheduler: str) -> dict[str, float]:
 def platform(root: Path, trials: int) -> dict[str, float]:
     server = BenchServer(
         root / "state",
-        ray_address=None,
         pool=POOL,
         storage_root=str(root / "storage"),
-        tenant_clusters={"enabled": True},
         controller={"tick_interval_s": 0.25, "min_duration_s": 1.0},
     )
     clusters = TenantClusters(server.config)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RUNS = [
-    ["bench_leases.py", "--cycles", "100"],
     ["bench_api.py", "--quick"],
     ["bench_scheduler.py"],
     ["bench_train.py"],

@@ -34,6 +34,13 @@ from fastgpu.validation import (
 )
 
 DEFAULT_API_PORT = 8470
+#: Why a config of the shared cluster (v1: one Ray cluster for every tenant, which did not
+#: isolate them) is refused, and what to do instead.
+SHARED_CLUSTER_REMOVED = (
+    "the shared cluster of v1 was removed: every tenant's leases run in its own Ray cluster, "
+    "carved from `pool` (set pool.hosts, or let `fastgpu up --gpus N` describe this machine's "
+    "GPUs)"
+)
 
 
 class _Spec(BaseModel):
@@ -367,40 +374,6 @@ class ApiSettings(_Spec):
         return self
 
 
-class RaySettings(_Spec):
-    """The Ray cluster ``fastgpu up`` starts: every port is chosen here and checked free."""
-
-    gcs_port: int = Field(default=6380, ge=1024, le=65535, description="GCS server port.")
-    dashboard_port: int = Field(
-        default=8266, ge=1024, le=65535, description="Dashboard (and Jobs API) port."
-    )
-    dashboard_agent_listen_port: int = Field(
-        default=52366, ge=1024, le=65535, description="Dashboard agent HTTP port (job agent)."
-    )
-    dashboard_agent_grpc_port: int = Field(
-        default=52367, ge=1024, le=65535, description="Dashboard agent gRPC port."
-    )
-    runtime_env_agent_port: int = Field(
-        default=52368, ge=1024, le=65535, description="Runtime-env agent port."
-    )
-    metrics_export_port: int = Field(
-        default=52369, ge=1024, le=65535, description="Metrics export port."
-    )
-    ray_client_server_port: int = Field(
-        default=10002, ge=1024, le=65535, description="Ray Client server port."
-    )
-    node_manager_port: int = Field(default=52370, ge=1024, le=65535, description="Raylet port.")
-    object_manager_port: int = Field(
-        default=52371, ge=1024, le=65535, description="Object manager port."
-    )
-    min_worker_port: int = Field(default=52400, ge=1024, le=65535, description="Workers from.")
-    max_worker_port: int = Field(default=52499, ge=1024, le=65535, description="Workers to.")
-
-    def ports(self) -> dict[str, int]:
-        """Every fixed port by its setting name (worker ports excluded: a range)."""
-        return {k: v for k, v in self.model_dump().items() if k.endswith("_port")}
-
-
 class HostSpec(_Spec):
     """One GPU host of the pool: its GPU type and the device ids it lends to tenants."""
 
@@ -482,14 +455,21 @@ class PoolSpec(_Spec):
 
 
 class TenantClusterSettings(_Spec):
-    """How tenants' own Ray clusters are run."""
+    """How tenants' own Ray clusters are run: each tenant's leases are raylets of its own
+    cluster, carved from ``pool``.
+
+    ``enabled`` is what is left of the switch to the shared cluster of v1 (one Ray cluster for
+    every tenant, which did not isolate them), removed since. It stays a field, so configs that
+    say ``enabled: true`` (every config ``fastgpu up`` saved did) keep loading; ``false`` is
+    refused, saying what to do instead, rather than starting a platform other than the one
+    written down.
+    """
 
     enabled: bool = Field(
         default=True,
         description=(
-            "Run each tenant's leases in its own Ray cluster carved from `pool` (the default). "
-            "Off: the legacy v1 mode, one Ray cluster shared by every tenant, which does not "
-            "isolate tenants from each other's jobs (docs/threat-model.md); it will be removed."
+            "Always true (each tenant's leases run in its own Ray cluster carved from `pool`); "
+            "`false`, the shared cluster of v1, was removed and is refused."
         ),
     )
     isolation: Literal["auto", "os_users", "single_user"] = Field(
@@ -521,9 +501,16 @@ class TenantClusterSettings(_Spec):
         ),
     )
 
+    @field_validator("enabled")
+    @classmethod
+    def _no_shared_cluster(cls, enabled: bool) -> bool:
+        if not enabled:
+            raise ValueError(f"true (or delete the line): {SHARED_CLUSTER_REMOVED}")
+        return enabled
+
 
 class EndpointSettings(_Spec):
-    """How model endpoints scale (issue 11; they need tenant clusters)."""
+    """How model endpoints scale (issue 11)."""
 
     idle_s: float = Field(
         default=60.0,
@@ -577,9 +564,6 @@ class PlatformConfig(_Spec):
         default_factory=ControllerSettings, description="Controller timing and limits."
     )
     api: ApiSettings = Field(default_factory=ApiSettings, description="HTTP control API.")
-    ray: RaySettings = Field(
-        default_factory=RaySettings, description="Ports of the Ray cluster `fastgpu up` starts."
-    )
     scheduler: SchedulerSettings = Field(
         default_factory=SchedulerSettings, description="Admission policy and its settings."
     )
@@ -639,8 +623,8 @@ class PlatformConfig(_Spec):
 
 
 def tenant_storage_key(tenant_id: str) -> str:
-    """The folder under the storage root of a tenant with tenant clusters: named by its
-    immutable id (a re-created name never inherits files), shaped like a tenant name."""
+    """A tenant's folder under the storage root: named by its immutable id (a re-created name
+    never inherits files), shaped like a tenant name."""
     return f"t-{tenant_id}"
 
 
@@ -654,10 +638,20 @@ def parse_config(data: Any, source: str = "config") -> PlatformConfig:
         raise ConfigError(
             f"{source}: expected a mapping at the top level, got {type(data).__name__}"
         )
+    problems = []
+    if "ray" in data:  # the shared cluster's ports: every old config `fastgpu up` saved has them
+        problems.append(
+            f"ray: got a `ray` section (the shared cluster's ports); expected none, delete it: "
+            f"{SHARED_CLUSTER_REMOVED}"
+        )
+        data = {k: v for k, v in data.items() if k != "ray"}
     try:
-        return PlatformConfig.model_validate(data)
+        config = PlatformConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{source} is invalid:\n{describe_validation_error(exc)}") from None
+        problems.append(describe_validation_error(exc))
+    if problems:
+        raise ConfigError(f"{source} is invalid:\n" + "\n".join(problems))
+    return config
 
 
 def load_config(path: str | Path) -> PlatformConfig:

@@ -31,7 +31,7 @@ console = Console()
 CONFIG = """\
 gpu_types: {{A100: {{price_per_hour: 2.0, perf: 312}}}}
 state_dir: {state}
-tenant_clusters: {{enabled: true, isolation: {isolation}}}
+tenant_clusters: {{isolation: {isolation}}}
 pool:
   hosts:
     - {{name: host-0, gpu_type: A100, devices: [0, 1, 2, 3]}}

@@ -1,23 +1,21 @@
-"""``fastgpu up`` / ``fastgpu down``: a local Ray cluster with logical GPUs and the control-plane
-server beside it, all on 127.0.0.1.
+"""``fastgpu up`` / ``fastgpu down``: the control-plane server on 127.0.0.1, over a pool of GPU
+hosts (the config's ``pool``, or this machine's GPUs as ``--gpus/--nodes`` describe them).
 
-State lives in the state dir (``$FASTGPU_HOME`` or ``~/.fastgpu``, 0700): the SQLite store,
-the admin token and Ray's auth token (0600), the effective config, the server's pid file and
-log. Ray runs with token auth on (``RAY_AUTH_MODE=token``, token file in the state dir, never
-``~/.ray``); every Ray port comes from the config's ``ray`` section and is checked free first.
+No Ray cluster starts here: the server starts each tenant's own when the tenant first needs
+one. State lives in the state dir (``$FASTGPU_HOME`` or ``~/.fastgpu``, 0711: tenants' users
+pass through it to their storage): the SQLite store, the admin token (0600), the effective
+config (0600: its store URL may hold a password), the server's pid file and log.
 
-``up`` is idempotent: it starts only what is missing, and says ok only after Ray's GCS, its
-dashboard and job agent, and the server's API answer. ``down`` stops exactly what ``up``
-started: the server by its pid, and every process of this Ray cluster, found by a variable
-in its environment (Ray's agents ignore SIGTERM and re-parent to init, and workers rename
-themselves, so neither the process tree nor the command line finds them all); SIGTERM, then
-SIGKILL after a grace period.
+``up`` is idempotent: it starts the server only if it is not running, and says ok only after
+the server's API answers. ``down`` stops the server by its pid, then every process of the
+tenants' clusters, found by the platform's marker in their environment (Ray's agents ignore
+SIGTERM and re-parent to init, and workers rename themselves, so neither the process tree nor
+the command line finds them all); SIGTERM, then SIGKILL after a grace period.
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 import socket
 import subprocess
 import sys
@@ -36,7 +34,6 @@ from fastgpu.config import (
     load_config,
     parse_config,
 )
-from fastgpu.controller.backend import GPU_TYPE_LABEL
 from fastgpu.controller.clusters import platform_id, platform_of
 from fastgpu.errors import ConfigError, FastGPUError, InvalidRequest
 from fastgpu.pool import processes
@@ -44,37 +41,30 @@ from fastgpu.pool.hosts import default_pool_spec
 from fastgpu.pool.processes import stop_processes
 from fastgpu.sdk import ADDRESS_FILE, ADMIN_TOKEN_FILE
 
-RAY_TOKEN_FILE = "ray_auth_token"
 CONFIG_FILE = "config.yaml"
-RAY_ADDRESS_FILE = "ray_address"
 SERVER_PID_FILE = "server.pid"
 SERVER_LOG_FILE = "server.log"
-#: Set in the environment of every process of a cluster ``up`` started: ``down`` finds them.
-CLUSTER_ENV = "FASTGPU_CLUSTER_ID"
 
 
-def ray_env(state_dir: Path) -> dict[str, str]:
-    """Environment that makes Ray clients and nodes use this platform's auth token (a file;
-    the token itself never travels in the environment)."""
-    token_path = state_dir / RAY_TOKEN_FILE
-    if not token_path.exists():
-        write_secret(token_path, secrets.token_hex(32))
-    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
-
-
-def cluster_id(state_dir: Path) -> str:
-    """This platform's id: names its shared cluster's processes and its tenants' users."""
-    return platform_id(state_dir)
-
-
-def _child_env(state_dir: Path) -> dict[str, str]:
+def _server_env() -> dict[str, str]:
+    """The server's environment: this one, without the caller's tokens (it reaches each
+    tenant's cluster with that cluster's own Ray token)."""
     env = os.environ.copy()
     env.pop("RAY_AUTH_TOKEN", None)
     env.pop("FASTGPU_TOKEN", None)
-    env.update(ray_env(state_dir))
-    env[CLUSTER_ENV] = cluster_id(state_dir)
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     return env
+
+
+def load_saved_config(path: Path) -> PlatformConfig:
+    """The config ``fastgpu up`` saved in a state dir. One saved before the shared cluster was
+    removed has that cluster's ``ray:`` ports, written by FastGPU itself, not by the operator:
+    they are dropped. A platform that ran the shared cluster (``tenant_clusters.enabled:
+    false``) is refused by :func:`parse_config`, saying why."""
+    data = yaml.safe_load(path.read_text())
+    if isinstance(data, dict) and "ray" in data:
+        data = {k: v for k, v in data.items() if k != "ray"}
+    return parse_config(data, str(path))
 
 
 def effective_config(
@@ -84,7 +74,7 @@ def effective_config(
         config = load_config(config_path)
     else:
         saved = (state_dir or default_config().resolved_state_dir()) / CONFIG_FILE
-        config = load_config(saved) if saved.exists() else default_config(gpu_type)
+        config = load_saved_config(saved) if saved.exists() else default_config(gpu_type)
     if gpu_type not in config.gpu_types:
         if config_path:
             raise ConfigError(
@@ -95,13 +85,6 @@ def effective_config(
         types[gpu_type] = GpuTypeSpec(price_per_hour=2.0, perf=KNOWN_PERF.get(gpu_type, 0.0))
         config = config.model_copy(update={"gpu_types": types})
     return config
-
-
-def ray_temp_dir(state_dir: Path) -> Path:
-    """Ray's session folder for this state dir: short (Ray's socket paths are length-limited)
-    and unique per state dir."""
-    base = Path(os.environ.get("RAY_TMPDIR") or "/tmp")
-    return base / f"fg-{cluster_id(state_dir)}"
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -122,44 +105,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def check_ports_free(ports: dict[str, int]) -> None:
-    """Raise naming each port that is taken and what holds it."""
-    from fastgpu.server import port_holder
-
-    taken = [
-        f"{name}={port} (held by {port_holder('127.0.0.1', port)})"
-        for name, port in ports.items()
-        if not port_free(port)
-    ]
-    if taken:
-        raise FastGPUError(
-            "ports needed by this platform are in use: "
-            + "; ".join(taken)
-            + ". Stop what holds them or choose other ports in the config (ray.*, api.port)"
-        )
-
-
-def _ray_start(args: list[str], env: dict[str, str]) -> None:
-    cmd = [str(Path(sys.executable).with_name("ray")), "start", *args]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    if done.returncode != 0:
-        raise FastGPUError(f"`ray start` failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-
-
-def _ray_alive(state_dir: Path) -> str | None:
-    """The GCS address if this state dir's cluster answers, else None."""
-    path = state_dir / RAY_ADDRESS_FILE
-    if not path.exists():
-        return None
-    address = path.read_text().strip()
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=2):
-            return address
-    except (OSError, ValueError):
-        return None
-
-
 def _wait_http(url: str, ok: Any, what: str, timeout: float, headers: Any = None) -> None:
     import httpx
 
@@ -178,82 +123,6 @@ def _wait_http(url: str, ok: Any, what: str, timeout: float, headers: Any = None
         time.sleep(0.3)
 
 
-def start_ray(
-    config: PlatformConfig, state_dir: Path, gpus: int, gpu_type: str, nodes: int, cpus: int | None
-) -> str:
-    """Start this platform's Ray cluster on fixed, checked ports; return the GCS address."""
-    r = config.ray
-    # The API port too: finding it taken after Ray started would leave a cluster behind.
-    check_ports_free({**r.ports(), "api.port": config.api.port})
-    env = _child_env(state_dir)
-    per_node = gpus // nodes
-    label = f"{GPU_TYPE_LABEL}={gpu_type}"
-    address = f"127.0.0.1:{r.gcs_port}"
-    head = [
-        "--head",
-        f"--port={r.gcs_port}",
-        "--node-ip-address=127.0.0.1",
-        "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={r.dashboard_port}",
-        f"--dashboard-agent-listen-port={r.dashboard_agent_listen_port}",
-        f"--dashboard-agent-grpc-port={r.dashboard_agent_grpc_port}",
-        f"--runtime-env-agent-port={r.runtime_env_agent_port}",
-        f"--metrics-export-port={r.metrics_export_port}",
-        f"--ray-client-server-port={r.ray_client_server_port}",
-        f"--node-manager-port={r.node_manager_port}",
-        f"--object-manager-port={r.object_manager_port}",
-        f"--min-worker-port={r.min_worker_port}",
-        f"--max-worker-port={r.max_worker_port}",
-        f"--num-gpus={per_node}",
-        f"--labels={label}",
-        "--disable-usage-stats",
-        f"--temp-dir={ray_temp_dir(state_dir)}",
-    ]
-    if cpus is not None:
-        head.append(f"--num-cpus={cpus}")
-    _ray_start(head, env)
-    for _ in range(nodes - 1):
-        # Extra logical nodes on this machine: their own ports, chosen free here.
-        _ray_start(
-            [
-                f"--address={address}",
-                "--node-ip-address=127.0.0.1",
-                f"--dashboard-agent-listen-port={free_port()}",
-                f"--dashboard-agent-grpc-port={free_port()}",
-                f"--runtime-env-agent-port={free_port()}",
-                f"--metrics-export-port={free_port()}",
-                f"--node-manager-port={free_port()}",
-                f"--object-manager-port={free_port()}",
-                f"--num-gpus={per_node}",
-                "--num-cpus=1",
-                f"--labels={label}",
-                "--disable-usage-stats",
-            ],
-            env,
-        )
-    (state_dir / RAY_ADDRESS_FILE).write_text(address)
-    return address
-
-
-def check_ray_health(config: PlatformConfig, state_dir: Path) -> None:
-    """The dashboard (Jobs API) and the head's job agent answer."""
-    r = config.ray
-    token = (state_dir / RAY_TOKEN_FILE).read_text().strip()
-    _wait_http(
-        f"http://127.0.0.1:{r.dashboard_port}/api/version",
-        lambda s: s == 200,
-        "Ray's dashboard (Jobs API)",
-        60,
-        headers={"Authorization": f"Bearer {token}"},
-    )
-    _wait_http(
-        f"http://127.0.0.1:{r.dashboard_agent_listen_port}/api/local_raylet_healthz",
-        lambda s: s < 500,
-        "Ray's job agent",
-        60,
-    )
-
-
 def _pid_alive(pid_file: Path) -> int | None:
     import psutil
 
@@ -268,19 +137,12 @@ def _pid_alive(pid_file: Path) -> int | None:
     return None
 
 
-def start_server(config: PlatformConfig, state_dir: Path, address: str | None) -> int:
-    """Start ``fastgpu server`` in the background (pid file and log in the state dir); with
-    tenant clusters there is no shared cluster (``address`` None)."""
+def start_server(state_dir: Path) -> int:
+    """Start ``fastgpu server`` on the config saved in ``state_dir``, in the background (pid
+    file and log in the state dir)."""
     config_file = state_dir / CONFIG_FILE
     log_path = state_dir / SERVER_LOG_FILE
     cmd = [sys.executable, "-m", "fastgpu.cli.main", "server", "--config", str(config_file)]
-    if address is not None:
-        cmd += [
-            "--ray-address",
-            address,
-            "--dashboard-url",
-            f"http://127.0.0.1:{config.ray.dashboard_port}",
-        ]
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         proc = subprocess.Popen(
@@ -288,7 +150,7 @@ def start_server(config: PlatformConfig, state_dir: Path, address: str | None) -
             stdin=subprocess.DEVNULL,
             stdout=fd,
             stderr=fd,
-            env=_child_env(state_dir),
+            env=_server_env(),
             start_new_session=True,
             cwd=str(state_dir),
         )
@@ -326,17 +188,15 @@ def up(
     gpu_type: str = "A100",
     nodes: int = 1,
     config_path: str | None = None,
-    cpus: int | None = None,
-    tenant_clusters: bool | None = None,
     cluster_path: str | None = None,
 ) -> dict[str, Any]:
     """Start (or check) the local platform; returns what runs and any new tenant tokens.
 
-    With tenant clusters (the default: the config's ``tenant_clusters.enabled`` unless
-    ``tenant_clusters`` here overrides it) no shared cluster starts: the server starts each
-    tenant's own when it needs one, on the config's ``pool`` (or the hosts
-    ``gpus``/``nodes``/``gpu_type`` describe). ``tenant_clusters=False`` is the legacy shared
-    cluster (v1), which does not isolate tenants."""
+    The server starts each tenant's own Ray cluster when it needs one, on the config's
+    ``pool`` (the hosts ``cluster_path`` names, or those ``gpus``/``nodes``/``gpu_type``
+    describe on this machine). The result keeps ``ray_address`` (None), ``started_ray``
+    (False) and ``tenant_clusters`` (True) for scripts that read ``fastgpu up -o json``: they
+    described the shared cluster, since removed."""
     if gpus < 1 or gpus > 1024:
         raise InvalidRequest(f"--gpus: got {gpus}; expected 1..1024")
     if nodes < 1 or nodes > 16 or gpus % nodes:
@@ -349,16 +209,12 @@ def up(
 
         overlay = load_cluster_file(cluster_path).platform_overlay()
         config = parse_config({**config.model_dump(mode="json"), **overlay}, cluster_path)
-    if tenant_clusters is not None and tenant_clusters != config.tenant_clusters.enabled:
-        settings = config.tenant_clusters.model_copy(update={"enabled": tenant_clusters})
-        config = config.model_copy(update={"tenant_clusters": settings})
-    pooled = config.tenant_clusters.enabled
-    if pooled and config.pool is None:
+    if config.pool is None:
         config = config.model_copy(update={"pool": default_pool_spec(gpus, nodes, gpu_type)})
     state_dir = config.resolved_state_dir()
     state_dir.mkdir(parents=True, exist_ok=True)
     # Tenants' users pass through the state dir to their storage (its files stay 0600).
-    os.chmod(state_dir, 0o711 if pooled else 0o700)
+    os.chmod(state_dir, 0o711)
     if not config.state_dir:
         config = config.model_copy(update={"state_dir": str(state_dir)})
     # 0600: store_url may hold a password, and tenants pass through the state dir.
@@ -368,15 +224,6 @@ def up(
     write_secret(admin_path, admin)
 
     pid = _pid_alive(state_dir / SERVER_PID_FILE)
-    address = None if pooled else _ray_alive(state_dir)
-    started_ray = not pooled and address is None
-    if started_ray:
-        if pid is not None:  # a server without its cluster: start both afresh
-            _stop_pid(pid)
-            pid = None
-        address = start_ray(config, state_dir, gpus, gpu_type, nodes, cpus)
-    if not pooled:
-        check_ray_health(config, state_dir)
     started_server = pid is None
     if pid is None:
         from fastgpu.server import port_holder
@@ -386,7 +233,7 @@ def up(
                 f"the API port {config.api.host}:{config.api.port} is held by "
                 f"{port_holder(config.api.host, config.api.port)}; stop it or set api.port"
             )
-        pid = start_server(config, state_dir, address)
+        pid = start_server(state_dir)
     wait_server(config, state_dir, pid, admin)
     url = f"http://{config.api.host}:{config.api.port}"
     (state_dir / ADDRESS_FILE).write_text(url)
@@ -410,18 +257,17 @@ def up(
                 if out.get("token"):
                     new_tokens[name] = out["token"]
     return {
-        "ray_address": address,
+        "ray_address": None,
         "api": url,
         "state_dir": str(state_dir),
-        "started_ray": started_ray,
+        "started_ray": False,
         "started_server": started_server,
         "server_pid": pid,
         "gpus": gpus,
         "gpu_type": gpu_type,
         "nodes": nodes,
         "admin_token_file": str(admin_path),
-        "dashboard": None if pooled else f"http://127.0.0.1:{config.ray.dashboard_port}",
-        "tenant_clusters": pooled,
+        "tenant_clusters": True,
         "new_tenant_tokens": new_tokens,
     }
 
@@ -437,67 +283,22 @@ def _stop_pid(pid: int, grace_s: float = 15.0) -> bool:
     return True
 
 
-def _fds_under(pid: int, marker: str) -> bool:
-    """Whether the process holds a file under ``marker`` open (Ray's processes keep their
-    session's log files open, whatever they renamed themselves to)."""
-    fd_dir = f"/proc/{pid}/fd"
-    try:
-        for fd in os.listdir(fd_dir):
-            try:
-                if os.readlink(f"{fd_dir}/{fd}").startswith(marker):
-                    return True
-            except OSError:
-                continue
-    except OSError:
-        return False
-    return False
-
-
-def cluster_processes(state_dir: Path) -> list[Any]:
-    """Every live process of this state dir's Ray cluster: by its command line, its
-    environment (set by ``up``; Ray's renamed processes overwrite theirs) or the session files
-    it holds open."""
-    import psutil
-
-    ident = cluster_id(state_dir)
-    marker = str(ray_temp_dir(state_dir)) + "/"
-    me = os.getpid()
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        if proc.pid == me:
-            continue
-        try:
-            if (
-                any(marker in part for part in proc.info["cmdline"] or [])
-                or proc.environ().get(CLUSTER_ENV) == ident
-                or _fds_under(proc.pid, marker)
-            ):
-                found.append(proc)
-        except (psutil.Error, OSError):
-            continue
-    return found
-
-
 def down(state_dir: Path | None = None) -> dict[str, Any]:
-    """Stop the server and the local Ray cluster; the store stays."""
+    """Stop the server and every process of the tenants' clusters (each carries the
+    platform's marker); the store stays."""
     sd = state_dir or default_config().resolved_state_dir()
+    saved = sd / CONFIG_FILE
+    # Before anything stops: a saved config this version refuses stops nothing.
+    platform = platform_of(load_saved_config(saved)) if saved.exists() else platform_id(sd)
     server = _pid_alive(sd / SERVER_PID_FILE)
     stopped_server = _stop_pid(server) if server is not None else False
-    procs = cluster_processes(sd)
-    stop_processes(procs, grace_s=10)
-    # Tenants' own clusters (each process carries the platform's marker).
-    tenants = 0
-    saved = sd / CONFIG_FILE
-    platform = platform_of(load_config(saved)) if saved.exists() else platform_id(sd)
+    stopped = 0
     for marker, marked in processes.marked(f"{platform}/").items():
-        tenants += processes.stop_tree(marked[0].pid, grace_s=5, marker=marker)
-    # Anything started meanwhile by a dying raylet (a worker, a job driver): once more.
-    late = cluster_processes(sd)
-    stop_processes(late, grace_s=0)
-    for name in (RAY_ADDRESS_FILE, ADDRESS_FILE, SERVER_PID_FILE):
+        stopped += processes.stop_tree(marked[0].pid, grace_s=5, marker=marker)
+    for name in (ADDRESS_FILE, SERVER_PID_FILE):
         (sd / name).unlink(missing_ok=True)
     return {
         "stopped_server": stopped_server,
-        "stopped_processes": len(procs) + len(late) + tenants,
+        "stopped_processes": stopped,
         "state_dir": str(sd),
     }

@@ -1,14 +1,16 @@
 """``fastgpu server``: the control plane as one ordinary process, outside Ray.
 
 It holds the HTTP API (FastAPI on uvicorn), the controller loop, the store and the tokens, and
-drives Ray from outside as a plain driver; it runs no tenant code.
+runs each tenant's Ray cluster on the config's ``pool`` (:class:`~fastgpu.controller.
+pool_backend.PoolBackend`), speaking to those clusters from outside; it runs no tenant code.
 
 Start-up, in order:
 1. open the store (migrating it) and take the **leader lock** (a PostgreSQL advisory lock, or
    a file lock next to a SQLite store). Without it the server is a *standby*: it waits, serving
    nothing, and takes over as soon as the leader's lock is freed (its process or its database
    session died);
-2. connect to Ray, register the admin token (by hash) and **reconcile** the store with Ray;
+2. adopt the tenants' clusters that run on the pool, register the admin token (by hash) and
+   **reconcile** the store with them;
 3. start the controller loop (a thread, ``controller.tick_interval_s``) and the API on a socket
    bound here without SO_REUSEPORT: if the port is taken, start-up fails and names the holder.
 
@@ -101,13 +103,9 @@ class Server:
     def __init__(
         self,
         config: PlatformConfig,
-        ray_address: str | None,
-        dashboard_url: str | None = None,
         admin_token_file: Path | None = None,
     ) -> None:
         self.config = config
-        self.ray_address = ray_address
-        self.dashboard_url = dashboard_url
         self.admin_token_file = admin_token_file
         self._stop = threading.Event()
         self._lost = threading.Event()
@@ -134,48 +132,33 @@ class Server:
 
     # -- start ---------------------------------------------------------------------------------
     def build(self) -> Any:
-        """Store, Ray connection, controller, services and the app (leader only)."""
-        import ray
-
+        """Store, the tenants' clusters on the pool, controller, services and the app (leader
+        only)."""
         from fastgpu.api.app import create_app
         from fastgpu.api.limits import WaitSlots
-        from fastgpu.controller.backend import RayBackend
+        from fastgpu.controller.hosts import make_pool
         from fastgpu.controller.loop import Controller
+        from fastgpu.controller.pool_backend import PoolBackend
         from fastgpu.controller.reconcile import reconcile
         from fastgpu.metrics import install_metrics
+        from fastgpu.pool.hosts import hosts_from_spec
         from fastgpu.service import Services
         from fastgpu.store import open_store
 
         store = open_store(self.config.resolved_store_url())
-        backend: Any
-        if self.config.tenant_clusters.enabled:
-            from fastgpu.controller.hosts import make_pool
-            from fastgpu.controller.pool_backend import PoolBackend
-            from fastgpu.pool.hosts import hosts_from_spec
-
-            assert self.config.pool is not None  # checked by main()
-            backend = self.backend = PoolBackend(
-                self.config, hosts_from_spec(self.config.pool), pool=make_pool(self.config)
-            )
-        else:
-            if not ray.is_initialized():
-                ray.init(
-                    address=self.ray_address,
-                    namespace="fastgpu",
-                    log_to_driver=False,
-                    logging_level=logging.WARNING,
-                )
-            backend = RayBackend()
+        assert self.config.pool is not None  # checked by main()
+        backend = self.backend = PoolBackend(
+            self.config, hosts_from_spec(self.config.pool), pool=make_pool(self.config)
+        )
         self.controller = Controller(self.config, store, backend)
         services = Services.build(
             self.controller,
-            dashboard_url=self.dashboard_url,
             wait_slots=WaitSlots(self.config.api.max_waits_per_tenant),
+            clusters=backend,
         )
-        if self.backend is not None:  # tenants' job drivers act as their tenant
-            clusters = self.backend.clusters
-            clusters.api_url = f"http://{self.config.api.host}:{self.config.api.port}"
-            clusters.job_token = services.auth.cluster_token
+        # Tenants' job drivers act as their tenant.
+        backend.clusters.api_url = f"http://{self.config.api.host}:{self.config.api.port}"
+        backend.clusters.job_token = services.auth.cluster_token
         if self.admin_token_file is not None and self.admin_token_file.exists():
             services.auth.bootstrap_admin(self.admin_token_file.read_text().strip())
         metrics = install_metrics(self.controller)  # before reconcile: it changes leases too
@@ -233,7 +216,7 @@ class Server:
             self._uvicorn.should_exit = True
 
 
-def main(config_path: str, ray_address: str | None, dashboard_url: str | None) -> int:
+def main(config_path: str) -> int:
     from fastgpu.config import load_config
 
     logging.basicConfig(
@@ -244,16 +227,16 @@ def main(config_path: str, ray_address: str | None, dashboard_url: str | None) -
     # through the state dir to their storage, so nothing in it may be readable by others.
     os.umask(0o077)
     config = load_config(config_path)
-    if config.tenant_clusters.enabled and config.pool is None:
+    if config.pool is None:
         from fastgpu.errors import ConfigError
 
         raise ConfigError(
-            f"{config_path}: tenant clusters (the default) need the GPUs to carve: set "
+            f"{config_path}: tenants' clusters need the GPUs to carve: set "
             "pool.hosts (or start with `fastgpu up`, which describes this machine's GPUs, or "
             "`fastgpu up --cluster cluster.yaml`)"
         )
     state_dir = config.resolved_state_dir()
-    server = Server(config, ray_address, dashboard_url, admin_token_file=state_dir / "admin_token")
+    server = Server(config, admin_token_file=state_dir / "admin_token")
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("signal %d: stopping", signum)

@@ -1,9 +1,10 @@
-"""A real local Ray cluster with logical GPUs and a real ``fastgpu server`` process beside it.
+"""A real ``fastgpu server`` process with tenant clusters on a pool of logical GPUs of this
+machine.
 
-The test process starts Ray (``ray.init`` with logical GPUs) and is itself a Ray driver, so
-tests can probe placement groups; the server is a separate process (``python -m
-fastgpu.cli.main server``) with a real SQLite store, talking HTTP on 127.0.0.1, exactly as
-``fastgpu up`` runs it. Tests talk to it through the SDK.
+The server is a separate process (``python -m fastgpu.cli.main server``) with a real SQLite
+store, talking HTTP on 127.0.0.1, exactly as ``fastgpu up`` runs it; each tenant's leases are
+raylets of its own Ray cluster. Tests talk to it through the SDK and read where a lease landed
+off its raylets (:func:`lease_devices`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import ray
 import yaml
 
 from fastgpu.auth import new_token, write_secret
 from fastgpu.config import GpuTypeSpec, PlatformConfig
-from fastgpu.controller.backend import GPU_TYPE_LABEL
 from fastgpu.sdk import Client
 
 
@@ -39,7 +38,6 @@ class Platform:
     config: PlatformConfig
     admin: str
     state_dir: Path
-    ray_address: str | None
     proc: subprocess.Popen[bytes] | None = None
     clients: list[Client] = field(default_factory=list)
 
@@ -71,7 +69,6 @@ class Platform:
                 "server",
                 "--config",
                 str(self.state_dir / "config.yaml"),
-                *(["--ray-address", self.ray_address] if self.ray_address else []),
             ],
             stdout=log,
             stderr=log,
@@ -141,43 +138,15 @@ def make_config(state_dir: Path, **extra: Any) -> PlatformConfig:
     )
 
 
-def start_local_ray(num_gpus: int = 8, gpu_type: str = "A100") -> str:
-    ray.init(
-        num_cpus=2,
-        num_gpus=num_gpus,
-        include_dashboard=False,
-        labels={GPU_TYPE_LABEL: gpu_type},
-        namespace="fastgpu-tests",
-        log_to_driver=False,
-    )
-    return str(ray.get_runtime_context().gcs_address)
-
-
-def platform_on_running_ray(
-    state_dir: Path, ray_address: str | None = None, **config_extra: Any
-) -> Iterator[Platform]:
-    """A server process for the Ray cluster this test process is connected to."""
-    if ray_address is None:
-        ray_address = str(ray.get_runtime_context().gcs_address)
-    platform = start_platform(state_dir, ray_address, **config_extra)
-    try:
-        yield platform
-    finally:
-        platform.stop_server()
-
-
-def start_platform(state_dir: Path, ray_address: str | None, **config_extra: Any) -> Platform:
-    """Write the config and the admin token into ``state_dir`` and start a server process
-    (``ray_address`` None: tenant clusters, no shared cluster; a ``ray_address``: the legacy
-    shared cluster, unless the test says otherwise)."""
-    if ray_address is not None:
-        config_extra.setdefault("tenant_clusters", {"enabled": False})
+def start_platform(state_dir: Path, **config_extra: Any) -> Platform:
+    """Write the config (``config_extra`` names its ``pool``) and the admin token into
+    ``state_dir`` and start a server process."""
     config = make_config(state_dir, **config_extra)
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
     admin = new_token()
     write_secret(state_dir / "admin_token", admin)
-    platform = Platform(config, admin, state_dir, ray_address)
+    platform = Platform(config, admin, state_dir)
     platform.start_server()
     return platform
 
@@ -193,21 +162,7 @@ def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05) ->
         time.sleep(interval)
 
 
-def local_platform(
-    tmp_path_factory: Any, num_gpus: int = 8, **config_extra: Any
-) -> Iterator[Platform]:
-    """A one-node local cluster with ``num_gpus`` logical A100s and a server beside it."""
-    address = start_local_ray(num_gpus=num_gpus)
-    try:
-        yield from platform_on_running_ray(
-            tmp_path_factory.mktemp("state"), address, **config_extra
-        )
-    finally:
-        ray.shutdown()
-
-
-#: A pool of two hosts of four logical A100s each on this machine (what ``local_platform`` used
-#: to be: 8 logical A100s, now as raylets of each tenant's own cluster).
+#: A pool of two hosts of four logical A100s each on this machine.
 EIGHT_A100 = {
     "hosts": [
         {"name": "host-0", "gpu_type": "A100", "devices": [0, 1, 2, 3]},
@@ -228,9 +183,9 @@ def pool_platform(
     base = Path(os.environ["RAY_TMPDIR"])
     base.chmod(0o711)  # tenants pass through the test's temp dir to their own dirs
     state = tmp_path_factory.mktemp("state")
-    config_extra.setdefault("tenant_clusters", {"enabled": True, "idle_timeout_s": 600})
+    config_extra.setdefault("tenant_clusters", {"idle_timeout_s": 600})
     config_extra.setdefault("storage_root", str(base / f"storage-{state.name}"))
-    platform = start_platform(state, None, pool=pool or EIGHT_A100, **config_extra)
+    platform = start_platform(state, pool=pool or EIGHT_A100, **config_extra)
     try:
         yield platform
     finally:

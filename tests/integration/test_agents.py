@@ -111,10 +111,9 @@ def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agents]:
     }
     platform = start_platform(
         state,
-        None,
         pool=pool,
         storage_root=str(base / f"storage-a{os.getpid()}"),
-        tenant_clusters={"enabled": True, "idle_timeout_s": 600},
+        tenant_clusters={"idle_timeout_s": 600},
         controller={"min_duration_s": 1.0, "tick_interval_s": 0.25},
         scheduler={"grace_s": 60.0},
     )

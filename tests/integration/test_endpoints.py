@@ -46,10 +46,9 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     base.chmod(0o711)
     platform = start_platform(
         tmp_path_factory.mktemp("ep-state"),
-        None,
         pool=POOL,
         storage_root=str(base / f"ep-storage-{os.getpid()}"),
-        tenant_clusters={"enabled": True, "idle_timeout_s": 600},
+        tenant_clusters={"idle_timeout_s": 600},
         controller={"min_duration_s": 1.0, "tick_interval_s": 0.25},
         endpoints={"idle_s": 6, "downscale_delay_s": 3},
     )

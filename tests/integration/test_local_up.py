@@ -1,14 +1,12 @@
-"""`fastgpu up` / `down` in the legacy shared-cluster mode (``tenant_clusters.enabled: false``)
-as a user runs them (real `ray start` processes and a real `fastgpu server` process, the CLI;
-the default mode, tenant clusters, is tested in test_pool_server.py), on non-default ports
-chosen free for every test platform, and jobs submitted through the platform on a tenant's
-behalf (their working folder uploaded)."""
+"""`fastgpu up` / `down` as a user runs them: a real `fastgpu server` process with tenant
+clusters on logical GPUs of this machine (each tenant's leases become raylets of its own Ray
+cluster), the CLI, an API port chosen free for every test platform, and jobs submitted
+through the platform on a tenant's behalf (their working folder uploaded)."""
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import socket
 import stat
 import subprocess
@@ -24,24 +22,14 @@ import httpx
 import pytest
 import yaml
 
-from fastgpu.local import cluster_processes, port_free
+from fastgpu.controller.clusters import platform_id
+from fastgpu.pool import processes
 from fastgpu.sdk import Client
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 SCRIPTS = Path(__file__).parent / "job_scripts"
 REPO = Path(__file__).resolve().parents[2]
-RAY_PORTS = (
-    "gcs_port",
-    "dashboard_port",
-    "dashboard_agent_listen_port",
-    "dashboard_agent_grpc_port",
-    "runtime_env_agent_port",
-    "metrics_export_port",
-    "ray_client_server_port",
-    "node_manager_port",
-    "object_manager_port",
-)
 _TAKEN: set[int] = set()  # ports handed out in this process: two platforms never share one
 
 
@@ -55,23 +43,15 @@ def _free_port() -> int:
             return port
 
 
-def _worker_range(size: int = 50) -> tuple[int, int]:
-    """A block of free ports for Ray's workers, away from the ephemeral range."""
-    for _ in range(200):
-        low = random.randrange(20000, 30000 - size)
-        block = range(low, low + size)
-        if not _TAKEN.intersection(block) and all(port_free(p) for p in block):
-            _TAKEN.update(block)
-            return low, low + size - 1
-    raise AssertionError("no free block of worker ports")
-
-
 def _ports() -> dict[str, Any]:
-    """A config's ``api`` and ``ray`` sections with every port non-default and free."""
-    low, high = _worker_range()
-    ray_ports: dict[str, int] = {name: _free_port() for name in RAY_PORTS}
-    ray_ports |= {"min_worker_port": low, "max_worker_port": high}
-    return {"api": {"port": _free_port()}, "ray": ray_ports}
+    """A config's ``api`` section on a free, non-default port."""
+    return {"api": {"port": _free_port()}}
+
+
+def _platform_processes(home: Path) -> list[int]:
+    """Pids of every process of the platform whose state dir is ``home`` (its tenants'
+    clusters carry its marker)."""
+    return sorted(p.pid for ps in processes.marked(f"{platform_id(home)}/").values() for p in ps)
 
 
 def _fastgpu(
@@ -105,9 +85,7 @@ class Up:
         return {**self.env, "FASTGPU_TOKEN": token}
 
     def all_ports(self) -> dict[str, int]:
-        out = {"api.port": int(self.ports["api"]["port"])}
-        out |= {f"ray.{k}": int(v) for k, v in self.ports["ray"].items() if k.endswith("_port")}
-        return out
+        return {"api.port": int(self.ports["api"]["port"])}
 
     def up_args(self) -> tuple[str, ...]:
         return ("up", "--gpus", str(self.first["gpus"]), "--nodes", str(self.first["nodes"]),
@@ -130,12 +108,15 @@ def _platform_env(root: Path) -> tuple[dict[str, str], Path, Path]:
 def _write_config(root: Path, ports: dict[str, Any], tenants: dict[str, Any]) -> Path:
     cfg = root / "fastgpu.yaml"
     data = {"gpu_types": {"A100": {"price_per_hour": 2.5, "perf": 312}}, "tenants": tenants}
-    data["tenant_clusters"] = {"enabled": False}  # the legacy shared cluster and its ports
     cfg.write_text(yaml.safe_dump(data | ports))
     return cfg
 
 
 def _start(root: Path, gpus: int, nodes: int, tenants: dict[str, Any]) -> Up:
+    # Tenants' users pass through to their storage in the state dir (and run their Python
+    # from the cluster root under the test's temp dir).
+    Path(os.environ["RAY_TMPDIR"]).chmod(0o711)
+    root.chmod(0o711)
     env, home, user_home = _platform_env(root)
     ports = _ports()
     cfg = _write_config(root, ports, tenants)
@@ -148,8 +129,9 @@ def _start(root: Path, gpus: int, nodes: int, tenants: dict[str, Any]) -> Up:
 
 
 def _assert_all_down(up: Up) -> None:
-    """Nothing listens on the platform's ports and no process of its cluster remains."""
-    assert cluster_processes(up.home) == []
+    """Nothing listens on the platform's port and no process of its tenants' clusters
+    remains."""
+    assert _platform_processes(up.home) == []
     held = {name: port for name, port in up.all_ports().items() if _listening(port)}
     assert held == {}, held
     # Each port can be listened on again (SO_REUSEADDR, as servers bind: the port may still
@@ -179,18 +161,17 @@ def up() -> Iterator[Up]:
 
 
 def test_up_is_idempotent_and_serves_leases(up: Up) -> None:
-    assert up.first["started_ray"] is True
+    assert up.first["started_ray"] is False  # no shared Ray: each tenant gets its own
+    assert up.first["ray_address"] is None
+    assert up.first["tenant_clusters"] is True
     assert up.first["started_server"] is True
-    # Every address is on the configured (non-default) ports.
+    # The API is on the configured (non-default) port.
     assert up.first["api"] == f"http://127.0.0.1:{up.ports['api']['port']}"
-    assert up.first["ray_address"] == f"127.0.0.1:{up.ports['ray']['gcs_port']}"
-    assert up.first["dashboard"] == f"http://127.0.0.1:{up.ports['ray']['dashboard_port']}"
-    for name in ("api.port", "ray.gcs_port", "ray.dashboard_port"):
-        assert _listening(up.all_ports()[name]), name
+    assert _listening(up.all_ports()["api.port"])
     pid_file = up.home / "server.pid"
     assert int(pid_file.read_text()) == up.first["server_pid"]
     assert (up.home / "server.log").exists()
-    for secret in ("admin_token", "ray_auth_token"):
+    for secret in ("admin_token", "config.yaml"):
         mode = stat.S_IMODE((up.home / secret).stat().st_mode)
         assert mode == 0o600, (secret, oct(mode))
     args = ("up", "--gpus", "4", "--nodes", "2", "--config", str(up.cfg), "-o", "json")
@@ -207,9 +188,12 @@ def test_up_is_idempotent_and_serves_leases(up: Up) -> None:
 
     ops = up.as_tenant(up.first["new_tenant_tokens"]["ops"])
     args = ("lease", "request", "--gpus", "2", "--strategy", "SPREAD", "--wait", "-o", "json")
-    lease = json.loads(_fastgpu(ops, *args).stdout)
+    out = _fastgpu(ops, *args)
+    assert out.returncode == 0, out.stderr
+    lease = json.loads(out.stdout)
     assert lease["state"] == "RESERVED"
     assert len(set(lease["nodes"])) == 2
+    assert _platform_processes(up.home)  # the tenant's cluster runs
     _fastgpu(ops, "lease", "release", lease["id"])
 
 
@@ -229,7 +213,7 @@ def test_jobs_run_on_the_tenants_lease_and_stay_private(up: Up) -> None:
     # `fastgpu job submit`: the lease given here reaches the job as its defaults.
     submit = (
         "job", "submit", "--gpus", "1:2", "--duration", "5m", "--working-dir", str(REPO / "jobs"),
-        "-o", "json", "--", sys.executable, "train_classifier.py", "--epochs", "1",
+        "-o", "json", "--", "python", "train_classifier.py", "--epochs", "1",
         "--run-name", "via-cli", "--cpus-per-worker", "0.25",
     )  # fmt: skip
     out = _fastgpu(ops, *submit)
@@ -239,7 +223,7 @@ def test_jobs_run_on_the_tenants_lease_and_stay_private(up: Up) -> None:
     done = _wait_job(ops, job["id"], {"SUCCEEDED", "FAILED"})
     logs = _fastgpu(ops, "job", "logs", job["id"]).stdout
     assert done["status"] == "SUCCEEDED", logs[-3000:]
-    assert "/ops/runs/via-cli" in logs
+    assert "/runs/via-cli" in logs
     # The job's own lease, found by its request id: bound to the run, released at the end.
     assert done["lease"]["state"] == "RELEASED"
     assert done["lease"]["tenant"] == "ops"
@@ -263,7 +247,7 @@ def test_jobs_run_on_the_tenants_lease_and_stay_private(up: Up) -> None:
     )
     submit_r = (
         "job", "submit", "--gpus", "2", "--working-dir", str(SCRIPTS), "-o", "json",
-        "--", sys.executable, "lease_job.py",
+        "--", "python", "lease_job.py",
     )  # fmt: skip
     waiting = json.loads(_fastgpu(research, *submit_r).stdout)
     deadline = time.monotonic() + 60
@@ -328,7 +312,7 @@ def test_two_platforms_run_side_by_side(up: Up) -> None:
     root = Path(tempfile.mkdtemp(prefix="v"))
     other = _start(root, 2, 1, {"solo": {"quotas": {"A100": {"nominal": 1}}}})
     try:
-        assert other.first["started_ray"] is True
+        assert other.first["started_server"] is True
         assert set(other.all_ports().values()).isdisjoint(up.all_ports().values())
         mine = json.loads(_fastgpu(up.env, "status", "-o", "json").stdout)
         theirs = json.loads(_fastgpu(other.env, "status", "-o", "json").stdout)
@@ -342,16 +326,14 @@ def test_two_platforms_run_side_by_side(up: Up) -> None:
         lease = json.loads(_fastgpu(solo, "lease", "request", "--gpus", "1", "--wait",
                                     "-o", "json").stdout)  # fmt: skip
         assert lease["state"] == "RESERVED"
-        assert {p.pid for p in cluster_processes(up.home)}.isdisjoint(
-            p.pid for p in cluster_processes(other.home)
-        )
+        assert _platform_processes(other.home)
+        assert set(_platform_processes(up.home)).isdisjoint(_platform_processes(other.home))
     finally:
         down = _fastgpu(other.env, "down", "-o", "json")
     assert down.returncode == 0, down.stderr
     assert json.loads(down.stdout)["stopped_server"] is True
     _assert_all_down(other)
     # The first platform is untouched.
-    assert cluster_processes(up.home)
     status = _fastgpu(up.env, "status", "-o", "json")
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["gpu_types"][0]["total"] == 4
@@ -373,8 +355,8 @@ def test_up_fails_naming_the_holder_of_a_taken_api_port() -> None:
         assert f"pid {os.getpid()}" in message, message  # this test process holds it
         # No server was started (the port is checked before it).
         assert not (home / "server.pid").exists()
-        # Nor Ray: every port, the API's included, is checked before anything starts.
-        assert cluster_processes(home) == []
+        # Nor any tenant's cluster.
+        assert _platform_processes(home) == []
     finally:
         holder.close()
         down = _fastgpu(env, "down", "-o", "json")
@@ -407,9 +389,13 @@ def test_the_admin_token_rotates_and_the_local_cli_follows(up: Up) -> None:
 
 
 def test_down_stops_everything(up: Up) -> None:
-    """Runs last: `down` stops the server and every process of the cluster; nothing listens
-    on any configured port; the store and tokens stay; a second `down` is a no-op."""
-    assert cluster_processes(up.home)
+    """Runs last: `down` stops the server and every process of the tenants' clusters; nothing
+    listens on the API port; the store and tokens stay; a second `down` is a no-op."""
+    ops = Client(token=up.first["new_tenant_tokens"]["ops"], address=up.first["api"])
+    held = ops.request_lease(1, "A100", "10m", wait=True, timeout=180)
+    assert held.state == "RESERVED"
+    ops.close()
+    assert _platform_processes(up.home)
     down = _fastgpu(up.env, "down", "-o", "json")
     assert down.returncode == 0, down.stderr
     result = json.loads(down.stdout)

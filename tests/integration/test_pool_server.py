@@ -63,10 +63,9 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     state = tmp_path_factory.mktemp("pool-state")
     platform = start_platform(
         state,
-        None,
         pool=POOL,
         storage_root=str(base / f"storage-{os.getpid()}"),
-        tenant_clusters={"enabled": True, "idle_timeout_s": IDLE_S},
+        tenant_clusters={"idle_timeout_s": IDLE_S},
         controller={"min_duration_s": 1.0, "tick_interval_s": 0.25},
         # Long enough that a shrink ending at the checkpoint is told apart from one at the grace.
         scheduler={"grace_s": 60.0},

@@ -1,6 +1,6 @@
-"""In-memory stand-ins for the controller's seams (Ray backend, clock) for stepping tests.
+"""In-memory stand-ins for the controller's seams (backend, clock) for stepping tests.
 
-Integration tests run the real RayBackend; these make the controller's decisions
+Integration tests run the real backend (the pool's); these make the controller's decisions
 deterministic and instant so tests can step ``tick()`` and assert on state.
 """
 
@@ -30,6 +30,7 @@ class FakeBackend:
     hold: bool = False
     created: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    handed_over: list[str] = field(default_factory=list)
     fail_next_create: bool = False
     resized: list[tuple[str, list[str]]] = field(default_factory=list)
     checkpoints: list[str] = field(default_factory=list)
@@ -56,16 +57,13 @@ class FakeBackend:
             self.created.append(name)
         return self.group_table[name].group_id
 
-    def remove_group(
-        self, name: str, group_id: str | None = None, handed_over: bool = False
-    ) -> None:
-        if handed_over:
-            return
+    def remove_group(self, name: str, group_id: str | None = None) -> None:
         if self.group_table.pop(name, None) is not None:
             self.removed.append(name)
 
     def hand_over(self, name: str, group_id: str | None = None) -> None:
-        self.remove_group(name, group_id)
+        """As the pool's: the workload takes the lease, whose GPUs stay in the table."""
+        self.handed_over.append(name)
 
     def resize(self, name: str, nodes: list[str]) -> None:
         self.resized.append((name, list(nodes)))

@@ -121,5 +121,40 @@ def test_tenant_clusters_are_the_default_and_the_server_needs_a_pool(tmp_path: P
     )  # fmt: skip
     assert out.returncode == 2, out.stdout + out.stderr
     assert "pool.hosts" in " ".join(out.stderr.split())
-    legacy = load_config(_write(tmp_path, GOOD + "tenant_clusters: {enabled: false}\n"))
-    assert legacy.tenant_clusters.enabled is False
+
+
+def test_configs_of_the_removed_shared_cluster_are_refused_saying_what_to_do(
+    tmp_path: Path,
+) -> None:
+    """The shared cluster (v1) is gone: `enabled: false` and its `ray:` ports are refused, each
+    named with what to do instead, both in one report; `enabled: true` (every config an older
+    `fastgpu up` saved says so) still loads."""
+    kept = load_config(_write(tmp_path, GOOD + "tenant_clusters: {enabled: true}\n"))
+    assert kept.tenant_clusters.enabled is True
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, GOOD + "tenant_clusters: {enabled: false}\n"))
+    message = str(err.value)
+    assert "tenant_clusters.enabled: got False; expected true (or delete the line)" in message
+    assert "the shared cluster of v1 was removed" in message
+    assert "set pool.hosts, or let `fastgpu up --gpus N`" in message
+    old = GOOD + "tenant_clusters: {enabled: false}\nray: {gcs_port: 6380, dashboard_port: 8266}\n"
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, old))
+    lines = str(err.value).splitlines()
+    assert lines[0] == f"{tmp_path / 'fastgpu.yaml'} is invalid:"
+    assert lines[1].startswith("ray: got a `ray` section (the shared cluster's ports); expected "
+                               "none, delete it: the shared cluster of v1 was removed")  # fmt: skip
+    assert lines[2].startswith("tenant_clusters.enabled: got False; expected true")
+
+
+def test_a_config_an_older_up_saved_loads_without_its_ray_ports(tmp_path: Path) -> None:
+    """`fastgpu up` of an older FastGPU saved the shared cluster's `ray:` ports in every state
+    dir; FastGPU wrote them, not the operator, so `up` and `down` drop them there. A state dir
+    of a platform that ran the shared cluster is still refused."""
+    from fastgpu.local import load_saved_config
+
+    saved = GOOD + "tenant_clusters: {enabled: true}\nray: {gcs_port: 6380}\n"
+    assert load_saved_config(_write(tmp_path, saved)).tenant_clusters.enabled is True
+    shared = GOOD + "tenant_clusters: {enabled: false}\nray: {gcs_port: 6380}\n"
+    with pytest.raises(ConfigError, match="the shared cluster of v1 was removed"):
+        load_saved_config(_write(tmp_path, shared))

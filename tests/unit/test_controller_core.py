@@ -289,7 +289,7 @@ def test_bind_hands_over_gpus_but_keeps_them_in_the_ledger(world: World) -> None
     w.ctl.tick()
     bound = w.svc.leases.bind(p, lease.id, "train:x")
     assert bound.state == "BOUND"
-    assert lease.placement_group not in w.backend.group_table
+    assert w.backend.handed_over == [lease.placement_group]
     # Binding again is a no-op.
     assert w.svc.leases.bind(p, lease.id, "train:x").state == "BOUND"
     # The ledger still counts those 4 GPUs: the next 4 go to the other node, then none are left.
@@ -298,7 +298,7 @@ def test_bind_hands_over_gpus_but_keeps_them_in_the_ledger(world: World) -> None
     assert set(other.nodes).isdisjoint(bound.nodes)
     third = w.request(p, gpus=1)
     assert third.reason == "no_capacity"
-    # Reconcile leaves a bound lease alone (no group expected) and fails it if its node dies.
+    # Reconcile leaves a bound lease alone (its raylets run on) and fails it if its node dies.
     assert reconcile(w.ctl)["groups_recreated"] == 0
     w.backend.node_list = [n for n in w.backend.node_list if n.node_id not in bound.nodes]
     reconcile(w.ctl)
@@ -320,7 +320,7 @@ def test_a_bound_lease_follows_what_the_backend_runs(world: World) -> None:
     w.backend.group_table[name] = GroupInfo(
         name, "g", "RESCHEDULING", "", (node,) * 3, "its raylet on h stopped (1 of 4 GPUs)"
     )
-    removed = len(w.backend.removed)  # the hand-over removed the group once
+    removed = len(w.backend.removed)
     assert reconcile(w.ctl)["leases_shrunk"] == 1
     shrunk = w.svc.leases.get(p, lease.id)
     assert (shrunk.state, shrunk.held_gpus) == ("BOUND", 3)
@@ -339,15 +339,15 @@ def test_a_bound_lease_follows_what_the_backend_runs(world: World) -> None:
 
 
 def test_a_bound_lease_with_nothing_left_on_the_pool_fails(world: World) -> None:
-    """A backend that reports bound leases' raylets (the pool) and has none for a bound lease
-    (all died while the server was down): the lease fails as node_lost."""
+    """The backend reports a bound lease's raylets; when it has none for it (all died while the
+    server was down), the lease fails as node_lost."""
     w = world
     p = w.tenant("gone", 4)
     lease = w.request(p, gpus=2)
     w.ctl.tick()
-    w.svc.leases.bind(p, lease.id, "train:x")
-    assert reconcile(w.ctl)["leases_failed"] == 0  # the shared cluster's backend: nothing to see
-    w.backend.holds_bound = True  # type: ignore[attr-defined]
+    bound = w.svc.leases.bind(p, lease.id, "train:x")
+    assert reconcile(w.ctl)["leases_failed"] == 0  # its raylets run
+    del w.backend.group_table[bound.placement_group or ""]
     assert reconcile(w.ctl)["leases_failed"] == 1
     failed = w.svc.leases.get(p, lease.id)
     assert (failed.state, failed.reason) == ("FAILED", "node_lost")
@@ -448,3 +448,24 @@ def test_make_policy_passes_the_scheduler_settings(tmp_path: Path) -> None:
     assert policy.settings.borrow_non_preemptible is True
     assert policy.settings.grace_s == 7
     assert policy.settings.enforce_time_limits is False  # the controller expires leases itself
+
+
+def test_a_wait_on_a_failed_reservation_never_answers_reserved(world: World) -> None:
+    """The backend's readiness resolves False (the raylet did not start): the waiter does not
+    mark the lease RESERVED; it answers the lease as the controller leaves it (FAILED once the
+    loop saw the failure), and never busy-loops on the done future meanwhile."""
+    import asyncio
+    import concurrent.futures
+
+    w = world
+    p = w.tenant("acme", 4)
+    lease = w.request(p, gpus=1, duration="10m")
+    assert lease.state == "ADMITTED"
+    failed: concurrent.futures.Future[bool] = concurrent.futures.Future()
+    failed.set_result(False)
+    w.backend.ready_future = lambda name: failed  # type: ignore[attr-defined]
+    out = asyncio.run(w.svc.leases.wait(p, lease.id, 0.5))
+    assert out.state == "ADMITTED"  # not RESERVED: nothing holds its GPUs
+    stored = w.ctl.store.get_lease(lease.id)
+    assert stored is not None
+    assert stored.state.value == "ADMITTED"

@@ -161,24 +161,19 @@ def _quotas(quota: str | None, borrow: str | None, lend: str | None) -> dict[str
 # -- cluster ------------------------------------------------------------------------------------
 @app.command()
 def up(
-    gpus: int = typer.Option(8, "--gpus", help="Logical GPUs in the local cluster."),
-    gpu_type: str = typer.Option("A100", "--gpu-type", help="GPU type of those GPUs."),
-    nodes: int = typer.Option(1, "--nodes", help="Ray nodes to split the GPUs over."),
-    config: str = typer.Option(None, "--config", help="Platform config YAML."),
-    tenant_clusters: bool = typer.Option(
-        None,
-        "--tenant-clusters/--shared-cluster",
-        help=(
-            "One Ray cluster per tenant (the default, unless the config says otherwise); "
-            "--shared-cluster: the legacy v1 mode, one cluster for all, not isolated."
-        ),
+    gpus: int = typer.Option(
+        8, "--gpus", help="GPUs of this machine to lend (when the config has no pool)."
     ),
+    gpu_type: str = typer.Option("A100", "--gpu-type", help="GPU type of those GPUs."),
+    nodes: int = typer.Option(1, "--nodes", help="Hosts to split those GPUs over."),
+    config: str = typer.Option(None, "--config", help="Platform config YAML."),
     cluster: str = typer.Option(
         None, "--cluster", help="cluster.yaml: the pool (hosts, GPU types, agents)."
     ),
     output: Output = OutputOpt,
 ) -> None:
-    """Start a local cluster, the controller and the API (idempotent)."""
+    """Start the server (controller and API) over the pool (idempotent); each tenant's Ray
+    cluster starts when the tenant first needs it."""
     from fastgpu.local import up as do_up
 
     with render.err_console.status("starting the local FastGPU platform..."):
@@ -187,7 +182,6 @@ def up(
             gpu_type=gpu_type,
             nodes=nodes,
             config_path=config,
-            tenant_clusters=tenant_clusters,
             cluster_path=cluster,
         )
     if output == Output.json:
@@ -201,21 +195,17 @@ def up(
 
 @app.command()
 def server(
-    config: str = typer.Option(..., "--config", help="Platform config YAML."),
-    ray_address: str = typer.Option(None, "--ray-address", help="Ray GCS address (host:port)."),
-    dashboard_url: str = typer.Option(
-        None, "--dashboard-url", help="Ray dashboard URL (for the Jobs API)."
-    ),
+    config: str = typer.Option(..., "--config", help="Platform config YAML (with its pool)."),
 ) -> None:
     """Run the control-plane server in the foreground (`fastgpu up` starts it for you)."""
     from fastgpu.server import main as serve
 
-    raise typer.Exit(serve(config, ray_address, dashboard_url))
+    raise typer.Exit(serve(config))
 
 
 @app.command()
 def down(output: Output = OutputOpt) -> None:
-    """Stop the local server and cluster (the store and tokens stay)."""
+    """Stop the local server and every tenant's cluster (the store and tokens stay)."""
     from fastgpu.local import down as do_down
 
     result = do_down()

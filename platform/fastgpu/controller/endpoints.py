@@ -56,7 +56,7 @@ REMEMBER_S = 600.0
 
 
 class ServeGateway:
-    """Serve's config API of each tenant's cluster (tenant clusters on)."""
+    """Serve's config API of each tenant's cluster."""
 
     def __init__(self, backend: PoolBackend, state_dir: Path) -> None:
         self._backend = backend

@@ -1,20 +1,15 @@
-"""Ray jobs submitted on a tenant's behalf, through Ray's Jobs API (a dashboard).
+"""Ray jobs submitted on a tenant's behalf, through its own cluster's Jobs API (a dashboard).
 
-Two gateways, one interface (``submit``, ``list``, ``get``, ``logs``, ``stop``, each naming
-the tenant):
+:class:`TenantJobGateway` (``submit``, ``list``, ``get``, ``logs``, ``stop``, each naming the
+tenant): each tenant's jobs go to its own cluster's Jobs API with that cluster's Ray token, so
+a tenant can only ever see its own jobs. Each job records its tenant in Ray's job metadata
+(``fastgpu.tenant``) and every read filters on it as well. The job's FastGPU token is a 0600
+file of the tenant's user in its cluster home; the environment carries only its path
+(``FASTGPU_TOKEN_FILE``).
 
-* :class:`JobGateway` (the shared cluster of v1): the server is the only caller of the one
-  Jobs API; each job records its tenant in Ray's job metadata (``fastgpu.tenant``) and every
-  read filters on it. The job's token travels in its runtime env (``FASTGPU_TOKEN``): any job
-  can read it there, which is why v1 isolates nothing inside Ray.
-* :class:`TenantJobGateway` (tenant clusters): each tenant's jobs go to its own cluster's Jobs
-  API with that cluster's Ray token, so a tenant can only ever see its own jobs. The job's
-  token is a 0600 file of the tenant's user in its cluster home; the environment carries only
-  its path (``FASTGPU_TOKEN_FILE``).
-
-Either way the job asks for its own lease (request id ``job-<submission id>``) like any driver,
-and a working directory is only ever a folder the server unpacked itself from an upload (the
-Jobs client uploads it to the cluster); no path a tenant names is read.
+The job asks for its own lease (request id ``job-<submission id>``) like any driver, and a
+working directory is only ever a folder the server unpacked itself from an upload (the Jobs
+client uploads it to the cluster); no path a tenant names is read.
 """
 
 from __future__ import annotations
@@ -48,34 +43,47 @@ def _row(info: Any) -> dict[str, Any]:
     }
 
 
-class JobGateway:
-    """The shared cluster's Jobs API (v1)."""
+class TenantJobGateway:
+    """Each tenant's own cluster's Jobs API.
 
-    def __init__(self, dashboard_url: str | None) -> None:
-        self._url = dashboard_url
-        self._client: Any = None
+    ``connect(tenant name)`` returns the cluster's ``dashboard_url`` and ``ray_token``
+    (starting it if needed); ``secret(tenant name, file name, value)`` writes a 0600 file of the
+    tenant's user in its cluster home and returns its path; ``running()`` names the tenants
+    whose cluster runs now (an admin's list covers those). Reads never start a stopped cluster
+    (seconds, and it would reset its idle time): a cluster that is not running has no jobs to
+    show.
+    """
 
-    # -- the Jobs client and how a job gets its token (what the tenant gateway changes) -----
+    def __init__(
+        self,
+        connect: Callable[[str], dict[str, str]],
+        secret: Callable[[str, str, str], str],
+        running: Callable[[], list[str]],
+    ) -> None:
+        self._connect = connect
+        self._secret = secret
+        self._running = running
+        self._clients: dict[str, tuple[str, Any]] = {}
+
     def _jobs(self, tenant: str) -> Any:
-        if not self._url:
-            raise Unavailable(
-                "the Ray Jobs API is not available (no dashboard); start the cluster with "
-                "`fastgpu up`"
-            )
-        if self._client is None:
-            from ray.job_submission import JobSubmissionClient
+        from ray.job_submission import JobSubmissionClient
 
-            self._client = JobSubmissionClient(self._url)
-        return self._client
+        info = self._connect(tenant)
+        url, token = info["dashboard_url"], info["ray_token"]
+        known = self._clients.get(tenant)
+        if known is None or known[0] != url:  # first use, or the cluster restarted elsewhere
+            client = JobSubmissionClient(url, headers={"Authorization": f"Bearer {token}"})
+            known = self._clients[tenant] = (url, client)
+        return known[1]
 
-    def _token_env(self, tenant: str, submission_id: str, token: str) -> dict[str, str]:
-        return {"FASTGPU_TOKEN": token}
+    def _scope(self, tenant: str | None) -> list[str]:
+        """Whose clusters a read covers: the tenant's while it runs; the admin's (``tenant``
+        None), every running one."""
+        running = self._running()
+        if tenant is None:
+            return running
+        return [tenant] if tenant in running else []
 
-    def _tenants(self) -> list[str]:
-        """Tenants whose jobs an unscoped (admin) list covers: one shared API, so all."""
-        return [""]
-
-    # -- the interface -------------------------------------------------------------------------
     def submit(
         self,
         tenant: str,
@@ -89,7 +97,7 @@ class JobGateway:
         env = {
             **spec["env"],
             **platform_env,
-            **self._token_env(tenant, submission_id, token),
+            "FASTGPU_TOKEN_FILE": self._secret(tenant, f"job-{submission_id}", token),
             "FASTGPU_JOB_ID": submission_id,
             "FASTGPU_LEASE_REQUEST_ID": lease_request_id(submission_id),
         }
@@ -112,7 +120,7 @@ class JobGateway:
 
     def list(self, tenant: str | None) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
-        for name in [tenant] if tenant is not None else self._tenants():
+        for name in self._scope(tenant):
             rows += [_row(j) for j in self._jobs(name).list_jobs() if j.submission_id]
         rows = [r for r in rows if r["tenant"] and (tenant is None or r["tenant"] == tenant)]
         return sorted(rows, key=lambda r: r["start_time"] or 0)
@@ -121,7 +129,7 @@ class JobGateway:
         """The job if ``tenant`` (None: the admin, any tenant) may see it, else NotFound."""
         if not isinstance(submission_id, str) or not submission_id.startswith(JOB_PREFIX):
             raise NotFound(f"job {submission_id!r} not found")
-        for name in [tenant] if tenant is not None else self._tenants():
+        for name in self._scope(tenant):
             try:
                 info = self._jobs(name).get_job_info(submission_id)
             except RuntimeError:
@@ -136,54 +144,3 @@ class JobGateway:
 
     def stop(self, tenant: str, submission_id: str) -> bool:
         return bool(self._jobs(tenant).stop_job(submission_id))
-
-
-class TenantJobGateway(JobGateway):
-    """Each tenant's own cluster's Jobs API (tenant clusters on).
-
-    ``connect(tenant name)`` returns the cluster's ``dashboard_url`` and ``ray_token``
-    (starting it if needed); ``secret(tenant name, file name, value)`` writes a 0600 file of the
-    tenant's user in its cluster home and returns its path; ``running()`` names the tenants
-    whose cluster runs now (an admin's list covers those).
-    """
-
-    def __init__(
-        self,
-        connect: Callable[[str], dict[str, str]],
-        secret: Callable[[str, str, str], str],
-        running: Callable[[], list[str]],
-    ) -> None:
-        super().__init__(None)
-        self._connect = connect
-        self._secret = secret
-        self._running = running
-        self._clients: dict[str, tuple[str, Any]] = {}
-
-    def _jobs(self, tenant: str) -> Any:
-        from ray.job_submission import JobSubmissionClient
-
-        info = self._connect(tenant)
-        url, token = info["dashboard_url"], info["ray_token"]
-        known = self._clients.get(tenant)
-        if known is None or known[0] != url:  # first use, or the cluster restarted elsewhere
-            client = JobSubmissionClient(url, headers={"Authorization": f"Bearer {token}"})
-            known = self._clients[tenant] = (url, client)
-        return known[1]
-
-    def _token_env(self, tenant: str, submission_id: str, token: str) -> dict[str, str]:
-        return {"FASTGPU_TOKEN_FILE": self._secret(tenant, f"job-{submission_id}", token)}
-
-    def _tenants(self) -> list[str]:
-        return self._running()
-
-    # Reads never start a stopped cluster (seconds, and it would reset its idle time): a
-    # cluster that is not running has no jobs to show.
-    def list(self, tenant: str | None) -> list[dict[str, Any]]:
-        if tenant is not None and tenant not in self._running():
-            return []
-        return super().list(tenant)
-
-    def get(self, tenant: str | None, submission_id: str) -> dict[str, Any]:
-        if tenant is not None and tenant not in self._running():
-            raise NotFound(f"job {submission_id!r} not found")
-        return super().get(tenant, submission_id)

@@ -294,14 +294,12 @@ class Controller:
         if state not in (LeaseState.REJECTED, LeaseState.FAILED, LeaseState.PREEMPTED):
             lease.reason = None
             lease.reason_detail = None
-        holding, bound = lease.state in HOLDING_STATES, lease.state == LeaseState.BOUND
+        holding = lease.state in HOLDING_STATES
         self.transition(lease, state, why)
         if lease.placement_group and holding:
-            # A bound lease's group was handed over; the pool's backend still holds its
-            # raylets, which this stops.
-            self.backend.remove_group(
-                lease.placement_group, lease.placement_group_id, handed_over=bound
-            )
+            # A bound lease's group was handed over, but its raylets are still the lease's:
+            # this stops them too.
+            self.backend.remove_group(lease.placement_group, lease.placement_group_id)
 
     def resize(self, lease: Lease, nodes: list[str], detail: str) -> None:
         """Commit a bound lease's new size, then let the backend follow (the pool's adds

@@ -1,10 +1,10 @@
 """The controller's backend over the pool: a lease's "placement group" is its raylets in the
 tenant's own cluster plus the group the keeper makes on them.
 
-Same interface as :class:`~fastgpu.controller.backend.RayBackend` (nodes, create_group,
-remove_group, groups, ready), so the controller's rules stay in one place; what differs is
-that reserving takes seconds (a head, raylets), so it runs on worker threads and
-:meth:`ready` reports it done. Node ids are host names.
+It implements :class:`~fastgpu.controller.backend.Backend` (nodes, create_group,
+remove_group, groups, ready), so the controller's rules stay in one place; reserving takes
+seconds (a head, raylets), so it runs on worker threads and :meth:`ready` reports it done.
+Node ids are host names.
 
 A reservation's life: ``starting`` (head, raylets, group being made) -> ``ready`` (the group
 is ready in the tenant's cluster) or ``failed`` (reported by :meth:`groups` as state FAILED,
@@ -45,10 +45,6 @@ READY_TIMEOUT_S = 120.0
 
 
 class PoolBackend:
-    #: :meth:`groups` reports a bound lease's raylets (the shared cluster's backend reports
-    #: nothing for a bound lease: its workload took the group).
-    holds_bound = True
-
     def __init__(
         self,
         config: PlatformConfig,
@@ -142,9 +138,7 @@ class PoolBackend:
                 res.done.set_result(False)
 
     # -- release ---------------------------------------------------------------------------
-    def remove_group(
-        self, name: str, group_id: str | None = None, handed_over: bool = False
-    ) -> None:
+    def remove_group(self, name: str, group_id: str | None = None) -> None:
         """Stop the lease's raylets (in the background; a start in progress is cancelled),
         whether or not a workload took the lease over: what runs there stops with them."""
         lease_id = name.removeprefix(GROUP_PREFIX)

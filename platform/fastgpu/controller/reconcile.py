@@ -78,15 +78,15 @@ def reconcile(ctl: Controller) -> dict[str, int]:
                 done["leases_failed"] += 1
                 continue
             if lease.state == LeaseState.BOUND:
-                if group is None and getattr(ctl.backend, "holds_bound", False):
-                    # The pool reports a bound lease's raylets: none left means all died.
+                if group is None:
+                    # The backend reports a bound lease's raylets: none left means all died.
                     lease.reason = "node_lost"
                     lease.reason_detail = "its raylets stopped"
                     ctl.end(lease, LeaseState.FAILED, lease.reason_detail)
                     done["leases_failed"] += 1
                     continue
-                # Its group was handed over; what the backend still reports for it (the pool's
-                # raylets) is wanted, at the size the store says.
+                # Its group was handed over; its raylets, which the backend still reports,
+                # are wanted, at the size the store says.
                 wanted.add(lease.placement_group or "")
                 if group is not None and Counter(group.bundle_nodes) != Counter(lease.nodes):
                     ctl.backend.resize(lease.placement_group or "", list(lease.nodes))

@@ -120,7 +120,7 @@ class ClusterFile(_Spec):
         return {
             "gpu_types": {k: v.model_dump() for k, v in self.gpu_types.items()},
             "pool": pool,
-            "tenant_clusters": {"enabled": True, **self.tenant_clusters.model_dump()},
+            "tenant_clusters": self.tenant_clusters.model_dump(),
         }
 
 

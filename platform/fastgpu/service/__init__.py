@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fastgpu.controller.hosts import host_controller
-from fastgpu.controller.jobs import JobGateway, TenantJobGateway
+from fastgpu.controller.jobs import TenantJobGateway
 from fastgpu.errors import NotFound
 from fastgpu.service.auth import AuthService
 from fastgpu.service.budgets import BudgetService
-from fastgpu.service.clusters import ClusterService
+from fastgpu.service.clusters import ClusterService, no_clusters
 from fastgpu.service.endpoints import EndpointService
 from fastgpu.service.hosts import HostService
 from fastgpu.service.jobs import JobService
@@ -27,15 +27,13 @@ from fastgpu.service.tenants import TenantService
 
 if TYPE_CHECKING:
     from fastgpu.controller.loop import Controller
-
-
-def _job_gateway(ctl: Controller, dashboard_url: str | None) -> JobGateway:
-    """The shared cluster's Jobs API, or each tenant's own (tenant clusters on)."""
     from fastgpu.controller.pool_backend import PoolBackend
 
-    backend = ctl.backend
-    if not isinstance(backend, PoolBackend):
-        return JobGateway(dashboard_url)
+
+def _job_gateway(ctl: Controller, clusters: PoolBackend | None) -> TenantJobGateway:
+    """Each tenant's own cluster's Jobs API."""
+    if clusters is None:
+        return TenantJobGateway(connect=no_clusters, secret=no_clusters, running=list)
 
     def tenant_id(name: str) -> str:
         rec = ctl.tenant(name)
@@ -46,28 +44,28 @@ def _job_gateway(ctl: Controller, dashboard_url: str | None) -> JobGateway:
     names: dict[str, str] = {}
 
     def running() -> list[str]:
-        ids = backend.clusters.running_tenants()
+        ids = clusters.clusters.running_tenants()
         for rec in ctl.tenants():
             names[rec.id] = rec.name
         return [names[i] for i in sorted(ids) if i in names]
 
     return TenantJobGateway(
-        connect=lambda name: backend.connect(tenant_id(name), name),
-        secret=lambda name, file, value: backend.secret(tenant_id(name), file, value),
+        connect=lambda name: clusters.connect(tenant_id(name), name),
+        secret=lambda name, file, value: clusters.secret(tenant_id(name), file, value),
         running=running,
     )
 
 
-def _endpoints(ctl: Controller, leases: LeaseService) -> EndpointService:
-    """Endpoints on tenant clusters, their reconciler running (without them: every call says
-    they need tenant clusters)."""
+def _endpoints(
+    ctl: Controller, leases: LeaseService, clusters: PoolBackend | None
+) -> EndpointService:
+    """Endpoints in tenants' clusters, their reconciler running."""
     from fastgpu.controller.endpoints import ServeGateway
-    from fastgpu.controller.pool_backend import PoolBackend
     from fastgpu.service.endpoint_reconcile import EndpointReconciler
 
-    if not isinstance(ctl.backend, PoolBackend):
+    if clusters is None:
         return EndpointService(ctl, None)
-    gateway = ServeGateway(ctl.backend, ctl.config.resolved_state_dir())
+    gateway = ServeGateway(clusters, ctl.config.resolved_state_dir())
     service = EndpointService(ctl, gateway)
     service.public_url = f"http://{ctl.config.api.host}:{ctl.config.api.port}"
     EndpointReconciler(ctl, service, leases).start()
@@ -91,21 +89,25 @@ class Services:
     def build(
         cls,
         ctl: Controller,
-        dashboard_url: str | None = None,
         wait_slots: WaitLimiter | None = None,
+        clusters: PoolBackend | None = None,
     ) -> Services:
+        """The services over ``ctl``. ``clusters`` runs the tenants' Ray clusters: on a server,
+        its backend (``ctl.backend``). Services tested over a fake backend have none: there,
+        what needs a tenant's cluster (jobs, ``GET /cluster``, endpoints) answers Unavailable,
+        saying so."""
         auth = AuthService(ctl)
         leases = LeaseService(ctl, wait_slots)
         return cls(
             auth=auth,
             tenants=TenantService(ctl, auth),
             leases=leases,
-            jobs=JobService(ctl, _job_gateway(ctl, dashboard_url), leases),
+            jobs=JobService(ctl, _job_gateway(ctl, clusters), leases),
             reads=ReadService(ctl),
-            clusters=ClusterService(ctl),
+            clusters=ClusterService(ctl, clusters),
             budgets=BudgetService(ctl),
             registry=RegistryService(ctl),
-            endpoints=_endpoints(ctl, leases),
+            endpoints=_endpoints(ctl, leases, clusters),
             hosts=HostService(host_controller(ctl)),
         )
 

@@ -60,12 +60,6 @@ def seconds(value: str | float | int | None, field: str, allow_zero: bool = Fals
     return parse_duration(value, field, max_s=MAX_TOKEN_LIFETIME_S)
 
 
-def storage_key(pooled: bool, tenant_id: str | None, tenant: str) -> str:
-    """A tenant's folder under the storage root: its id with tenant clusters (a re-created name
-    never inherits files), its name on the shared cluster."""
-    return tenant_storage_key(tenant_id) if pooled and tenant_id else tenant
-
-
 class AuthService:
     def __init__(self, ctl: Controller) -> None:
         self._ctl = ctl
@@ -138,12 +132,10 @@ class AuthService:
             token_id=p.token_id,
             token_expires_at=iso(p.token_expires_at),
         )
-        pooled = self._ctl.config.tenant_clusters.enabled
-        out.tenant_clusters = pooled
-        if p.tenant:
+        if p.tenant and p.tenant_id:
             root = self._ctl.config.resolved_storage_root()
             out.storage_root = str(root)
-            out.storage_key = storage_key(pooled, p.tenant_id, p.tenant)
+            out.storage_key = tenant_storage_key(p.tenant_id)
             out.runs_dir = str(root / out.storage_key / "runs")
         return out
 

@@ -8,7 +8,7 @@ environment or a log.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from fastgpu.auth import Principal
 from fastgpu.errors import InvalidRequest, NotFound, Unavailable
@@ -16,11 +16,22 @@ from fastgpu.service.models import ClusterOut
 
 if TYPE_CHECKING:
     from fastgpu.controller.loop import Controller
+    from fastgpu.controller.pool_backend import PoolBackend
+
+
+def no_clusters(*_: object) -> NoReturn:
+    """What needs a tenant's cluster, on services built without the backend that runs them
+    (tests over a fake backend)."""
+    raise Unavailable(
+        "tenants' clusters are not run here: these services were built without their backend "
+        "(a test over a fake backend); a server passes its pool's"
+    )
 
 
 class ClusterService:
-    def __init__(self, ctl: Controller) -> None:
+    def __init__(self, ctl: Controller, clusters: PoolBackend | None) -> None:
         self._ctl = ctl
+        self._clusters = clusters
 
     def connect(self, p: Principal, tenant: str | None = None) -> ClusterOut:
         if p.is_admin and tenant is None:
@@ -30,12 +41,6 @@ class ClusterService:
         rec = self._ctl.tenant(tenant or p.name)
         if rec is None:
             raise NotFound(f"tenant {tenant or p.name!r} not found")
-        from fastgpu.controller.pool_backend import PoolBackend
-
-        backend = self._ctl.backend
-        if not isinstance(backend, PoolBackend):
-            raise Unavailable(
-                "tenant clusters are off on this platform (tenant_clusters.enabled: false): "
-                "its jobs run in the shared cluster"
-            )
-        return ClusterOut(tenant=rec.name, **backend.connect(rec.id, rec.name))
+        if self._clusters is None:
+            no_clusters()
+        return ClusterOut(tenant=rec.name, **self._clusters.connect(rec.id, rec.name))

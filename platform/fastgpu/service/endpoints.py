@@ -27,7 +27,8 @@ from fastgpu.endpoints.models import (
     Scaling,
 )
 from fastgpu.endpoints.tokens import new_endpoint_id, new_token, token_file_body, token_hash
-from fastgpu.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from fastgpu.errors import Conflict, InvalidRequest, NotFound
+from fastgpu.service.clusters import no_clusters
 from fastgpu.service.registry import RegistryService
 from fastgpu.timeutil import iso
 
@@ -60,9 +61,7 @@ class EndpointService:
     @property
     def gateway(self) -> ServeGateway:
         if self._gw is None:
-            raise Unavailable(
-                "endpoints need tenant clusters (tenant_clusters.enabled: true in the config)"
-            )
+            no_clusters()
         return self._gw
 
     def owner(self, p: Principal, tenant: str | None) -> TenantRecord:
@@ -148,7 +147,7 @@ class EndpointService:
     # -- calls ----------------------------------------------------------------------------------
     def deploy(self, p: Principal, spec: DeploySpec, tenant: str | None = None) -> EndpointCreated:
         owner = self.owner(p, tenant)
-        self.gateway  # noqa: B018  (fails early without tenant clusters)
+        self.gateway  # noqa: B018  (fails early where no tenant's cluster runs)
         gpu_type = spec.gpu_type or self._only_gpu_type()
         source = self.source_of(owner, spec.model)
         now = self._ctl.clock()

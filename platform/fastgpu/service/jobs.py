@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fastgpu.auth import Principal
-from fastgpu.controller.jobs import JobGateway, lease_request_id
+from fastgpu.controller.jobs import TenantJobGateway, lease_request_id
 from fastgpu.domain import bundle
 from fastgpu.domain.sweep import ENV as SWEEP_ENV
 from fastgpu.errors import InvalidRequest, NotFound, PermissionDenied
@@ -48,7 +48,7 @@ UPLOADS_DIR = "uploads"
 
 
 class JobService:
-    def __init__(self, ctl: Controller, gateway: JobGateway, leases: LeaseService) -> None:
+    def __init__(self, ctl: Controller, gateway: TenantJobGateway, leases: LeaseService) -> None:
         self._ctl = ctl
         self._gateway = gateway
         self._leases = leases

@@ -189,16 +189,22 @@ class LeaseService:
             if _settled(lease) or left <= 0:
                 return LeaseOut.of(lease)
             ready = self._ready_future(lease)
+            ok: bool | None = None
             if ready is not None:
                 try:
-                    await asyncio.wait_for(asyncio.wrap_future(ready), min(left, _RECHECK_S))
+                    ok = bool(
+                        await asyncio.wait_for(asyncio.wrap_future(ready), min(left, _RECHECK_S))
+                    )
+                except (asyncio.TimeoutError, Exception):  # not ready yet, or the group went
+                    ok = None
+                if ok:
                     marked = await anyio.to_thread.run_sync(self._ctl.mark_ready, lease.id)
                     if marked is not None:
                         lease = marked
                         continue
-                except (asyncio.TimeoutError, Exception):  # not ready yet, or the group went
-                    pass
-            else:
+            if ready is None or ok is False:
+                # No readiness to await, or the reservation failed (the controller ends the
+                # lease, with the reason): wait for the lease to change.
                 async with self._ctl.watch.subscription(lease.id) as changed:
                     fresh = await self.read(self._store.get_lease, lease.id)
                     if fresh is not None and fresh.state == lease.state:

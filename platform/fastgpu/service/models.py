@@ -259,13 +259,14 @@ class WhoAmI(_Out):
     token_id: str | None
     token_expires_at: str | None
     storage_root: str | None = None
-    #: The tenant's folder under storage_root: its id with tenant clusters (a re-created name
-    #: never inherits files), its name on the shared cluster.
+    #: The tenant's folder under storage_root, named by its id (a re-created name never
+    #: inherits files).
     storage_key: str | None = None
     runs_dir: str | None = None
-    #: Whether this platform runs each tenant's work in its own Ray cluster (workloads then
-    #: select a lease's raylets by the label fastgpu.io/lease).
-    tenant_clusters: bool = False
+    #: Always true: each tenant's work runs in its own Ray cluster (workloads select a lease's
+    #: raylets by the label fastgpu.io/lease). Kept since the shared cluster was removed: an
+    #: older SDK's ``run_on_lease`` selects the raylets only when it reads true.
+    tenant_clusters: bool = True
 
 
 class ClusterOut(_Out):

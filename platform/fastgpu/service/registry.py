@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fastgpu.auth import Principal
+from fastgpu.config import tenant_storage_key
 from fastgpu.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from fastgpu.registry.files import model_path
 from fastgpu.registry.refs import ModelRef, parse_ref
 from fastgpu.registry.shapes import ModelCreate, ModelOut
-from fastgpu.service.auth import storage_key
 from fastgpu.service.models import Page, decode_cursor, encode_cursor, page_limit
 from fastgpu.timeutil import iso
 
@@ -44,9 +44,8 @@ class RegistryService:
     def _store(self) -> Store:
         return self._ctl.store
 
-    def _storage(self, tenant_id: str, tenant: str) -> Path:
-        pooled = self._ctl.config.tenant_clusters.enabled
-        return self._ctl.config.resolved_storage_root() / storage_key(pooled, tenant_id, tenant)
+    def _storage(self, tenant_id: str) -> Path:
+        return self._ctl.config.resolved_storage_root() / tenant_storage_key(tenant_id)
 
     def out(self, rec: ModelRecord) -> ModelOut:
         return ModelOut(
@@ -55,7 +54,7 @@ class RegistryService:
             name=rec.name,
             version=rec.version,
             path=rec.path,
-            uri=str(self._storage(rec.tenant_id, rec.tenant) / rec.path),
+            uri=str(self._storage(rec.tenant_id) / rec.path),
             content_hash=rec.content_hash,
             size_bytes=rec.size_bytes,
             config=rec.config,
@@ -163,13 +162,13 @@ class RegistryService:
         if r.version is None:
             raise InvalidRequest(f"model: got {ref!r}; name the version to delete (NAME:vN)")
         found = self.resolve(p, r)
-        tenant_id, tenant = self._owner(p, r.tenant)
+        tenant_id, _ = self._owner(p, r.tenant)
         with self._ctl.lock:
             last_user = self._store.delete_model_version(
                 tenant_id, r.name, r.version, self._ctl.clock()
             )
         if last_user:
-            remove_tree(self._storage(tenant_id, tenant), found.path)
+            remove_tree(self._storage(tenant_id), found.path)
         return found
 
 

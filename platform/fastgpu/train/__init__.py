@@ -3,7 +3,7 @@
 Public surface (everything else in the subpackage is an implementation detail):
 
 - :func:`run_on_lease`: the Python driver entry point on a platform lease (request, bind,
-  train pinned to the lease's nodes, release); :func:`acquire_lease` does the first half.
+  train on the lease's raylets, release); :func:`acquire_lease` does the first half.
 - :func:`run` / :class:`TrainSpec` / :class:`TrainOutcome`: train on given nodes/workers.
 - :func:`build_trainer`: the same ``TorchTrainer`` without starting it.
 - :func:`placement_for_lease` / :class:`Placement`: how a lease's nodes and GPUs become worker

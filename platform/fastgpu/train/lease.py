@@ -1,18 +1,12 @@
-"""Training on a platform lease: request, hand over (bind), train pinned to its nodes, release.
+"""Training on a platform lease: request, hand over (bind), train on its raylets, release.
 
-With tenant clusters (issue 9) the lease is raylets in the tenant's own cluster labelled
-``fastgpu.io/lease=<id>``: the run selects them by that label, its files go to the tenant's
-storage folder (named by tenant id), and nothing outside the tenant's cluster can take the
-GPUs between the hand-over and the run's start. On the shared cluster (v1):
-
-The hand-over: Ray Train creates its own placement group, which cannot nest inside the lease's.
-So the lease is *bound* first: the controller removes the lease's group but keeps its GPUs in
-its ledger (nothing else is admitted into them), and the run starts with
-``label_selector={"ray.io/node-id": "in(<lease nodes>)"}`` and at most the lease's GPUs as
-workers. Between the two steps Ray's resources on those nodes are briefly unreserved; only a
-workload that bypasses the platform could take them, and then the run waits for them (it never
-lands on GPUs outside the lease). While bound, the lease is metered as usual; releasing it when
-the run ends (or fails) closes the record.
+The lease is raylets in the tenant's own Ray cluster labelled ``fastgpu.io/lease=<id>``
+(issue 9): the run selects them by that label, with at most the lease's GPUs as workers, and
+its files go to the tenant's storage folder (named by tenant id). Binding hands the lease
+over: the keeper's group on the raylets goes, so Ray Train makes its own there (a placement
+group cannot nest inside another); the raylets stay the lease's, and nothing outside the
+tenant's cluster can take their GPUs between the hand-over and the run's start. While bound,
+the lease is metered as usual; releasing it when the run ends (or fails) closes the record.
 """
 
 from __future__ import annotations
@@ -40,18 +34,20 @@ class LeaseBinding:
     lease: Lease
     tenant: str
     storage_root: str
+    #: The lease's hosts, one per GPU: a change means the lease moved or changed size.
     node_ids: list[str]
     gpus: int
     min_gpus: int
     expires_at: float | None
-    #: With tenant clusters: the label that selects the lease's raylets (node_ids unused).
-    label_selector: dict[str, str] | None = None
+
+    @property
+    def label_selector(self) -> dict[str, str]:
+        """What selects the lease's raylets in the tenant's cluster."""
+        return {LEASE_LABEL: self.lease.id}
 
     def placement(self) -> dict[str, Any]:
         """How the run's workers find the lease's GPUs (``run``'s keyword arguments)."""
-        if self.label_selector is not None:
-            return {"label_selector": self.label_selector, "max_gpus": self.gpus}
-        return {"node_ids": self.node_ids, "max_gpus": self.gpus}
+        return {"label_selector": self.label_selector, "max_gpus": self.gpus}
 
     def release(self) -> None:
         if self.lease.refresh().held or self.lease.state in ("PENDING", "ADMITTED"):
@@ -93,16 +89,14 @@ def acquire_lease(
         lease.release()
         raise
     expires = lease.expires_at
-    pooled = bool(me.get("tenant_clusters"))
     return LeaseBinding(
         lease=lease,
-        tenant=str(me.get("storage_key") or me["tenant"]),
+        tenant=str(me["storage_key"]),
         storage_root=str(me["storage_root"]),
         node_ids=list(lease.nodes),
         gpus=lease.held_gpus,
         min_gpus=min(low, lease.held_gpus),
         expires_at=parse_iso(expires, "expires_at") if expires else None,
-        label_selector={LEASE_LABEL: lease.id} if pooled else None,
     )
 
 
@@ -242,11 +236,10 @@ def run_on_lease(
             lease = binding.lease.refresh()
             if not stopped or not lease.held or lease.preempt_at:
                 return LeaseRun(outcome, lease, segments, watcher.reason if stopped else None)
-            if binding.label_selector is not None:
-                # The pool: the GPUs a shrink gives back go once the work is saved (now), and
-                # a grow's raylets take seconds to join; start when the cluster matches.
-                lease.report_checkpoint()
-                await_lease_gpus(lease.id, lease.held_gpus)
+            # The GPUs a shrink gives back go once the work is saved (now), and a grow's
+            # raylets take seconds to join; start when the cluster matches.
+            lease.report_checkpoint()
+            await_lease_gpus(lease.id, lease.held_gpus)
             binding = replace(
                 binding,
                 lease=lease,

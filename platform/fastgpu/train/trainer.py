@@ -3,7 +3,8 @@
 :func:`run` is the Python driver entry point; :func:`build_trainer` is the same without ``fit()``
 (for benchmarks and tests); :func:`placement_for_lease` is the seam where a lease becomes worker
 placement. The lease itself (request, bind, release) is the SDK's business, not this module's:
-the SDK calls :func:`run` with ``node_ids`` and ``max_gpus`` taken from the bound lease.
+the SDK calls :func:`run` with ``label_selector`` (the lease's raylets, by the label
+``fastgpu.io/lease``) and ``max_gpus`` taken from the bound lease.
 
 How a spec maps onto Ray Train:
 

@@ -292,12 +292,6 @@ def run_on_lease(
         request_id=request_id,
         workload=f"sweep:{spec.name}",
     )
-    if binding.label_selector is None:
-        binding.release()
-        raise FastGPUError(
-            "sweeps run in a tenant's own Ray cluster: this platform runs without "
-            "tenant_clusters.enabled"
-        )
     folder = Path(binding.storage_root) / binding.tenant / "sweeps" / spec.name
     folder.mkdir(parents=True, exist_ok=True)
     # The job's working_dir copy can vanish under the driver: on one machine every raylet of
