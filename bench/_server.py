@@ -20,15 +20,9 @@ from fastgpu.local import free_port
 
 class BenchServer:
     """``config``: the platform config's sections (``pool`` among them) over the bench's
-    defaults. ``ray_address`` must be None: benches written when this class also ran the
-    shared cluster (since removed) still pass it; it goes once they no longer do."""
+    defaults."""
 
-    def __init__(self, state: Path, ray_address: None = None, **config: Any) -> None:
-        if ray_address is not None:
-            raise ValueError(
-                f"ray_address: got {ray_address!r}; expected None (the shared cluster was "
-                "removed: pass a pool)"
-            )
+    def __init__(self, state: Path, **config: Any) -> None:
         state.mkdir(parents=True, exist_ok=True)
         self.config = PlatformConfig(
             gpu_types={"A100": GpuTypeSpec(price_per_hour=2.0, perf=312)},

@@ -1,15 +1,30 @@
-"""Benchmark fastgpu.train against raw Ray Train on one local cluster, printed as tables.
+"""Benchmark fastgpu.train against raw Ray Train, printed as tables.
 
-1. Start-up overhead: seconds from submit (before ``fit()``) to the first optimizer step, for a
-   raw ``TorchTrainer`` and for ``fastgpu.train.run`` doing the same work (digits MLP, 2 workers,
-   gloo on logical GPUs), alternated ``--repeats`` times; the ratio is fastgpu / raw.
+1. Start-up overhead: seconds from submit to the first optimizer step, alternated ``--repeats``
+   times, the same work each time (digits MLP, 2 workers, gloo on logical GPUs); the ratio is
+   against raw:
+
+   - **raw TorchTrainer**: a plain local Ray cluster with 2 logical GPUs in this process;
+     submit is just before ``fit()``.
+   - **fastgpu.train.run**: the library on that same plain cluster.
+   - **fastgpu run_on_lease**: the platform path on tenant clusters. A server with a pool of
+     one host x 2 GPUs runs each tenant's leases as raylets of the tenant's own Ray cluster,
+     which a driver outside it does not join; so the driver runs there, as the tenant's job
+     (``submit_job``; the tenant's head is started first, as for a tenant already in).
+     Submit is just before the job's ``run_on_lease`` call: lease request over HTTP, its
+     raylet joining, bind, pinned run (on the shared cluster the driver called it directly,
+     and no raylet had to start). The row **fastgpu submit_job** times the same runs from
+     ``submit_job``: the job's driver start (Python, Ray, torch) added.
+
 2. Recovery: one worker ``os._exit``s at step ``--kill-step``; seconds from the kill to the next
    step of the restarted group, and steps lost (kill step minus the checkpoint resumed from).
+   ``fastgpu.train.run`` on the plain cluster: Ray Train's restart, the same on any cluster.
 3. bf16 vs fp32 throughput of the example MLP and of a transformer block, only when
    ``torch.cuda.is_available()`` (prints the GPU model); otherwise it says it was skipped.
 
 Usage: ``python bench/bench_train.py [--repeats 2] [--kill-step 17] [--checkpoint-every 5]``.
 Ray runs with token auth and its files under a temporary directory that is removed at the end.
+Needs root for tenants' own users (else single-user).
 """
 
 from __future__ import annotations
@@ -17,13 +32,70 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+_TMP = tempfile.mkdtemp(prefix="fgb")
+os.environ["RAY_TMPDIR"] = _TMP
+os.environ["TMPDIR"] = _TMP
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+os.environ.pop("RAY_ADDRESS", None)
+tempfile.tempdir = None
+Path(_TMP).chmod(0o711)  # tenants pass through it to their own dirs
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _server import BenchServer  # noqa: E402
+from fastgpu.controller.clusters import TenantClusters  # noqa: E402
+from fastgpu.pool import processes  # noqa: E402
+from fastgpu.pool.runtime import remove_platform_users  # noqa: E402
+
+POOL = {"hosts": [{"name": "host-0", "gpu_type": "A100", "devices": [0, 1]}]}
+
+#: The platform path's driver, a job in the tenant's cluster: logs when it calls
+#: ``run_on_lease`` and each of rank 0's steps (as ``_step_logger``) to its storage folder.
+JOB_SCRIPT = """
+import json, os, time
+from pathlib import Path
+
+import ray
+
+import fastgpu as fgpu
+from fastgpu.train import run_on_lease
+
+
+def step_logger(log):
+    def hook(step, loop):
+        if loop.rank == 0:
+            with open(log, "a") as f:
+                f.write(json.dumps({"t": time.time(), "step": step}) + "\\n")
+
+    return hook
+
+
+ray.init()
+client = fgpu.Client()
+me = client.whoami()
+log = Path(me["storage_root"]) / me["storage_key"] / (os.environ["RUN"] + ".jsonl")
+called = time.time()
+log.with_suffix(".called").write_text(json.dumps(called))
+run_on_lease(
+    "digits-classifier",
+    gpus=int(os.environ["FASTGPU_GPUS"]),
+    gpu_type=os.environ["FASTGPU_GPU_TYPE"],
+    duration=float(os.environ["FASTGPU_DURATION"]),
+    run_name=os.environ["RUN"],
+    client=client,
+    request_id=os.environ["FASTGPU_LEASE_REQUEST_ID"],
+    checkpoint_every=10,
+    config={"epochs": 1, "on_step": step_logger(str(log))},
+)
+"""
 
 
 def _step_logger(log: Path, kill_rank: int | None = None, kill_step: int | None = None):
@@ -81,11 +153,51 @@ def _first_step_s(log: Path, submitted: float) -> float:
     return float(first["t"]) - submitted
 
 
-def start_platform(root: Path) -> Any:
-    """The server beside the running cluster; returns a tenant's SDK client."""
-    from _server import BenchServer
+def start_platform(root: Path) -> BenchServer:
+    """A server with tenant clusters on :data:`POOL`."""
+    return BenchServer(
+        root / "platform",
+        pool=POOL,
+        storage_root=str(root / "platform-storage"),
+        controller={"tick_interval_s": 0.25, "min_duration_s": 1.0},
+    )
 
-    return BenchServer(root / "platform").tenant_client("bench", 2)
+
+def stop_platform(server: BenchServer) -> None:
+    """Stop the server, every tenant cluster it started and the tenants' users."""
+    server.stop()
+    clusters = TenantClusters(server.config)
+    for marker, procs in processes.marked(f"{clusters.platform}/").items():
+        processes.stop_tree(procs[0].pid, 2.0, marker=marker)
+    remove_platform_users(clusters.platform)
+
+
+def job_on_lease(root: Path, client: Any, run: str) -> tuple[float, float]:
+    """The platform path once: (submit_job -> first step, run_on_lease -> first step)."""
+    folder = root / "job"
+    folder.mkdir(exist_ok=True)
+    (folder / "train_job.py").write_text(JOB_SCRIPT)
+    me = client.whoami()
+    log = Path(me["storage_root"]) / me["storage_key"] / f"{run}.jsonl"
+    submitted = time.time()
+    job = client.submit_job(
+        "python train_job.py",
+        gpus=2,
+        gpu_type="A100",
+        duration="30m",
+        working_dir=folder,
+        env={"RUN": run},
+    )
+    while (status := client.job_status(job["id"]))["status"] not in (
+        "SUCCEEDED",
+        "FAILED",
+        "STOPPED",
+    ):
+        time.sleep(0.5)
+    if status["status"] != "SUCCEEDED":
+        raise SystemExit(f"the job {status['status']}:\n{client.job_logs(job['id'])[-3000:]}")
+    called = float(json.loads(log.with_suffix(".called").read_text()))
+    return _first_step_s(log, submitted), _first_step_s(log, called)
 
 
 def bench_startup(root: Path, repeats: int, client: Any) -> list[tuple[str, float]]:
@@ -120,20 +232,11 @@ def bench_startup(root: Path, repeats: int, client: Any) -> list[tuple[str, floa
         )
         rows.append(("fastgpu.train.run", _first_step_s(log, submitted)))
 
-        # The whole platform path: lease request over HTTP, bind, pinned run, release.
-        log = root / f"lease-{i}.jsonl"
-        submitted = time.time()
-        ft.run_on_lease(
-            "digits-classifier",
-            gpus=2,
-            gpu_type="A100",
-            duration="30m",
-            run_name=f"lease-{i}",
-            client=client,
-            checkpoint_every=10,
-            config={"epochs": 1, "on_step": _step_logger(log)},
-        )
-        rows.append(("fastgpu run_on_lease", _first_step_s(log, submitted)))
+        # The whole platform path: a job in the tenant's cluster; lease request over HTTP, its
+        # raylet joining, bind, pinned run, release.
+        from_submit, from_call = job_on_lease(root, client, f"lease-{i}")
+        rows.append(("fastgpu run_on_lease", from_call))
+        rows.append(("fastgpu submit_job", from_submit))
     return rows
 
 
@@ -214,36 +317,30 @@ def main() -> None:
     parser.add_argument("--checkpoint-every", type=int, default=5)
     args = parser.parse_args()
 
-    short = Path(tempfile.mkdtemp(prefix="fgb", dir="/tmp"))
-    os.environ.update(
-        RAY_AUTH_MODE="token",
-        RAY_AUTH_TOKEN=secrets.token_hex(16),
-        RAY_TMPDIR=str(short),
-        TMPDIR=str(short),
-    )
-    tempfile.tempdir = None
+    short = Path(_TMP)
     import ray
 
+    server: BenchServer | None = None
     try:
-        from fastgpu.controller.backend import GPU_TYPE_LABEL
-
-        ray.init(
-            num_cpus=2,
-            num_gpus=2,
-            include_dashboard=False,
-            log_to_driver=False,
-            labels={GPU_TYPE_LABEL: "A100"},
-        )
-        startup = bench_startup(short, args.repeats, start_platform(short))
+        ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+        server = start_platform(short)
+        client = server.tenant_client("bench", 2)
+        client.cluster()  # the head is up, as for a tenant already in
+        startup = bench_startup(short, args.repeats, client)
         recovery = bench_recovery(short, args.kill_step, args.checkpoint_every)
     finally:
         ray.shutdown()
+        if server is not None:
+            stop_platform(server)
         shutil.rmtree(short, ignore_errors=True)
 
-    paths = ("raw TorchTrainer", "fastgpu.train.run", "fastgpu run_on_lease")
+    paths = ("raw TorchTrainer", "fastgpu.train.run", "fastgpu run_on_lease", "fastgpu submit_job")
     values = {p: [s for name, s in startup if name == p] for p in paths}
     raw = statistics.median(values["raw TorchTrainer"])
-    print("\nStart-up: submit -> first optimizer step (2 workers, logical GPUs, gloo)")
+    print(
+        "\nStart-up: submit -> first optimizer step (2 workers, logical GPUs, gloo; "
+        "run_on_lease and submit_job on a tenant cluster)"
+    )
     print(f"{'path':<24}{'median s':>10}{'x raw':>8}{'runs':>24}")
     for label in paths:
         runs = ", ".join(f"{v:.2f}" for v in values[label])
