@@ -158,3 +158,19 @@ def test_a_config_an_older_up_saved_loads_without_its_ray_ports(tmp_path: Path) 
     shared = GOOD + "tenant_clusters: {enabled: false}\nray: {gcs_port: 6380}\n"
     with pytest.raises(ConfigError, match="the shared cluster of v1 was removed"):
         load_saved_config(_write(tmp_path, shared))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["up", "--shared-cluster"], ["server", "--config", "x.yaml", "--ray-address", "1.2.3.4:6379"]],
+)
+def test_the_shared_clusters_flags_are_refused_saying_what_to_do(args: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from fastgpu.cli.main import app
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    said = " ".join(result.output.replace("│", " ").split())
+    assert "no longer exists: the shared cluster of v1 was removed" in said
+    assert "pool.hosts" in said

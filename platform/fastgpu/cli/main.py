@@ -159,6 +159,14 @@ def _quotas(quota: str | None, borrow: str | None, lend: str | None) -> dict[str
 
 
 # -- cluster ------------------------------------------------------------------------------------
+def _removed(flag: str) -> None:
+    """A flag of the shared cluster: refused, saying what to do instead (not typer's bare "No
+    such option")."""
+    from fastgpu.config import SHARED_CLUSTER_REMOVED
+
+    raise typer.BadParameter(f"no longer exists: {SHARED_CLUSTER_REMOVED}", param_hint=flag)
+
+
 @app.command()
 def up(
     gpus: int = typer.Option(
@@ -171,10 +179,14 @@ def up(
         None, "--cluster", help="cluster.yaml: the pool (hosts, GPU types, agents)."
     ),
     output: Output = OutputOpt,
+    shared_cluster: bool = typer.Option(False, "--shared-cluster", hidden=True),
 ) -> None:
     """Start the server (controller and API) over the pool (idempotent); each tenant's Ray
     cluster starts when the tenant first needs it."""
     from fastgpu.local import up as do_up
+
+    if shared_cluster:
+        _removed("--shared-cluster")
 
     with render.err_console.status("starting the local FastGPU platform..."):
         result = do_up(
@@ -196,9 +208,13 @@ def up(
 @app.command()
 def server(
     config: str = typer.Option(..., "--config", help="Platform config YAML (with its pool)."),
+    ray_address: str = typer.Option(None, "--ray-address", hidden=True),
 ) -> None:
     """Run the control-plane server in the foreground (`fastgpu up` starts it for you)."""
     from fastgpu.server import main as serve
+
+    if ray_address is not None:
+        _removed("--ray-address")
 
     raise typer.Exit(serve(config))
 
