@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,15 @@ def starting(marker: str) -> list[Any]:
         if "ray.scripts.scripts" in cmd and "start" in cmd:
             out.append(proc)
     return out
+
+
+def left_by_earlier_start(marker: str, name: str, timeout_s: float) -> bool:
+    """Whether the node ``marker``'s process ``name`` runs once every ``ray start`` of that
+    node still running (one a killed server left: see :func:`starting`) has ended."""
+    deadline = time.monotonic() + timeout_s
+    while starting(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return node_pid(marker, name) is not None
 
 
 def node_tree(marker: str) -> list[Any]:

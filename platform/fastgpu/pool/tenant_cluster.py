@@ -33,7 +33,6 @@ import os
 import socket
 import subprocess
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -237,6 +236,27 @@ class ClusterSpec:
     user: OsUser | None
     head_cpus: int = 1
     start_timeout_s: float = 90.0
+
+
+def _start_raylet(
+    spec: ClusterSpec, args: list[str], env: dict[str, str], log_path: Path, what: str, marker: str
+) -> None:
+    """`ray start` a raylet (``args`` but its ports) and wait until it joined. At most
+    ``_RAYLET_STARTS`` at once; a start that gave up itself is tried once more on fresh ports:
+    `ray start` gives a raylet 30 s to register with its head (fixed in Ray 2.60), which a
+    loaded machine or a busy head can exceed. What a failed start started is stopped first."""
+    for attempt in range(1, RAYLET_START_ATTEMPTS + 1):
+        try:
+            with _RAYLET_STARTS:
+                ports = dict(zip(NODE_PORTS, free_ports(len(NODE_PORTS)), strict=True))
+                cmd = spec.python.ray(*args, *node_port_args(ports))
+                proc = processes.spawn(cmd, env, spec.home, log_path, spec.user)
+                processes.wait_started(proc, log_path, what, spec.start_timeout_s, marker)
+            return
+        except processes.StartFailed as exc:
+            if not exc.exited or attempt == RAYLET_START_ATTEMPTS:
+                raise
+            log.warning("%s did not start (attempt %d); trying again", what, attempt)
 
 
 class TenantCluster:
@@ -472,44 +492,17 @@ class TenantCluster:
         # An agent's raylet (``address`` given) joins a head on another machine: never loopback.
         env = self.env(role, devices, loopback=self.loopback and not joins_elsewhere)
         what = f"raylet of lease {lease_id}"
-        if self._earlier_start_left_raylet(role):
+        # A server killed while it started this raylet left its `ray start` running: adopt
+        # what that start leaves, rather than start a second raylet of the lease on the same
+        # devices (a 1-GPU lease would look like 2 GPUs to Ray).
+        if processes.left_by_earlier_start(self.marker(role), "raylet", self.spec.start_timeout_s):
             log.info("%s: adopted the raylet an earlier server process started", what)
-            attempts = 0  # nothing to start
         else:
-            attempts = RAYLET_START_ATTEMPTS
-        for attempt in range(1, attempts + 1):
-            try:
-                with _RAYLET_STARTS:
-                    ports = dict(zip(NODE_PORTS, free_ports(len(NODE_PORTS)), strict=True))
-                    cmd = self.spec.python.ray(*args, *node_port_args(ports))
-                    proc = processes.spawn(cmd, env, self.spec.home, log_path, self.spec.user)
-                    processes.wait_started(
-                        proc, log_path, what, self.spec.start_timeout_s, self.marker(role)
-                    )
-                break
-            except processes.StartFailed as exc:
-                # `ray start` gives a raylet 30 s to register with the head (fixed in Ray
-                # 2.60); a loaded machine or a busy head can take longer. What it started is
-                # stopped by now: once more, on fresh ports, before the lease fails.
-                if not exc.exited or attempt == RAYLET_START_ATTEMPTS:
-                    raise
-                log.warning("%s did not start (attempt %d); trying again", what, attempt)
+            _start_raylet(self.spec, args, env, log_path, what, self.marker(role))
         pid = processes.node_pid(self.marker(role), "raylet")
         with self._lock:
             if pid is not None:
                 self._raylets[key] = pid
-
-    def _earlier_start_left_raylet(self, role: str) -> bool:
-        """Whether a raylet of ``role`` runs once any ``ray start`` of it still running ended.
-        A server killed while it started a lease's raylet leaves that `ray start` running (in
-        a session of its own); the next server must adopt what it starts, not start a second
-        raylet of the lease on the same devices (found by the HA test: two raylets on one
-        device, a 1-GPU lease seen by Ray as 2 GPUs)."""
-        marker = self.marker(role)
-        deadline = time.monotonic() + self.spec.start_timeout_s
-        while processes.starting(marker) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        return processes.node_pid(marker, "raylet") is not None
 
     @staticmethod
     def _raylet_role(key: RayletKey) -> str:
