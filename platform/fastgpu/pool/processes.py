@@ -164,11 +164,14 @@ def marked(prefix: str) -> dict[str, list[Any]]:
     return out
 
 
-def starting(marker: str) -> list[Any]:
-    """The ``ray start`` commands still running for the node ``marker`` (each runs in a
-    session of its own, so one outlives a server killed while it waited for it)."""
+def starting(marker: str, prefix: bool = False) -> list[Any]:
+    """The ``ray start`` commands still running for the node ``marker`` (with ``prefix``: for
+    every node whose marker starts so), each in a session of its own, so one outlives a
+    server killed while it waited for it."""
+    found = marked(marker)
+    procs = [p for ps in found.values() for p in ps] if prefix else found.get(marker, [])
     out = []
-    for proc in marked(marker).get(marker, []):
+    for proc in procs:
         try:
             cmd = proc.cmdline()
         except Exception:  # it ended meanwhile
