@@ -473,36 +473,15 @@ def test_a_shrink_stops_a_raylet_still_starting_first(backend: Any) -> None:
     assert b.groups()["fastgpu-lease-r"].bundle_nodes == ("host-0",)
 
 
-def test_a_restarted_server_reads_its_raylets_after_its_predecessors_starts_end(
+def test_a_restarted_server_takes_the_devices_of_raylets_still_starting(
     backend: tuple[PoolBackend, FakeClusters],
 ) -> None:
-    """A `ray start` the killed server left running (a session of its own) ends with a raylet
-    on device 0: the new server waits for it before it reads what runs, so device 0 is the
-    old lease's and the next lease gets another one."""
-    import os
-    import subprocess
-    import sys
-
-    from fastgpu.pool import processes
-
+    """What runs includes a raylet its predecessor's `ray start` is still starting (see
+    ``running_raylets``): the restarted server adopts it, and the next lease gets another
+    device rather than the one being started."""
     b, clusters = backend
-    marker = f"{clusters.platform}/t1/raylet/old/host-0/0"
-    start = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(1.5)", "ray.scripts.scripts", "start"],
-        env={**os.environ, processes.MARKER_ENV: marker},
-    )
-
-    def registers() -> None:  # what that start leaves once it ends: the raylet
-        start.wait()
-        clusters.get("t1").live[("old", "host-0", 0)] = (0,)
-
-    threading.Thread(target=registers, daemon=True).start()
-    try:
-        assert "fastgpu-lease-old" in b.groups()
-        assert start.poll() is not None
-        b.create_group("fastgpu-lease-new", {"GPU": 1}, ["host-0"], "PACK", tenant="t2")
-        assert wait_ready(b, "fastgpu-lease-new")
-        assert (("new", "host-0", (1,))) in clusters.get("t2").started  # not device 0
-    finally:
-        start.kill()
-        start.wait()
+    clusters.get("t1").live[("old", "host-0", 0)] = (0,)  # reported by its `ray start`
+    assert "fastgpu-lease-old" in b.groups()
+    b.create_group("fastgpu-lease-new", {"GPU": 1}, ["host-0"], "PACK", tenant="t2")
+    assert wait_ready(b, "fastgpu-lease-new")
+    assert ("new", "host-0", (1,)) in clusters.get("t2").started  # not device 0

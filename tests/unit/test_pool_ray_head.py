@@ -285,3 +285,31 @@ def test_a_raylet_an_earlier_server_was_starting_is_adopted_not_started_twice(
         for proc in (raylet, earlier):
             proc.kill()
             proc.wait()
+
+
+def test_a_raylet_still_being_started_counts_as_running(tmp_path: Path) -> None:
+    """A `ray start` of a raylet (its marker and devices in its environment) is reported by
+    ``running_raylets`` before the raylet itself exists: its devices are taken."""
+    import subprocess
+    import sys
+
+    from fastgpu.pool import processes
+    from fastgpu.pool.tenant_cluster import running_raylets
+
+    marker = "unit-p1/t1/raylet/l9/host-0/2"
+    env = {**os.environ, processes.MARKER_ENV: marker, "CUDA_VISIBLE_DEVICES": "2,3"}
+    start = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)", "ray.scripts.scripts", "start"],
+        env=env,
+    )
+    other = subprocess.Popen(  # a process of a node that is neither raylet nor its start
+        [sys.executable, "-c", "import time; time.sleep(30)"],
+        env={**env, processes.MARKER_ENV: "unit-p1/t1/raylet/l8/host-0/0"},
+    )
+    try:
+        found = running_raylets("unit-p1/")
+        assert found == {("t1", ("l9", "host-0", 2)): (2, 3)}
+    finally:
+        for proc in (start, other):
+            proc.kill()
+            proc.wait()

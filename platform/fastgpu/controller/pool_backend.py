@@ -29,7 +29,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import threading
-import time
 from collections import Counter
 
 from fastgpu.config import PlatformConfig
@@ -37,16 +36,12 @@ from fastgpu.controller.backend import GROUP_PREFIX, GroupInfo, NodeInfo
 from fastgpu.controller.clusters import TenantClusters
 from fastgpu.controller.pool_elastic import ElasticRaylets, await_drains, raylet_cpus
 from fastgpu.controller.pool_ledger import DeviceLedger, Drain, Reservation
-from fastgpu.pool import processes
 from fastgpu.pool.hosts import Host
 from fastgpu.pool.seam import LocalPool, Pool
 
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 120.0
-#: How long a restarted server waits for `ray start`s its predecessor left running before it
-#: reads what runs (a `ray start` gives up by itself within ~30 s: Ray's registration limit).
-ADOPT_WAIT_S = 60.0
 
 
 class PoolBackend:
@@ -71,7 +66,6 @@ class PoolBackend:
         self._res = self.ledger.reservations
         self._pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="fastgpu-pool")
         self._adopted = False
-        self._adopting = threading.Lock()
         self._housekeeping = threading.Lock()
         #: Tenants whose idle cluster is being stopped; starts wait for it (``_stopped``).
         self._stopping: set[str] = set()
@@ -209,25 +203,16 @@ class PoolBackend:
         return {k: v for k, v in running.items() if k not in known}
 
     def _adopt_once(self) -> None:
-        """After a restart: rebuild reservations from the raylets that run on this machine,
-        once every `ray start` a previous server process left running has ended (bounded by
-        ``ADOPT_WAIT_S``). Read before they end, a raylet still starting is not seen, its
-        devices look free, and another lease is given them (the crash test found one device
-        held by two leases' raylets)."""
+        """After a restart: rebuild reservations from the raylets that run on this machine
+        (those still being started by the previous server's `ray start` among them: their
+        devices are taken; finishing such a start waits for that command)."""
         if self._adopted:
             return
-        with self._adopting:
-            if self._adopted:
-                return
-            prefix = f"{self.clusters.platform}/"
-            deadline = time.monotonic() + ADOPT_WAIT_S
-            while processes.starting(prefix, prefix=True) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            found = self._running()
-            with self._mu:
-                for lease_id, res in found.items():
-                    self._res.setdefault(lease_id, res)
-            self._adopted = True
+        self._adopted = True
+        found = self._running()
+        with self._mu:
+            for lease_id, res in found.items():
+                self._res.setdefault(lease_id, res)
 
     def groups(self) -> dict[str, GroupInfo]:
         """Every reservation, and raylets no reservation accounts for (reconcile stops those:

@@ -164,21 +164,19 @@ def marked(prefix: str) -> dict[str, list[Any]]:
     return out
 
 
-def starting(marker: str, prefix: bool = False) -> list[Any]:
-    """The ``ray start`` commands still running for the node ``marker`` (with ``prefix``: for
-    every node whose marker starts so), each in a session of its own, so one outlives a
-    server killed while it waited for it."""
-    found = marked(marker)
-    procs = [p for ps in found.values() for p in ps] if prefix else found.get(marker, [])
-    out = []
-    for proc in procs:
-        try:
-            cmd = proc.cmdline()
-        except Exception:  # it ended meanwhile
-            continue
-        if "ray.scripts.scripts" in cmd and "start" in cmd:
-            out.append(proc)
-    return out
+def is_ray_start(proc: Any) -> bool:
+    """Whether ``proc`` is a ``ray start`` command (it runs in a session of its own, so one
+    outlives a server killed while it waited for it)."""
+    try:
+        cmd = proc.cmdline()
+    except Exception:  # it ended meanwhile
+        return False
+    return "ray.scripts.scripts" in cmd and "start" in cmd
+
+
+def starting(marker: str) -> list[Any]:
+    """The ``ray start`` commands still running for the node ``marker``."""
+    return [p for p in marked(marker).get(marker, []) if is_ray_start(p)]
 
 
 def left_by_earlier_start(marker: str, name: str, timeout_s: float) -> bool:

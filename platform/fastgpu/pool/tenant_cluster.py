@@ -183,11 +183,14 @@ RayletKey = tuple[str, str, int]
 def running_raylets(prefix: str) -> dict[tuple[str, RayletKey], tuple[int, ...]]:
     """(tenant, (lease, host, part)) -> device ids of every live raylet whose marker starts
     with ``prefix`` (``<platform>/`` for all of a platform's, ``<platform>/<tenant>/raylet/``
-    for one tenant's), in one scan of the processes."""
+    for one tenant's), in one scan of the processes. A raylet whose ``ray start`` still runs
+    counts: a server that restarts while a start its predecessor began goes on must see those
+    devices taken, or it gives them to another lease (the crash test found one device held by
+    two leases' raylets)."""
     out: dict[tuple[str, RayletKey], tuple[int, ...]] = {}
     for value, procs in processes.marked(prefix).items():
         platform_tenant, sep, rest = value.partition("/raylet/")
-        if not sep or not any(_named(p, "raylet") for p in procs):
+        if not sep or not any(_named(p, "raylet") or processes.is_ray_start(p) for p in procs):
             continue  # not a raylet, or its raylet died (its agents are on their way out)
         tenant = platform_tenant.rpartition("/")[2]
         lease, _, host_part = rest.partition("/")
