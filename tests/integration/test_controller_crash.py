@@ -120,19 +120,30 @@ def test_kill_server_mid_burst(platform: Platform) -> None:
     assert sorted(x["request_id"] for x in burst) == sorted(f"burst-{i}" for i in range(BURST))
     assert {x["id"] for x in burst} == {lease["id"] for lease in results.values()}
 
-    # 7 one-GPU requests on 4 GPUs with quota 4: 4 hold GPUs, 3 wait over quota.
+    # 7 one-GPU requests on 4 GPUs with quota 4: 4 hold GPUs, the rest wait over quota. A
+    # raylet may fail Ray's 30 s registration twice while a server restarts on 2 cores: its
+    # lease ends FAILED (reservation_failed, with `ray start`'s log) and a waiting one takes
+    # its place. Nothing else may end: nothing is lost.
     def settled() -> list[dict[str, Any]] | None:
         rows = _burst_rows(client)
-        states = sorted(x["state"] for x in rows)
-        return rows if states.count("RESERVED") == GPUS and states.count("PENDING") == 3 else None
+        states = [x["state"] for x in rows]
+        failed = states.count("FAILED")
+        expected = {"RESERVED": GPUS, "PENDING": BURST - GPUS - failed, "FAILED": failed}
+        return rows if {s: states.count(s) for s in expected} == expected else None
 
     try:
-        rows = wait_until(settled, timeout=120)
+        rows = wait_until(settled, timeout=180)
     except AssertionError:
         now = _burst_rows(client)
         seen = [(x["request_id"], x["state"], x["reason"], x["reason_detail"]) for x in now]
-        raise AssertionError(f"not 4 RESERVED + 3 PENDING: {seen}\n{platform.log()}") from None
+        raise AssertionError(
+            f"not {GPUS} RESERVED and the rest waiting: {seen}\n{platform.log()}"
+        ) from None
     assert all(x["reason"] == "over_quota" for x in rows if x["state"] == "PENDING")
+    assert all(x["reason"] == "reservation_failed" for x in rows if x["state"] == "FAILED")
+    # Seen: 0 or 1 of the 7 on this 2-core box; more would be a start that fails for a reason
+    # of its own.
+    assert sum(x["state"] == "FAILED" for x in rows) <= 2, rows
 
     # Store and Ray agree, both ways, once reconcile has run (at start-up and periodically):
     # each holding lease has its raylet, no raylet is left without one, no device is doubled.
