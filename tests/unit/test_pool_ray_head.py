@@ -256,7 +256,8 @@ def test_a_raylet_an_earlier_server_was_starting_is_adopted_not_started_twice(
     tmp_path: Path,
 ) -> None:
     """A server killed while its `ray start` of a lease's raylet ran leaves that command
-    running: the next server waits for it and adopts the raylet it left."""
+    running: the next server's add_raylet waits for it (a start still running is not yet an
+    adopted raylet) and adopts the raylet it left."""
     import shutil
     import subprocess
     import sys
@@ -277,7 +278,9 @@ def test_a_raylet_an_earlier_server_was_starting_is_adopted_not_started_twice(
         env=env,
     )
     try:
-        cluster._join_raylet(key, Host("h0", "A100", (0, 1)), (0,), 1, None)
+        cluster._head = os.getpid()  # a running head, as far as add_raylet can tell
+        cluster.keeper_running = lambda: True  # type: ignore[method-assign]
+        cluster.add_raylet("l1", Host("h0", "A100", (0, 1)), (0,), cpus=1)
         assert earlier.poll() is not None  # it waited for the earlier start to end
         assert not counter.exists()  # and started no second raylet
         assert cluster._raylets[key] == raylet.pid

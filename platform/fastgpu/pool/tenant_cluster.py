@@ -441,7 +441,10 @@ class TenantCluster:
             key = (lease_id, host.name, devices[0])
             if processes.alive(self._raylets.get(key)):
                 return
-            if key in self.raylets():  # adopted: started by a previous server process
+            # Adopted: started by a previous server process. One whose `ray start` still runs
+            # (running_raylets counts it) goes on: _join_raylet waits, then adopts or starts.
+            role = self._raylet_role(key)
+            if key in self.raylets() and not processes.starting(self.marker(role)):
                 return
             local_head = address is None
             if local_head:
