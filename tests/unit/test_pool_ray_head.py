@@ -290,6 +290,68 @@ def test_a_raylet_an_earlier_server_was_starting_is_adopted_not_started_twice(
             proc.wait()
 
 
+def test_a_head_an_earlier_server_was_starting_is_adopted_not_started_twice(
+    tmp_path: Path,
+) -> None:
+    """A server killed while its `ray start --head` ran leaves that command running: the next
+    server does not adopt the head half up, start_head waits for that start and adopts the
+    head it left (with the ports saved before it), starting no second head."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from fastgpu.pool import processes
+
+    cluster = _cluster(tmp_path)
+    cluster._ports = {}
+    counter = tmp_path / "runs"
+    cluster.spec = dataclasses.replace(cluster.spec, python=_CountingRay(str(counter)))
+    ports = {"gcs": 7001, "dashboard": 7002}
+    (tmp_path / "cluster.json").write_text(json.dumps({"ports": ports}))
+    env = {**os.environ, processes.MARKER_ENV: cluster.marker("head")}
+    gcs_exe = tmp_path / "gcs_server"  # a process called gcs_server, as Ray's is
+    shutil.copy(shutil.which("sleep") or "/bin/sleep", gcs_exe)
+    gcs = subprocess.Popen([str(gcs_exe), "30"], env=env)
+    earlier = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(1.5)", "ray.scripts.scripts", "start"],
+        env=env,
+    )
+    try:
+        assert cluster.adopt() is False  # its start still runs
+        cluster.start_head()
+        assert earlier.poll() is not None  # it waited for the earlier start to end
+        assert not counter.exists()  # and started no second head
+        assert cluster._head == gcs.pid
+        assert cluster._ports == ports
+    finally:
+        for proc in (gcs, earlier):
+            proc.kill()
+            proc.wait()
+
+
+class _SeeingRay(TenantPython):
+    """`ray start` stand-in that copies ``cluster.json`` as it was when the start ran."""
+
+    def ray(self, *args: str) -> list[str]:
+        home = Path(self.executable)
+        return ["cp", str(home / "cluster.json"), str(home / "seen.json")]
+
+
+def test_the_head_ports_are_saved_before_its_ray_start_runs(tmp_path: Path) -> None:
+    """A server killed during a head's start leaves the next one that head's ports, not those
+    of an earlier head of the tenant (a stale ``cluster.json``)."""
+    import json
+
+    cluster = _cluster(tmp_path)
+    cluster.spec = dataclasses.replace(cluster.spec, python=_SeeingRay(str(tmp_path)))
+    (tmp_path / "cluster.json").write_text(json.dumps({"ports": {"gcs": 1, "dashboard": 2}}))
+    cluster.start_head()
+    seen = json.loads((tmp_path / "seen.json").read_text())["ports"]
+    assert seen == cluster._ports
+    assert seen["gcs"] != 1
+
+
 def test_a_raylet_still_being_started_counts_as_running(tmp_path: Path) -> None:
     """A `ray start` of a raylet (its marker and devices in its environment) is reported by
     ``running_raylets`` before the raylet itself exists: its devices are taken."""

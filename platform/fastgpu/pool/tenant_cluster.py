@@ -262,6 +262,36 @@ def _start_raylet(
             log.warning("%s did not start (attempt %d); trying again", what, attempt)
 
 
+def _head_env(ports: dict[str, int], api_url: str | None, home: Path) -> dict[str, str]:
+    """What a head's environment adds to every node's."""
+    env = {
+        # No idle Python worker started ahead on the CPU-only head when the first driver
+        # (the keeper) connects: ~45 MB per tenant, measured; a task there starts one.
+        "RAY_prestart_worker_first_driver": "0",
+        # No Ray Client server, fewer dashboard modules (and loopback only): see
+        # fastgpu.pool.ray_head.
+        "RAY_START_HOOK": ray_head.HOOK,
+    }
+    if api_url is not None:  # job drivers run on the head
+        env["FASTGPU_ADDRESS"] = api_url
+        env["FASTGPU_TOKEN_FILE"] = str(home / "secrets" / JOB_TOKEN_FILE)
+    for name, var in (
+        ("autoscaler_metrics", "AUTOSCALER_METRIC_PORT"),
+        ("dashboard_metrics", "DASHBOARD_METRIC_PORT"),
+    ):
+        if name in ports:
+            env[var] = str(ports[name])
+    return env
+
+
+def _saved_ports(home: Path) -> dict[str, int] | None:
+    """The ports of the tenant's latest head start (``cluster.json``), if any."""
+    state = home / "cluster.json"
+    if not state.exists():
+        return None
+    return {k: int(v) for k, v in json.loads(state.read_text())["ports"].items()}
+
+
 class TenantCluster:
     """Start, use and stop one tenant's Ray cluster. Thread-safe; slow calls (seconds) are
     ``start_head`` and ``add_raylet``."""
@@ -338,22 +368,8 @@ class TenantCluster:
             env |= ray_head.loopback_env()
             if role.startswith("raylet/"):  # ray start of a raylet: see fastgpu.pool.ray_head
                 env["RAY_START_HOOK"] = ray_head.HOOK
-        if role == "head" and self.api_url is not None:  # job drivers run on the head
-            env["FASTGPU_ADDRESS"] = self.api_url
-            env["FASTGPU_TOKEN_FILE"] = str(self.spec.home / "secrets" / JOB_TOKEN_FILE)
         if role == "head":
-            # No idle Python worker started ahead on the CPU-only head when the first driver
-            # (the keeper) connects: ~45 MB per tenant, measured; a task there starts one.
-            env["RAY_prestart_worker_first_driver"] = "0"
-            # No Ray Client server, fewer dashboard modules (and loopback only, above): see
-            # fastgpu.pool.ray_head.
-            env["RAY_START_HOOK"] = ray_head.HOOK
-            for name, var in (
-                ("autoscaler_metrics", "AUTOSCALER_METRIC_PORT"),
-                ("dashboard_metrics", "DASHBOARD_METRIC_PORT"),
-            ):
-                if name in self._ports:
-                    env[var] = str(self._ports[name])
+            env |= _head_env(self._ports, self.api_url, self.spec.home)
         return env
 
     def prepare_for_raylets(self, token: str) -> None:
@@ -388,37 +404,57 @@ class TenantCluster:
 
     def adopt(self) -> bool:
         """Take over a head left running by a previous server process (its ports are in
-        ``cluster.json``); True if there is one."""
+        ``cluster.json``); True if there is one. A head whose ``ray start`` still runs is not
+        taken here: :meth:`start_head` waits for that start, then adopts what it left."""
         with self._lock:
             if self.running():
                 return True
-            pid = processes.node_pid(self.marker("head"), "gcs_server")
-            state = self.spec.home / "cluster.json"
-            if pid is None or not state.exists():
+            marker = self.marker("head")
+            if processes.starting(marker):
                 return False
-            self._ports = {k: int(v) for k, v in json.loads(state.read_text())["ports"].items()}
-            self._head = pid
-            return True
+            return self._adopt_head(marker)
+
+    def _adopt_head(self, marker: str) -> bool:
+        pid = processes.node_pid(marker, "gcs_server")
+        ports = _saved_ports(self.spec.home)
+        if pid is None or ports is None:
+            return False
+        self._ports, self._head = ports, pid
+        return True
 
     def start_head(self) -> None:
         """Start the head (idempotent); return once its GCS and dashboard are up."""
         with self._lock:
             if self.running():
                 return
+            marker = self.marker("head")
+            what = f"tenant {self.spec.tenant_id}'s head"
+            # A server killed while it started this head left its `ray start` running: adopt
+            # the head that start leaves rather than start a second one beside it.
+            timeout = self.spec.start_timeout_s
+            if processes.left_by_earlier_start(marker, "gcs_server", timeout):
+                if self._adopt_head(marker):
+                    log.info("%s: adopted the head an earlier server process started", what)
+                    return
+                processes.stop_tree(None, grace_s=2.0, marker=marker)  # no ports known
             self._prepare()
             if self.job_token is not None:
                 self.write_secret(JOB_TOKEN_FILE, self.job_token())
             self._ports = dict(zip(HEAD_PORTS, free_ports(len(HEAD_PORTS)), strict=True))
-            args = head_args(self._ports, self.spec.head_cpus, self.spec.home / "r")
-            log = self.spec.home / "logs" / "head.log"
-            marker = self.marker("head")
-            proc = processes.spawn(
-                self.spec.python.ray(*args), self.env("head"), self.spec.home, log, self.spec.user
-            )
-            what = f"tenant {self.spec.tenant_id}'s head"
-            processes.wait_started(proc, log, what, self.spec.start_timeout_s, marker)
-            self._head = processes.node_pid(marker, "gcs_server")
+            # Written before the start: a server killed during it leaves the next one the
+            # ports of the head that start brings up, not those of an earlier head.
             (self.spec.home / "cluster.json").write_text(json.dumps({"ports": self._ports}))
+            args = head_args(self._ports, self.spec.head_cpus, self.spec.home / "r")
+            log_path = self.spec.home / "logs" / "head.log"
+            proc = processes.spawn(
+                self.spec.python.ray(*args),
+                self.env("head"),
+                self.spec.home,
+                log_path,
+                self.spec.user,
+            )
+            processes.wait_started(proc, log_path, what, timeout, marker)
+            self._head = processes.node_pid(marker, "gcs_server")
 
     # -- raylets ---------------------------------------------------------------------------
     def add_raylet(
