@@ -352,6 +352,49 @@ def test_the_head_ports_are_saved_before_its_ray_start_runs(tmp_path: Path) -> N
     assert seen["gcs"] != 1
 
 
+def test_raylet_starts_an_earlier_server_left_running_take_start_slots(tmp_path: Path) -> None:
+    """The limit on raylets starting at once holds across a takeover: `ray start`s a killed
+    server left (not this process's children) take slots, and a start waits for them."""
+    import subprocess
+    import sys
+    import time
+
+    from fastgpu.pool import processes
+
+    def orphan_start(marker: str, seconds: float) -> None:
+        """A `ray start` stand-in whose parent exits at once, as a killed server's would."""
+        code = f"import time; time.sleep({seconds})"
+        cmd = f"({sys.executable} -c '{code}' ray.scripts.scripts start &)"
+        env = {**os.environ, processes.MARKER_ENV: marker}
+        subprocess.run(["sh", "-c", cmd], env=env, check=True)
+
+    slots = processes.StartSlots(2, "/raylet/")
+    tag = f"p-{os.getpid()}/t/raylet/"
+    mine = subprocess.Popen(  # this process's own start is not counted as another's
+        [sys.executable, "-c", "import time; time.sleep(5)", "ray.scripts.scripts", "start"],
+        env={**os.environ, processes.MARKER_ENV: tag + "l0/h0/0"},
+    )
+    try:
+        orphan_start(tag + "l1/h0/0", 2.0)
+        orphan_start(tag + "l2/h0/1", 2.0)
+        orphan_start(f"p-{os.getpid()}/t/head", 5.0)  # not a raylet's: no slot
+        deadline = time.monotonic() + 5
+        while slots.elsewhere() < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert slots.elsewhere() == 2
+        began = time.monotonic()
+        with slots.slot(timeout_s=30):
+            waited = time.monotonic() - began
+        assert 0.5 < waited < 10  # until the earlier starts ended
+        assert slots.elsewhere() == 0
+        began = time.monotonic()
+        with slots.slot(timeout_s=30), slots.slot(timeout_s=30):
+            assert time.monotonic() - began < 1  # none left elsewhere: both at once
+    finally:
+        mine.kill()
+        mine.wait()
+
+
 def test_a_raylet_still_being_started_counts_as_running(tmp_path: Path) -> None:
     """A `ray start` of a raylet (its marker and devices in its environment) is reported by
     ``running_raylets`` before the raylet itself exists: its devices are taken."""

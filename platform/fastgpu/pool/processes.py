@@ -14,14 +14,20 @@ to start.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fastgpu.errors import FastGPUError
+
+log = logging.getLogger(__name__)
 
 MARKER_ENV = "FASTGPU_NODE"
 #: Where each log's output of the latest :func:`spawn` starts.
@@ -177,6 +183,53 @@ def is_ray_start(proc: Any) -> bool:
 def starting(marker: str) -> list[Any]:
     """The ``ray start`` commands still running for the node ``marker``."""
     return [p for p in marked(marker).get(marker, []) if is_ray_start(p)]
+
+
+class StartSlots:
+    """At most ``n`` ``ray start`` commands of some nodes (markers containing ``fragment``) at
+    once on this machine: those this process runs, and those it finds running that another
+    process began (a server killed during its starts leaves them running, in sessions of their
+    own, while the next server starts more). Waiting for a slot gives up after ``timeout_s``
+    and starts anyway."""
+
+    def __init__(self, n: int, fragment: str) -> None:
+        self.n = n
+        self.fragment = fragment
+        self._sem = threading.BoundedSemaphore(n)
+        self._mu = threading.Lock()
+        self._ours = 0
+
+    @contextlib.contextmanager
+    def slot(self, timeout_s: float) -> Iterator[None]:
+        with self._sem:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                with self._mu:
+                    if self._ours + self.elsewhere() < self.n or time.monotonic() > deadline:
+                        self._ours += 1
+                        break
+                time.sleep(0.25)
+            try:
+                yield
+            finally:
+                with self._mu:
+                    self._ours -= 1
+
+    def elsewhere(self) -> int:
+        """The ``ray start`` commands of such nodes running that this process did not start."""
+        me = os.getpid()
+        found = 0
+        for value, procs in marked("").items():
+            if self.fragment in value:
+                found += sum(1 for p in procs if is_ray_start(p) and _parent(p) != me)
+        return found
+
+
+def _parent(proc: Any) -> int | None:
+    try:
+        return int(proc.ppid())
+    except Exception:  # it ended meanwhile
+        return None
 
 
 def left_by_earlier_start(marker: str, name: str, timeout_s: float) -> bool:

@@ -63,11 +63,12 @@ JOB_TOKEN_FILE = "job_token"
 
 #: Tries of a raylet's `ray start` that gave up itself (see TenantCluster._join_raylet).
 RAYLET_START_ATTEMPTS = 2
-#: Raylets starting at once on this machine, over every tenant: a raylet must register with its
-#: head within 30 s of its start (fixed in Ray 2.60), and a burst of starts (a server taking
-#: over leases mid-start, many grants at once) on a few cores made some miss that. The wait for
-#: a slot is not part of that 30 s.
-_RAYLET_STARTS = threading.BoundedSemaphore(2)
+#: Raylets starting at once on this machine, over every tenant, platform and server process
+#: (starts a killed server left running count): a raylet must register with its head within
+#: 30 s of its start (fixed in Ray 2.60), and a burst of starts (a server taking over leases
+#: mid-start, many grants at once) on a few cores made some miss that. The wait for a slot is
+#: not part of that 30 s.
+_RAYLET_STARTS = processes.StartSlots(2, "/raylet/")
 
 #: The ports every node of a tenant cluster binds (head and raylets).
 NODE_PORTS = (
@@ -250,7 +251,7 @@ def _start_raylet(
     loaded machine or a busy head can exceed. What a failed start started is stopped first."""
     for attempt in range(1, RAYLET_START_ATTEMPTS + 1):
         try:
-            with _RAYLET_STARTS:
+            with _RAYLET_STARTS.slot(spec.start_timeout_s):
                 ports = dict(zip(NODE_PORTS, free_ports(len(NODE_PORTS)), strict=True))
                 cmd = spec.python.ray(*args, *node_port_args(ports))
                 proc = processes.spawn(cmd, env, spec.home, log_path, spec.user)
