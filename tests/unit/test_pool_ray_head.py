@@ -5,8 +5,11 @@ the environment it gives every process of the cluster and ``fastgpu connect``'s 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -252,42 +255,52 @@ def test_a_raylet_whose_ray_start_gave_up_is_started_once_more(tmp_path: Path) -
     assert counter.read_text().strip() == "2"  # RAYLET_START_ATTEMPTS, no more
 
 
+@contextlib.contextmanager
+def _left_by_a_killed_server(
+    tmp_path: Path, marker: str, name: str
+) -> Iterator[tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]]:
+    """What a server killed during a node's `ray start` leaves: the node's process ``name``
+    (``raylet``, ``gcs_server``: a sleep by that name) and the `ray start` still running
+    (1.5 s more), both carrying the node's ``marker``."""
+    import shutil
+    import sys
+
+    from fastgpu.pool import processes
+
+    env = {**os.environ, processes.MARKER_ENV: marker}
+    exe = tmp_path / name
+    shutil.copy(shutil.which("sleep") or "/bin/sleep", exe)
+    node = subprocess.Popen([str(exe), "30"], env=env)
+    earlier = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(1.5)", "ray.scripts.scripts", "start"],
+        env=env,
+    )
+    try:
+        yield node, earlier
+    finally:
+        for proc in (node, earlier):
+            proc.kill()
+            proc.wait()
+
+
 def test_a_raylet_an_earlier_server_was_starting_is_adopted_not_started_twice(
     tmp_path: Path,
 ) -> None:
     """A server killed while its `ray start` of a lease's raylet ran leaves that command
     running: the next server's add_raylet waits for it (a start still running is not yet an
     adopted raylet) and adopts the raylet it left."""
-    import shutil
-    import subprocess
-    import sys
-
-    from fastgpu.pool import processes
-
     cluster = _cluster(tmp_path)
     counter = tmp_path / "runs"
     cluster.spec = dataclasses.replace(cluster.spec, python=_CountingRay(str(counter)))
     key = ("l1", "h0", 0)
-    env = {**os.environ, processes.MARKER_ENV: cluster.marker(cluster._raylet_role(key))}
-    raylet_exe = tmp_path / "raylet"  # a process called raylet, as Ray's is
-    shutil.copy(shutil.which("sleep") or "/bin/sleep", raylet_exe)
-    raylet = subprocess.Popen([str(raylet_exe), "30"], env=env)
-    # The earlier server's `ray start`, still waiting for its raylet to register.
-    earlier = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(1.5)", "ray.scripts.scripts", "start"],
-        env=env,
-    )
-    try:
+    marker = cluster.marker(cluster._raylet_role(key))
+    with _left_by_a_killed_server(tmp_path, marker, "raylet") as (raylet, earlier):
         cluster._head = os.getpid()  # a running head, as far as add_raylet can tell
         cluster.keeper_running = lambda: True  # type: ignore[method-assign]
         cluster.add_raylet("l1", Host("h0", "A100", (0, 1)), (0,), cpus=1)
         assert earlier.poll() is not None  # it waited for the earlier start to end
         assert not counter.exists()  # and started no second raylet
         assert cluster._raylets[key] == raylet.pid
-    finally:
-        for proc in (raylet, earlier):
-            proc.kill()
-            proc.wait()
 
 
 def test_a_head_an_earlier_server_was_starting_is_adopted_not_started_twice(
@@ -297,11 +310,6 @@ def test_a_head_an_earlier_server_was_starting_is_adopted_not_started_twice(
     server does not adopt the head half up, start_head waits for that start and adopts the
     head it left (with the ports saved before it), starting no second head."""
     import json
-    import shutil
-    import subprocess
-    import sys
-
-    from fastgpu.pool import processes
 
     cluster = _cluster(tmp_path)
     cluster._ports = {}
@@ -309,25 +317,16 @@ def test_a_head_an_earlier_server_was_starting_is_adopted_not_started_twice(
     cluster.spec = dataclasses.replace(cluster.spec, python=_CountingRay(str(counter)))
     ports = {"gcs": 7001, "dashboard": 7002}
     (tmp_path / "cluster.json").write_text(json.dumps({"ports": ports}))
-    env = {**os.environ, processes.MARKER_ENV: cluster.marker("head")}
-    gcs_exe = tmp_path / "gcs_server"  # a process called gcs_server, as Ray's is
-    shutil.copy(shutil.which("sleep") or "/bin/sleep", gcs_exe)
-    gcs = subprocess.Popen([str(gcs_exe), "30"], env=env)
-    earlier = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(1.5)", "ray.scripts.scripts", "start"],
-        env=env,
-    )
-    try:
+    with _left_by_a_killed_server(tmp_path, cluster.marker("head"), "gcs_server") as (
+        gcs,
+        earlier,
+    ):
         assert cluster.adopt() is False  # its start still runs
         cluster.start_head()
         assert earlier.poll() is not None  # it waited for the earlier start to end
         assert not counter.exists()  # and started no second head
         assert cluster._head == gcs.pid
         assert cluster._ports == ports
-    finally:
-        for proc in (gcs, earlier):
-            proc.kill()
-            proc.wait()
 
 
 class _SeeingRay(TenantPython):
@@ -355,7 +354,6 @@ def test_the_head_ports_are_saved_before_its_ray_start_runs(tmp_path: Path) -> N
 def test_raylet_starts_an_earlier_server_left_running_take_start_slots(tmp_path: Path) -> None:
     """The limit on raylets starting at once holds across a takeover: `ray start`s a killed
     server left (not this process's children) take slots, and a start waits for them."""
-    import subprocess
     import sys
     import time
 
@@ -398,7 +396,6 @@ def test_raylet_starts_an_earlier_server_left_running_take_start_slots(tmp_path:
 def test_a_raylet_still_being_started_counts_as_running(tmp_path: Path) -> None:
     """A `ray start` of a raylet (its marker and devices in its environment) is reported by
     ``running_raylets`` before the raylet itself exists: its devices are taken."""
-    import subprocess
     import sys
 
     from fastgpu.pool import processes

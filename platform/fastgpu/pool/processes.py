@@ -15,7 +15,6 @@ to start.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import subprocess
 import threading
@@ -26,8 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from fastgpu.errors import FastGPUError
-
-log = logging.getLogger(__name__)
 
 MARKER_ENV = "FASTGPU_NODE"
 #: Where each log's output of the latest :func:`spawn` starts.

@@ -411,14 +411,14 @@ class TenantCluster:
             if self.running():
                 return True
             marker = self.marker("head")
-            if processes.starting(marker):
+            pid = processes.node_pid(marker, "gcs_server")
+            if pid is None or processes.starting(marker):
                 return False
-            return self._adopt_head(marker)
+            return self._take_head(pid)
 
-    def _adopt_head(self, marker: str) -> bool:
-        pid = processes.node_pid(marker, "gcs_server")
+    def _take_head(self, pid: int) -> bool:
         ports = _saved_ports(self.spec.home)
-        if pid is None or ports is None:
+        if ports is None:
             return False
         self._ports, self._head = ports, pid
         return True
@@ -434,7 +434,8 @@ class TenantCluster:
             # the head that start leaves rather than start a second one beside it.
             timeout = self.spec.start_timeout_s
             if processes.left_by_earlier_start(marker, "gcs_server", timeout):
-                if self._adopt_head(marker):
+                pid = processes.node_pid(marker, "gcs_server")
+                if pid is not None and self._take_head(pid):
                     log.info("%s: adopted the head an earlier server process started", what)
                     return
                 processes.stop_tree(None, grace_s=2.0, marker=marker)  # no ports known
